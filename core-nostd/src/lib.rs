@@ -1,0 +1,35 @@
+//! Enigma Engine's transformer core. `#![no_std]`, no heap: the same code runs from a microcontroller's
+//! flash and from an mmap on a host.
+//!
+//! - [`config`]: model shapes, the 15 size presets, the one parameter layout every tool shares;
+//! - [`format`]: the zero-copy `.enigma` reader, validating every offset, length, dtype and shape;
+//! - [`model`]: the Llama-family forward pass (prefill of a chunk, one-token decode) over caller-owned buffers;
+//! - [`tokenizer`]: byte-level BPE with scores in llama2.c's style;
+//! - [`sampler`]: greedy, temperature, top-k, top-p, repetition penalty, seeded PRNG;
+//! - [`generate`]: the token loop shared by the CLI, the server and the firmware.
+//!
+//! Letters used in shape comments: `T` tokens in a chunk, `D` dim, `H` hidden (FFN) dim, `L` layers,
+//! `NH` query heads, `NKV` key/value heads, `HS` head size, `S` max sequence length, `V` vocab size.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod config;
+mod error;
+pub mod format;
+pub mod generate;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use config::{Config, ParamLayout, Preset, TensorSpec, PRESETS};
+pub use enigma_kernels as kernels;
+pub use error::{Error, Name};
+pub use format::EnigmaFile;
+pub use model::{Exec, KvCache, Scratch, Serial, Transformer, Weights};
+pub use sampler::{ProbIndex, Sampler, SamplerConfig};
+pub use tokenizer::Tokenizer;
+
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -1,0 +1,279 @@
+//! Byte-level BPE with merge scores, in llama2.c's style (SentencePiece-compatible for Llama vocabularies).
+//!
+//! Encoding: optional BOS, the dummy-prefix piece `" "` before non-empty text, one token per UTF-8 character
+//! (bytes without a piece fall back to `<0xNN>` tokens), then repeatedly merge the adjacent pair whose merged
+//! piece has the highest score (leftmost on ties) until no pair merges; optional EOS.
+//! Decoding strips the leading space of the first piece after BOS and turns `<0xNN>` into that byte.
+
+use crate::format::{EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED};
+use crate::{Error, Result};
+use core::cmp::Ordering;
+
+/// A tokenizer viewing its vocabulary in place.
+#[derive(Clone, Copy, Debug)]
+pub struct Tokenizer<'a> {
+    /// All pieces concatenated.
+    pieces: &'a [u8],
+    /// (V + 1): piece `i` is `pieces[offsets[i]..offsets[i + 1]]`.
+    offsets: &'a [u32],
+    /// (V) merge scores
+    scores: &'a [f32],
+    /// (V) token ids ordered by their piece's bytes, for binary search.
+    sorted: &'a [u32],
+    meta: TokenizerMeta,
+}
+
+static BYTES: [u8; 256] = {
+    let mut b = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        b[i] = i as u8;
+        i += 1;
+    }
+    b
+};
+
+/// Parses a byte-fallback piece `<0xNN>`.
+fn byte_piece(p: &[u8]) -> Option<u8> {
+    if p.len() != 6 || &p[..3] != b"<0x" || p[5] != b'>' {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    Some(hex(p[3])? << 4 | hex(p[4])?)
+}
+
+/// Orders `cand` against the concatenation `a ++ b` without building it.
+fn cmp_concat(cand: &[u8], a: &[u8], b: &[u8]) -> Ordering {
+    let n = cand.len().min(a.len());
+    match cand[..n].cmp(&a[..n]) {
+        Ordering::Equal if cand.len() < a.len() => Ordering::Less,
+        Ordering::Equal => cand[a.len()..].cmp(b),
+        o => o,
+    }
+}
+
+impl<'a> Tokenizer<'a> {
+    /// Views the tokenizer stored in a `.enigma` file.
+    pub fn from_file(file: &EnigmaFile<'a>) -> Result<Self> {
+        let v = file.config().vocab_size as u64;
+        Self::new(
+            file.header().tokenizer,
+            file.raw_u8(TOK_PIECES)?,
+            file.u32s(TOK_OFFSETS, &[v + 1])?,
+            file.f32s(TOK_SCORES, &[v])?,
+            file.u32s(TOK_SORTED, &[v])?,
+        )
+    }
+
+    /// Checks that the arrays describe a vocabulary every lookup stays inside.
+    pub fn new(
+        meta: TokenizerMeta,
+        pieces: &'a [u8],
+        offsets: &'a [u32],
+        scores: &'a [f32],
+        sorted: &'a [u32],
+    ) -> Result<Self> {
+        let bad = |why| Err(Error::BadTokenizer(why));
+        let v = scores.len();
+        if v == 0 || offsets.len() != v + 1 || sorted.len() != v {
+            return bad("offsets, scores and sorted index disagree on the vocabulary size");
+        }
+        if offsets[0] != 0
+            || offsets[v] as usize != pieces.len()
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return bad("piece offsets are not increasing within the piece bytes");
+        }
+        let specials = [
+            Some(meta.bos),
+            Some(meta.eos),
+            meta.pad,
+            meta.byte_fallback.map(|b| b + 255),
+        ];
+        if specials.into_iter().flatten().any(|id| id as usize >= v) {
+            return bad("a special token id is outside the vocabulary");
+        }
+        let tok = Tokenizer {
+            pieces,
+            offsets,
+            scores,
+            sorted,
+            meta,
+        };
+        if sorted.iter().any(|&id| id as usize >= v) {
+            return bad("the sorted index names a token outside the vocabulary");
+        }
+        if sorted.windows(2).any(|w| tok.piece(w[0]) > tok.piece(w[1])) {
+            return bad("the sorted index is not in byte order");
+        }
+        Ok(tok)
+    }
+
+    pub fn meta(&self) -> &TokenizerMeta {
+        &self.meta
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.scores.len()
+    }
+    pub fn bos(&self) -> u32 {
+        self.meta.bos
+    }
+    pub fn eos(&self) -> u32 {
+        self.meta.eos
+    }
+
+    /// The bytes of token `id` (empty for an id outside the vocabulary).
+    pub fn piece(&self, id: u32) -> &'a [u8] {
+        let i = id as usize;
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.pieces[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+
+    pub fn score(&self, id: u32) -> f32 {
+        self.scores
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY)
+    }
+
+    /// The id whose piece is exactly `s`.
+    pub fn lookup(&self, s: &[u8]) -> Option<u32> {
+        self.find(|cand| cand.cmp(s))
+    }
+
+    fn find(&self, cmp: impl Fn(&[u8]) -> Ordering) -> Option<u32> {
+        self.sorted
+            .binary_search_by(|&id| cmp(self.piece(id)))
+            .ok()
+            .map(|i| self.sorted[i])
+    }
+
+    fn byte_token(&self, b: u8) -> Result<u32> {
+        match self.meta.byte_fallback {
+            Some(base) => Ok(base + b as u32),
+            None => self
+                .lookup(&BYTES[b as usize..b as usize + 1])
+                .ok_or(Error::Unencodable { byte: b }),
+        }
+    }
+
+    /// The most tokens encoding `text_len` bytes can produce (with BOS, dummy prefix and EOS).
+    pub fn max_tokens(text_len: usize) -> usize {
+        text_len + 3
+    }
+
+    /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
+    /// at most.
+    pub fn encode(&self, text: &str, bos: bool, eos: bool, out: &mut [u32]) -> Result<usize> {
+        let need = Self::max_tokens(text.len());
+        let mut n = 0;
+        let push = |out: &mut [u32], n: &mut usize, id: u32| match out.get_mut(*n) {
+            Some(slot) => {
+                *slot = id;
+                *n += 1;
+                Ok(())
+            }
+            None => Err(Error::BufferTooSmall {
+                what: "token",
+                needed: need,
+                found: out.len(),
+            }),
+        };
+        if bos {
+            push(out, &mut n, self.meta.bos)?;
+        }
+        if self.meta.add_dummy_prefix && !text.is_empty() {
+            if let Some(space) = self.lookup(b" ") {
+                push(out, &mut n, space)?;
+            }
+        }
+        let mut utf8 = [0u8; 4];
+        for ch in text.chars() {
+            let bytes = ch.encode_utf8(&mut utf8).as_bytes();
+            match self.lookup(bytes) {
+                Some(id) => push(out, &mut n, id)?,
+                None => {
+                    for &b in bytes {
+                        push(out, &mut n, self.byte_token(b)?)?;
+                    }
+                }
+            }
+        }
+        let mut len = n;
+        // Merge the best-scoring adjacent pair until none merges (llama2.c's loop; BOS takes part, as there).
+        loop {
+            let mut best: Option<(f32, u32, usize)> = None;
+            for i in 0..len.saturating_sub(1) {
+                let (a, b) = (self.piece(out[i]), self.piece(out[i + 1]));
+                if let Some(id) = self.find(|cand| cmp_concat(cand, a, b)) {
+                    let score = self.scores[id as usize];
+                    if score > best.map_or(-1e10, |b| b.0) {
+                        best = Some((score, id, i));
+                    }
+                }
+            }
+            let Some((_, id, i)) = best else { break };
+            out[i] = id;
+            out.copy_within(i + 2..len, i + 1);
+            len -= 1;
+        }
+        n = len;
+        if eos {
+            push(out, &mut n, self.meta.eos)?;
+        }
+        Ok(n)
+    }
+
+    /// The bytes token `token` prints as when it follows `prev`: without the leading space right after BOS,
+    /// and `<0xNN>` as the byte it names.
+    pub fn decode(&self, prev: u32, token: u32) -> &'a [u8] {
+        let mut p = self.piece(token);
+        if prev == self.meta.bos && p.first() == Some(&b' ') {
+            p = &p[1..];
+        }
+        match byte_piece(p) {
+            Some(b) => &BYTES[b as usize..b as usize + 1],
+            None => p,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_order_matches_building_the_string() {
+        let words: [&[u8]; 7] = [b"", b"a", b"ab", b"abc", b"b", b"ba", b"\xff"];
+        for cand in words {
+            for a in words {
+                for b in words {
+                    let mut buf = [0u8; 8];
+                    buf[..a.len()].copy_from_slice(a);
+                    buf[a.len()..a.len() + b.len()].copy_from_slice(b);
+                    let joined = &buf[..a.len() + b.len()];
+                    assert_eq!(
+                        cmp_concat(cand, a, b),
+                        cand.cmp(joined),
+                        "{cand:?} vs {a:?}+{b:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_pieces_parse() {
+        assert_eq!(byte_piece(b"<0x0A>"), Some(10));
+        assert_eq!(byte_piece(b"<0xff>"), Some(255));
+        assert_eq!(byte_piece(b"<0xG0>"), None);
+        assert_eq!(byte_piece(b"<0x0A"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, and writes models.
+pub mod backend;
+mod error;
+pub mod load;
+pub mod session;
+pub mod writer;
+
+pub use backend::{Backend, Pool};
+pub use enigma_core as core;
+pub use error::{Error, Result};
+pub use load::{AlignedBytes, Model, ModelFile};
+pub use session::HostSession;
+pub use writer::{ModelWriter, TokenizerData};

@@ -1,0 +1,305 @@
+//! Writing `.enigma` files (docs/FORMAT.md). The reader lives in `enigma-core`; both share its `Header`.
+
+use crate::{Error, Result};
+use enigma_core::config::{Config, ParamLayout};
+use enigma_core::format::{
+    ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
+    MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, VERSION,
+};
+use enigma_core::kernels::DType;
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::Path;
+
+/// A tokenizer's vocabulary held on the heap, before it is written into a model file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenizerData {
+    pub pieces: Vec<Vec<u8>>,
+    pub scores: Vec<f32>,
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: Option<u32>,
+    pub add_dummy_prefix: bool,
+    pub chat: Option<ChatTokens>,
+}
+
+impl TokenizerData {
+    /// The header record: byte fallback is on when pieces `<0x00>`..`<0xFF>` sit at consecutive ids.
+    pub fn meta(&self) -> TokenizerMeta {
+        let id = |p: &[u8]| self.pieces.iter().position(|q| q == p);
+        let byte_fallback = id(b"<0x00>").filter(|&base| {
+            (0..256).all(|b| {
+                self.pieces.get(base + b).map(|p| p.as_slice())
+                    == Some(format!("<0x{b:02X}>").as_bytes())
+            })
+        });
+        TokenizerMeta {
+            bos: self.bos,
+            eos: self.eos,
+            pad: self.pad,
+            max_token_len: self.pieces.iter().map(|p| p.len()).max().unwrap_or(0) as u32,
+            add_dummy_prefix: self.add_dummy_prefix,
+            byte_fallback: byte_fallback.map(|b| b as u32),
+            chat: self.chat,
+        }
+    }
+
+    /// The four tokenizer tensors: pieces (u8), offsets (u32, V+1), scores (f32, V), sorted ids (u32, V).
+    fn arrays(&self) -> (Vec<u8>, Vec<u32>, Vec<u32>) {
+        let mut bytes = Vec::new();
+        let mut offsets = vec![0u32];
+        for p in &self.pieces {
+            bytes.extend_from_slice(p);
+            offsets.push(bytes.len() as u32);
+        }
+        let mut sorted: Vec<u32> = (0..self.pieces.len() as u32).collect();
+        sorted.sort_by(|&a, &b| self.pieces[a as usize].cmp(&self.pieces[b as usize]));
+        (bytes, offsets, sorted)
+    }
+}
+
+struct PendingTensor<'a> {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    bytes: Cow<'a, [u8]>,
+}
+
+/// Builds a `.enigma` file: config, tokenizer, tensors, provenance.
+pub struct ModelWriter<'a> {
+    config: Config,
+    tokenizer: TokenizerData,
+    tensors: Vec<PendingTensor<'a>>,
+    source: String,
+    notes: String,
+    created_unix: u64,
+}
+
+fn le_bytes<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
+    v.iter().flat_map(|x| f(*x)).collect()
+}
+
+impl<'a> ModelWriter<'a> {
+    pub fn new(config: Config, tokenizer: TokenizerData) -> Self {
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ModelWriter {
+            config,
+            tokenizer,
+            tensors: Vec::new(),
+            source: String::new(),
+            notes: String::new(),
+            created_unix,
+        }
+    }
+
+    pub fn provenance(&mut self, source: impl Into<String>, notes: impl Into<String>) -> &mut Self {
+        self.source = source.into();
+        self.notes = notes.into();
+        self
+    }
+
+    /// Adds a tensor of raw little-endian bytes.
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: impl Into<Cow<'a, [u8]>>,
+    ) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dtype,
+            shape: shape.into(),
+            bytes: bytes.into(),
+        });
+        self
+    }
+
+    pub fn f32_tensor(&mut self, name: &str, shape: &[u64], data: &[f32]) -> &mut Self {
+        self.tensor(name, DType::F32, shape, le_bytes(data, f32::to_le_bytes))
+    }
+
+    /// Adds every parameter of the layout from one flat f32 buffer laid out by [`ParamLayout`].
+    pub fn f32_params(&mut self, params: &[f32]) -> Result<&mut Self> {
+        let layout = ParamLayout::new(&self.config);
+        if params.len() as u64 != layout.total_numel() {
+            return Err(Error::Invalid(format!(
+                "{} parameters given, the config has {}",
+                params.len(),
+                layout.total_numel()
+            )));
+        }
+        let mut at = 0usize;
+        for spec in layout.iter() {
+            let n = spec.numel() as usize;
+            self.f32_tensor(spec.name, &spec.shape[..spec.ndim()], &params[at..at + n]);
+            at += n;
+        }
+        Ok(self)
+    }
+
+    /// The whole file as bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.config.validate()?;
+        let tok = &self.tokenizer;
+        if tok.pieces.len() != self.config.vocab_size as usize
+            || tok.scores.len() != tok.pieces.len()
+        {
+            return Err(Error::Invalid(format!(
+                "the tokenizer has {} pieces and {} scores but the config's vocabulary is {}",
+                tok.pieces.len(),
+                tok.scores.len(),
+                self.config.vocab_size
+            )));
+        }
+        let (pieces, offsets, sorted) = tok.arrays();
+        let v = tok.pieces.len() as u64;
+        let tok_tensors = [
+            (TOK_PIECES, DType::U8, vec![pieces.len() as u64], pieces),
+            (
+                TOK_OFFSETS,
+                DType::U32,
+                vec![v + 1],
+                le_bytes(&offsets, u32::to_le_bytes),
+            ),
+            (
+                TOK_SCORES,
+                DType::F32,
+                vec![v],
+                le_bytes(&tok.scores, f32::to_le_bytes),
+            ),
+            (
+                TOK_SORTED,
+                DType::U32,
+                vec![v],
+                le_bytes(&sorted, u32::to_le_bytes),
+            ),
+        ];
+        let all: Vec<(&str, DType, &[u64], &[u8])> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), &*t.bytes))
+            .chain(
+                tok_tensors
+                    .iter()
+                    .map(|(n, d, s, b)| (*n, *d, s.as_slice(), b.as_slice())),
+            )
+            .collect();
+        if all.len() > MAX_TENSORS {
+            return Err(Error::Invalid(format!(
+                "{} tensors; a model file holds at most {MAX_TENSORS}",
+                all.len()
+            )));
+        }
+        for (name, dtype, shape, bytes) in &all {
+            let numel = shape.iter().product::<u64>();
+            if shape.is_empty()
+                || shape.len() > MAX_DIMS
+                || dtype.bytes_for(numel) != Some(bytes.len() as u64)
+            {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}': {} bytes do not hold shape {shape:?} of {}",
+                    bytes.len(),
+                    dtype.name()
+                )));
+            }
+        }
+
+        let tool = format!("enigma {}", env!("CARGO_PKG_VERSION"));
+        let align = |x: u64| x.div_ceil(ALIGN as u64) * ALIGN as u64;
+        // Offsets are varints in the header, so its length depends on them: grow the data offset until the
+        // header fits in front of it.
+        let mut data_offset = align(PRELUDE_LEN as u64 + 256);
+        let (header_bytes, data) = loop {
+            let mut entries = heapless::Vec::<TensorEntry<'_>, MAX_TENSORS>::new();
+            let mut data = Vec::new();
+            for (name, dtype, shape, bytes) in &all {
+                let rel = align(data.len() as u64);
+                data.resize(rel as usize, 0);
+                data.extend_from_slice(bytes);
+                let entry = TensorEntry {
+                    name,
+                    dtype: *dtype as u8,
+                    shape: shape.iter().copied().collect(),
+                    offset: data_offset + rel,
+                    len: bytes.len() as u64,
+                };
+                entries
+                    .push(entry)
+                    .map_err(|_| Error::Invalid("too many tensors".into()))?;
+            }
+            let header = Header {
+                config: self.config,
+                tokenizer: tok.meta(),
+                tensors: entries,
+                provenance: Provenance {
+                    source: &self.source,
+                    tool: &tool,
+                    created_unix: self.created_unix,
+                    notes: &self.notes,
+                },
+                data_offset,
+                data_len: data.len() as u64,
+                data_crc32: crc32fast::hash(&data),
+            };
+            let hb = postcard::to_allocvec(&header)
+                .map_err(|e| Error::Invalid(format!("header: {e}")))?;
+            let need = align(PRELUDE_LEN as u64 + hb.len() as u64);
+            if need <= data_offset {
+                break (hb, data);
+            }
+            data_offset = need;
+        };
+
+        let mut out = Vec::with_capacity(data_offset as usize + data.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&header_bytes).to_le_bytes());
+        out.extend_from_slice(&header_bytes);
+        out.resize(data_offset as usize, 0);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    /// Writes the file atomically: a reader sees the old file or the whole new one, never a part.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        atomic_write(path.as_ref(), &self.to_bytes()?)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, fsynced, then renamed over `path`.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
