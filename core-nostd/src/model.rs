@@ -295,6 +295,33 @@ impl<'a> Transformer<'a> {
         tokens: &[u32],
         start: usize,
     ) -> Result<&'s [f32]> {
+        self.run(exec, cache, scratch, tokens, start, None)?;
+        Ok(scratch.logits)
+    }
+
+    /// Like [`Transformer::forward`], but computes the logits of every token and hands each to
+    /// `on_logits(index in tokens, logits (V))`: scoring a text (perplexity) in one pass.
+    pub fn forward_each(
+        &self,
+        exec: &dyn Exec,
+        cache: &mut KvCache<'_>,
+        scratch: &mut Scratch<'_>,
+        tokens: &[u32],
+        start: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.run(exec, cache, scratch, tokens, start, Some(on_logits))
+    }
+
+    fn run(
+        &self,
+        exec: &dyn Exec,
+        cache: &mut KvCache<'_>,
+        scratch: &mut Scratch<'_>,
+        tokens: &[u32],
+        start: usize,
+        mut on_logits: Option<&mut dyn FnMut(usize, &[f32])>,
+    ) -> Result<()> {
         let c = &self.config;
         let max = c.seq_len as usize;
         if start.checked_add(tokens.len()).is_none_or(|end| end > max) {
@@ -306,24 +333,32 @@ impl<'a> Transformer<'a> {
                 vocab: c.vocab_size,
             });
         }
-        if tokens.is_empty() {
-            return Ok(scratch.logits);
-        }
         let chunk = scratch.chunk;
+        let d = c.dim as usize;
         for (i, part) in tokens.chunks(chunk).enumerate() {
             self.chunk(exec, cache, scratch, part, start + i * chunk);
+            let last = i * chunk + part.len() == tokens.len();
+            // Only the logits that are wanted: every token's when scoring, else the last token's.
+            let wanted = match on_logits {
+                Some(_) => 0..part.len(),
+                None if last => part.len() - 1..part.len(),
+                None => 0..0,
+            };
+            for t in wanted {
+                let s = &mut *scratch;
+                (self.kernels.rmsnorm)(
+                    &mut s.xb[..d],
+                    &s.x[t * d..(t + 1) * d],
+                    self.weights.final_norm,
+                    c.norm_eps,
+                );
+                self.linear(exec, s.logits, self.weights.classifier, &s.xb[..d], 1);
+                if let Some(f) = on_logits.as_mut() {
+                    f(i * chunk + t, s.logits);
+                }
+            }
         }
-        let d = c.dim as usize;
-        let t = (tokens.len() - 1) % chunk;
-        let s = &mut *scratch;
-        (self.kernels.rmsnorm)(
-            &mut s.xb[..d],
-            &s.x[t * d..(t + 1) * d],
-            self.weights.final_norm,
-            c.norm_eps,
-        );
-        self.linear(exec, s.logits, self.weights.classifier, &s.xb[..d], 1);
-        Ok(scratch.logits)
+        Ok(())
     }
 
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ`, split over rows for one token and over tokens for a chunk.

@@ -93,7 +93,9 @@ impl<'a> Tokenizer<'a> {
             Some(meta.bos),
             Some(meta.eos),
             meta.pad,
-            meta.byte_fallback.map(|b| b + 255),
+            meta.byte_fallback.map(|b| b.saturating_add(255)),
+            meta.chat.map(|c| c.user),
+            meta.chat.map(|c| c.assistant),
         ];
         if specials.into_iter().flatten().any(|id| id as usize >= v) {
             return bad("a special token id is outside the vocabulary");
@@ -172,6 +174,23 @@ impl<'a> Tokenizer<'a> {
     /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
     /// at most.
     pub fn encode(&self, text: &str, bos: bool, eos: bool, out: &mut [u32]) -> Result<usize> {
+        let n = self.pre_tokenize(text, bos, out)?;
+        let mut n = self.merge(out, n);
+        if eos {
+            let found = out.len();
+            *out.get_mut(n).ok_or(Error::BufferTooSmall {
+                what: "token",
+                needed: n + 1,
+                found,
+            })? = self.meta.eos;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The first phase of [`Tokenizer::encode`]: optional BOS, the dummy prefix, then one token per UTF-8
+    /// character (byte tokens where no piece covers it), unmerged. Returns the count written to `out`.
+    pub fn pre_tokenize(&self, text: &str, bos: bool, out: &mut [u32]) -> Result<usize> {
         let need = Self::max_tokens(text.len());
         let mut n = 0;
         let push = |out: &mut [u32], n: &mut usize, id: u32| match out.get_mut(*n) {
@@ -206,29 +225,37 @@ impl<'a> Tokenizer<'a> {
                 }
             }
         }
-        let mut len = n;
-        // Merge the best-scoring adjacent pair until none merges (llama2.c's loop; BOS takes part, as there).
+        Ok(n)
+    }
+
+    /// The token that merging `a` and `b` makes, and its score, if the vocabulary has their concatenation.
+    /// Scores at or below -1e10 never merge (llama2.c's threshold).
+    pub fn merge_pair(&self, a: u32, b: u32) -> Option<(u32, f32)> {
+        let (pa, pb) = (self.piece(a), self.piece(b));
+        let id = self.find(|cand| cmp_concat(cand, pa, pb))?;
+        let score = self.scores[id as usize];
+        (score > -1e10).then_some((id, score))
+    }
+
+    /// The second phase: merge the best-scoring adjacent pair (leftmost on ties) until none merges, in place
+    /// over `tokens[..len]`; returns the new length. This is llama2.c's loop, O(n²): the std runtime has an
+    /// O(n log n) one giving the same ids for long texts.
+    pub fn merge(&self, tokens: &mut [u32], len: usize) -> usize {
+        let mut len = len;
         loop {
             let mut best: Option<(f32, u32, usize)> = None;
             for i in 0..len.saturating_sub(1) {
-                let (a, b) = (self.piece(out[i]), self.piece(out[i + 1]));
-                if let Some(id) = self.find(|cand| cmp_concat(cand, a, b)) {
-                    let score = self.scores[id as usize];
-                    if score > best.map_or(-1e10, |b| b.0) {
+                if let Some((id, score)) = self.merge_pair(tokens[i], tokens[i + 1]) {
+                    if best.is_none_or(|b| score > b.0) {
                         best = Some((score, id, i));
                     }
                 }
             }
-            let Some((_, id, i)) = best else { break };
-            out[i] = id;
-            out.copy_within(i + 2..len, i + 1);
+            let Some((_, id, i)) = best else { return len };
+            tokens[i] = id;
+            tokens.copy_within(i + 2..len, i + 1);
             len -= 1;
         }
-        n = len;
-        if eos {
-            push(out, &mut n, self.meta.eos)?;
-        }
-        Ok(n)
     }
 
     /// The bytes token `token` prints as when it follows `prev`: without the leading space right after BOS,

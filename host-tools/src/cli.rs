@@ -36,6 +36,43 @@ pub enum Command {
         /// The .enigma file.
         model: PathBuf,
     },
+    /// Perplexity of a model on a text file.
+    Eval(EvalArgs),
+    /// Prompt-processing and generation speed, against this machine's measured bandwidth and FMA peak.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// A UTF-8 text file to score.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tokens per scoring window (default: the model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Score at most this many tokens of the text (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub max_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Prompt tokens processed as one prefill.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated one at a time.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,16 +93,26 @@ pub enum Import {
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// 0 is greedy.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    #[arg(
+        short = 't',
+        long,
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(short = 'p', long, default_value_t = 0.9)]
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0 = off).
     #[arg(short = 'k', long, default_value_t = 0)]
     pub top_k: u32,
     /// Penalty for tokens among the last --repeat-last-n (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: u32,
@@ -154,6 +201,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Chat(args) => chat(args),
         Command::Info { model } => info(&model),
+        Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -420,5 +469,91 @@ pub fn info(path: &Path) -> Result<()> {
             t.bytes.len()
         );
     }
+    // A well-formed file can still disagree with its config (a shape, a missing tensor, the tokenizer):
+    // say so rather than exit 0 on a model that `run` refuses.
+    file.model(enigma_core::kernels::kernels())?;
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let (file, backend) = open(&args.engine)?;
+    let model = file.model(backend.kernels())?;
+    let tokens = crate::eval::tokens_of_file(&model, &args.data)?;
+    let ctx = args
+        .ctx
+        .unwrap_or(model.transformer.config.seq_len as usize);
+    let start = Instant::now();
+    let p = crate::eval::perplexity(&model, backend.exec(), &tokens, ctx, args.max_tokens)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "perplexity {:.4} (mean NLL {:.5} nats/token) over {} tokens of {}, windows of {ctx}",
+        p.ppl(),
+        p.mean_nll,
+        p.scored,
+        args.data.display()
+    );
+    eprintln!(
+        "{:.1} tokens/s on {}",
+        p.scored as f64 / secs,
+        backend.describe()
+    );
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    use crate::bench;
+    let (file, backend) = open(&args.engine)?;
+    let model = file.model(backend.kernels())?;
+    let threads = backend.threads();
+    let r = bench::run_model(
+        &model,
+        &backend,
+        args.prompt_tokens,
+        args.gen_tokens,
+        args.rounds,
+    )?;
+    let bw = bench::read_bandwidth(threads, 5);
+    let (fma, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
+    let peak = peak1 * threads as f64;
+    let bytes = bench::weight_bytes_per_token(&model) as f64;
+    let flops = bench::flops_per_token(&model);
+    let decode_frac = r.gen_tokens_per_s * bytes / bw;
+    let prefill_frac = r.prompt_tokens_per_s * flops / peak;
+    let dtype = bench::main_dtype(&model).name();
+    if args.json {
+        println!(
+            "{{\"model\":{:?},\"dtype\":\"{dtype}\",\"threads\":{threads},\"kernels\":\"{}\",\"prompt_tokens_per_s\":{:.2},\"gen_tokens_per_s\":{:.2},\"read_bandwidth_gb_s\":{:.3},\"fma_peak_gflops\":{:.2},\"decode_bandwidth_fraction\":{:.4},\"prefill_fma_fraction\":{:.4}}}",
+            args.engine.model.display().to_string(),
+            backend.kernels().tier.name(),
+            r.prompt_tokens_per_s,
+            r.gen_tokens_per_s,
+            bw / 1e9,
+            peak / 1e9,
+            decode_frac,
+            prefill_frac
+        );
+        return Ok(());
+    }
+    println!(
+        "model      {} ({dtype}, {:.1} MB of weights read per token)",
+        args.engine.model.display(),
+        bytes / 1e6
+    );
+    println!("backend    {}", backend.describe());
+    println!(
+        "prefill    {:>10.1} tok/s  ({} tokens, median of {})",
+        r.prompt_tokens_per_s, args.prompt_tokens, args.rounds
+    );
+    println!(
+        "decode     {:>10.1} tok/s  ({} tokens, median of {})",
+        r.gen_tokens_per_s, args.gen_tokens, args.rounds
+    );
+    println!("machine    read bandwidth {:.1} GB/s, FMA peak {:.1} GFLOP/s ({fma}, {threads} threads), measured now", bw / 1e9, peak / 1e9);
+    println!(
+        "decode     {:.1}% of the bandwidth bound ({:.1} tok/s)",
+        100.0 * decode_frac,
+        bw / bytes
+    );
+    println!("prefill    {:.1}% of the FMA peak", 100.0 * prefill_frac);
     Ok(())
 }

@@ -1,4 +1,6 @@
 //! The library behind the `enigma` command, so tests and benches drive the same code the CLI does.
+pub mod bench;
 pub mod cli;
+pub mod eval;
 pub mod llama2c;
 pub mod shared;

@@ -3,6 +3,7 @@ pub mod backend;
 mod error;
 pub mod load;
 pub mod session;
+pub mod tokenize;
 pub mod writer;
 
 pub use backend::{Backend, Pool};

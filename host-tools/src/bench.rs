@@ -1,0 +1,131 @@
+//! `enigma bench`: prompt-processing and generation speed of a model, and how close they come to this
+//! machine's memory bandwidth (decode reads every weight once per token) and FMA peak (prefill is
+//! matrix-matrix work). Both limits are measured here, on this machine, in the same run.
+
+use anyhow::Result;
+use enigma_core::generate::Session;
+use enigma_core::kernels::DType;
+use enigma_core::{Sampler, SamplerConfig};
+use enigma_runtime::{Backend, HostSession, Model};
+use rayon::prelude::*;
+use std::time::Instant;
+
+pub fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Read bandwidth in bytes/s with `threads` threads: a wrapping integer sum over a buffer much larger than
+/// any cache (integer adds vectorise freely, so the loop waits on memory, not on arithmetic).
+pub fn read_bandwidth(threads: usize, rounds: usize) -> f64 {
+    let words = 64 << 20; // 512 MiB of u64
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+    let Ok(pool) = pool else { return 0.0 };
+    let mut rates: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            let sum: u64 = pool.install(|| {
+                buf.par_chunks(words / threads.max(1) + 1)
+                    .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+                    .reduce(|| 0, u64::wrapping_add)
+            });
+            std::hint::black_box(sum);
+            (words * 8) as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&mut rates)
+}
+
+/// Bytes of weights one decode step reads: every matrix once (the embedding only one row, unless tied,
+/// when it is the classifier).
+pub fn weight_bytes_per_token(model: &Model<'_>) -> u64 {
+    model
+        .file
+        .tensors()
+        .filter(|t| {
+            !t.name.starts_with("tokenizer.")
+                && !(t.name == "token_embedding" && !model.transformer.config.tied_classifier)
+        })
+        .map(|t| t.bytes.len() as u64)
+        .sum()
+}
+
+/// Matrix flops per token: 2 per weight of every matrix that multiplies activations.
+pub fn flops_per_token(model: &Model<'_>) -> f64 {
+    let c = &model.transformer.config;
+    let embed = if c.tied_classifier {
+        0
+    } else {
+        c.vocab_size as u64 * c.dim as u64
+    };
+    2.0 * (c.param_count() - embed) as f64
+}
+
+pub struct BenchResult {
+    pub prompt_tokens_per_s: f64,
+    pub gen_tokens_per_s: f64,
+}
+
+/// Medians over `rounds` of prefilling `prompt_len` tokens and of generating `gen_len` tokens greedily.
+pub fn run_model(
+    model: &Model<'_>,
+    backend: &Backend,
+    prompt_len: usize,
+    gen_len: usize,
+    rounds: usize,
+) -> Result<BenchResult> {
+    let c = &model.transformer.config;
+    let seq = c.seq_len as usize;
+    let prompt_len = prompt_len.clamp(1, seq - 1);
+    let gen_len = gen_len.clamp(1, seq - prompt_len);
+    // A prompt of ordinary tokens (skipping the specials at the bottom of most vocabularies).
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| 3 + (i * 7919) % (c.vocab_size - 3).max(1))
+        .collect();
+    let mut bufs = HostSession::new(&model.transformer, 64);
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
+        let t = Instant::now();
+        session.feed(backend.exec(), &prompt)?;
+        pp.push(prompt_len as f64 / t.elapsed().as_secs_f64());
+
+        let mut session = bufs.session(model.transformer)?;
+        session.feed(backend.exec(), &prompt[..1])?;
+        let mut sampler = Sampler::new(SamplerConfig::greedy());
+        let t = Instant::now();
+        let mut n = 0usize;
+        for _ in 0..gen_len {
+            let next = sampler.sample(&mut session.logits().to_vec(), &mut []);
+            session.feed(backend.exec(), &[next])?;
+            n += 1;
+        }
+        tg.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(BenchResult {
+        prompt_tokens_per_s: median(&mut pp),
+        gen_tokens_per_s: median(&mut tg),
+    })
+}
+
+/// The dtype most of a model's weight bytes are stored in, for the report.
+pub fn main_dtype(model: &Model<'_>) -> DType {
+    let mut best = (DType::F32, 0usize);
+    for d in DType::ALL {
+        let n: usize = model
+            .file
+            .tensors()
+            .filter(|t| t.dtype == d && !t.name.starts_with("tokenizer."))
+            .map(|t| t.bytes.len())
+            .sum();
+        if n > best.1 {
+            best = (d, n);
+        }
+    }
+    best.0
+}

@@ -1,0 +1,89 @@
+//! `enigma eval`: perplexity of a model on a text file.
+
+use anyhow::{bail, Context, Result};
+use enigma_core::{Exec, KvCache, Scratch};
+use enigma_runtime::Model;
+use std::path::Path;
+
+/// The mean negative log-likelihood of a text and its perplexity.
+#[derive(Clone, Copy, Debug)]
+pub struct Perplexity {
+    /// Tokens scored (every token of each window but its first).
+    pub scored: usize,
+    pub mean_nll: f64,
+}
+
+impl Perplexity {
+    pub fn ppl(&self) -> f64 {
+        self.mean_nll.exp()
+    }
+}
+
+/// Encodes a text file with the model's tokenizer (BOS first), in O(n log n).
+pub fn tokens_of_file(model: &Model<'_>, path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    Ok(enigma_runtime::tokenize::encode(
+        &model.tokenizer,
+        text,
+        true,
+        false,
+    )?)
+}
+
+/// Scores `tokens` in independent windows of `ctx` tokens: within a window, each token is predicted from
+/// the ones before it. `max_tokens` caps the tokens read (0 = all).
+pub fn perplexity(
+    model: &Model<'_>,
+    exec: &dyn Exec,
+    tokens: &[u32],
+    ctx: usize,
+    max_tokens: usize,
+) -> Result<Perplexity> {
+    let c = &model.transformer.config;
+    if ctx < 2 || ctx > c.seq_len as usize {
+        bail!(
+            "--ctx must be between 2 and the model's context ({}), not {ctx}",
+            c.seq_len
+        );
+    }
+    let tokens = if max_tokens > 0 {
+        &tokens[..tokens.len().min(max_tokens)]
+    } else {
+        tokens
+    };
+    if tokens.len() < 2 {
+        bail!("the text is too short to score: {} tokens", tokens.len());
+    }
+    let chunk = 64.min(ctx);
+    let mut kv = vec![0.0f32; KvCache::len(c)];
+    let mut scratch = vec![0.0f32; Scratch::len(c, chunk)];
+    let (mut sum, mut scored) = (0.0f64, 0usize);
+    for window in tokens.chunks(ctx).filter(|w| w.len() >= 2) {
+        let mut cache = KvCache::new(&mut kv, c)?;
+        let mut s = Scratch::new(&mut scratch, c, chunk)?;
+        model.transformer.forward_each(
+            exec,
+            &mut cache,
+            &mut s,
+            &window[..window.len() - 1],
+            0,
+            &mut |i, logits| {
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                let lse = max
+                    + logits
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                sum += lse - logits[window[i + 1] as usize] as f64;
+                scored += 1;
+            },
+        )?;
+    }
+    Ok(Perplexity {
+        scored,
+        mean_nll: sum / scored as f64,
+    })
+}
