@@ -1,7 +1,9 @@
 //! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, and writes models.
 pub mod backend;
 mod error;
+pub mod hardware;
 pub mod load;
+pub mod lock;
 pub mod session;
 pub mod tokenize;
 pub mod writer;
@@ -9,6 +11,8 @@ pub mod writer;
 pub use backend::{Backend, Pool};
 pub use enigma_core as core;
 pub use error::{Error, Result};
+pub use hardware::Hardware;
 pub use load::{AlignedBytes, Model, ModelFile};
+pub use lock::{LockError, ModelLock};
 pub use session::HostSession;
 pub use writer::{ModelWriter, TokenizerData};

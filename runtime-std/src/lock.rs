@@ -1,0 +1,168 @@
+//! One writer per model folder, enforced by the OS.
+//!
+//! Training, serving, converting, renaming and deleting a model each hold the folder's lock for as long as
+//! they work on it. The lock is an advisory OS file lock (`flock` on Unix, `LockFileEx` on Windows) on
+//! `FOLDER/.lock`: the OS drops it when the holder exits or crashes, so a stale lock cannot outlive its
+//! process. The holder writes its pid and purpose into the file so that the process refused can say who
+//! holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The lock file's name inside a model folder.
+pub const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another holder (this process or another) has the lock.
+    #[error("{} is locked by {holder}; try again when it finishes", dir.display())]
+    Held { dir: PathBuf, holder: String },
+    #[error("{}: cannot lock: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Holds a folder's lock until dropped.
+#[derive(Debug)]
+pub struct ModelLock {
+    file: File,
+    dir: PathBuf,
+    purpose: String,
+}
+
+impl ModelLock {
+    /// Takes the lock of the model folder `dir` for `purpose` ("training", "serving", "delete", ...),
+    /// or says who holds it. Never waits.
+    pub fn acquire(dir: impl AsRef<Path>, purpose: &str) -> Result<ModelLock, LockError> {
+        let dir = dir.as_ref();
+        Self::acquire_file(&dir.join(LOCK_FILE), dir, purpose)
+    }
+
+    /// Takes a lock held on the file `path`, naming `what` in errors. For locks that guard something
+    /// other than one model folder (the models registry, the module state).
+    pub fn acquire_file(path: &Path, what: &Path, purpose: &str) -> Result<ModelLock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Not truncated on open: until the lock is ours, the contents name the current holder.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let got = fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(io)?;
+        if !got {
+            return Err(LockError::Held {
+                dir: what.to_path_buf(),
+                holder: describe_holder(&file),
+            });
+        }
+        let mut lock = ModelLock {
+            file,
+            dir: what.to_path_buf(),
+            purpose: purpose.to_string(),
+        };
+        lock.record().map_err(io)?;
+        Ok(lock)
+    }
+
+    fn record(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        writeln!(self.file, "{} {}", std::process::id(), self.purpose)?;
+        self.file.flush()
+    }
+
+    /// Who holds the lock of model folder `dir` right now, or `None` when nobody does.
+    /// Probes by taking the lock for an instant, so it is exact at the moment of the call.
+    pub fn holder(dir: impl AsRef<Path>) -> Result<Option<String>, LockError> {
+        let dir = dir.as_ref();
+        match Self::acquire(dir, "probe") {
+            Ok(_probe) => Ok(None),
+            Err(LockError::Held { holder, .. }) => Ok(Some(holder)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn purpose(&self) -> &str {
+        &self.purpose
+    }
+}
+
+impl Drop for ModelLock {
+    fn drop(&mut self) {
+        // Clearing the note is cosmetic; the OS releases the lock itself when the file is closed. The file
+        // stays: removing it would let a process that opened it a moment ago lock an orphaned inode.
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// "process 1234 (training)" from the holder's note, or a plain phrase when the note is unreadable (a holder
+/// that is still writing it, or one from an older version).
+fn describe_holder(mut file: &File) -> String {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut parts = text.trim().splitn(2, ' ');
+    match (parts.next().map(str::parse::<u32>), parts.next()) {
+        (Some(Ok(pid)), Some(purpose)) if pid == std::process::id() => {
+            format!("this process ({purpose})")
+        }
+        (Some(Ok(pid)), Some(purpose)) => format!("process {pid} ({purpose})"),
+        (Some(Ok(pid)), None) => format!("process {pid}"),
+        _ => "another process".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_with_the_first_ones_pid_and_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ModelLock::acquire(dir.path(), "training").unwrap();
+        let err = ModelLock::acquire(dir.path(), "serving").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LockError::Held { .. }), "{msg}");
+        assert!(msg.contains("this process (training)"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert_eq!(
+            ModelLock::holder(dir.path()).unwrap().as_deref(),
+            Some("this process (training)")
+        );
+        drop(first);
+        assert_eq!(ModelLock::holder(dir.path()).unwrap(), None);
+        let again = ModelLock::acquire(dir.path(), "serving").unwrap();
+        assert_eq!(again.purpose(), "serving");
+    }
+
+    #[test]
+    fn a_missing_folder_is_an_io_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ModelLock::acquire(dir.path().join("nope"), "training").unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn another_processes_note_is_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = ModelLock::acquire(dir.path(), "x").unwrap();
+        let mut f = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        let _ = &lock;
+        std::fs::write(dir.path().join(LOCK_FILE), "4242 convert\n").unwrap();
+        assert_eq!(describe_holder(&f), "process 4242 (convert)");
+        f.seek(SeekFrom::Start(0)).unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), "garbage").unwrap();
+        assert_eq!(describe_holder(&f), "another process");
+    }
+}
