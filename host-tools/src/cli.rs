@@ -36,6 +36,16 @@ pub enum Command {
         /// The .enigma file.
         model: PathBuf,
     },
+    /// Rewrite a model with its weight matrices as f16, bf16, q8_0 or q4_0 (norms stay f32).
+    Quantize {
+        /// The .enigma file to convert.
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// f32, f16, bf16, q8_0 or q4_0.
+        #[arg(long)]
+        to: String,
+    },
     /// Perplexity of a model on a text file.
     Eval(EvalArgs),
     /// Prompt-processing and generation speed, against this machine's measured bandwidth and FMA peak.
@@ -87,6 +97,9 @@ pub enum Import {
         /// Where to write the .enigma file.
         #[arg(short, long)]
         output: PathBuf,
+        /// Store the weight matrices as f32, f16, bf16, q8_0 or q4_0 (norms stay f32).
+        #[arg(long, default_value = "f32")]
+        quantize: String,
     },
 }
 
@@ -197,7 +210,9 @@ pub fn main(cli: Cli) -> Result<()> {
             checkpoint,
             tokenizer,
             output,
-        }) => import_llama2c(&checkpoint, &tokenizer, &output),
+            quantize,
+        }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize),
+        Command::Quantize { input, output, to } => quantize(&input, &output, &to),
         Command::Run(args) => run(args),
         Command::Chat(args) => chat(args),
         Command::Info { model } => info(&model),
@@ -210,11 +225,12 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path) -> Result<()> {
+fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &str) -> Result<()> {
+    let dtype = enigma_runtime::quantize::parse_dtype(dtype)?;
     let name = checkpoint
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let bytes = crate::llama2c::import(&read(checkpoint)?, &read(tokenizer)?, &name)
+    let bytes = crate::llama2c::import_as(&read(checkpoint)?, &read(tokenizer)?, &name, dtype)
         .with_context(|| format!("{}", checkpoint.display()))?;
     enigma_runtime::writer::atomic_write(output, &bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
@@ -555,5 +571,27 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         bw / bytes
     );
     println!("prefill    {:.1}% of the FMA peak", 100.0 * prefill_frac);
+    Ok(())
+}
+
+pub fn quantize(input: &Path, output: &Path, to: &str) -> Result<()> {
+    let to = enigma_runtime::quantize::parse_dtype(to)?;
+    let file = ModelFile::open(input)?;
+    let (bytes, kept) = enigma_runtime::quantize::requantize(&file.parse()?, to)?;
+    // Check the result loads before it replaces anything.
+    ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;
+    enigma_runtime::writer::atomic_write(output, &bytes)?;
+    if !kept.is_empty() {
+        eprintln!(
+            "note: {} stay f32: their rows are not whole blocks of 32",
+            kept.join(", ")
+        );
+    }
+    eprintln!(
+        "wrote {} ({} bytes, {} weights)",
+        output.display(),
+        bytes.len(),
+        to.name()
+    );
     Ok(())
 }

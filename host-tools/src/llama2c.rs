@@ -11,6 +11,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use enigma_core::config::{self, Config, ParamLayout};
+use enigma_core::kernels::DType;
 use enigma_runtime::TokenizerData;
 
 /// A checkpoint's config and its parameters in [`ParamLayout`] order.
@@ -160,8 +161,13 @@ pub fn read_tokenizer(bytes: &[u8], vocab_size: u32) -> Result<TokenizerData> {
     })
 }
 
-/// Converts a checkpoint and its tokenizer into `.enigma` bytes.
+/// Converts a checkpoint and its tokenizer into `.enigma` bytes, in f32.
 pub fn import(ckpt_bytes: &[u8], tok_bytes: &[u8], source: &str) -> Result<Vec<u8>> {
+    import_as(ckpt_bytes, tok_bytes, source, DType::F32)
+}
+
+/// Converts a checkpoint and its tokenizer into `.enigma` bytes with the matrices stored as `to`.
+pub fn import_as(ckpt_bytes: &[u8], tok_bytes: &[u8], source: &str, to: DType) -> Result<Vec<u8>> {
     let ckpt = read_checkpoint(ckpt_bytes)?;
     let tok = read_tokenizer(tok_bytes, ckpt.config.vocab_size)?;
     let mut w = enigma_runtime::ModelWriter::new(ckpt.config, tok);
@@ -174,6 +180,12 @@ pub fn import(ckpt_bytes: &[u8], tok_bytes: &[u8], source: &str) -> Result<Vec<u
         format!("llama2c:{source}"),
         format!("imported from a llama2.c checkpoint ({layout})"),
     );
-    w.f32_params(&ckpt.params)?;
+    let kept = enigma_runtime::quantize::add_params(&mut w, &ckpt.config, &ckpt.params, to)?;
+    if !kept.is_empty() {
+        eprintln!(
+            "note: {} stay f32: their rows are not whole blocks of 32",
+            kept.join(", ")
+        );
+    }
     Ok(w.to_bytes()?)
 }

@@ -4,6 +4,7 @@ mod error;
 pub mod hardware;
 pub mod load;
 pub mod lock;
+pub mod quantize;
 pub mod session;
 pub mod tokenize;
 pub mod writer;

@@ -1,7 +1,7 @@
 //! Writing `.enigma` files (docs/FORMAT.md). The reader lives in `enigma-core`; both share its `Header`.
 
 use crate::{Error, Result};
-use enigma_core::config::{Config, ParamLayout};
+use enigma_core::config::Config;
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
     MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, VERSION,
@@ -121,22 +121,10 @@ impl<'a> ModelWriter<'a> {
         self.tensor(name, DType::F32, shape, le_bytes(data, f32::to_le_bytes))
     }
 
-    /// Adds every parameter of the layout from one flat f32 buffer laid out by [`ParamLayout`].
+    /// Adds every parameter of the layout, in f32, from one flat buffer laid out by [`ParamLayout`].
     pub fn f32_params(&mut self, params: &[f32]) -> Result<&mut Self> {
-        let layout = ParamLayout::new(&self.config);
-        if params.len() as u64 != layout.total_numel() {
-            return Err(Error::Invalid(format!(
-                "{} parameters given, the config has {}",
-                params.len(),
-                layout.total_numel()
-            )));
-        }
-        let mut at = 0usize;
-        for spec in layout.iter() {
-            let n = spec.numel() as usize;
-            self.f32_tensor(spec.name, &spec.shape[..spec.ndim()], &params[at..at + n]);
-            at += n;
-        }
+        let config = self.config;
+        crate::quantize::add_params(self, &config, params, DType::F32)?;
         Ok(self)
     }
 
