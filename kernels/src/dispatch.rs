@@ -1,19 +1,45 @@
 //! The table of kernels for one CPU tier, filled once at start (tract-linalg's "plug" design).
+//!
+//! Each arch module builds its tables from safe wrappers around `#[target_feature]` functions; a table is
+//! only handed out by [`kernels_for`] after the tier's features were detected (std) or are known at compile
+//! time (no_std), which is what makes those wrappers sound to call.
 
-use crate::{generic, WeightView};
+use crate::quant::{BlockQ4_0, BlockQ8_0};
+use crate::{frame, generic, WeightView};
+use half::{bf16, f16};
 
 /// A CPU tier: a set of instruction-set extensions a table of kernels is written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
+    /// Scalar Rust: the reference, and what runs where nothing else does.
     Generic,
+    /// Cortex-M (Armv7E-M: SMLAD for int8 dots; 4-accumulator f32 for the FPU).
+    CortexM,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86-64 with AVX-512 F, BW and VL (and VNNI's `vpdpbusd` for int8 dots when the CPU has it).
+    Avx512,
+    /// aarch64 NEON (and `sdot` for int8 dots when the CPU has dotprod).
+    Neon,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 1] = [Tier::Generic];
+    /// Every tier, worst first: the best supported one is the last that [`Tier::supported`] accepts.
+    pub const ALL: [Tier; 5] = [
+        Tier::Generic,
+        Tier::CortexM,
+        Tier::Avx2,
+        Tier::Avx512,
+        Tier::Neon,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Generic => "generic",
+            Tier::CortexM => "cortex-m",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
         }
     }
 
@@ -21,10 +47,20 @@ impl Tier {
         Tier::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// Whether this CPU can run the tier (always true for `generic`).
+    /// Whether this CPU can run the tier (always true for `generic`). With std this asks the CPU; without
+    /// it, only what the build's `target_feature`s promise counts.
     pub fn supported(self) -> bool {
         match self {
             Tier::Generic => true,
+            Tier::CortexM => cfg!(target_arch = "arm"),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => crate::x86_64::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => crate::x86_64::has_avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Tier::Neon => crate::aarch64::has_neon(),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 }
@@ -57,10 +93,20 @@ impl core::fmt::Display for TierError {
 /// One function per op. Shapes are those of the matching functions in [`generic`].
 pub struct Kernels {
     pub tier: Tier,
+    /// The instruction sets this table really uses, e.g. `"avx512+vnni"` (a tier may fill in sub-variants).
+    pub variant: &'static str,
     /// `out (n) = w (n, d) · x (d)`
     pub matvec_f32: fn(out: &mut [f32], w: &[f32], x: &[f32]),
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ`
     pub matmul_f32: fn(out: &mut [f32], w: &[f32], x: &[f32], t: usize),
+    /// `out (n) = w (n, d) · x (d)`, f16 weights
+    pub matvec_f16: fn(out: &mut [f32], w: &[f16], x: &[f32]),
+    /// `out (n) = w (n, d) · x (d)`, bf16 weights
+    pub matvec_bf16: fn(out: &mut [f32], w: &[bf16], x: &[f32]),
+    /// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q8_0 weights and q8_0 activations
+    pub qmatvec_q8_0: frame::QMatvec<BlockQ8_0>,
+    /// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q4_0 weights and q8_0 activations
+    pub qmatvec_q4_0: frame::QMatvec<BlockQ4_0>,
     /// `out (d) = weight (d) * x (d) / rms(x)`
     pub rmsnorm: fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32),
     /// in-place softmax of `x (n)`
@@ -78,10 +124,18 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// `out (n) = w (n, d) · x (d)` for any weight dtype.
+    /// `out (n) = w (n, d) · x (d)` for any weight dtype. Quantized weights quantize `x` to q8_0 first.
     pub fn matvec(&self, out: &mut [f32], w: WeightView<'_>, x: &[f32]) {
         match w {
             WeightView::F32 { data, .. } => (self.matvec_f32)(out, data, x),
+            WeightView::F16 { data, .. } => (self.matvec_f16)(out, data, x),
+            WeightView::BF16 { data, .. } => (self.matvec_bf16)(out, data, x),
+            WeightView::Q8_0 { blocks, .. } => {
+                frame::matvec_quantized(out, blocks, x, self.qmatvec_q8_0)
+            }
+            WeightView::Q4_0 { blocks, .. } => {
+                frame::matvec_quantized(out, blocks, x, self.qmatvec_q4_0)
+            }
         }
     }
 
@@ -89,14 +143,29 @@ impl Kernels {
     pub fn matmul(&self, out: &mut [f32], w: WeightView<'_>, x: &[f32], t: usize) {
         match w {
             WeightView::F32 { data, .. } => (self.matmul_f32)(out, data, x, t),
+            // Other dtypes are bound by converting weights, not by memory, so token by token loses little.
+            _ => {
+                if t == 0 || out.is_empty() {
+                    return;
+                }
+                let (n, d) = (out.len() / t, x.len() / t);
+                for i in 0..t {
+                    self.matvec(&mut out[i * n..(i + 1) * n], w, &x[i * d..(i + 1) * d]);
+                }
+            }
         }
     }
 }
 
-static GENERIC: Kernels = Kernels {
+pub(crate) static GENERIC: Kernels = Kernels {
     tier: Tier::Generic,
+    variant: "generic",
     matvec_f32: generic::matvec_f32,
     matmul_f32: generic::matmul_f32,
+    matvec_f16: generic::matvec_f16,
+    matvec_bf16: generic::matvec_bf16,
+    qmatvec_q8_0: generic::qmatvec_q8_0,
+    qmatvec_q4_0: generic::qmatvec_q4_0,
     rmsnorm: generic::rmsnorm,
     softmax: generic::softmax,
     rope: generic::rope,
@@ -111,9 +180,19 @@ pub fn kernels_for(tier: Tier) -> Result<&'static Kernels, TierError> {
     if !tier.supported() {
         return Err(TierError::Unsupported(tier));
     }
-    Ok(match tier {
-        Tier::Generic => &GENERIC,
-    })
+    match tier {
+        Tier::Generic => Ok(&GENERIC),
+        #[cfg(target_arch = "arm")]
+        Tier::CortexM => Ok(&crate::arm::CORTEX_M),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => Ok(&crate::x86_64::AVX2),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => Ok(crate::x86_64::avx512_table()),
+        #[cfg(target_arch = "aarch64")]
+        Tier::Neon => Ok(crate::aarch64::neon_table()),
+        #[allow(unreachable_patterns)]
+        _ => Err(TierError::Unsupported(tier)),
+    }
 }
 
 /// The best tier for this CPU, or the one named by `ENIGMA_KERNELS` when std is on.
@@ -128,8 +207,6 @@ pub fn kernels_from_env() -> Result<&'static Kernels, TierError> {
         _ => Ok(best()),
     }
 }
-
-#[cfg(feature = "std")]
 
 fn best() -> &'static Kernels {
     Tier::ALL

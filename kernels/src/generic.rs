@@ -1,14 +1,23 @@
 //! Scalar reference of every op. These define what each op computes; faster tiers are tested against them.
 //!
 //! The summation order is llama2.c's (`run.c`): one running sum, left to right, so an f32 model run on this tier
-//! reproduces llama2.c's greedy output token for token.
+//! reproduces llama2.c's greedy output token for token. The quantized dot products are llama.cpp's
+//! `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` reference loops.
+
+use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
+use half::{bf16, f16};
+
+pub use crate::quant::{
+    dequantize_bf16, dequantize_f16, dequantize_q4_0, dequantize_q8_0, quantize_bf16, quantize_f16,
+    quantize_q4_0, quantize_q8_0,
+};
 
 /// `out (n) = w (n, d) · x (d)`.
 pub fn matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]) {
     let d = x.len();
     debug_assert_eq!(w.len(), out.len() * d);
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(d)) {
-        *o = dot_f32(row, x);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(&w[r * d..(r + 1) * d], x);
     }
 }
 
@@ -19,8 +28,8 @@ pub fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
     }
     let d = x.len() / t;
     let n = out.len() / t;
-    for (o, xr) in out.chunks_exact_mut(n).zip(x.chunks_exact(d)) {
-        matvec_f32(o, w, xr);
+    for i in 0..t {
+        matvec_f32(&mut out[i * n..(i + 1) * n], w, &x[i * d..(i + 1) * d]);
     }
 }
 
@@ -114,4 +123,84 @@ pub fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
             *o += p * x;
         }
     }
+}
+
+/// `out (n) = w (n, d) · x (d)` with f16 weights widened one at a time.
+pub fn matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]) {
+    let d = x.len();
+    debug_assert_eq!(w.len(), out.len() * d);
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut s = 0.0f32;
+        for (a, b) in w[r * d..(r + 1) * d].iter().zip(x) {
+            s += a.to_f32() * b;
+        }
+        *o = s;
+    }
+}
+
+/// `out (n) = w (n, d) · x (d)` with bf16 weights widened one at a time.
+pub fn matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]) {
+    let d = x.len();
+    debug_assert_eq!(w.len(), out.len() * d);
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut s = 0.0f32;
+        for (a, b) in w[r * d..(r + 1) * d].iter().zip(x) {
+            s += a.to_f32() * b;
+        }
+        *o = s;
+    }
+}
+
+/// `Σ_blocks d_w · d_x · Σ_j w.qs[j] · x.qs[j]` over `w (nb)` and `x (nb)`.
+pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (a, b) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for (p, q) in a.qs.iter().zip(&b.qs) {
+            sumi += *p as i32 * *q as i32;
+        }
+        sumf += sumi as f32 * (a.scale() * b.scale());
+    }
+    sumf
+}
+
+/// `Σ_blocks d_w · d_x · Σ_j (nibble_j - 8) · x.qs[j]` over `w (nb)` and `x (nb)`, nibbles in llama.cpp order.
+pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (a, b) in w.iter().zip(x) {
+        let (mut s0, mut s1) = (0i32, 0i32);
+        for j in 0..QK / 2 {
+            s0 += ((a.qs[j] & 0x0f) as i32 - 8) * b.qs[j] as i32;
+            s1 += ((a.qs[j] >> 4) as i32 - 8) * b.qs[j + QK / 2] as i32;
+        }
+        sumf += (s0 + s1) as f32 * a.scale() * b.scale();
+    }
+    sumf
+}
+
+/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`: one column chunk of a q8_0 matvec whose activations
+/// were quantized to `xq`. `w` starts at the chunk's first block of row 0; rows are `stride` blocks apart.
+pub fn qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]) {
+    let nb = xq.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o += vec_dot_q8_0_q8_0(&w[r * stride..r * stride + nb], xq);
+    }
+}
+
+/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)` for q4_0 weights; see [`qmatvec_q8_0`].
+pub fn qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]) {
+    let nb = xq.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o += vec_dot_q4_0_q8_0(&w[r * stride..r * stride + nb], xq);
+    }
+}
+
+/// `out (n) = w (n, d) · x (d)` for q8_0 weights: `x` is quantized to q8_0 chunk by chunk, as every tier does.
+pub fn matvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], x: &[f32]) {
+    crate::frame::matvec_quantized(out, w, x, qmatvec_q8_0);
+}
+
+/// `out (n) = w (n, d) · x (d)` for q4_0 weights: `x` is quantized to q8_0 chunk by chunk, as every tier does.
+pub fn matvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], x: &[f32]) {
+    crate::frame::matvec_quantized(out, w, x, qmatvec_q4_0);
 }

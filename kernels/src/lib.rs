@@ -7,15 +7,36 @@
 //! Shapes are written on every argument: `(n, d)` is row-major, `n` rows of `d` values.
 #![no_std]
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 mod dispatch;
+mod frame;
 pub mod generic;
+#[cfg(feature = "std")]
+pub mod probe;
+mod quant;
 mod weights;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+/// Cortex-M kernels; compiled everywhere so the host tests run their portable form.
+pub mod arm;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(feature = "std")]
 pub use dispatch::kernels_from_env;
 pub use dispatch::{kernels, kernels_for, Kernels, Tier, TierError};
+pub use frame::{QMatvec, X_CHUNK_BLOCKS};
+pub use half::{bf16, f16};
+pub use quant::{
+    dequantize_bf16, dequantize_f16, dequantize_q4_0, dequantize_q8_0, quantize_bf16, quantize_f16,
+    quantize_q4_0, quantize_q8_0, BlockQ4_0, BlockQ8_0, QK,
+};
 pub use weights::{DType, ViewError, WeightView};

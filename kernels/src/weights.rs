@@ -1,5 +1,8 @@
 //! The one view of a weight matrix that the forward pass reads through, whatever its storage dtype.
 
+use crate::quant::{dequantize_q4_0, dequantize_q8_0, BlockQ4_0, BlockQ8_0, QK};
+use half::{bf16, f16};
+
 /// Storage types of tensors in a `.enigma` file. The codes are the on-disk values (docs/FORMAT.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -62,7 +65,7 @@ impl DType {
     /// Bytes that `n` elements take, or `None` when `n` is not a whole number of blocks or the size overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let b = self.block_elems() as u64;
-        if n % b != 0 {
+        if !n.is_multiple_of(b) {
             return None;
         }
         (n / b).checked_mul(self.block_bytes() as u64)
@@ -72,9 +75,25 @@ impl DType {
 /// A read-only weight matrix `(rows, cols)`, row-major, in one of the dtypes the kernels multiply.
 ///
 /// This is the single seam at the matmul boundary: the model holds these and never matches on dtype itself.
+/// Quantized rows are whole blocks: `cols` is a multiple of 32 and a row is `cols / 32` blocks.
 #[derive(Clone, Copy, Debug)]
 pub enum WeightView<'a> {
+    /// (rows, cols)
     F32 { data: &'a [f32], cols: usize },
+    /// (rows, cols)
+    F16 { data: &'a [f16], cols: usize },
+    /// (rows, cols)
+    BF16 { data: &'a [bf16], cols: usize },
+    /// (rows, cols / 32)
+    Q8_0 {
+        blocks: &'a [BlockQ8_0],
+        cols: usize,
+    },
+    /// (rows, cols / 32)
+    Q4_0 {
+        blocks: &'a [BlockQ4_0],
+        cols: usize,
+    },
 }
 
 /// Why bytes could not be viewed as a weight matrix.
@@ -82,14 +101,21 @@ pub enum WeightView<'a> {
 pub enum ViewError {
     /// The kernels have no matvec for this dtype (yet).
     UnsupportedDType(DType),
-    /// The byte length is not `rows * cols` elements of the dtype.
+    /// The byte length is not `rows * cols` elements of the dtype (or, quantized, `cols` is not whole blocks).
     Length,
     /// The bytes do not start at the alignment the dtype's elements need.
     Misaligned,
 }
 
+fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Result<&[T], ViewError> {
+    // Lengths were checked before; the only way left to fail is the start address.
+    bytemuck::try_cast_slice(bytes).map_err(|_| ViewError::Misaligned)
+}
+
 impl<'a> WeightView<'a> {
     /// Views little-endian tensor bytes `(rows, cols)` of `dtype` in place, without copying.
+    ///
+    /// Alignment needed: 4 bytes for f32, 2 for f16, bf16, q8_0 and q4_0 (their scales are `u16`).
     pub fn from_bytes(
         dtype: DType,
         bytes: &'a [u8],
@@ -100,35 +126,88 @@ impl<'a> WeightView<'a> {
         if dtype.bytes_for(n as u64) != Some(bytes.len() as u64) {
             return Err(ViewError::Length);
         }
+        if dtype.block_elems() > 1 && !cols.is_multiple_of(dtype.block_elems()) {
+            return Err(ViewError::Length);
+        }
         match dtype {
-            DType::F32 => {
-                let data: &[f32] =
-                    bytemuck::try_cast_slice(bytes).map_err(|_| ViewError::Misaligned)?;
-                Ok(WeightView::F32 { data, cols })
-            }
+            DType::F32 => Ok(WeightView::F32 {
+                data: cast(bytes)?,
+                cols,
+            }),
+            DType::F16 => Ok(WeightView::F16 {
+                data: cast(bytes)?,
+                cols,
+            }),
+            DType::BF16 => Ok(WeightView::BF16 {
+                data: cast(bytes)?,
+                cols,
+            }),
+            DType::Q8_0 => Ok(WeightView::Q8_0 {
+                blocks: cast(bytes)?,
+                cols,
+            }),
+            DType::Q4_0 => Ok(WeightView::Q4_0 {
+                blocks: cast(bytes)?,
+                cols,
+            }),
             other => Err(ViewError::UnsupportedDType(other)),
         }
     }
 
+    /// `data (rows, cols)`
     pub fn f32(data: &'a [f32], cols: usize) -> Self {
         WeightView::F32 { data, cols }
+    }
+
+    /// `data (rows, cols)`
+    pub fn f16(data: &'a [f16], cols: usize) -> Self {
+        WeightView::F16 { data, cols }
+    }
+
+    /// `data (rows, cols)`
+    pub fn bf16(data: &'a [bf16], cols: usize) -> Self {
+        WeightView::BF16 { data, cols }
+    }
+
+    /// `blocks (rows, cols / 32)`; panics when `cols` is not a multiple of 32.
+    pub fn q8_0(blocks: &'a [BlockQ8_0], cols: usize) -> Self {
+        assert!(cols.is_multiple_of(QK), "q8_0 rows are whole blocks of 32");
+        WeightView::Q8_0 { blocks, cols }
+    }
+
+    /// `blocks (rows, cols / 32)`; panics when `cols` is not a multiple of 32.
+    pub fn q4_0(blocks: &'a [BlockQ4_0], cols: usize) -> Self {
+        assert!(cols.is_multiple_of(QK), "q4_0 rows are whole blocks of 32");
+        WeightView::Q4_0 { blocks, cols }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
             WeightView::F32 { .. } => DType::F32,
+            WeightView::F16 { .. } => DType::F16,
+            WeightView::BF16 { .. } => DType::BF16,
+            WeightView::Q8_0 { .. } => DType::Q8_0,
+            WeightView::Q4_0 { .. } => DType::Q4_0,
         }
     }
 
     pub fn cols(&self) -> usize {
         match *self {
-            WeightView::F32 { cols, .. } => cols,
+            WeightView::F32 { cols, .. }
+            | WeightView::F16 { cols, .. }
+            | WeightView::BF16 { cols, .. }
+            | WeightView::Q8_0 { cols, .. }
+            | WeightView::Q4_0 { cols, .. } => cols,
         }
     }
 
     pub fn rows(&self) -> usize {
         match *self {
             WeightView::F32 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+            WeightView::F16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+            WeightView::BF16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+            WeightView::Q8_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
+            WeightView::Q4_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
         }
     }
 
@@ -140,13 +219,49 @@ impl<'a> WeightView<'a> {
                 data: &data[start * cols..(start + n) * cols],
                 cols,
             },
+            WeightView::F16 { data, cols } => WeightView::F16 {
+                data: &data[start * cols..(start + n) * cols],
+                cols,
+            },
+            WeightView::BF16 { data, cols } => WeightView::BF16 {
+                data: &data[start * cols..(start + n) * cols],
+                cols,
+            },
+            WeightView::Q8_0 { blocks, cols } => {
+                let nb = cols / QK;
+                WeightView::Q8_0 {
+                    blocks: &blocks[start * nb..(start + n) * nb],
+                    cols,
+                }
+            }
+            WeightView::Q4_0 { blocks, cols } => {
+                let nb = cols / QK;
+                WeightView::Q4_0 {
+                    blocks: &blocks[start * nb..(start + n) * nb],
+                    cols,
+                }
+            }
         }
     }
 
-    /// Writes row `r` as f32 into `out` `(cols)`: the embedding lookup.
+    /// Writes row `r` as f32 into `out` `(cols)`, dequantizing: the embedding lookup.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         match *self {
             WeightView::F32 { data, cols } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            WeightView::F16 { data, cols } => {
+                crate::quant::dequantize_f16(&data[r * cols..(r + 1) * cols], out)
+            }
+            WeightView::BF16 { data, cols } => {
+                crate::quant::dequantize_bf16(&data[r * cols..(r + 1) * cols], out)
+            }
+            WeightView::Q8_0 { blocks, cols } => {
+                let nb = cols / QK;
+                dequantize_q8_0(&blocks[r * nb..(r + 1) * nb], out)
+            }
+            WeightView::Q4_0 { blocks, cols } => {
+                let nb = cols / QK;
+                dequantize_q4_0(&blocks[r * nb..(r + 1) * nb], out)
+            }
         }
     }
 }

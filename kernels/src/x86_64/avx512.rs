@@ -1,0 +1,518 @@
+//! AVX-512 (F + BW + VL) kernels, 16 f32 lanes, with `vpdpbusd` variants of the int8 dots for CPUs with
+//! AVX-512 VNNI. Every function is `#[target_feature]`: callers reach them only through the wrappers in
+//! `super`, which only a detected table points to.
+//!
+//! Tails use masked loads and stores (masked-off lanes are never touched, so they cannot fault).
+
+use crate::frame::{exp as E, Weight};
+use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+
+const L: usize = 16;
+/// Prefetch distance in elements per weight row (16 cache lines of f32).
+const PF: usize = 256;
+
+macro_rules! feat {
+    ($($item:item)*) => {
+        $(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            $item
+        )*
+    };
+}
+
+feat! {
+#[inline]
+fn ld(c: &[f32]) -> __m512 {
+    assert!(c.len() >= L);
+    // SAFETY: 16 readable f32s (checked above); `loadu` needs no alignment.
+    unsafe { _mm512_loadu_ps(c.as_ptr()) }
+}
+
+/// Lane mask of the first `n ≤ 16` lanes.
+#[inline]
+fn mask(n: usize) -> __mmask16 {
+    if n >= L { 0xffff } else { ((1u32 << n) - 1) as __mmask16 }
+}
+
+/// Up to 16 values, zeros beyond `c.len()`.
+#[inline]
+fn ld_any(c: &[f32]) -> __m512 {
+    // SAFETY: the mask covers only the first `min(len, 16)` lanes, all inside `c`; masked-off lanes are not
+    // accessed, so nothing past the slice is read.
+    unsafe { _mm512_maskz_loadu_ps(mask(c.len()), c.as_ptr()) }
+}
+
+#[inline]
+fn st_any(c: &mut [f32], v: __m512) {
+    // SAFETY: the mask covers only the first `min(len, 16)` lanes, all inside `c`; masked-off lanes are not written.
+    unsafe { _mm512_mask_storeu_ps(c.as_mut_ptr(), mask(c.len()), v) }
+}
+
+#[inline]
+fn prefetch_row<T>(row: &[T], at: usize) {
+    // A prefetch never faults, so an address past the row's end is harmless; `wrapping_add` keeps the
+    // pointer arithmetic itself defined.
+    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at) as *const i8)
+}
+
+#[inline]
+fn f16_to_f32(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+fn ld_f32(c: &[f32]) -> __m512 {
+    ld(c)
+}
+
+#[inline]
+fn ld_f16(c: &[f16]) -> __m512 {
+    assert!(c.len() >= L);
+    // SAFETY: 16 f16s (32 bytes) are readable (checked above); `loadu` needs no alignment.
+    let h = unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) };
+    _mm512_cvtph_ps(h)
+}
+
+#[inline]
+fn ld_bf16(c: &[bf16]) -> __m512 {
+    assert!(c.len() >= L);
+    // SAFETY: 16 bf16s (32 bytes) are readable (checked above); `loadu` needs no alignment.
+    let h = unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) };
+    // bf16 is the top half of an f32.
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+}
+
+/// Stamps out `out (n) = w (n, d) · x (d)` for one weight dtype: four rows share each `x` load, two
+/// accumulators per row, each row prefetched `PF` ahead.
+macro_rules! matvec {
+    ($name:ident, $t:ty, $ld:ident) => {
+        feat! {
+        pub(super) fn $name(out: &mut [f32], w: &[$t], x: &[f32]) {
+            let d = x.len();
+            assert_eq!(w.len(), out.len() * d, "w is not (n, d)");
+            if d == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let (main, rem) = (d / (2 * L) * (2 * L), d % L);
+            let mut o4 = out.chunks_exact_mut(4);
+            let mut w4 = w.chunks_exact(4 * d);
+            for (o, wr) in (&mut o4).zip(&mut w4) {
+                let r: [&[$t]; 4] = [&wr[..d], &wr[d..2 * d], &wr[2 * d..3 * d], &wr[3 * d..]];
+                let z = _mm512_setzero_ps();
+                let mut acc = [[z; 2]; 4];
+                let mut k = 0;
+                while k < main {
+                    let x0 = ld(&x[k..]);
+                    let x1 = ld(&x[k + L..]);
+                    for (a, row) in acc.iter_mut().zip(&r) {
+                        prefetch_row(row, k + PF);
+                        prefetch_row(row, k + PF + L);
+                        a[0] = _mm512_fmadd_ps($ld(&row[k..]), x0, a[0]);
+                        a[1] = _mm512_fmadd_ps($ld(&row[k + L..]), x1, a[1]);
+                    }
+                    k += 2 * L;
+                }
+                if k + L <= d {
+                    let x0 = ld(&x[k..]);
+                    for (a, row) in acc.iter_mut().zip(&r) {
+                        a[0] = _mm512_fmadd_ps($ld(&row[k..]), x0, a[0]);
+                    }
+                }
+                let mut s = [0.0f32; 4];
+                for ((s, a), row) in s.iter_mut().zip(&acc).zip(&r) {
+                    *s = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+                    for (wv, xv) in row[d - rem..].iter().zip(&x[d - rem..]) {
+                        *s += Weight::to_f32(*wv) * xv;
+                    }
+                }
+                o.copy_from_slice(&s);
+            }
+            for (o, row) in o4.into_remainder().iter_mut().zip(w4.remainder().chunks_exact(d)) {
+                let mut acc = _mm512_setzero_ps();
+                let mut k = 0;
+                while k + L <= d {
+                    acc = _mm512_fmadd_ps($ld(&row[k..]), ld(&x[k..]), acc);
+                    k += L;
+                }
+                let mut s = _mm512_reduce_add_ps(acc);
+                for (wv, xv) in row[k..].iter().zip(&x[k..]) {
+                    s += Weight::to_f32(*wv) * xv;
+                }
+                *o = s;
+            }
+        }
+        }
+    };
+}
+
+matvec!(matvec_f32, f32, ld_f32);
+matvec!(matvec_f16, f16, ld_f16);
+matvec!(matvec_bf16, bf16, ld_bf16);
+
+feat! {
+/// `R` weight rows against `T` tokens, each weight vector loaded once for `T` tokens; `dots[r][t]`.
+#[inline]
+fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
+    let d = x[0].len();
+    let z = _mm512_setzero_ps();
+    let mut acc = [[z; T]; R];
+    let mut xv = [z; T];
+    let mut k = 0;
+    while k < d {
+        let hi = (k + L).min(d);
+        for (v, xr) in xv.iter_mut().zip(&x) {
+            *v = ld_any(&xr[k..hi]);
+        }
+        for (a, wr) in acc.iter_mut().zip(&w) {
+            let wv = ld_any(&wr[k..hi]);
+            for (a, v) in a.iter_mut().zip(&xv) {
+                *a = _mm512_fmadd_ps(wv, *v, *a);
+            }
+        }
+        k += L;
+    }
+    let mut out = [[0.0f32; T]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (o, a) in o.iter_mut().zip(a) {
+            *o = _mm512_reduce_add_ps(*a);
+        }
+    }
+    out
+}
+
+/// `out (t, n) = x (t, d) · w (n, d)ᵀ`: 4 rows × 6 tokens per tile (24 accumulators, 6 x and 1 w of the 32
+/// registers). Rows are the outer loop, so each 4-row group stays in L2 while all tokens use it.
+pub(super) fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
+    const R: usize = 4;
+    const T: usize = 6;
+    if t == 0 {
+        return;
+    }
+    let (n, d) = (out.len() / t, x.len() / t);
+    assert!(out.len() == t * n && x.len() == t * d && w.len() == n * d, "shapes");
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let wrow = |r: usize| &w[r * d..(r + 1) * d];
+    let xrow = |i: usize| &x[i * d..(i + 1) * d];
+    let mut r0 = 0;
+    while r0 < n {
+        let rn = (n - r0).min(R);
+        let mut t0 = 0;
+        while t0 < t {
+            let tn = (t - t0).min(T);
+            if rn == R && tn == T {
+                let dots = tile::<R, T>(
+                    [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
+                    [xrow(t0), xrow(t0 + 1), xrow(t0 + 2), xrow(t0 + 3), xrow(t0 + 4), xrow(t0 + 5)],
+                );
+                for (r, row) in dots.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        out[(t0 + j) * n + r0 + r] = *v;
+                    }
+                }
+            } else if rn == R {
+                for j in t0..t0 + tn {
+                    let dots = tile::<R, 1>(
+                        [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
+                        [xrow(j)],
+                    );
+                    for (r, v) in dots.iter().enumerate() {
+                        out[j * n + r0 + r] = v[0];
+                    }
+                }
+            } else {
+                for r in r0..r0 + rn {
+                    for j in t0..t0 + tn {
+                        out[j * n + r] = tile::<1, 1>([wrow(r)], [xrow(j)])[0][0];
+                    }
+                }
+            }
+            t0 += tn;
+        }
+        r0 += rn;
+    }
+}
+
+/// `acc (n) += x (n)`
+pub(super) fn add(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len());
+    for (a, b) in acc.chunks_mut(L).zip(x.chunks(L)) {
+        st_any(a, _mm512_add_ps(ld_any(a), ld_any(b)));
+    }
+}
+
+/// `out (d) = weight (d) * (x (d) / sqrt(mean(x²) + eps))`
+pub(super) fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let d = x.len();
+    assert!(out.len() == d && weight.len() == d, "shapes");
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut c = x.chunks_exact(2 * L);
+    for v in &mut c {
+        let (a, b) = (ld(v), ld(&v[L..]));
+        acc[0] = _mm512_fmadd_ps(a, a, acc[0]);
+        acc[1] = _mm512_fmadd_ps(b, b, acc[1]);
+    }
+    for v in c.remainder().chunks(L) {
+        let a = ld_any(v);
+        acc[0] = _mm512_fmadd_ps(a, a, acc[0]);
+    }
+    let ss = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    let inv = 1.0 / libm::sqrtf(ss / d as f32 + eps);
+    let iv = _mm512_set1_ps(inv);
+    for ((o, v), w) in out.chunks_mut(L).zip(x.chunks(L)).zip(weight.chunks(L)) {
+        st_any(o, _mm512_mul_ps(ld_any(w), _mm512_mul_ps(iv, ld_any(v))));
+    }
+}
+
+/// `e^x` per lane. `vscalefps` applies `2^n` with correct overflow to inf and gradual underflow to 0, so
+/// only the input is clamped (to `[-104, 89]`, beyond which the result is 0 or inf anyway), which also
+/// keeps `r` finite for infinite inputs.
+#[inline]
+fn exp(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0)), _mm512_set1_ps(89.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(E::LOG2E),
+    ));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(E::LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(E::LN2_LO), r);
+    let mut p = _mm512_set1_ps(E::P[0]);
+    for c in &E::P[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    let r2 = _mm512_mul_ps(r, r);
+    let y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(y, n)
+}
+
+/// `out (n) = e^x (n)`; exposed for the accuracy sweep test.
+#[cfg(test)]
+pub(super) fn exp_slice(out: &mut [f32], x: &[f32]) {
+    for (o, v) in out.chunks_mut(L).zip(x.chunks(L)) {
+        st_any(o, exp(ld_any(v)));
+    }
+}
+
+/// In-place softmax of `x (n)`, max-subtracted.
+pub(super) fn softmax(x: &mut [f32]) {
+    let Some(&first) = x.first() else { return };
+    let mut mv = _mm512_set1_ps(first);
+    for v in x.chunks(L) {
+        // Masked-off lanes keep the running max, so the zero padding of a tail never wins.
+        // SAFETY: the mask covers only lanes inside `v`; others are not read.
+        let lv = unsafe { _mm512_mask_loadu_ps(mv, mask(v.len()), v.as_ptr()) };
+        mv = _mm512_max_ps(mv, lv);
+    }
+    let m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    let mut sum = _mm512_setzero_ps();
+    for v in x.chunks_mut(L) {
+        let k = mask(v.len());
+        let e = _mm512_maskz_mov_ps(k, exp(_mm512_sub_ps(ld_any(v), m)));
+        st_any(v, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for v in x.chunks_mut(L) {
+        st_any(v, _mm512_mul_ps(ld_any(v), inv));
+    }
+}
+
+/// `a (n) = a / (1 + e^-a) * b (n)`
+pub(super) fn silu_mul(a: &mut [f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    let one = _mm512_set1_ps(1.0);
+    for (a, b) in a.chunks_mut(L).zip(b.chunks(L)) {
+        let v = ld_any(a);
+        let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        let s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        st_any(a, _mm512_mul_ps(_mm512_mul_ps(v, s), ld_any(b)));
+    }
+}
+
+/// Rotates `x (n_heads, head_size)` by `cos_sin (head_size / 2, 2)`, pairs adjacent.
+pub(super) fn rope(x: &mut [f32], cos_sin: &[f32]) {
+    let hs = cos_sin.len();
+    if hs == 0 {
+        return;
+    }
+    for head in x.chunks_exact_mut(hs) {
+        for (p, cs) in head.chunks_mut(L).zip(cos_sin.chunks(L)) {
+            let csv = ld_any(cs);
+            let c = _mm512_moveldup_ps(csv);
+            let s = _mm512_movehdup_ps(csv);
+            let v = ld_any(p);
+            let swapped = _mm512_permute_ps::<0b10_11_00_01>(v);
+            // even lanes: v0·c − v1·s; odd lanes: v1·c + v0·s
+            st_any(p, _mm512_fmaddsub_ps(v, c, _mm512_mul_ps(swapped, s)));
+        }
+    }
+}
+
+/// `scores (t) = keys (t, hs) · q (hs) * scale`
+pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+    let hs = q.len();
+    matvec_f32(scores, &keys[..scores.len() * hs], q);
+    let sv = _mm512_set1_ps(scale);
+    for s in scores.chunks_mut(L) {
+        st_any(s, _mm512_mul_ps(ld_any(s), sv));
+    }
+}
+
+/// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 64 columns at a time stay in registers over all `t`.
+pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
+    let hs = out.len();
+    let values = &values[..probs.len() * hs];
+    if hs == 0 {
+        return;
+    }
+    let mut c = 0;
+    while c < hs {
+        let width = (hs - c).min(4 * L);
+        let nv = width.div_ceil(L);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (p, row) in probs.iter().zip(values.chunks_exact(hs)) {
+            let pv = _mm512_set1_ps(*p);
+            for (j, a) in acc.iter_mut().enumerate().take(nv) {
+                let lo = c + j * L;
+                let hi = (lo + L).min(c + width);
+                *a = _mm512_fmadd_ps(pv, ld_any(&row[lo..hi]), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate().take(nv) {
+            let lo = c + j * L;
+            let hi = (lo + L).min(c + width);
+            st_any(&mut out[lo..hi], *a);
+        }
+        c += width;
+    }
+}
+
+/// Two blocks' 32 quants each, as one 64-byte vector (block `a` in the low half).
+#[inline]
+fn ld_i8x2(a: &[i8; QK], b: &[i8; QK]) -> __m512i {
+    // SAFETY: each block holds 32 readable bytes; `loadu` needs no alignment.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(a.as_ptr() as *const __m256i),
+            _mm256_loadu_si256(b.as_ptr() as *const __m256i),
+        )
+    };
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// A q4_0 block's quants as i8 in element order (low nibbles, then high nibbles), minus 8.
+#[inline]
+fn unpack_q4(q: &[u8; QK / 2]) -> __m256i {
+    // SAFETY: a block's 16 nibble bytes are readable; `loadu` needs no alignment.
+    let b = unsafe { _mm_loadu_si128(q.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
+    _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8))
+}
+
+#[inline]
+fn unpack_q4x2(a: &[u8; QK / 2], b: &[u8; QK / 2]) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(unpack_q4(a)), unpack_q4(b))
+}
+
+/// `|x|` as unsigned bytes and `y` with `x`'s sign, so an unsigned × signed instruction gives `x · y`.
+/// `|y| ≤ 127` (activations), so the sign flip cannot overflow; `|x| = 128` is fine as unsigned.
+#[inline]
+fn abs_sign(x: __m512i, y: __m512i) -> (__m512i, __m512i) {
+    let neg = _mm512_movepi8_mask(x);
+    (_mm512_abs_epi8(x), _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y))
+}
+
+/// Σ over groups of 4 of `x · y` as 16 i32 lanes, through `maddubs` (pair sums stay within i16) + `madd`.
+#[inline]
+fn dot_i8_bw(x: __m512i, y: __m512i) -> __m512 {
+    let (ax, sy) = abs_sign(x, y);
+    let s16 = _mm512_maddubs_epi16(ax, sy);
+    _mm512_cvtepi32_ps(_mm512_madd_epi16(s16, _mm512_set1_epi16(1)))
+}
+
+/// Per-lane scales for a pair of blocks: `da0·db0` in lanes 0..8, `da1·db1` in lanes 8..16.
+#[inline]
+fn scales2(a0: u16, b0: u16, a1: u16, b1: u16) -> __m512 {
+    let d0 = _mm512_set1_ps(f16_to_f32(a0) * f16_to_f32(b0));
+    let d1 = _mm512_set1_ps(f16_to_f32(a1) * f16_to_f32(b1));
+    _mm512_mask_blend_ps(0xff00, d0, d1)
+}
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn dot_i8_vnni(x: __m512i, y: __m512i) -> __m512 {
+    let (ax, sy) = abs_sign(x, y);
+    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy))
+}
+
+/// Stamps out `out (n) += w (n, stride)[:, ..nb] · xq (nb)`: two blocks per 512-bit vector; an odd last
+/// block is paired with a zero block of scale 0.
+macro_rules! qmatvec {
+    ($name:ident, $blk:ty, $unpack2:ident, $zero:expr, $dot:ident, $feat:literal) => {
+        #[target_feature(enable = $feat)]
+        pub(super) fn $name(out: &mut [f32], w: &[$blk], stride: usize, xq: &[BlockQ8_0]) {
+            let nb = xq.len();
+            let zero: $blk = $zero;
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * stride..r * stride + nb];
+                let mut acc = _mm512_setzero_ps();
+                let mut pairs = row.chunks_exact(2).zip(xq.chunks_exact(2));
+                for (a, b) in &mut pairs {
+                    let d = scales2(a[0].d, b[0].d, a[1].d, b[1].d);
+                    let p = $dot($unpack2(&a[0].qs, &a[1].qs), ld_i8x2(&b[0].qs, &b[1].qs));
+                    acc = _mm512_fmadd_ps(d, p, acc);
+                }
+                if nb % 2 == 1 {
+                    let (a, b) = (&row[nb - 1], &xq[nb - 1]);
+                    let d = scales2(a.d, b.d, 0, 0);
+                    let p = $dot(
+                        $unpack2(&a.qs, &zero.qs),
+                        ld_i8x2(&b.qs, &BlockQ8_0::ZERO.qs),
+                    );
+                    acc = _mm512_fmadd_ps(d, p, acc);
+                }
+                *o += _mm512_reduce_add_ps(acc);
+            }
+        }
+    };
+}
+
+qmatvec!(
+    qmatvec_q8_0,
+    BlockQ8_0,
+    ld_i8x2,
+    BlockQ8_0::ZERO,
+    dot_i8_bw,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+);
+qmatvec!(
+    qmatvec_q4_0,
+    BlockQ4_0,
+    unpack_q4x2,
+    BlockQ4_0::ZERO,
+    dot_i8_bw,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+);
+qmatvec!(
+    qmatvec_q8_0_vnni,
+    BlockQ8_0,
+    ld_i8x2,
+    BlockQ8_0::ZERO,
+    dot_i8_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
+qmatvec!(
+    qmatvec_q4_0_vnni,
+    BlockQ4_0,
+    unpack_q4x2,
+    BlockQ4_0::ZERO,
+    dot_i8_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);

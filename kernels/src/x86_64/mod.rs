@@ -1,0 +1,184 @@
+//! x86-64 tiers: AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL; VNNI for int8 dots when present).
+//!
+//! The `#[target_feature]` kernels live in `avx2` and `avx512`; this module wraps each in a safe `fn` and
+//! puts the wrappers in static tables. The wrappers are private and only reachable through those tables,
+//! and `dispatch::kernels_for` hands a table out only after `has_*` confirmed the CPU runs it.
+
+mod avx2;
+mod avx512;
+
+use crate::dispatch::{Kernels, Tier};
+use crate::quant::{BlockQ4_0, BlockQ8_0};
+use half::{bf16, f16};
+
+/// AVX2, FMA and F16C (every AVX2 CPU also has the other two; the f16 weights need F16C).
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))
+    }
+}
+
+/// AVX-512 F, BW and VL on top of [`has_avx2`] (the AVX-512 kernels use AVX2 instructions for 256-bit parts).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        has_avx2()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        has_avx2()
+            && cfg!(all(
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vl"
+            ))
+    }
+}
+
+pub(crate) fn has_avx512vnni() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        has_avx512() && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        has_avx512() && cfg!(target_feature = "avx512vnni")
+    }
+}
+
+/// The AVX-512 table: with VNNI dots when the CPU has them.
+pub(crate) fn avx512_table() -> &'static Kernels {
+    if has_avx512vnni() {
+        &AVX512_VNNI
+    } else {
+        &AVX512
+    }
+}
+
+/// Safe wrappers, one per kernel of module `$m`. Only the tables below point at them.
+macro_rules! wrappers {
+    ($m:ident: $($name:ident($($a:ident: $t:ty),*);)*) => {
+        $(
+            pub(super) fn $name($($a: $t),*) {
+                // SAFETY: only this module's tables hold this wrapper, and `kernels_for` hands such a table out
+                // only after the `has_*` check of its tier passed, so the CPU has every feature the kernel enables.
+                unsafe { $m::$name($($a),*) }
+            }
+        )*
+    };
+}
+
+mod avx2_w {
+    use super::*;
+    wrappers! { avx2:
+        matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
+        matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
+        matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
+        matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
+        qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+        rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+        softmax(x: &mut [f32]);
+        rope(x: &mut [f32], cos_sin: &[f32]);
+        silu_mul(a: &mut [f32], b: &[f32]);
+        attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
+        attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
+        add(acc: &mut [f32], x: &[f32]);
+    }
+    #[cfg(test)]
+    wrappers! { avx2:
+        exp_slice(out: &mut [f32], x: &[f32]);
+    }
+}
+
+mod avx512_w {
+    use super::*;
+    wrappers! { avx512:
+        matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
+        matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
+        matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
+        matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
+        qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q4_0_vnni(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+        rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+        softmax(x: &mut [f32]);
+        rope(x: &mut [f32], cos_sin: &[f32]);
+        silu_mul(a: &mut [f32], b: &[f32]);
+        attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
+        attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
+        add(acc: &mut [f32], x: &[f32]);
+    }
+    #[cfg(test)]
+    wrappers! { avx512:
+        exp_slice(out: &mut [f32], x: &[f32]);
+    }
+}
+
+/// The vectorised `exp` of each tier, for the accuracy sweep; `None` where the CPU lacks the tier.
+#[cfg(test)]
+pub(crate) fn exp_slice(tier: Tier) -> Option<crate::tests::ExpFn> {
+    match tier {
+        Tier::Avx2 if has_avx2() => Some(avx2_w::exp_slice),
+        Tier::Avx512 if has_avx512() => Some(avx512_w::exp_slice),
+        _ => None,
+    }
+}
+
+pub(crate) static AVX2: Kernels = Kernels {
+    tier: Tier::Avx2,
+    variant: "avx2+fma+f16c",
+    matvec_f32: avx2_w::matvec_f32,
+    matmul_f32: avx2_w::matmul_f32,
+    matvec_f16: avx2_w::matvec_f16,
+    matvec_bf16: avx2_w::matvec_bf16,
+    qmatvec_q8_0: avx2_w::qmatvec_q8_0,
+    qmatvec_q4_0: avx2_w::qmatvec_q4_0,
+    rmsnorm: avx2_w::rmsnorm,
+    softmax: avx2_w::softmax,
+    rope: avx2_w::rope,
+    silu_mul: avx2_w::silu_mul,
+    attn_scores: avx2_w::attn_scores,
+    attn_accum: avx2_w::attn_accum,
+    add: avx2_w::add,
+};
+
+pub(crate) static AVX512: Kernels = Kernels {
+    tier: Tier::Avx512,
+    variant: "avx512",
+    matvec_f32: avx512_w::matvec_f32,
+    matmul_f32: avx512_w::matmul_f32,
+    matvec_f16: avx512_w::matvec_f16,
+    matvec_bf16: avx512_w::matvec_bf16,
+    qmatvec_q8_0: avx512_w::qmatvec_q8_0,
+    qmatvec_q4_0: avx512_w::qmatvec_q4_0,
+    rmsnorm: avx512_w::rmsnorm,
+    softmax: avx512_w::softmax,
+    rope: avx512_w::rope,
+    silu_mul: avx512_w::silu_mul,
+    attn_scores: avx512_w::attn_scores,
+    attn_accum: avx512_w::attn_accum,
+    add: avx512_w::add,
+};
+
+pub(crate) static AVX512_VNNI: Kernels = Kernels {
+    variant: "avx512+vnni",
+    qmatvec_q8_0: avx512_w::qmatvec_q8_0_vnni,
+    qmatvec_q4_0: avx512_w::qmatvec_q4_0_vnni,
+    ..AVX512
+};
