@@ -1,0 +1,500 @@
+//! Every bad input to the `enigma` command ends in one line on stderr that starts with "error: ", a non-zero
+//! exit, and no panic. The models here are built in the test (a 1-layer, dim-16 model with a byte-level
+//! vocabulary and a context of 8 tokens), so each run takes milliseconds and needs no shared files.
+
+use assert_cmd::Command;
+use enigma_core::config::{Config, ParamLayout};
+use enigma_core::format::{Header, PRELUDE_LEN};
+use enigma_core::kernels::DType;
+use enigma_runtime::{ModelWriter, TokenizerData};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tempfile::TempDir;
+
+fn config() -> Config {
+    Config {
+        dim: 16,
+        hidden_dim: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        vocab_size: 3 + 256 + 2,
+        seq_len: 8,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        tied_classifier: true,
+    }
+}
+
+/// `<unk> <s> </s>`, the 256 byte pieces, `" "` and `"a"`: every prompt encodes (mostly one token a byte).
+fn tokenizer() -> TokenizerData {
+    let mut pieces: Vec<Vec<u8>> = vec![b"<unk>".to_vec(), b"<s>".to_vec(), b"</s>".to_vec()];
+    pieces.extend((0..=255u8).map(|b| format!("<0x{b:02X}>").into_bytes()));
+    pieces.push(b" ".to_vec());
+    pieces.push(b"a".to_vec());
+    let scores = vec![0.0; pieces.len()];
+    TokenizerData {
+        pieces,
+        scores,
+        bos: 1,
+        eos: 2,
+        pad: None,
+        add_dummy_prefix: true,
+        chat: None,
+    }
+}
+
+fn valid() -> &'static [u8] {
+    static V: OnceLock<Vec<u8>> = OnceLock::new();
+    V.get_or_init(|| {
+        let c = config();
+        let n = ParamLayout::new(&c).total_numel() as usize;
+        let params: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+            .collect();
+        let mut w = ModelWriter::new(c, tokenizer());
+        w.provenance("test:cli_errors", "");
+        w.f32_params(&params).unwrap();
+        w.to_bytes().unwrap()
+    })
+}
+
+/// The valid file with its header changed by `f` (re-encoded with postcard, header length and CRC fixed).
+/// When the new header no longer fits before the data, the data and every offset move up by 64 bytes.
+fn hostile(f: impl FnOnce(&mut Header<'_>)) -> Vec<u8> {
+    let b = valid();
+    let hlen = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+    let mut h: Header<'_> = postcard::from_bytes(&b[PRELUDE_LEN..PRELUDE_LEN + hlen]).unwrap();
+    let data_at = h.data_offset as usize;
+    f(&mut h);
+    let mut shift = 0;
+    loop {
+        let mut h2 = h.clone();
+        h2.data_offset += shift as u64;
+        for t in &mut h2.tensors {
+            t.offset = t.offset.wrapping_add(shift as u64);
+        }
+        let hb = postcard::to_allocvec(&h2).unwrap();
+        if PRELUDE_LEN + hb.len() <= data_at + shift {
+            let mut out = b[..PRELUDE_LEN].to_vec();
+            out[8..12].copy_from_slice(&(hb.len() as u32).to_le_bytes());
+            out[12..16].copy_from_slice(&crc32fast::hash(&hb).to_le_bytes());
+            out.extend_from_slice(&hb);
+            out.resize(data_at + shift, 0);
+            out.extend_from_slice(&b[data_at..]);
+            return out;
+        }
+        shift += 64;
+    }
+}
+
+fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn enigma() -> Command {
+    Command::cargo_bin("enigma").unwrap()
+}
+
+/// Runs `cmd`, checks it failed cleanly with our own one-line message, and returns that line.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "succeeded: {cmd:?}\n{stderr}");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(out.status.code().is_some(), "killed by a signal: {cmd:?}");
+    assert!(!stderr.contains("panicked"), "{cmd:?} panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{cmd:?}: not one line:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{cmd:?}: {stderr}");
+    lines[0].to_string()
+}
+
+/// clap's own usage errors: non-zero exit, "error: " first, no panic (clap adds a usage hint below).
+fn usage_error(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+fn run(model: &Path, prompt: &str) -> Command {
+    let mut c = enigma();
+    c.args(["run", "-m"])
+        .arg(model)
+        .args(["-i", prompt, "-n", "4", "-t", "0"]);
+    c
+}
+
+fn info(model: &Path) -> Command {
+    let mut c = enigma();
+    c.arg("info").arg(model);
+    c
+}
+
+/// `run` and `info` both refuse `bytes` with a message containing `want`.
+fn both_refuse(name: &str, bytes: &[u8], want: &str) {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, name, bytes);
+    for mut cmd in [run(&p, "a"), info(&p)] {
+        let line = fails(&mut cmd);
+        assert_eq!(line.matches(want).count(), 1, "{cmd:?}: said once: {line}");
+        assert!(line.contains(name), "the message names the file: {line}");
+    }
+}
+
+#[test]
+fn the_valid_model_runs_and_shows_its_info() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "ok.enigma", valid());
+    run(&p, "a").assert().success();
+    let out = info(&p).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("seq_len 8"), "{stdout}");
+}
+
+#[test]
+fn truncated_file() {
+    let b = valid();
+    for cut in [3, 15, 40, b.len() / 2, b.len() - 1] {
+        both_refuse("cut.enigma", &b[..cut], "truncated");
+    }
+}
+
+#[test]
+fn wrong_magic() {
+    let mut b = valid().to_vec();
+    b[..4].copy_from_slice(b"GGUF");
+    both_refuse("magic.enigma", &b, "not an .enigma file");
+    // A llama2.c checkpoint given to `run` by mistake.
+    let mut ckpt = Vec::new();
+    for v in [16i32, 32, 1, 2, 1, 10, 8] {
+        ckpt.extend_from_slice(&v.to_le_bytes());
+    }
+    ckpt.resize(4096, 0);
+    both_refuse("stories.bin", &ckpt, "not an .enigma file");
+}
+
+#[test]
+fn unsupported_version() {
+    let mut b = valid().to_vec();
+    b[4..8].copy_from_slice(&7u32.to_le_bytes());
+    both_refuse("v7.enigma", &b, "format version 7");
+}
+
+#[test]
+fn corrupt_header_and_data() {
+    let mut b = valid().to_vec();
+    b[PRELUDE_LEN + 2] ^= 0x55;
+    both_refuse("hdr.enigma", &b, "header is corrupt");
+    let mut b = valid().to_vec();
+    let last = b.len() - 1;
+    b[last] ^= 0x55;
+    both_refuse("data.enigma", &b, "tensor data is corrupt");
+}
+
+#[test]
+fn tensor_offset_past_the_end() {
+    let b = hostile(|h| {
+        let t = h.tensors.iter_mut().find(|t| t.name == "w2").unwrap();
+        t.offset += 64 * 1000;
+    });
+    both_refuse("past.enigma", &b, "points past the end of the file");
+}
+
+#[test]
+fn shape_that_disagrees_with_the_config() {
+    // wk is (1, 8, 16); (1, 16, 8) has the same bytes.
+    let b = hostile(|h| {
+        let t = h.tensors.iter_mut().find(|t| t.name == "wk").unwrap();
+        t.shape.clear();
+        t.shape.extend_from_slice(&[1, 16, 8]).unwrap();
+    });
+    both_refuse(
+        "shape.enigma",
+        &b,
+        "tensor 'wk' has shape [1, 16, 8] but the config needs [1, 8, 16]",
+    );
+}
+
+#[test]
+fn missing_tensor() {
+    let b = hostile(|h| h.tensors.retain(|t| t.name != "w3"));
+    both_refuse("missing.enigma", &b, "no tensor 'w3'");
+}
+
+#[test]
+fn unknown_dtype() {
+    let b = hostile(|h| {
+        let t = h.tensors.iter_mut().find(|t| t.name == "wo").unwrap();
+        t.dtype = 42;
+    });
+    both_refuse("dtype.enigma", &b, "unknown dtype code 42");
+}
+
+#[test]
+fn dtype_the_model_cannot_compute_with() {
+    // u32 has f32's byte count, so the file is well formed; no kernel multiplies a u32 matrix.
+    let b = hostile(|h| {
+        let t = h.tensors.iter_mut().find(|t| t.name == "w1").unwrap();
+        t.dtype = DType::U32 as u8;
+    });
+    both_refuse("u32.enigma", &b, "tensor 'w1' is u32");
+}
+
+#[test]
+fn bad_config() {
+    let b = hostile(|h| h.config.n_heads = 3);
+    both_refuse("config.enigma", &b, "n_heads must divide dim");
+}
+
+#[test]
+fn empty_file() {
+    both_refuse("empty.enigma", &[], "the model file is empty");
+}
+
+#[test]
+fn missing_file() {
+    let dir = TempDir::new().unwrap();
+    let p = dir.path().join("nowhere.enigma");
+    for mut cmd in [run(&p, "a"), info(&p)] {
+        let line = fails(&mut cmd);
+        assert!(line.contains("nowhere.enigma"), "{line}");
+        // The OS reason once, not repeated by the error chain.
+        assert_eq!(line.matches("os error").count(), 1, "{line}");
+    }
+    let line = fails(enigma().args(["import", "llama2c"]).arg(&p).args([
+        "--tokenizer",
+        "t.bin",
+        "-o",
+        "x.enigma",
+    ]));
+    assert!(line.contains("cannot read"), "{line}");
+}
+
+#[test]
+fn a_directory_instead_of_a_file() {
+    let dir = TempDir::new().unwrap();
+    for mut cmd in [run(dir.path(), "a"), info(dir.path())] {
+        fails(&mut cmd);
+    }
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "short.enigma", valid());
+    let line = fails(&mut run(&p, "Once upon a time there was a little girl"));
+    assert!(
+        line.contains("the prompt is") && line.contains("context holds 8"),
+        "{line}"
+    );
+    // A prompt that fits still runs, and generation stops at the end of the context without an error.
+    let out = enigma()
+        .args(["run", "-m"])
+        .arg(&p)
+        .args(["-i", "aaa", "-n", "100", "-t", "0"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("context window is full"), "{stderr}");
+}
+
+#[test]
+fn bad_flag_values() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "ok.enigma", valid());
+    let cases: [(&[&str], &str); 7] = [
+        (&["--temperature", "-1"], "--temperature"),
+        (&["-t", "-0.5"], "--temperature"),
+        (&["--temperature", "NaN"], "--temperature"),
+        (&["--top-p", "2"], "--top-p"),
+        (&["--top-p", "-0.1"], "--top-p"),
+        (&["--threads", "0"], "--threads"),
+        (&["--repeat-penalty", "-1"], "--repeat-penalty"),
+    ];
+    for (flags, want) in cases {
+        let mut c = enigma();
+        c.args(["run", "-m"]).arg(&p).args(["-i", "a", "-n", "2"]);
+        c.args(flags);
+        let line = fails(&mut c);
+        assert!(line.contains(want), "{flags:?}: {line}");
+    }
+    // Values clap cannot parse at all are clap's usage errors.
+    for flags in [&["--threads", "many"][..], &["-n", "-3"], &["--top-k", "x"]] {
+        let mut c = enigma();
+        c.args(["run", "-m"]).arg(&p).args(["-i", "a"]).args(flags);
+        usage_error(&mut c);
+    }
+    usage_error(enigma().args(["run"]));
+    usage_error(enigma().args(["frobnicate"]));
+}
+
+fn checkpoint(header: [i32; 7], floats: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in header {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for i in 0..floats {
+        b.extend_from_slice(&((i % 7) as f32 * 0.01).to_le_bytes());
+    }
+    b
+}
+
+fn llama2c_tokenizer(vocab: usize) -> Vec<u8> {
+    let mut b = 8i32.to_le_bytes().to_vec();
+    for i in 0..vocab {
+        let piece = format!("t{i}");
+        b.extend_from_slice(&0f32.to_le_bytes());
+        b.extend_from_slice(&(piece.len() as i32).to_le_bytes());
+        b.extend_from_slice(piece.as_bytes());
+    }
+    b
+}
+
+#[test]
+fn corrupt_llama2c_checkpoints() {
+    let dir = TempDir::new().unwrap();
+    // dim 8, hidden 16, 1 layer, 2 heads, 2 kv heads, vocab 4, seq 4; current layout float count:
+    let c = Config {
+        dim: 8,
+        hidden_dim: 16,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 2,
+        vocab_size: 4,
+        seq_len: 4,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        tied_classifier: true,
+    };
+    let n = ParamLayout::new(&c).total_numel() as usize;
+    let header = [8, 16, 1, 2, 2, 4, 4];
+    let tok = write(&dir, "tok.bin", &llama2c_tokenizer(4));
+    let out = dir.path().join("out.enigma");
+    let import = |ckpt: &Path, tok: &Path| {
+        let mut cmd = enigma();
+        cmd.args(["import", "llama2c"])
+            .arg(ckpt)
+            .arg("--tokenizer")
+            .arg(tok)
+            .arg("-o")
+            .arg(&out);
+        cmd
+    };
+    // The good one imports.
+    let good = write(&dir, "good.bin", &checkpoint(header, n));
+    import(&good, &tok).assert().success();
+
+    let mut nan = checkpoint(header, n);
+    nan[28 + 4 * 5..28 + 4 * 6].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mut zero_vocab = header;
+    zero_vocab[5] = 0;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.bin", vec![], "not a llama2.c checkpoint"),
+        ("short.bin", vec![1, 2, 3], "not a llama2.c checkpoint"),
+        (
+            "wrong_size.bin",
+            checkpoint(header, n + 3),
+            "does not match its header",
+        ),
+        (
+            "too_small.bin",
+            checkpoint(header, n / 2),
+            "does not match its header",
+        ),
+        (
+            "odd.bin",
+            checkpoint(header, n)[..28 + 4 * n - 1].to_vec(),
+            "not a whole number",
+        ),
+        (
+            "zero_dims.bin",
+            checkpoint([0, 0, 0, 0, 0, 0, 0], 16),
+            "non-positive",
+        ),
+        ("zero_vocab.bin", checkpoint(zero_vocab, n), "non-positive"),
+        (
+            "negative.bin",
+            checkpoint([-8, 16, 1, 2, 2, 4, 4], n),
+            "non-positive",
+        ),
+        (
+            "bad_heads.bin",
+            checkpoint([8, 16, 1, 3, 3, 4, 4], n),
+            "n_heads must divide dim",
+        ),
+        (
+            "huge.bin",
+            checkpoint([i32::MAX, i32::MAX, i32::MAX, 1, 1, i32::MAX, i32::MAX], 0),
+            "implausibly large",
+        ),
+        ("nan.bin", nan, "not a finite number"),
+    ];
+    for (name, bytes, want) in &cases {
+        let p = write(&dir, name, bytes);
+        let line = fails(&mut import(&p, &tok));
+        assert!(line.contains(want), "{name}: {line}");
+        assert!(
+            line.contains(name),
+            "{name}: the message names the file: {line}"
+        );
+    }
+    // Tokenizers that do not fit the checkpoint.
+    let tok_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("tok_short.bin", llama2c_tokenizer(3), "tokenizer ends"),
+        ("tok_long.bin", llama2c_tokenizer(5), "bytes after"),
+        ("tok_empty.bin", vec![], "not a llama2.c tokenizer"),
+        (
+            "tok_cut.bin",
+            llama2c_tokenizer(4)[..20].to_vec(),
+            "tokenizer ends",
+        ),
+    ];
+    for (name, bytes, want) in &tok_cases {
+        let t = write(&dir, name, bytes);
+        let line = fails(&mut import(&good, &t));
+        assert!(line.contains(want), "{name}: {line}");
+    }
+    // Nothing half-written was left behind by the failures.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn info_on_every_bad_file_fails_cleanly() {
+    let b = valid();
+    let mut flipped = b.to_vec();
+    flipped[b.len() / 3] ^= 1;
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("a.enigma", vec![]),
+        ("b.enigma", b[..10].to_vec()),
+        ("c.enigma", b[..200].to_vec()),
+        (
+            "d.enigma",
+            b"ENGM\x01\0\0\0\xff\xff\xff\xff\0\0\0\0".to_vec(),
+        ),
+        ("e.enigma", flipped),
+        ("f.enigma", hostile(|h| h.tensors[3].offset += 4)),
+        ("g.enigma", hostile(|h| h.tensors[2].dtype = 200)),
+        ("h.enigma", hostile(|h| h.data_len += 64)),
+        ("i.enigma", hostile(|h| h.tokenizer.bos = 100_000)),
+    ];
+    let dir = TempDir::new().unwrap();
+    for (name, bytes) in &bad {
+        let p = write(&dir, name, bytes);
+        let line = fails(&mut info(&p));
+        assert!(line.contains(name), "{line}");
+    }
+}
