@@ -47,7 +47,7 @@ macro_rules! wrappers {
         $(
             // NEON is on by default for most aarch64 targets, which makes some calls safe already.
             #[allow(unused_unsafe)]
-            pub(super) fn $name($($a: $t),*) {
+            pub(crate) fn $name($($a: $t),*) {
                 // SAFETY: only this module's tables hold this wrapper, and `kernels_for` hands such a table out
                 // only after `has_neon` (and, for the dotprod kernels, `has_dotprod`) passed.
                 unsafe { neon::$name($($a),*) }
