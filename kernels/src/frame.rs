@@ -63,6 +63,10 @@ pub mod exp {
 }
 
 /// Scalar widening of one weight, for the tails of the SIMD matvecs (their vector loads widen 4-16 at once).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) trait Weight: Copy {
     fn to_f32(self) -> f32;
 }
