@@ -1,0 +1,390 @@
+//! One forward/backward pair of free functions per layer, llm.c style: forward computes what inference
+//! computes and leaves in its buffers what backward needs; backward adds into gradient buffers (zeroed once per
+//! step by the caller) and writes input gradients.
+//!
+//! Rows are tokens: a `(R, D)` buffer is `R = B * T` rows of `D` values. Work is split over rayon's current
+//! pool in fixed blocks of rows, and every sum over rows is taken block by block in a fixed order, so results
+//! are identical whatever the number of threads (a resumed run repeats an uninterrupted one exactly).
+
+use super::matmul;
+use enigma_core::kernels::{generic, Kernels};
+use rayon::prelude::*;
+
+/// Rows per parallel task for the cheap per-row ops. Fixed (not derived from the thread count) because the
+/// reductions over rows are summed per block.
+const ROWS: usize = 64;
+
+/// `out (R, D) = rmsnorm(x (R, D)) * w (D)`, the kernel inference uses.
+pub fn rmsnorm_forward(k: &Kernels, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    out.par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d))
+        .for_each(|(o, xs)| {
+            for (o, x) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                (k.rmsnorm)(o, x, w, eps);
+            }
+        });
+}
+
+/// Backward of [`rmsnorm_forward`]: `dx (R, D) += ∂`, `dw (D) += ∂`, from `dy (R, D)` and the input `x`.
+///
+/// With `r = 1 / sqrt(mean(x²) + eps)`, `x̂ = x r`, `g = dy ⊙ w`: `dx = r (g - x̂ · mean(g ⊙ x̂))`, `dw = Σ dy ⊙ x̂`.
+pub fn rmsnorm_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+) {
+    let d = w.len();
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(ROWS * d)
+        .zip(dy.par_chunks(ROWS * d))
+        .zip(x.par_chunks(ROWS * d))
+        .map(|((dxs, dys), xs)| {
+            let mut dwp = vec![0.0f32; d];
+            for ((dx, dy), x) in dxs
+                .chunks_exact_mut(d)
+                .zip(dys.chunks_exact(d))
+                .zip(xs.chunks_exact(d))
+            {
+                let ss = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let r = 1.0 / (ss + eps).sqrt();
+                let mut dot = 0.0f32;
+                for i in 0..d {
+                    dot += dy[i] * w[i] * x[i] * r;
+                    dwp[i] += dy[i] * x[i] * r;
+                }
+                let mean = dot / d as f32;
+                for i in 0..d {
+                    dx[i] += r * (dy[i] * w[i] - x[i] * r * mean);
+                }
+            }
+            dwp
+        })
+        .collect();
+    for p in &partial {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+}
+
+/// The RoPE table for positions `0..t`: `(T, HS/2, 2)` of `(cos, sin)`, from the function inference uses.
+pub fn rope_table(t: usize, hs: usize, theta: f32) -> Vec<f32> {
+    let mut table = vec![0.0; t * hs];
+    for (pos, row) in table.chunks_exact_mut(hs).enumerate() {
+        generic::rope_table(row, hs, pos, theta);
+    }
+    table
+}
+
+/// Rotates every head of `x (B*T, n*HS)` by its position's row of `table (T, HS)`; `inverse` applies the
+/// transpose rotation, which is the backward of the forward one.
+pub fn rope(k: &Kernels, x: &mut [f32], table: &[f32], t: usize, width: usize, inverse: bool) {
+    let hs = table.len() / t;
+    x.par_chunks_mut(ROWS * width)
+        .enumerate()
+        .for_each(|(blk, xs)| {
+            for (i, row) in xs.chunks_exact_mut(width).enumerate() {
+                let pos = (blk * ROWS + i) % t;
+                let cs = &table[pos * hs..(pos + 1) * hs];
+                if inverse {
+                    for head in row.chunks_exact_mut(hs) {
+                        for (p, c) in head.chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
+                            let (d0, d1) = (p[0], p[1]);
+                            p[0] = d0 * c[0] + d1 * c[1];
+                            p[1] = -d0 * c[1] + d1 * c[0];
+                        }
+                    }
+                } else {
+                    (k.rope)(row, cs);
+                }
+            }
+        });
+}
+
+/// `g (R, H) = silu(h1) * h3`.
+pub fn swiglu_forward(k: &Kernels, g: &mut [f32], h1: &[f32], h3: &[f32]) {
+    g.par_chunks_mut(ROWS * 64)
+        .zip(h1.par_chunks(ROWS * 64))
+        .zip(h3.par_chunks(ROWS * 64))
+        .for_each(|((g, a), b)| {
+            g.copy_from_slice(a);
+            (k.silu_mul)(g, b);
+        });
+}
+
+/// Backward of [`swiglu_forward`]: `dh1 = dg · h3 · σ(h1) (1 + h1 (1 - σ(h1)))`, `dh3 = dg · silu(h1)`.
+pub fn swiglu_backward(dh1: &mut [f32], dh3: &mut [f32], dg: &[f32], h1: &[f32], h3: &[f32]) {
+    dh1.par_chunks_mut(ROWS * 64)
+        .zip(dh3.par_chunks_mut(ROWS * 64))
+        .zip(dg.par_chunks(ROWS * 64))
+        .zip(h1.par_chunks(ROWS * 64).zip(h3.par_chunks(ROWS * 64)))
+        .for_each(|(((d1, d3), dg), (a, b))| {
+            for i in 0..d1.len() {
+                let s = 1.0 / (1.0 + (-a[i]).exp());
+                d3[i] = dg[i] * a[i] * s;
+                d1[i] = dg[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+            }
+        });
+}
+
+/// Copies `rows (B*T, n*HS)` into head-major `heads (B, n, T, HS)` (or back, when `to_rows`).
+pub fn heads_layout(
+    rows: &mut [f32],
+    heads: &mut [f32],
+    t: usize,
+    n: usize,
+    hs: usize,
+    to_rows: bool,
+) {
+    let width = n * hs;
+    // One task per sequence: both sides of a sequence are contiguous.
+    rows.par_chunks_mut(t * width)
+        .zip(heads.par_chunks_mut(t * width))
+        .for_each(|(r, h)| {
+            for pos in 0..t {
+                for head in 0..n {
+                    let a = &mut r[pos * width + head * hs..pos * width + (head + 1) * hs];
+                    let b = &mut h[(head * t + pos) * hs..(head * t + pos + 1) * hs];
+                    if to_rows {
+                        a.copy_from_slice(b);
+                    } else {
+                        b.copy_from_slice(a);
+                    }
+                }
+            }
+        });
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub t: usize,
+    pub hs: usize,
+    /// Query heads that share one key/value head.
+    pub group: usize,
+}
+
+/// Causal grouped-query attention over head-major buffers: for each sequence and query head `h`,
+/// `P = softmax(mask(Q Kᵀ · scale))` and `O = P V`, with the key/value head `h / group`.
+/// `q (B, NH, T, HS)`, `k, v (B, NKV, T, HS)`, `p (B, NH, T, T)` kept for backward, `o (B, NH, T, HS)`.
+pub fn attention_forward(
+    kn: &Kernels,
+    o: &mut [f32],
+    p: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+) {
+    let AttnDims { t, hs, group } = dims;
+    let scale = 1.0 / (hs as f32).sqrt();
+    // One task per (sequence, key/value head): its `group` query heads are contiguous.
+    o.par_chunks_mut(group * t * hs)
+        .zip(p.par_chunks_mut(group * t * t))
+        .zip(q.par_chunks(group * t * hs))
+        .zip(k.par_chunks(t * hs).zip(v.par_chunks(t * hs)))
+        .for_each_init(Vec::new, |vt, (((o, p), q), (k, v))| {
+            // vᵀ (HS, T), so that O = P · (vᵀ)ᵀ is the kernel's product.
+            vt.resize(t * hs, 0.0);
+            transpose_serial(vt, v, t, hs);
+            for g in 0..group {
+                let pg = &mut p[g * t * t..(g + 1) * t * t];
+                let qg = &q[g * t * hs..(g + 1) * t * hs];
+                // Scores for all (i, j), then the causal softmax over j <= i; the masked half is zeroed, so it
+                // adds nothing to O.
+                (kn.matmul_f32)(pg, k, qg, t);
+                for (i, row) in pg.chunks_exact_mut(t).enumerate() {
+                    let (seen, masked) = row.split_at_mut(i + 1);
+                    for s in seen.iter_mut() {
+                        *s *= scale;
+                    }
+                    (kn.softmax)(seen);
+                    masked.fill(0.0);
+                }
+                (kn.matmul_f32)(&mut o[g * t * hs..(g + 1) * t * hs], vt, pg, t);
+            }
+        });
+}
+
+/// Backward of [`attention_forward`]: from `dout (B, NH, T, HS)` writes `dq (B, NH, T, HS)` and
+/// `dk, dv (B, NKV, T, HS)`.
+///
+/// Per query head: `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`, `dQ = dS K`, `dK += dSᵀ Q`,
+/// `dV += Pᵀ dO`; the heads of a group add into their shared `dK`, `dV`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    kn: &Kernels,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    p: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+) {
+    let AttnDims { t, hs, group } = dims;
+    let scale = 1.0 / (hs as f32).sqrt();
+    dq.par_chunks_mut(group * t * hs)
+        .zip(dk.par_chunks_mut(t * hs).zip(dv.par_chunks_mut(t * hs)))
+        .zip(dout.par_chunks(group * t * hs))
+        .zip(
+            p.par_chunks(group * t * t)
+                .zip(q.par_chunks(group * t * hs)),
+        )
+        .zip(k.par_chunks(t * hs).zip(v.par_chunks(t * hs)))
+        .for_each_init(
+            || [(); 6].map(|_| Vec::<f32>::new()),
+            |bufs, ((((dq, (dk, dv)), dout), (p, q)), (k, v))| {
+                let [ds, dst, kt, qt, dot, tmp] = bufs;
+                for b in [&mut *ds, &mut *dst] {
+                    b.resize(t * t, 0.0);
+                }
+                for b in [&mut *kt, &mut *qt, &mut *dot, &mut *tmp] {
+                    b.resize(t * hs, 0.0);
+                }
+                // kᵀ (HS, T)
+                transpose_serial(kt, k, t, hs);
+                dk.fill(0.0);
+                dv.fill(0.0);
+                for g in 0..group {
+                    let pg = &p[g * t * t..(g + 1) * t * t];
+                    let dog = &dout[g * t * hs..(g + 1) * t * hs];
+                    let qg = &q[g * t * hs..(g + 1) * t * hs];
+                    // dP (T, T) = dO · Vᵀ
+                    (kn.matmul_f32)(ds, v, dog, t);
+                    for (i, (dsr, pr)) in ds.chunks_exact_mut(t).zip(pg.chunks_exact(t)).enumerate()
+                    {
+                        let n = i + 1;
+                        let mut sum = 0.0f32;
+                        for j in 0..n {
+                            sum += pr[j] * dsr[j];
+                        }
+                        for j in 0..n {
+                            dsr[j] = pr[j] * (dsr[j] - sum) * scale;
+                        }
+                        dsr[n..].fill(0.0);
+                    }
+                    // dQ (T, HS) = dS · K
+                    (kn.matmul_f32)(&mut dq[g * t * hs..(g + 1) * t * hs], kt, ds, t);
+                    // dK (T, HS) += dSᵀ · Q
+                    transpose_serial(dst, ds, t, t);
+                    transpose_serial(qt, qg, t, hs);
+                    (kn.matmul_f32)(tmp, qt, dst, t);
+                    (kn.add)(dk, tmp);
+                    // dV (T, HS) += Pᵀ · dO
+                    transpose_serial(dst, pg, t, t);
+                    transpose_serial(dot, dog, t, hs);
+                    (kn.matmul_f32)(tmp, dot, dst, t);
+                    (kn.add)(dv, tmp);
+                }
+            },
+        );
+}
+
+/// `out (cols, rows) = xᵀ` on the calling thread (inside an already parallel task).
+fn transpose_serial(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+}
+
+/// Cross-entropy of `rows` rows of `xn (A, D)` against `classifier (V, D)`: returns the summed loss over
+/// rows, and when `grad` is given (`(dxn (A, D), dclassifier (V, D), classifierᵀ (D, V), scale)`), writes
+/// `dxn = scale · dlogits · W` and adds `scale · dlogitsᵀ · xn` into the classifier's gradient.
+///
+/// Rows go through in chunks of [`CE_CHUNK`] so the `(chunk, V)` logits are the only vocabulary-sized buffer.
+pub struct CrossEntropy<'a> {
+    pub kn: &'a Kernels,
+    /// (V, D)
+    pub classifier: &'a [f32],
+    pub vocab: usize,
+}
+
+/// Rows per logits chunk in [`CrossEntropy`].
+pub const CE_CHUNK: usize = 256;
+
+/// The gradient side of a cross-entropy call.
+pub struct CeGrad<'a> {
+    /// (A, D), written
+    pub dxn: &'a mut [f32],
+    /// (V, D), added to
+    pub dclassifier: &'a mut [f32],
+    /// (D, V): the classifier transposed once per step
+    pub classifier_t: &'a [f32],
+    /// Multiplies every row's gradient: 1 / (targets counted in the whole optimizer step).
+    pub scale: f32,
+}
+
+impl CrossEntropy<'_> {
+    /// Summed loss over the rows of `xn (A, D)` with `targets (A)`; see the type's docs for `grad`.
+    pub fn run(
+        &self,
+        tmp: &mut matmul::Tmp,
+        logits: &mut Vec<f32>,
+        xn: &[f32],
+        targets: &[u32],
+        mut grad: Option<CeGrad<'_>>,
+    ) -> f64 {
+        let (v, kn) = (self.vocab, self.kn);
+        let d = self.classifier.len() / v;
+        let mut total = 0.0f64;
+        let mut xt = Vec::new();
+        for (c, (xs, ts)) in xn
+            .chunks(CE_CHUNK * d)
+            .zip(targets.chunks(CE_CHUNK))
+            .enumerate()
+        {
+            let a = ts.len();
+            logits.resize(a * v, 0.0);
+            let lg = &mut logits[..a * v];
+            matmul::mm(kn, lg, xs, self.classifier, a);
+            let scale = grad.as_ref().map_or(0.0, |g| g.scale);
+            let losses: Vec<f64> = lg
+                .par_chunks_mut(v)
+                .zip(ts.par_iter())
+                .map(|(row, &tgt)| {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let zt = row[tgt as usize] - max;
+                    let mut sum = 0.0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    // The probabilities become the logits' gradient: (p - onehot) · scale.
+                    let inv = scale / sum;
+                    for x in row.iter_mut() {
+                        *x *= inv;
+                    }
+                    row[tgt as usize] -= scale;
+                    // -log p(target) = log Σ exp(z - max) - (z_target - max)
+                    (sum as f64).ln() - zt as f64
+                })
+                .collect();
+            total += losses.iter().sum::<f64>();
+            if let Some(g) = grad.as_mut() {
+                matmul::mm(
+                    kn,
+                    &mut g.dxn[c * CE_CHUNK * d..c * CE_CHUNK * d + a * d],
+                    lg,
+                    g.classifier_t,
+                    a,
+                );
+                // dW (V, D) += dlogitsᵀ (V, A) · (xnᵀ (D, A))ᵀ
+                xt.resize(a * d, 0.0);
+                matmul::transpose(&mut xt, xs, a, d);
+                let lt = tmp.scratch(a * v);
+                matmul::transpose(lt, lg, a, v);
+                matmul::mm_acc(kn, g.dclassifier, lt, &xt, v);
+            }
+        }
+        total
+    }
+}

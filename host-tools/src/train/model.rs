@@ -1,0 +1,592 @@
+//! The trainable model: the same Llama-family forward pass as `enigma_core::model` (RMSNorm, GQA attention
+//! with adjacent-pair RoPE, SwiGLU, tied or separate classifier), over a batch of `B` sequences of `T` tokens,
+//! keeping the activations that the hand-written backward pass needs.
+//!
+//! Parameters, gradients and AdamW's moments are flat f32 buffers laid out by [`ParamLayout`]; a trained
+//! buffer is written with `ModelWriter::f32_params` and runs unchanged under `enigma run`.
+//!
+//! Letters: `B` sequences, `T` tokens each, `R = B * T` rows, `D` dim, `H` FFN hidden, `L` layers, `NH` query
+//! heads, `NKV` key/value heads, `HS` head size, `QD = NH * HS`, `KVD = NKV * HS`, `V` vocabulary.
+
+use super::layers::{self, AttnDims, CeGrad, CrossEntropy};
+use super::matmul::{self, Tmp};
+use enigma_core::config::{self, Config, ParamLayout};
+use enigma_core::kernels::Kernels;
+
+/// Where each parameter tensor starts in the flat buffer, and its element count.
+#[derive(Clone, Copy, Debug)]
+struct Offsets {
+    emb: usize,
+    attn_norm: usize,
+    wq: usize,
+    wk: usize,
+    wv: usize,
+    wo: usize,
+    ffn_norm: usize,
+    w1: usize,
+    w2: usize,
+    w3: usize,
+    final_norm: usize,
+    /// The embedding's offset when the classifier is tied.
+    cls: usize,
+    total: usize,
+}
+
+/// A config ready to train, with the kernel table its products run on.
+#[derive(Clone, Copy)]
+pub struct Model {
+    pub config: Config,
+    off: Offsets,
+    kn: &'static Kernels,
+}
+
+/// Sizes of one batch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dims {
+    b: usize,
+    t: usize,
+    d: usize,
+    h: usize,
+    l: usize,
+    nh: usize,
+    nkv: usize,
+    hs: usize,
+    v: usize,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    fn qd(&self) -> usize {
+        self.nh * self.hs
+    }
+    fn kvd(&self) -> usize {
+        self.nkv * self.hs
+    }
+}
+
+/// What forward keeps for backward, for one batch shape; reused step after step.
+pub struct Acts {
+    dims: Dims,
+    /// (T, HS/2, 2)
+    rope: Vec<f32>,
+    /// (R) input token ids of the last forward
+    tokens: Vec<u32>,
+    /// (L + 1, R, D): the residual stream entering each layer; the last enters the final norm
+    x: Vec<f32>,
+    /// (L, R, D) attention-norm output
+    xn1: Vec<f32>,
+    /// (L, B, NH, T, HS) queries after RoPE
+    q: Vec<f32>,
+    /// (L, B, NKV, T, HS) keys after RoPE
+    k: Vec<f32>,
+    /// (L, B, NKV, T, HS)
+    v: Vec<f32>,
+    /// (L, B, NH, T, T) attention probabilities
+    p: Vec<f32>,
+    /// (L, R, QD) attention output, heads side by side (the input of wo)
+    ao: Vec<f32>,
+    /// (L, R, D) residual stream after attention
+    xmid: Vec<f32>,
+    /// (L, R, D) FFN-norm output
+    xn2: Vec<f32>,
+    /// (L, R, H) w1 output
+    h1: Vec<f32>,
+    /// (L, R, H) w3 output
+    h3: Vec<f32>,
+    /// (L, R, H) silu(h1) * h3 (the input of w2)
+    g: Vec<f32>,
+    /// (R, D) final-norm output
+    xnf: Vec<f32>,
+    /// (B, NH, T, HS) scratch: one layer's attention output, head-major
+    oh: Vec<f32>,
+    /// (R, KVD) scratch: key and value projections before they go head-major
+    kv_rows: Vec<f32>,
+    /// Backward's buffers, allocated on the first backward (evaluation never needs them).
+    grad: Option<GradBufs>,
+    tmp: Tmp,
+    /// (CE_CHUNK, V)
+    logits: Vec<f32>,
+}
+
+/// Gradients of activations, reused layer after layer.
+struct GradBufs {
+    /// (R, D) gradient of the residual stream
+    dx: Vec<f32>,
+    /// (R, D)
+    dxn: Vec<f32>,
+    /// (R, QD), then reused for the attention output's gradient
+    dq: Vec<f32>,
+    /// (R, KVD)
+    dk: Vec<f32>,
+    /// (R, KVD)
+    dv: Vec<f32>,
+    /// (B, NH, T, HS)
+    dqh: Vec<f32>,
+    /// (B, NKV, T, HS)
+    dkh: Vec<f32>,
+    /// (B, NKV, T, HS)
+    dvh: Vec<f32>,
+    /// (B, NH, T, HS) head-major gradient of the attention output
+    doh: Vec<f32>,
+    /// (R, H)
+    dh1: Vec<f32>,
+    /// (R, H)
+    dh3: Vec<f32>,
+    /// (R, H)
+    dg: Vec<f32>,
+    /// (max(D, H), R): transposed inputs of a layer's products
+    xt: Vec<f32>,
+    /// (D, V) the classifier transposed
+    cls_t: Vec<f32>,
+}
+
+/// One batch: `tokens`, `targets` and `mask`, each `(B, T)`; a target counts toward the loss where its mask is
+/// true.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub tokens: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub mask: Vec<bool>,
+}
+
+impl Batch {
+    /// Targets that count toward the loss.
+    pub fn count(&self) -> usize {
+        self.mask.iter().filter(|m| **m).count()
+    }
+}
+
+impl Model {
+    pub fn new(config: Config, kn: &'static Kernels) -> anyhow::Result<Model> {
+        config.validate()?;
+        let layout = ParamLayout::new(&config);
+        let at = |n| layout.flat_offset(n).unwrap_or(0) as usize;
+        let off = Offsets {
+            emb: at(config::TOKEN_EMBEDDING),
+            attn_norm: at(config::ATTN_NORM),
+            wq: at(config::WQ),
+            wk: at(config::WK),
+            wv: at(config::WV),
+            wo: at(config::WO),
+            ffn_norm: at(config::FFN_NORM),
+            w1: at(config::W1),
+            w2: at(config::W2),
+            w3: at(config::W3),
+            final_norm: at(config::FINAL_NORM),
+            cls: if config.tied_classifier {
+                at(config::TOKEN_EMBEDDING)
+            } else {
+                at(config::CLASSIFIER)
+            },
+            total: layout.total_numel() as usize,
+        };
+        Ok(Model { config, off, kn })
+    }
+
+    /// Elements of the flat parameter (and gradient, and moment) buffer.
+    pub fn num_params(&self) -> usize {
+        self.off.total
+    }
+
+    fn dims(&self, b: usize, t: usize) -> Dims {
+        let c = &self.config;
+        Dims {
+            b,
+            t,
+            d: c.dim as usize,
+            h: c.hidden_dim as usize,
+            l: c.n_layers as usize,
+            nh: c.n_heads as usize,
+            nkv: c.n_kv_heads as usize,
+            hs: c.head_size(),
+            v: c.vocab_size as usize,
+        }
+    }
+
+    /// Activation buffers for batches of `b` sequences of `t` tokens.
+    pub fn acts(&self, b: usize, t: usize) -> Acts {
+        let z = |n: usize| vec![0.0f32; n];
+        let dm = self.dims(b, t);
+        let (r, l) = (dm.rows(), dm.l);
+        Acts {
+            dims: dm,
+            rope: layers::rope_table(t, dm.hs, self.config.rope_theta),
+            tokens: vec![0; r],
+            x: z((l + 1) * r * dm.d),
+            xn1: z(l * r * dm.d),
+            q: z(l * r * dm.qd()),
+            k: z(l * r * dm.kvd()),
+            v: z(l * r * dm.kvd()),
+            p: z(l * b * dm.nh * t * t),
+            ao: z(l * r * dm.qd()),
+            xmid: z(l * r * dm.d),
+            xn2: z(l * r * dm.d),
+            h1: z(l * r * dm.h),
+            h3: z(l * r * dm.h),
+            g: z(l * r * dm.h),
+            xnf: z(r * dm.d),
+            oh: z(r * dm.qd()),
+            kv_rows: z(r * dm.kvd()),
+            grad: None,
+            tmp: Tmp::default(),
+            logits: Vec::new(),
+        }
+    }
+
+    /// Runs the batch's tokens through every layer and the final norm, keeping activations in `a`.
+    pub fn forward(&self, p: &[f32], a: &mut Acts, tokens: &[u32]) -> anyhow::Result<()> {
+        let Dims {
+            d,
+            h,
+            l,
+            nh,
+            nkv,
+            hs,
+            v,
+            t,
+            ..
+        } = a.dims;
+        let r = a.dims.rows();
+        let (qd, kvd) = (a.dims.qd(), a.dims.kvd());
+        anyhow::ensure!(
+            p.len() == self.off.total,
+            "{} parameters given, the model has {}",
+            p.len(),
+            self.off.total
+        );
+        anyhow::ensure!(
+            tokens.len() == r,
+            "{} tokens given for a batch of {r}",
+            tokens.len()
+        );
+        if let Some(bad) = tokens.iter().find(|&&tk| tk as usize >= v) {
+            anyhow::bail!("token {bad} is outside the vocabulary of {v}");
+        }
+        let (kn, o, eps) = (self.kn, self.off, self.config.norm_eps);
+        a.tokens.copy_from_slice(tokens);
+        for (row, &tk) in a.x[..r * d].chunks_exact_mut(d).zip(tokens) {
+            let e = o.emb + tk as usize * d;
+            row.copy_from_slice(&p[e..e + d]);
+        }
+        let dims = AttnDims {
+            t,
+            hs,
+            group: nh / nkv,
+        };
+        for li in 0..l {
+            let (xs, xrest) = a.x.split_at_mut((li + 1) * r * d);
+            let x = &xs[li * r * d..];
+            let xn1 = &mut a.xn1[li * r * d..(li + 1) * r * d];
+            layers::rmsnorm_forward(kn, xn1, x, &p[o.attn_norm + li * d..][..d], eps);
+            let q = &mut a.q[li * r * qd..(li + 1) * r * qd];
+            let k = &mut a.k[li * r * kvd..(li + 1) * r * kvd];
+            let vv = &mut a.v[li * r * kvd..(li + 1) * r * kvd];
+            // Row-major projections first, written into ao/xmid as scratch, then rotated and made head-major.
+            let qrows = &mut a.ao[li * r * qd..(li + 1) * r * qd];
+            matmul::mm(kn, qrows, xn1, &p[o.wq + li * qd * d..][..qd * d], r);
+            layers::rope(kn, qrows, &a.rope, t, qd, false);
+            layers::heads_layout(qrows, q, t, nh, hs, false);
+            let krows = &mut a.kv_rows;
+            matmul::mm(kn, krows, xn1, &p[o.wk + li * kvd * d..][..kvd * d], r);
+            layers::rope(kn, krows, &a.rope, t, kvd, false);
+            layers::heads_layout(krows, k, t, nkv, hs, false);
+            matmul::mm(kn, krows, xn1, &p[o.wv + li * kvd * d..][..kvd * d], r);
+            layers::heads_layout(krows, vv, t, nkv, hs, false);
+
+            let pl = &mut a.p[li * r * nh * t..(li + 1) * r * nh * t];
+            layers::attention_forward(kn, &mut a.oh, pl, q, k, vv, dims);
+            let ao = &mut a.ao[li * r * qd..(li + 1) * r * qd];
+            layers::heads_layout(ao, &mut a.oh, t, nh, hs, true);
+
+            let xmid = &mut a.xmid[li * r * d..(li + 1) * r * d];
+            matmul::mm(kn, xmid, ao, &p[o.wo + li * d * qd..][..d * qd], r);
+            (kn.add)(xmid, x);
+            let xn2 = &mut a.xn2[li * r * d..(li + 1) * r * d];
+            layers::rmsnorm_forward(kn, xn2, xmid, &p[o.ffn_norm + li * d..][..d], eps);
+            let h1 = &mut a.h1[li * r * h..(li + 1) * r * h];
+            let h3 = &mut a.h3[li * r * h..(li + 1) * r * h];
+            let g = &mut a.g[li * r * h..(li + 1) * r * h];
+            matmul::mm(kn, h1, xn2, &p[o.w1 + li * h * d..][..h * d], r);
+            matmul::mm(kn, h3, xn2, &p[o.w3 + li * h * d..][..h * d], r);
+            layers::swiglu_forward(kn, g, h1, h3);
+            let xnext = &mut xrest[..r * d];
+            matmul::mm(kn, xnext, g, &p[o.w2 + li * d * h..][..d * h], r);
+            (kn.add)(xnext, xmid);
+        }
+        let xl = &a.x[l * r * d..];
+        layers::rmsnorm_forward(kn, &mut a.xnf, xl, &p[o.final_norm..][..d], eps);
+        Ok(())
+    }
+
+    /// The logits of every position of the last forward, `(R, V)`; tests compare them with inference.
+    pub fn logits(&self, p: &[f32], a: &Acts) -> Vec<f32> {
+        let Dims { d, v, .. } = a.dims;
+        let r = a.dims.rows();
+        let mut out = vec![0.0; r * v];
+        matmul::mm(self.kn, &mut out, &a.xnf, &p[self.off.cls..][..v * d], r);
+        out
+    }
+
+    /// The summed cross-entropy of the batch's counted targets after [`Model::forward`], and their count.
+    pub fn loss(&self, p: &[f32], a: &mut Acts, batch: &Batch) -> (f64, usize) {
+        let (rows, targets) = counted_rows(batch);
+        let d = a.dims.d;
+        let mut xn = vec![0.0f32; rows.len() * d];
+        for (dst, &i) in xn.chunks_exact_mut(d).zip(&rows) {
+            dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
+        }
+        let ce = self.ce(p, a.dims.v);
+        let sum = ce.run(&mut a.tmp, &mut a.logits, &xn, &targets, None);
+        (sum, rows.len())
+    }
+
+    fn ce<'a>(&self, p: &'a [f32], v: usize) -> CrossEntropy<'a> {
+        let d = self.config.dim as usize;
+        CrossEntropy {
+            kn: self.kn,
+            classifier: &p[self.off.cls..][..v * d],
+            vocab: v,
+        }
+    }
+
+    /// Forward, loss and backward of one batch: adds `scale ·` the gradient of the summed loss into `grads`
+    /// (laid out like the parameters) and returns the summed loss and the count of targets.
+    pub fn forward_backward(
+        &self,
+        p: &[f32],
+        grads: &mut [f32],
+        a: &mut Acts,
+        batch: &Batch,
+        scale: f32,
+    ) -> anyhow::Result<(f64, usize)> {
+        anyhow::ensure!(
+            grads.len() == self.off.total,
+            "gradient buffer of {} for {} parameters",
+            grads.len(),
+            self.off.total
+        );
+        anyhow::ensure!(
+            (batch.b, batch.t) == (a.dims.b, a.dims.t),
+            "batch shape does not match the activations"
+        );
+        self.forward(p, a, &batch.tokens)?;
+        let Dims {
+            d,
+            h,
+            l,
+            nh,
+            nkv,
+            hs,
+            v,
+            t,
+            ..
+        } = a.dims;
+        let r = a.dims.rows();
+        let (qd, kvd) = (a.dims.qd(), a.dims.kvd());
+        let (kn, o, eps) = (self.kn, self.off, self.config.norm_eps);
+        let mut gb = a.grad.take().unwrap_or_else(|| {
+            let z = |n: usize| vec![0.0f32; n];
+            GradBufs {
+                dx: z(r * d),
+                dxn: z(r * d),
+                dq: z(r * qd.max(d)),
+                dk: z(r * kvd),
+                dv: z(r * kvd),
+                dqh: z(r * qd),
+                dkh: z(r * kvd),
+                dvh: z(r * kvd),
+                doh: z(r * qd),
+                dh1: z(r * h),
+                dh3: z(r * h),
+                dg: z(r * h),
+                xt: z(r * d.max(h).max(qd)),
+                cls_t: z(v * d),
+            }
+        });
+
+        // Loss over the counted rows only; the others get no gradient from the classifier.
+        let (rows, targets) = counted_rows(batch);
+        let mut xn = vec![0.0f32; rows.len() * d];
+        for (dst, &i) in xn.chunks_exact_mut(d).zip(&rows) {
+            dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
+        }
+        let mut dxn_rows = vec![0.0f32; rows.len() * d];
+        matmul::transpose(&mut gb.cls_t, &p[o.cls..][..v * d], v, d);
+        let loss = self.ce(p, v).run(
+            &mut a.tmp,
+            &mut a.logits,
+            &xn,
+            &targets,
+            Some(CeGrad {
+                dxn: &mut dxn_rows,
+                dclassifier: &mut grads[o.cls..o.cls + v * d],
+                classifier_t: &gb.cls_t,
+                scale,
+            }),
+        );
+        gb.dxn.fill(0.0);
+        for (src, &i) in dxn_rows.chunks_exact(d).zip(&rows) {
+            gb.dxn[i * d..(i + 1) * d].copy_from_slice(src);
+        }
+        // Final norm.
+        gb.dx.fill(0.0);
+        layers::rmsnorm_backward(
+            &mut gb.dx,
+            &mut grads[o.final_norm..][..d],
+            &gb.dxn,
+            &a.x[l * r * d..],
+            &p[o.final_norm..][..d],
+            eps,
+        );
+
+        let dims = AttnDims {
+            t,
+            hs,
+            group: nh / nkv,
+        };
+        for li in (0..l).rev() {
+            let x = &a.x[li * r * d..(li + 1) * r * d];
+            let xn1 = &a.xn1[li * r * d..(li + 1) * r * d];
+            let ao = &a.ao[li * r * qd..(li + 1) * r * qd];
+            let xmid = &a.xmid[li * r * d..(li + 1) * r * d];
+            let xn2 = &a.xn2[li * r * d..(li + 1) * r * d];
+            let h1 = &a.h1[li * r * h..(li + 1) * r * h];
+            let h3 = &a.h3[li * r * h..(li + 1) * r * h];
+            let g = &a.g[li * r * h..(li + 1) * r * h];
+
+            // x_{l+1} = xmid + g · w2ᵀ: dg = dx · w2, dw2 += dxᵀ · g; dx flows on to xmid unchanged.
+            let xt = &mut gb.xt[..h * r];
+            matmul::transpose(xt, g, r, h);
+            matmul::linear_backward(
+                kn,
+                &mut a.tmp,
+                Some((&mut gb.dg, false)),
+                &mut grads[o.w2 + li * d * h..][..d * h],
+                &gb.dx,
+                xt,
+                &p[o.w2 + li * d * h..][..d * h],
+                r,
+            );
+            layers::swiglu_backward(&mut gb.dh1, &mut gb.dh3, &gb.dg, h1, h3);
+            let xt = &mut gb.xt[..d * r];
+            matmul::transpose(xt, xn2, r, d);
+            matmul::linear_backward(
+                kn,
+                &mut a.tmp,
+                Some((&mut gb.dxn, false)),
+                &mut grads[o.w1 + li * h * d..][..h * d],
+                &gb.dh1,
+                xt,
+                &p[o.w1 + li * h * d..][..h * d],
+                r,
+            );
+            matmul::linear_backward(
+                kn,
+                &mut a.tmp,
+                Some((&mut gb.dxn, true)),
+                &mut grads[o.w3 + li * h * d..][..h * d],
+                &gb.dh3,
+                xt,
+                &p[o.w3 + li * h * d..][..h * d],
+                r,
+            );
+            layers::rmsnorm_backward(
+                &mut gb.dx,
+                &mut grads[o.ffn_norm + li * d..][..d],
+                &gb.dxn,
+                xmid,
+                &p[o.ffn_norm + li * d..][..d],
+                eps,
+            );
+
+            // xmid = x + ao · woᵀ
+            let xt = &mut gb.xt[..qd * r];
+            matmul::transpose(xt, ao, r, qd);
+            let dao = &mut gb.dq[..r * qd];
+            matmul::linear_backward(
+                kn,
+                &mut a.tmp,
+                Some((dao, false)),
+                &mut grads[o.wo + li * d * qd..][..d * qd],
+                &gb.dx,
+                xt,
+                &p[o.wo + li * d * qd..][..d * qd],
+                r,
+            );
+            layers::heads_layout(dao, &mut gb.doh, t, nh, hs, false);
+            layers::attention_backward(
+                kn,
+                &mut gb.dqh,
+                &mut gb.dkh,
+                &mut gb.dvh,
+                &gb.doh,
+                &a.p[li * r * nh * t..(li + 1) * r * nh * t],
+                &a.q[li * r * qd..(li + 1) * r * qd],
+                &a.k[li * r * kvd..(li + 1) * r * kvd],
+                &a.v[li * r * kvd..(li + 1) * r * kvd],
+                dims,
+            );
+            let dq = &mut gb.dq[..r * qd];
+            layers::heads_layout(dq, &mut gb.dqh, t, nh, hs, true);
+            layers::rope(kn, dq, &a.rope, t, qd, true);
+            layers::heads_layout(&mut gb.dk, &mut gb.dkh, t, nkv, hs, true);
+            layers::rope(kn, &mut gb.dk, &a.rope, t, kvd, true);
+            layers::heads_layout(&mut gb.dv, &mut gb.dvh, t, nkv, hs, true);
+
+            let xt = &mut gb.xt[..d * r];
+            matmul::transpose(xt, xn1, r, d);
+            for (j, (off, dy, width)) in [
+                (o.wq, &gb.dq[..r * qd], qd),
+                (o.wk, &gb.dk[..], kvd),
+                (o.wv, &gb.dv[..], kvd),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                matmul::linear_backward(
+                    kn,
+                    &mut a.tmp,
+                    Some((&mut gb.dxn, j > 0)),
+                    &mut grads[off + li * width * d..][..width * d],
+                    dy,
+                    xt,
+                    &p[off + li * width * d..][..width * d],
+                    r,
+                );
+            }
+            layers::rmsnorm_backward(
+                &mut gb.dx,
+                &mut grads[o.attn_norm + li * d..][..d],
+                &gb.dxn,
+                x,
+                &p[o.attn_norm + li * d..][..d],
+                eps,
+            );
+        }
+        // Embedding: each row's gradient goes to its token's row (serial: tokens repeat).
+        for (row, &tk) in gb.dx.chunks_exact(d).zip(&a.tokens) {
+            let e = o.emb + tk as usize * d;
+            for (gv, dv) in grads[e..e + d].iter_mut().zip(row) {
+                *gv += dv;
+            }
+        }
+        a.grad = Some(gb);
+        Ok((loss, rows.len()))
+    }
+}
+
+/// Indices of the rows whose target counts, and those targets.
+fn counted_rows(batch: &Batch) -> (Vec<usize>, Vec<u32>) {
+    batch
+        .mask
+        .iter()
+        .zip(&batch.targets)
+        .enumerate()
+        .filter(|(_, (m, _))| **m)
+        .map(|(i, (_, &tg))| (i, tg))
+        .unzip()
+}
