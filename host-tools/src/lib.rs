@@ -4,3 +4,4 @@ pub mod cli;
 pub mod eval;
 pub mod llama2c;
 pub mod shared;
+pub mod train;
