@@ -115,6 +115,9 @@ impl<'m, 'b> Session<'m, 'b> {
     /// Feeds `prompt`, then samples up to `max_new` tokens, calling `on_token(id, bytes)` for each as it is
     /// produced (and first for each prompt token after a leading BOS, when `echo_prompt`). `on_token`
     /// returns `false` to stop. The context is kept, so a later call continues the conversation.
+    // The eight arguments are the loop's whole contract (model state, tokenizer, sampler, input, limits,
+    // output); bundling them would only move the list into a struct every caller fills in.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &mut self,
         exec: &dyn Exec,

@@ -19,6 +19,9 @@ pub trait Exec: Sync {
     fn split(&self, data: &mut [f32], unit: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync));
 }
 
+/// Receives `(index in the chunk's tokens, logits (V))` for each token scored.
+type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
+
 /// Everything on the calling thread.
 pub struct Serial;
 
@@ -320,7 +323,7 @@ impl<'a> Transformer<'a> {
         scratch: &mut Scratch<'_>,
         tokens: &[u32],
         start: usize,
-        mut on_logits: Option<&mut dyn FnMut(usize, &[f32])>,
+        mut on_logits: Option<LogitsSink<'_>>,
     ) -> Result<()> {
         let c = &self.config;
         let max = c.seq_len as usize;

@@ -44,13 +44,13 @@ pub fn read_bandwidth(threads: usize, rounds: usize) -> f64 {
 /// Bytes of weights one decode step reads: every matrix once (the embedding only one row, unless tied,
 /// when it is the classifier).
 pub fn weight_bytes_per_token(model: &Model<'_>) -> u64 {
+    let tied = model.transformer.config.tied_classifier;
+    let read_whole =
+        |name: &str| !name.starts_with("tokenizer.") && (tied || name != "token_embedding");
     model
         .file
         .tensors()
-        .filter(|t| {
-            !t.name.starts_with("tokenizer.")
-                && !(t.name == "token_embedding" && !model.transformer.config.tied_classifier)
-        })
+        .filter(|t| read_whole(t.name))
         .map(|t| t.bytes.len() as u64)
         .sum()
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Decode speed, Enigma Engine against candle, on the same machine in the same script: random-weight
+# llama2.c checkpoints of the 15M and 110M shapes (../shared/tools/gen_llama2c_ckpt.py), f32 and q8_0,
+# 1 and 2 threads. Each round runs every configuration on both engines back to back, so a noisy moment
+# hits both; the summary gives medians over the rounds and enigma/candle ratios.
+#
+#   bash benches/compare_candle.sh            # ROUNDS=5 STEPS=128 SHAPES="15M 110M" THREADS="1 2" DTYPES="f32 q8_0"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
+ROUNDS="${ROUNDS:-5}"
+STEPS="${STEPS:-128}"
+SHAPES="${SHAPES:-15M 110M}"
+THREADS="${THREADS:-1 2}"
+DTYPES="${DTYPES:-f32 q8_0}"
+WORK="${WORK:-target/compare}"
+mkdir -p "$WORK"
+
+python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
+(cd "$WORK" && for s in $SHAPES; do [ -f "models/r$s.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$s"; done)
+
+cargo build --release -p enigma-tools
+CARGO_TARGET_DIR=target/candle-peer cargo build --release --manifest-path benches/candle-peer/Cargo.toml
+E=target/release/enigma
+C=target/candle-peer/release/candle-peer
+
+for s in $SHAPES; do
+    for q in $DTYPES; do
+        m="$WORK/r$s-$q.enigma"
+        [ -f "$m" ] || "$E" import llama2c "$WORK/models/r$s.bin" --tokenizer "$SHARED/models/tokenizer.bin" -o "$m" --quantize "$q"
+    done
+done
+
+results="$WORK/results.txt"
+: > "$results"
+for r in $(seq 1 "$ROUNDS"); do
+    for s in $SHAPES; do
+        for q in $DTYPES; do
+            for t in $THREADS; do
+                e=$("$E" bench -m "$WORK/r$s-$q.enigma" --threads "$t" --prompt-tokens 1 --gen-tokens "$STEPS" --rounds 1 --json |
+                    python3 -c 'import json,sys; print(json.load(sys.stdin)["gen_tokens_per_s"])')
+                c=$(RAYON_NUM_THREADS="$t" "$C" "$WORK/models/r$s.bin" "$q" "$STEPS" 1 | awk '{print $4}')
+                echo "round $r $s $q threads $t enigma $e candle $c" | tee -a "$results"
+            done
+        done
+    done
+done
+
+python3 - "$results" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(lambda: ([], []))
+for line in open(sys.argv[1]):
+    f = line.split()
+    key = (f[2], f[3], int(f[5]))
+    rows[key][0].append(float(f[7])); rows[key][1].append(float(f[9]))
+print(f"\n{'shape':>6} {'dtype':>5} {'thr':>3} {'enigma tok/s':>13} {'candle tok/s':>13} {'ratio':>6}  (medians of {len(next(iter(rows.values()))[0])} rounds)")
+for (s, q, t), (e, c) in sorted(rows.items()):
+    me, mc = statistics.median(e), statistics.median(c)
+    print(f"{s:>6} {q:>5} {t:>3} {me:>13.1f} {mc:>13.1f} {me / mc:>6.2f}")
+PY

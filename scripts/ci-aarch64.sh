@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The Raspberry Pi path in CI: cross-build for aarch64 Linux, run the kernel tests (NEON tier against the
+# scalar reference) under qemu-aarch64, and check a short stories260K generation there against the host's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+    apt-get update -qq
+    apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+fi
+rustup target add aarch64-unknown-linux-gnu
+
+cargo test -p enigma-kernels --target aarch64-unknown-linux-gnu
+
+cargo build --release -p enigma-tools
+cargo build --release -p enigma-tools --target aarch64-unknown-linux-gnu
+model=target/ci-stories260K.enigma
+target/release/enigma import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
+args=(run -m "$model" -i "Once upon a time" -n 64 -t 0 --threads 2)
+host=$(target/release/enigma "${args[@]}")
+pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 target/aarch64-unknown-linux-gnu/release/enigma "${args[@]}")
+if [ "$host" != "$pi" ]; then
+    echo "aarch64 output differs from the host's:"; echo "host: $host"; echo "pi:   $pi"; exit 1
+fi
+echo "aarch64 (qemu cortex-a72) generates the same 64 greedy tokens as the host"
