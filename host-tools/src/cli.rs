@@ -247,17 +247,42 @@ fn emit(out: &mut impl Write, piece: &[u8]) -> bool {
     out.write_all(piece).and_then(|_| out.flush()).is_ok()
 }
 
-fn report(stats: &Stats, prompt_time: f64, gen_time: f64) {
-    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    eprintln!(
-        "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s",
-        stats.prompt_tokens,
-        rate(stats.prompt_tokens, prompt_time),
-        stats.generated,
-        rate(stats.generated, gen_time)
-    );
-    if stats.stop == Stop::ContextFull {
-        eprintln!("stopped: the context window is full");
+/// Times one generation. Prefill ends when the first generated token arrives (after `echoed` echoed
+/// prompt tokens); decode speed counts the tokens after that one.
+struct Clock {
+    start: Instant,
+    first: Option<Instant>,
+    echoed: usize,
+    seen: usize,
+}
+
+impl Clock {
+    fn new(echoed: usize) -> Self {
+        Clock { start: Instant::now(), first: None, echoed, seen: 0 }
+    }
+
+    fn tick(&mut self) {
+        self.seen += 1;
+        if self.seen == self.echoed + 1 {
+            self.first = Some(Instant::now());
+        }
+    }
+
+    fn report(&self, stats: &Stats) {
+        let first = self.first.unwrap_or(self.start);
+        let prefill = (first - self.start).as_secs_f64();
+        let decode = first.elapsed().as_secs_f64();
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s",
+            stats.prompt_tokens,
+            rate(stats.prompt_tokens, prefill),
+            stats.generated,
+            rate(stats.generated.saturating_sub(1), decode)
+        );
+        if stats.stop == Stop::ContextFull {
+            eprintln!("stopped: the context window is full");
+        }
     }
 }
 
@@ -291,10 +316,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut sampler = Sampler::new(sampler_cfg);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let start = Instant::now();
-    let mut first: Option<Instant> = None;
-    let n_prompt = prompt.len();
-    let mut seen = 0usize;
+    // A fresh session echoes every prompt token but the leading BOS.
+    let mut clock = Clock::new(prompt.len() - 1);
     let stats = session.generate(
         backend.exec(),
         &model.tokenizer,
@@ -303,21 +326,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.n_predict,
         true,
         &mut |_, piece| {
-            seen += 1;
-            // Echoed prompt tokens come first; the clock for generation starts at the first new token.
-            if seen == n_prompt && first.is_none() {
-                first = Some(Instant::now());
-            }
+            clock.tick();
             emit(&mut out, piece)
         },
     )?;
     let _ = writeln!(out);
-    let first = first.unwrap_or(start);
-    report(
-        &stats,
-        (first - start).as_secs_f64(),
-        first.elapsed().as_secs_f64(),
-    );
+    clock.report(&stats);
     Ok(())
 }
 
@@ -395,7 +409,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         first = false;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let start = Instant::now();
+        let mut clock = Clock::new(0);
         let n = args
             .n_predict
             .min(session.remaining().saturating_sub(ids.len()));
@@ -406,10 +420,13 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             &ids,
             n,
             false,
-            &mut |_, piece| emit(&mut out, piece),
+            &mut |_, piece| {
+                clock.tick();
+                emit(&mut out, piece)
+            },
         )?;
         let _ = writeln!(out);
-        report(&stats, 0.0, start.elapsed().as_secs_f64());
+        clock.report(&stats);
     }
     Ok(())
 }
