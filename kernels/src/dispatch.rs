@@ -221,7 +221,7 @@ pub fn kernels() -> &'static Kernels {
     #[cfg(feature = "std")]
     {
         static CHOSEN: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| kernels_from_env().unwrap_or_else(|_| best()))
+        CHOSEN.get_or_init(|| kernels_from_env().unwrap_or_else(|_| best()))
     }
     #[cfg(not(feature = "std"))]
     {

@@ -5,7 +5,10 @@ use half::{bf16, f16};
 
 /// Columns of `x` quantized at a time. The buffer lives on the stack (34 B per block: 2 KiB here) so the
 /// quantized matvec allocates nothing and runs on an MCU; wider rows are done in several column chunks.
-pub const X_CHUNK_BLOCKS: usize = 64;
+#[cfg(target_pointer_width = "64")]
+pub const X_CHUNK_BLOCKS: usize = 256;
+#[cfg(not(target_pointer_width = "64"))]
+pub const X_CHUNK_BLOCKS: usize = 32;
 
 /// A kernel adding one column chunk: `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, `w` starting at the chunk.
 pub type QMatvec<B> = fn(out: &mut [f32], w: &[B], stride: usize, xq: &[BlockQ8_0]);

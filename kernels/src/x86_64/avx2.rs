@@ -181,30 +181,39 @@ matvec!(matvec_bf16, bf16, ld_bf16);
 #[inline]
 fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
     let d = x[0].len();
+    assert!(
+        w.iter().chain(&x).all(|r| r.len() == d),
+        "tile rows differ in length"
+    );
+    let (wp, xp) = (w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()));
     let z = _mm256_setzero_ps();
     let mut acc = [[z; T]; R];
     let mut xv = [z; T];
     let mut k = 0;
-    while k < d {
-        let tail = d - k < L;
-        for (v, xr) in xv.iter_mut().zip(&x) {
-            *v = if tail {
-                ld_tail(&xr[k..])
-            } else {
-                ld(&xr[k..])
-            };
+    while k + L <= d {
+        for (v, p) in xv.iter_mut().zip(&xp) {
+            // SAFETY: every row has `d` elements (asserted above) and `k + L <= d`.
+            *v = unsafe { _mm256_loadu_ps(p.add(k)) };
         }
-        for (a, wr) in acc.iter_mut().zip(&w) {
-            let wv = if tail {
-                ld_tail(&wr[k..])
-            } else {
-                ld(&wr[k..])
-            };
+        for (a, p) in acc.iter_mut().zip(&wp) {
+            // SAFETY: as above.
+            let wv = unsafe { _mm256_loadu_ps(p.add(k)) };
             for (a, v) in a.iter_mut().zip(&xv) {
                 *a = _mm256_fmadd_ps(wv, *v, *a);
             }
         }
         k += L;
+    }
+    if k < d {
+        for (v, xr) in xv.iter_mut().zip(&x) {
+            *v = ld_tail(&xr[k..]);
+        }
+        for (a, wr) in acc.iter_mut().zip(&w) {
+            let wv = ld_tail(&wr[k..]);
+            for (a, v) in a.iter_mut().zip(&xv) {
+                *a = _mm256_fmadd_ps(wv, *v, *a);
+            }
+        }
     }
     let mut out = [[0.0f32; T]; R];
     for (o, a) in out.iter_mut().zip(&acc) {

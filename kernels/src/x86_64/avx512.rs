@@ -158,22 +158,36 @@ feat! {
 #[inline]
 fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
     let d = x[0].len();
+    assert!(w.iter().chain(&x).all(|r| r.len() == d), "tile rows differ in length");
+    let (wp, xp) = (w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()));
     let z = _mm512_setzero_ps();
     let mut acc = [[z; T]; R];
     let mut xv = [z; T];
     let mut k = 0;
-    while k < d {
-        let hi = (k + L).min(d);
-        for (v, xr) in xv.iter_mut().zip(&x) {
-            *v = ld_any(&xr[k..hi]);
+    while k + L <= d {
+        for (v, p) in xv.iter_mut().zip(&xp) {
+            // SAFETY: every row has `d` elements (asserted above) and `k + L <= d`.
+            *v = unsafe { _mm512_loadu_ps(p.add(k)) };
         }
-        for (a, wr) in acc.iter_mut().zip(&w) {
-            let wv = ld_any(&wr[k..hi]);
+        for (a, p) in acc.iter_mut().zip(&wp) {
+            // SAFETY: as above.
+            let wv = unsafe { _mm512_loadu_ps(p.add(k)) };
             for (a, v) in a.iter_mut().zip(&xv) {
                 *a = _mm512_fmadd_ps(wv, *v, *a);
             }
         }
         k += L;
+    }
+    if k < d {
+        for (v, xr) in xv.iter_mut().zip(&x) {
+            *v = ld_any(&xr[k..]);
+        }
+        for (a, wr) in acc.iter_mut().zip(&w) {
+            let wv = ld_any(&wr[k..]);
+            for (a, v) in a.iter_mut().zip(&xv) {
+                *a = _mm512_fmadd_ps(wv, *v, *a);
+            }
+        }
     }
     let mut out = [[0.0f32; T]; R];
     for (o, a) in out.iter_mut().zip(&acc) {
