@@ -50,6 +50,17 @@ pub enum Command {
     Eval(EvalArgs),
     /// Prompt-processing and generation speed, against this machine's measured bandwidth and FMA peak.
     Bench(BenchArgs),
+    /// Switch capabilities on and off: list, info, load, unload, status (docs/MODULES.md).
+    #[command(subcommand)]
+    Modules(crate::modules::cli::ModulesCommand),
+    /// Manage the models directory (ENIGMA_HOME): list, info, create, delete, rename, copy, convert.
+    #[command(subcommand)]
+    Models(crate::models::cli::ModelsCommand),
+    /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
+    Hardware {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +229,9 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Info { model } => info(&model),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Modules(cmd) => crate::modules::cli::main(cmd),
+        Command::Models(cmd) => crate::models::cli::main(cmd),
+        Command::Hardware { json } => crate::modules::cli::hardware(json),
     }
 }
 

@@ -3,5 +3,7 @@ pub mod bench;
 pub mod cli;
 pub mod eval;
 pub mod llama2c;
+pub mod models;
+pub mod modules;
 pub mod shared;
 pub mod train;

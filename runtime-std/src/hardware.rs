@@ -34,7 +34,7 @@ pub struct Hardware {
 impl Hardware {
     /// Asks the OS and the CUDA driver.
     pub fn detect() -> Hardware {
-        let (total_ram, free_ram) = memory();
+        let (total_ram, free_ram) = ram();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (gpus, cuda_driver, cuda_note) = match cuda() {
             Ok((gpus, driver)) => {
@@ -79,8 +79,8 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Total and available RAM from /proc/meminfo (Linux); `None` elsewhere.
-fn memory() -> (Option<u64>, Option<u64>) {
+/// Total and available RAM in bytes from /proc/meminfo (Linux); `None` elsewhere. Cheap: no CUDA.
+pub fn ram() -> (Option<u64>, Option<u64>) {
     match std::fs::read_to_string("/proc/meminfo") {
         Ok(text) => parse_meminfo(&text),
         Err(_) => (None, None),
@@ -95,7 +95,10 @@ fn parse_meminfo(text: &str) -> (Option<u64>, Option<u64>) {
             kib.checked_mul(1024)
         })
     };
-    (field("MemTotal"), field("MemAvailable").or(field("MemFree")))
+    (
+        field("MemTotal"),
+        field("MemAvailable").or(field("MemFree")),
+    )
 }
 
 /// The GPUs and the driver version, or why there are none.

@@ -56,12 +56,20 @@ impl ModelLock {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        let got = fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(io)?;
-        if !got {
-            return Err(LockError::Held {
-                dir: what.to_path_buf(),
-                holder: describe_holder(&file),
-            });
+        // A holder writes its note right after locking and a probe (`holder`) holds only a shared lock for an
+        // instant and writes nothing: a refusal with an empty note is retried for a moment, so neither a probe
+        // nor a holder caught between lock and note makes this fail.
+        let mut tries = 0;
+        while !fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(io)? {
+            let note = read_note(&file);
+            tries += 1;
+            if !note.trim().is_empty() || tries > 40 {
+                return Err(LockError::Held {
+                    dir: what.to_path_buf(),
+                    holder: describe_holder(&note),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let mut lock = ModelLock {
             file,
@@ -79,14 +87,25 @@ impl ModelLock {
         self.file.flush()
     }
 
-    /// Who holds the lock of model folder `dir` right now, or `None` when nobody does.
-    /// Probes by taking the lock for an instant, so it is exact at the moment of the call.
+    /// Who holds the lock of model folder `dir` right now, or `None` when nobody does (or the folder has
+    /// never been locked). Probes with a shared lock held for an instant, so it is exact at the moment of
+    /// the call and never makes a real holder fail.
     pub fn holder(dir: impl AsRef<Path>) -> Result<Option<String>, LockError> {
-        let dir = dir.as_ref();
-        match Self::acquire(dir, "probe") {
-            Ok(_probe) => Ok(None),
-            Err(LockError::Held { holder, .. }) => Ok(Some(holder)),
-            Err(e) => Err(e),
+        let path = dir.as_ref().join(LOCK_FILE);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LockError::Io { path, source }),
+        };
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        if fs4::fs_std::FileExt::try_lock_shared(&file).map_err(io)? {
+            // Closing the file drops the shared lock.
+            Ok(None)
+        } else {
+            Ok(Some(describe_holder(&read_note(&file))))
         }
     }
 
@@ -107,12 +126,17 @@ impl Drop for ModelLock {
     }
 }
 
+fn read_note(mut file: &File) -> String {
+    let mut text = String::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = file.read_to_string(&mut text);
+    text
+}
+
 /// "process 1234 (training)" from the holder's note, or a plain phrase when the note is unreadable (a holder
 /// that is still writing it, or one from an older version).
-fn describe_holder(mut file: &File) -> String {
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    let mut parts = text.trim().splitn(2, ' ');
+fn describe_holder(note: &str) -> String {
+    let mut parts = note.trim().splitn(2, ' ');
     match (parts.next().map(str::parse::<u32>), parts.next()) {
         (Some(Ok(pid)), Some(purpose)) if pid == std::process::id() => {
             format!("this process ({purpose})")
@@ -155,14 +179,25 @@ mod tests {
 
     #[test]
     fn another_processes_note_is_quoted() {
+        assert_eq!(describe_holder("4242 convert\n"), "process 4242 (convert)");
+        assert_eq!(describe_holder("4242"), "process 4242");
+        assert_eq!(describe_holder("garbage"), "another process");
+    }
+
+    #[test]
+    fn a_probe_never_makes_a_real_holder_fail() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = ModelLock::acquire(dir.path(), "x").unwrap();
-        let mut f = File::open(dir.path().join(LOCK_FILE)).unwrap();
-        let _ = &lock;
-        std::fs::write(dir.path().join(LOCK_FILE), "4242 convert\n").unwrap();
-        assert_eq!(describe_holder(&f), "process 4242 (convert)");
-        f.seek(SeekFrom::Start(0)).unwrap();
-        std::fs::write(dir.path().join(LOCK_FILE), "garbage").unwrap();
-        assert_eq!(describe_holder(&f), "another process");
+        assert_eq!(ModelLock::holder(dir.path()).unwrap(), None, "never locked");
+        drop(ModelLock::acquire(dir.path(), "x").unwrap());
+        // A probe's shared lock held while the holder arrives: the holder waits it out.
+        let probe = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(fs4::fs_std::FileExt::try_lock_shared(&probe).unwrap());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(probe);
+        });
+        let lock = ModelLock::acquire(dir.path(), "training").unwrap();
+        t.join().unwrap();
+        assert_eq!(lock.purpose(), "training");
     }
 }

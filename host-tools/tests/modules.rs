@@ -1,0 +1,315 @@
+//! `enigma modules ...` and `enigma hardware` end to end, over a temporary ENIGMA_HOME with a nano model
+//! made by `enigma models create`.
+
+use assert_cmd::Command;
+use std::path::Path;
+use tempfile::TempDir;
+
+fn enigma(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("enigma").unwrap();
+    c.env("ENIGMA_HOME", home)
+        .env_remove("ENIGMA_SIMULATE_HARDWARE")
+        .env("ENIGMA_KERNELS", "generic");
+    c
+}
+
+/// Runs and returns (success, stdout, stderr).
+fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = enigma(home).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let (success, out, err) = run(home, args);
+    assert!(success, "{args:?} failed: {err}");
+    out
+}
+
+/// The command fails with exactly one line on stderr, starting "error: "; returns that line.
+fn fails(home: &Path, args: &[&str]) -> String {
+    let (success, _, err) = run(home, args);
+    assert!(!success, "{args:?} succeeded");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    errors[0].to_string()
+}
+
+fn home_with_model() -> TempDir {
+    let t = tempfile::tempdir().unwrap();
+    ok(
+        t.path(),
+        &["models", "create", "m", "--preset", "nano", "--seed", "1"],
+    );
+    t
+}
+
+#[test]
+fn list_shows_all_29_with_states_and_reasons() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["modules", "list"]);
+    assert_eq!(
+        out.lines().filter(|l| !l.is_empty()).count(),
+        1 + 29 + 1,
+        "{out}"
+    );
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row {id}: {out}"))
+            .to_string()
+    };
+    assert!(row("model").contains("choose the model to load: --set model=NAME"));
+    assert!(row("tokenizer").contains("can load"));
+    assert!(row("inference").contains("needs model, tokenizer (--with-deps loads them)"));
+    assert!(row("training").contains("unavailable"));
+    assert!(row("vision").contains("unavailable"));
+    assert!(row("chat_api").contains("(cloud)"));
+    assert!(out.contains("29 modules: 0 loaded"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(t.path(), &["modules", "list", "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 29);
+    assert_eq!(json[0]["id"], "model");
+    assert_eq!(json[0]["provides"][0], "language_model");
+}
+
+#[test]
+fn load_with_deps_status_unload_and_restore_across_processes() {
+    let t = home_with_model();
+    let h = t.path();
+    let out = ok(
+        h,
+        &[
+            "modules",
+            "load",
+            "model",
+            "--set",
+            "model=m",
+            "--set",
+            "threads=1",
+        ],
+    );
+    assert!(out.starts_with("loaded model: m ("), "{out}");
+    let out = ok(h, &["modules", "load", "code_gen_local", "--with-deps"]);
+    let loaded: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            "loaded tokenizer",
+            "loaded inference",
+            "loaded code_gen_local"
+        ]
+    );
+    // A new process restores the set from modules.json and checks each module's health.
+    let out = ok(h, &["modules", "status"]);
+    for id in ["model", "tokenizer", "inference", "code_gen_local"] {
+        assert!(out.contains(&format!("{id}: loaded")), "{out}");
+    }
+    assert_eq!(out.matches("health: ok").count(), 4, "{out}");
+    assert!(
+        out.contains("one-token forward: 259 finite logits"),
+        "{out}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(h.join("modules.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = saved["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["model", "tokenizer", "inference", "code_gen_local"]);
+    assert_eq!(saved["modules"][0]["config"]["model"], "m");
+
+    let err = fails(h, &["modules", "unload", "model"]);
+    assert_eq!(
+        err,
+        "error: module model is needed by code_gen_local, inference (unload those first, or use --cascade)"
+    );
+    let out = ok(h, &["modules", "unload", "model", "--cascade"]);
+    assert_eq!(
+        out,
+        "unloaded code_gen_local\nunloaded inference\nunloaded model\n"
+    );
+    let out = ok(h, &["modules", "status"]);
+    assert!(out.starts_with("tokenizer: loaded"), "{out}");
+}
+
+#[test]
+fn refusals_are_one_line_with_the_reason() {
+    let t = home_with_model();
+    let h = t.path();
+    assert_eq!(
+        fails(h, &["modules", "load", "telepathy"]),
+        "error: no module named 'telepathy' (see `enigma modules list`)"
+    );
+    assert_eq!(
+        fails(h, &["modules", "load", "inference"]),
+        "error: module inference needs model, tokenizer loaded first (or load it with --with-deps)"
+    );
+    assert!(fails(h, &["modules", "load", "vision"])
+        .starts_with("error: module vision is not available in this build: "));
+    assert!(fails(h, &["modules", "load", "training"]).contains("it wraps `enigma train`"));
+    assert_eq!(
+        fails(h, &["modules", "load", "model", "--set", "threads=-1"]),
+        "error: module model: threads: -1 is outside 0..=4096"
+    );
+    assert_eq!(
+        fails(h, &["modules", "load", "model", "--set", "model=nope"]),
+        format!(
+            "error: module model: no model named 'nope' in {} (see `enigma models list`)",
+            h.display()
+        )
+    );
+    // A small machine: the model does not fit, and the reason names the sizes.
+    let out = enigma(h)
+        .env("ENIGMA_SIMULATE_HARDWARE", "ram=64K,cores=1")
+        .args(["modules", "load", "model", "--set", "model=m"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: module model cannot run on this machine: needs ")
+            && err
+                .trim_end()
+                .ends_with("of RAM and this machine has 64 KiB"),
+        "{err}"
+    );
+    // Nothing was saved by any of that.
+    assert!(!h.join("modules.json").exists());
+}
+
+#[test]
+fn a_module_that_no_longer_loads_is_reported_at_start() {
+    let t = home_with_model();
+    let h = t.path();
+    ok(h, &["modules", "load", "model", "--set", "model=m"]);
+    ok(h, &["models", "delete", "m"]);
+    let (success, out, err) = run(h, &["modules", "list"]);
+    assert!(success);
+    assert!(
+        err.starts_with("note: saved module model did not load: module model: no model named 'm'"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("model ") && l.contains("not restored")),
+        "{out}"
+    );
+    let err = fails(h, &["modules", "status"]);
+    assert_eq!(
+        err,
+        "error: 1 module did not restore, failed or is unhealthy (see above)"
+    );
+    // It stays saved until the user says otherwise.
+    assert!(std::fs::read_to_string(h.join("modules.json"))
+        .unwrap()
+        .contains("\"model\""));
+    assert_eq!(
+        ok(h, &["modules", "unload", "model"]),
+        "forgot model (it was saved but had not loaded)\n"
+    );
+    assert!(!std::fs::read_to_string(h.join("modules.json"))
+        .unwrap()
+        .contains("\"model\""));
+}
+
+#[test]
+fn a_corrupt_state_file_is_reported_and_left_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let h = t.path();
+    let path = h.join("modules.json");
+    std::fs::write(&path, "{\"version\": 1, \"modules\": [").unwrap();
+    for args in [
+        &["modules", "list"][..],
+        &["modules", "load", "tokenizer"],
+        &["modules", "allow-cloud", "on"],
+    ] {
+        let err = fails(h, args);
+        assert!(
+            err.starts_with(&format!(
+                "error: cannot read the saved module state {}: EOF while parsing",
+                path.display()
+            )),
+            "{err}"
+        );
+        assert!(err.ends_with("the file is left as it is: fix it or move it away"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"version\": 1, \"modules\": ["
+    );
+}
+
+#[test]
+fn cloud_permission_is_saved() {
+    let t = tempfile::tempdir().unwrap();
+    let h = t.path();
+    assert!(ok(h, &["modules", "list"]).contains("cloud modules refused"));
+    assert_eq!(
+        ok(h, &["modules", "allow-cloud", "on"]),
+        "cloud modules are allowed\n"
+    );
+    assert!(ok(h, &["modules", "list"]).contains("cloud modules allowed"));
+    let saved = std::fs::read_to_string(h.join("modules.json")).unwrap();
+    assert!(saved.contains("\"allow_cloud\": true"), "{saved}");
+}
+
+#[test]
+fn info_describes_a_module_and_its_config() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["modules", "info", "code_gen_local"]);
+    assert!(
+        out.contains("needs:       model, tokenizer, inference"),
+        "{out}"
+    );
+    assert!(out.contains("temperature"), "{out}");
+    assert!(out.contains("default 0.2"), "{out}");
+    let out = ok(t.path(), &["modules", "info", "image_gen_local"]);
+    assert!(
+        out.contains("hardware:    an NVIDIA GPU, 6 GiB of GPU memory"),
+        "{out}"
+    );
+    let out = ok(t.path(), &["modules", "info", "gguf_loader", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["conflicts"][1], "inference");
+}
+
+#[test]
+fn hardware_reports_the_machine_or_the_simulation() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["hardware"]);
+    assert!(
+        out.contains("RAM:") && out.contains("CPU cores:") && out.contains("CUDA:"),
+        "{out}"
+    );
+    let out = enigma(t.path())
+        .env("ENIGMA_SIMULATE_HARDWARE", "ram=4G,cores=4,gpu=8G")
+        .arg("hardware")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("RAM:        4 GiB total, 4 GiB free"),
+        "{text}"
+    );
+    assert!(
+        text.contains("GPU 0:      simulated GPU, 8 GiB memory"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "video_gen_local: needs 12 GiB of GPU memory and the largest GPU here has 8 GiB"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("image_gen_local:"), "{text}");
+}
