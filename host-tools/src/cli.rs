@@ -56,6 +56,11 @@ pub enum Command {
     /// Manage the models directory (ENIGMA_HOME): list, info, create, delete, rename, copy, convert.
     #[command(subcommand)]
     Models(crate::models::cli::ModelsCommand),
+    /// Train a model (and its tokenizer, unless given) on text or conversations; see docs/TRAINING.md.
+    Train(Box<crate::train::TrainOptions>),
+    /// Train a byte-level BPE tokenizer.
+    #[command(subcommand)]
+    Tokenizer(crate::train::TokenizerCommand),
     /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
     Hardware {
         #[arg(long)]
@@ -232,6 +237,12 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Modules(cmd) => crate::modules::cli::main(cmd),
         Command::Models(cmd) => crate::models::cli::main(cmd),
         Command::Hardware { json } => crate::modules::cli::hardware(json),
+        Command::Train(opts) => {
+            crate::train::train(&opts, enigma_runtime::Backend::cpu(Some(1))?.kernels()).map(|_| ())
+        }
+        Command::Tokenizer(crate::train::TokenizerCommand::Train(args)) => {
+            crate::train::train_tokenizer(&args).map(|_| ())
+        }
     }
 }
 

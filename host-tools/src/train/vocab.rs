@@ -1,0 +1,89 @@
+//! The tokenizer a training run encodes with: one we trained ([`Bpe`], encoded word by word), or the one of
+//! a model being fine-tuned (any `.enigma` tokenizer, encoded by the runtime's exact O(n log n) encoder).
+
+use super::bpe::Bpe;
+use super::data::Encode;
+use anyhow::Result;
+use enigma_core::Tokenizer;
+use enigma_runtime::TokenizerData;
+
+pub struct Vocab {
+    data: TokenizerData,
+    bpe: Option<Bpe>,
+    /// The core's arrays for a foreign tokenizer: all pieces, `(V + 1)` offsets, `(V)` ids in byte order.
+    pieces: Vec<u8>,
+    offsets: Vec<u32>,
+    sorted: Vec<u32>,
+}
+
+impl Vocab {
+    pub fn from_bpe(bpe: Bpe) -> Vocab {
+        Vocab {
+            data: bpe.data(),
+            bpe: Some(bpe),
+            pieces: Vec::new(),
+            offsets: Vec::new(),
+            sorted: Vec::new(),
+        }
+    }
+
+    /// Any tokenizer; ours is recognised and gets the fast encoder.
+    pub fn from_data(data: TokenizerData) -> Result<Vocab> {
+        if let Some(bpe) = Bpe::from_data(&data) {
+            return Ok(Vocab::from_bpe(bpe));
+        }
+        let mut pieces = Vec::new();
+        let mut offsets = vec![0u32];
+        for p in &data.pieces {
+            pieces.extend_from_slice(p);
+            offsets.push(pieces.len() as u32);
+        }
+        let mut sorted: Vec<u32> = (0..data.pieces.len() as u32).collect();
+        sorted.sort_by(|&a, &b| data.pieces[a as usize].cmp(&data.pieces[b as usize]));
+        let v = Vocab {
+            data,
+            bpe: None,
+            pieces,
+            offsets,
+            sorted,
+        };
+        v.core()?;
+        Ok(v)
+    }
+
+    fn core(&self) -> Result<Tokenizer<'_>> {
+        Ok(Tokenizer::new(
+            self.data.meta(),
+            &self.pieces,
+            &self.offsets,
+            &self.data.scores,
+            &self.sorted,
+        )?)
+    }
+
+    pub fn bpe(&self) -> Option<&Bpe> {
+        self.bpe.as_ref()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.data.pieces.len()
+    }
+}
+
+impl Encode for Vocab {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.bpe {
+            Some(b) => Ok(b.encode(text)),
+            None => Ok(enigma_runtime::tokenize::encode(
+                &self.core()?,
+                text,
+                false,
+                false,
+            )?),
+        }
+    }
+
+    fn data(&self) -> &TokenizerData {
+        &self.data
+    }
+}
