@@ -187,9 +187,9 @@ impl Engine {
 
 /// The reason `training` is not available yet: it wraps `enigma train`, which this build does not have.
 pub const TRAINING_UNAVAILABLE: &str =
-    "it wraps `enigma train`, which is not in this build yet (it comes with the training work)";
+    "not built yet: it wraps `enigma train`, which this build does not have";
 /// The reason for the modules of the addons work.
-pub const ADDON_UNAVAILABLE: &str = "its implementation comes with the addons work; not built yet";
+pub const ADDON_UNAVAILABLE: &str = "not built yet: comes with the addons work";
 
 /// All 29 modules: the real ones over `engine`, the rest unavailable.
 pub fn registry(engine: &Arc<Engine>) -> Vec<Box<dyn Module>> {

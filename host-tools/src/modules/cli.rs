@@ -277,18 +277,49 @@ fn list(home: &Path, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
+    let provides: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let p = r.spec.provides.join(", ");
+            if r.spec.cloud {
+                p + " (cloud)"
+            } else {
+                p
+            }
+        })
+        .collect();
+    let width = |col: &mut dyn Iterator<Item = usize>, title: &str| {
+        col.max().unwrap_or(0).max(title.len()) + 2
+    };
+    let w = [
+        width(&mut rows.iter().map(|r| r.id.len()), "ID"),
+        width(&mut rows.iter().map(|r| r.spec.category.len()), "CATEGORY"),
+        width(&mut rows.iter().map(|r| r.state.len()), "STATE"),
+        width(&mut provides.iter().map(String::len), "PROVIDES"),
+    ];
     println!(
-        "{:<17}{:<11}{:<13}{:<41}NOTE",
-        "ID", "CATEGORY", "STATE", "PROVIDES"
+        "{:<w0$}{:<w1$}{:<w2$}{:<w3$}NOTE",
+        "ID",
+        "CATEGORY",
+        "STATE",
+        "PROVIDES",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
     );
-    for r in &rows {
-        let mut provides = r.spec.provides.join(", ");
-        if r.spec.cloud {
-            provides += " (cloud)";
-        }
+    for (r, p) in rows.iter().zip(&provides) {
         println!(
-            "{:<17}{:<11}{:<13}{:<41}{}",
-            r.id, r.spec.category, r.state, provides, r.note
+            "{:<w0$}{:<w1$}{:<w2$}{:<w3$}{}",
+            r.id,
+            r.spec.category,
+            r.state,
+            p,
+            r.note,
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
         );
     }
     let loaded = rows.iter().filter(|r| r.state == "loaded").count();
@@ -405,7 +436,7 @@ fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
                 .get(f.key)
                 .map_or_else(String::new, |v| v.to_string());
             println!(
-                "  {:<16} {} = {now}  ({}; default {})",
+                "  {} = {now}: {} ({}, default {})",
                 f.key,
                 f.help,
                 kind_text(&f.kind),
