@@ -13,7 +13,8 @@
 //! - `ENIGMA_STEPS` (64), `ENIGMA_TEMPERATURE` (0 = greedy), `ENIGMA_TOP_P` (0.9), `ENIGMA_TOP_K` (0),
 //!   `ENIGMA_REPEAT_PENALTY` (1), `ENIGMA_REPEAT_LAST_N` (64), `ENIGMA_SEED` (42): generation.
 //! - `ENIGMA_KERNELS`: a kernel tier by name (default: the best the target has).
-//! - `ENIGMA_STACK_RESERVE` (16384): bytes of RAM kept for the stack and the board's own statics.
+//! - `ENIGMA_STACK_RESERVE` (12288): bytes of RAM kept for the stack and the board's own statics. A run
+//!   takes about 5 KiB on the M4 (the quantized matvec keeps 2 KiB on it); the firmware logs what it used.
 //! - `ENIGMA_FIRMWARE_TEST_PANIC=1`: panic after boot (tests that a panic fails the run).
 
 use enigma_core::model::Scratch;
@@ -71,7 +72,11 @@ fn region_length(text: &str, name: &str) -> Option<u64> {
         if !rest.trim_start().starts_with(':') && !rest.trim_start().starts_with('(') {
             continue;
         }
-        let len = rest.split("LENGTH").nth(1)?.trim_start().strip_prefix('=')?;
+        let len = rest
+            .split("LENGTH")
+            .nth(1)?
+            .trim_start()
+            .strip_prefix('=')?;
         return eval(len.trim().trim_end_matches(','));
     }
     None
@@ -80,7 +85,11 @@ fn region_length(text: &str, name: &str) -> Option<u64> {
 fn eval(expr: &str) -> Option<u64> {
     let mut total: i64 = 0;
     let mut sign = 1i64;
-    for tok in expr.replace('+', " + ").replace('-', " - ").split_whitespace() {
+    for tok in expr
+        .replace('+', " + ")
+        .replace('-', " - ")
+        .split_whitespace()
+    {
         match tok {
             "+" => sign = 1,
             "-" => sign = -1,
@@ -139,7 +148,7 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(enigma_test_panic)");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let board = var("ENIGMA_BOARD").unwrap_or_else(|| "this board".into());
+    let mut board = var("ENIGMA_BOARD").unwrap_or_else(|| "this board".into());
 
     let Some(model_path) = var("ENIGMA_MODEL") else {
         fail(
@@ -172,6 +181,11 @@ fn main() {
 
     // Budgets from the board's memory.x.
     let memory_x = var("ENIGMA_MEMORY_X").map(PathBuf::from);
+    if let Some(name) = memory_x.as_ref().and_then(|p| p.file_name()) {
+        if name != "memory.x" {
+            board = format!("{board} ({})", name.to_string_lossy());
+        }
+    }
     let (flash, ram) = match &memory_x {
         Some(p) => {
             println!("cargo::rerun-if-changed={}", p.display());
@@ -191,7 +205,7 @@ fn main() {
             (None, None)
         }
     };
-    let stack_reserve: u64 = parsed("ENIGMA_STACK_RESERVE", 16 * 1024);
+    let stack_reserve: u64 = parsed("ENIGMA_STACK_RESERVE", 12 * 1024);
 
     let model_len = bytes.len() as u64;
     if let Some(flash) = flash {
@@ -292,9 +306,81 @@ fn main() {
         println!("cargo::rustc-cfg=enigma_test_panic");
     }
 
+    // Where each tensor lies: the firmware views them in flash without parsing the header again (no
+    // postcard, no CRC table, no header copies on the stack: about 28 KiB of flash and 17 KiB of stack).
+    let base = aligned.bytes().as_ptr() as usize;
+    let layout = enigma_core::ParamLayout::new(&config);
+    let mut tensors = String::new();
+    let tensor_const = |tensors: &mut String, ident: &str, name: &str, rows: u64, cols: u64| {
+        let t = file
+            .tensor(name)
+            .unwrap_or_else(|| fail(format!("{name}: no tensor {name}")));
+        writeln!(
+            tensors,
+            "pub const {ident}: Tensor = Tensor {{ dtype: {}, offset: {}, len: {}, rows: {rows}, cols: {cols} }};",
+            t.dtype as u8,
+            t.bytes.as_ptr() as usize - base,
+            t.bytes.len()
+        )
+        .unwrap();
+    };
+    for spec in layout.iter() {
+        let cols = spec.row_len();
+        tensor_const(
+            &mut tensors,
+            &format!("T_{}", spec.name.to_uppercase()),
+            spec.name,
+            spec.numel() / cols,
+            cols,
+        );
+    }
+    if config.tied_classifier {
+        tensors.push_str("pub const T_CLASSIFIER: Tensor = T_TOKEN_EMBEDDING;\n");
+    }
+    let v = config.vocab_size as u64;
+    use enigma_core::format::{TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED};
+    let pieces_len = file.tensor(TOK_PIECES).map_or(0, |t| t.bytes.len() as u64);
+    tensor_const(&mut tensors, "T_TOK_PIECES", TOK_PIECES, 1, pieces_len);
+    tensor_const(&mut tensors, "T_TOK_OFFSETS", TOK_OFFSETS, 1, v + 1);
+    tensor_const(&mut tensors, "T_TOK_SCORES", TOK_SCORES, 1, v);
+    tensor_const(&mut tensors, "T_TOK_SORTED", TOK_SORTED, 1, v);
+    let header_len = 16 + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let header_crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+
     let mut src = String::new();
     let w = &mut src;
     writeln!(w, "// Generated by build.rs from {}.", model_path.display()).unwrap();
+    writeln!(
+        w,
+        "use enigma_core::format::{{ChatTokens, TokenizerMeta}};\n#[allow(unused_imports)]\nuse enigma_core::Config;"
+    )
+    .unwrap();
+    // Debug output of these plain structs is Rust syntax, and floats print exactly (shortest round trip).
+    writeln!(
+        w,
+        "/// The model's own config (`seq_len` is the model's, not [`CTX`])."
+    )
+    .unwrap();
+    writeln!(w, "pub const CONFIG: Config = {config:?};").unwrap();
+    writeln!(
+        w,
+        "#[allow(unused)]\nconst _CHAT: Option<ChatTokens> = None;"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "pub const TOKENIZER: TokenizerMeta = {:?};",
+        file.header().tokenizer
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "/// Prelude and header bytes, and the header's CRC32, as the build saw them."
+    )
+    .unwrap();
+    writeln!(w, "pub const HEADER_LEN: usize = {header_len};").unwrap();
+    writeln!(w, "pub const HEADER_CRC: u32 = {header_crc:#010x};").unwrap();
+    w.push_str(&tensors);
     writeln!(w, "pub const MODEL_NAME: &str = {name:?};").unwrap();
     writeln!(w, "pub const MODEL_LEN: usize = {};", bytes.len()).unwrap();
     writeln!(
@@ -306,14 +392,23 @@ fn main() {
     .unwrap();
     writeln!(w, "/// Context length the buffers hold (tokens).").unwrap();
     writeln!(w, "pub const CTX: u32 = {ctx};").unwrap();
-    writeln!(w, "/// f32 elements of the KV cache `2 * (L, NKV, CTX, HS)`.").unwrap();
+    writeln!(
+        w,
+        "/// f32 elements of the KV cache `2 * (L, NKV, CTX, HS)`."
+    )
+    .unwrap();
     writeln!(w, "pub const KV_LEN: usize = {};", sizes.kv).unwrap();
-    writeln!(w, "/// f32 elements of the activations for one-token chunks.").unwrap();
+    writeln!(
+        w,
+        "/// f32 elements of the activations for one-token chunks."
+    )
+    .unwrap();
     writeln!(w, "pub const SCRATCH_LEN: usize = {};", sizes.scratch).unwrap();
     writeln!(w, "pub const VOCAB: usize = {};", sizes.probs).unwrap();
     writeln!(w, "pub const LINE_BYTES: usize = {LINE_BYTES};").unwrap();
     writeln!(w, "pub const TOKENS_LEN: usize = {};", sizes.tokens).unwrap();
     writeln!(w, "pub const BUFFER_BYTES: usize = {};", sizes.bytes()).unwrap();
+    writeln!(w, "pub const STACK_RESERVE: usize = {stack_reserve};").unwrap();
     writeln!(w, "pub const PROMPT: &str = {prompt:?};").unwrap();
     writeln!(w, "pub const STEPS: usize = {steps};").unwrap();
     writeln!(w, "pub const KERNELS: &str = {tier:?};").unwrap();

@@ -16,16 +16,26 @@ pub mod console;
 use core::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use embedded_io::{Read, Write};
 use enigma_core::generate::{Session, Stop};
-use enigma_core::kernels::{self, Kernels, Tier};
-use enigma_core::{EnigmaFile, ProbIndex, Sampler, SamplerConfig, Serial, Tokenizer, Transformer, Weights};
+use enigma_core::kernels::{self, DType, Kernels, Tier, WeightView};
+use enigma_core::{ProbIndex, Sampler, SamplerConfig, Serial, Tokenizer, Transformer, Weights};
 
 /// `T` placed on a 64-byte boundary (the `.enigma` reader's requirement, so tensors can be viewed in place).
 #[repr(C, align(64))]
 pub struct Aligned<T: ?Sized>(pub T);
 
-/// What `build.rs` computed: the model blob, buffer sizes, prompt and sampler settings.
+/// What `build.rs` computed: the model blob, where its tensors lie, buffer sizes, prompt and sampler settings.
 pub mod build {
     use super::Aligned;
+
+    /// A tensor of the model: its dtype code, its bytes' place in [`MODEL`], and its matrix shape.
+    pub struct Tensor {
+        pub dtype: u8,
+        pub offset: usize,
+        pub len: usize,
+        pub rows: usize,
+        pub cols: usize,
+    }
+
     include!(concat!(env!("OUT_DIR"), "/model.rs"));
 }
 
@@ -36,6 +46,8 @@ pub use build::{CTX, KV_LEN, MODEL_LEN, PROMPT, SCRATCH_LEN, STEPS, VOCAB};
 pub enum Error {
     /// The model could not be loaded or run.
     Model(enigma_core::Error),
+    /// The model in flash is not the one the build described (its header or a tensor disagrees).
+    Layout,
     /// The console failed.
     Console,
     /// [`run`] was called twice (the static buffers are handed out once).
@@ -51,7 +63,18 @@ impl From<enigma_core::Error> for Error {
 impl defmt::Format for Error {
     fn format(&self, f: defmt::Formatter<'_>) {
         match self {
-            Error::Model(e) => defmt::write!(f, "model: {}", defmt::Debug2Format(e)),
+            // The core's messages need core::fmt (several KiB of flash): only boards that can spare it turn
+            // them on. The build script already ran the same checks on the host, so these are rare.
+            #[cfg(feature = "messages")]
+            Error::Model(e) => defmt::write!(f, "model: {}", defmt::Display2Format(e)),
+            #[cfg(not(feature = "messages"))]
+            Error::Model(_) => {
+                defmt::write!(f, "model error (the `messages` feature has the text)")
+            }
+            Error::Layout => defmt::write!(
+                f,
+                "the model in flash is not the one this image was built for"
+            ),
             Error::Console => defmt::write!(f, "console I/O failed"),
             Error::BuffersTaken => defmt::write!(f, "the buffers were already taken"),
         }
@@ -65,6 +88,68 @@ impl defmt::Format for Error {
 pub extern "C" fn perf_mark() {
     // A side effect the optimiser must keep, so every call stays a call to this address.
     compiler_fence(Ordering::SeqCst);
+}
+
+/// Measures the stack's high-water mark: [`stack::paint`] fills the free stack with a pattern at boot,
+/// [`stack::used`] finds how deep it was overwritten. The figures go to the log, so CI sees how much of the
+/// reserve `build.rs` keeps for the stack (`ENIGMA_STACK_RESERVE`) a run really needs.
+pub mod stack {
+    const PAINT: u32 = 0x5AC3_5AC3;
+
+    extern "C" {
+        // cortex-m-rt's linker script: the stack grows down from `_stack_start` to `_stack_end`.
+        static _stack_start: u32;
+        static _stack_end: u32;
+    }
+
+    fn bounds() -> (usize, usize) {
+        // Only the symbols' addresses are taken; nothing is read through them.
+        (
+            core::ptr::addr_of!(_stack_end) as usize,
+            core::ptr::addr_of!(_stack_start) as usize,
+        )
+    }
+
+    /// Bytes between the lowest and the highest address of the stack region.
+    pub fn size() -> usize {
+        let (lo, hi) = bounds();
+        hi - lo
+    }
+
+    /// Only this much of the stack's top is painted and measured: a run needs a few KiB, and painting a
+    /// whole 4 MiB region would cost millions of instructions at boot.
+    const WATCHED: usize = 64 * 1024;
+
+    fn watched() -> (usize, usize) {
+        let (lo, hi) = bounds();
+        (lo.max(hi.saturating_sub(WATCHED)), hi)
+    }
+
+    /// Fills the watched stack below the caller's frame (with a 256-byte margin) with the pattern.
+    #[inline(never)]
+    pub fn paint() {
+        let here = 0u32;
+        let sp = core::ptr::addr_of!(here) as usize;
+        let (lo, _) = watched();
+        let mut p = lo;
+        while p + 256 < sp {
+            // SAFETY: [lo, sp - 256) is stack no frame is using (the stack grows down to `lo` and the
+            // current frame sits above sp - 256); the writes are aligned words.
+            unsafe { core::ptr::write_volatile(p as *mut u32, PAINT) };
+            p += 4;
+        }
+    }
+
+    /// The most bytes of stack used since [`paint`] (at most the watched 64 KiB).
+    pub fn used() -> usize {
+        let (lo, hi) = watched();
+        let mut p = lo;
+        // SAFETY: reads of aligned words inside the stack region, below the current frame.
+        while p < hi && unsafe { core::ptr::read_volatile(p as *const u32) } == PAINT {
+            p += 4;
+        }
+        hi - p
+    }
 }
 
 /// What [`run`] does after the built-in prompt.
@@ -117,12 +202,77 @@ impl Buffers {
     }
 }
 
+/// The bytes of tensor `t` in flash.
+fn bytes(t: &build::Tensor) -> &'static [u8] {
+    &build::MODEL.0[t.offset..t.offset + t.len]
+}
+
+/// Tensor `t` viewed as `T`s in place.
+fn cast<T: bytemuck::Pod>(t: &build::Tensor) -> Result<&'static [T], Error> {
+    bytemuck::try_cast_slice(bytes(t)).map_err(|_| Error::Layout)
+}
+
+fn view(t: &build::Tensor) -> Result<WeightView<'static>, Error> {
+    let dtype = DType::from_code(t.dtype).ok_or(Error::Layout)?;
+    WeightView::from_bytes(dtype, bytes(t), t.rows, t.cols).map_err(|_| Error::Layout)
+}
+
+/// The model's parameters, viewed in flash where the build found them (the core's `Weights::from_file`
+/// did the same checks on the host, in build.rs).
+fn weights() -> Result<Weights<'static>, Error> {
+    use build::*;
+    Ok(Weights {
+        token_embedding: view(&T_TOKEN_EMBEDDING)?,
+        attn_norm: cast(&T_ATTN_NORM)?,
+        wq: view(&T_WQ)?,
+        wk: view(&T_WK)?,
+        wv: view(&T_WV)?,
+        wo: view(&T_WO)?,
+        ffn_norm: cast(&T_FFN_NORM)?,
+        w1: view(&T_W1)?,
+        w2: view(&T_W2)?,
+        w3: view(&T_W3)?,
+        final_norm: cast(&T_FINAL_NORM)?,
+        classifier: view(&T_CLASSIFIER)?,
+    })
+}
+
+/// CRC-32 (IEEE), bit by bit: no table in flash, and the header is small.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Checks that flash holds the file the build read: magic, and the header's CRC as stored and as computed.
+/// (The tensor data was checked against its CRC on the host; the flasher verifies what it writes.)
+fn check_header() -> Result<(), Error> {
+    let m = &build::MODEL.0;
+    let stored = u32::from_le_bytes([m[12], m[13], m[14], m[15]]);
+    if m[..4] != *b"ENGM"
+        || stored != build::HEADER_CRC
+        || crc32(&m[16..build::HEADER_LEN]) != stored
+    {
+        return Err(Error::Layout);
+    }
+    Ok(())
+}
+
 fn pick_kernels() -> &'static Kernels {
     if !build::KERNELS.is_empty() {
-        if let Some(k) = Tier::from_name(build::KERNELS).and_then(|t| kernels::kernels_for(t).ok()) {
+        if let Some(k) = Tier::from_name(build::KERNELS).and_then(|t| kernels::kernels_for(t).ok())
+        {
             return k;
         }
-        defmt::warn!("kernel tier {=str} is not available; using the default", build::KERNELS);
+        defmt::warn!(
+            "kernel tier {=str} is not available; using the default",
+            build::KERNELS
+        );
     }
     kernels::kernels()
 }
@@ -145,14 +295,21 @@ struct Engine {
 }
 
 impl Engine {
+    // Not inlined: parsing the header takes a few KiB of stack that generation then gets back.
+    #[inline(never)]
     fn boot() -> Result<Engine, Error> {
-        let file = EnigmaFile::parse(&build::MODEL.0)?;
-        file.verify_checksum()?;
-        let mut config = *file.config();
+        check_header()?;
+        let mut config = build::CONFIG;
         config.seq_len = CTX;
         let kernels = pick_kernels();
-        let model = Transformer::new(config, Weights::from_file(&file)?, kernels)?;
-        let tokenizer = Tokenizer::from_file(&file)?;
+        let model = Transformer::new(config, weights()?, kernels)?;
+        let tokenizer = Tokenizer::new(
+            build::TOKENIZER,
+            bytes(&build::T_TOK_PIECES),
+            cast(&build::T_TOK_OFFSETS)?,
+            cast(&build::T_TOK_SCORES)?,
+            cast(&build::T_TOK_SORTED)?,
+        )?;
         let bufs = Buffers::take().ok_or(Error::BuffersTaken)?;
         let session = Session::new(model, bufs.kv, bufs.scratch, 1, bufs.probs)?;
         defmt::info!(
@@ -164,7 +321,7 @@ impl Engine {
             config.n_layers,
             config.vocab_size,
             CTX,
-            file.config().seq_len
+            build::CONFIG.seq_len
         );
         defmt::info!(
             "buffers: {=usize} bytes of RAM (KV cache {=usize}); kernels {=str}",
@@ -182,6 +339,7 @@ impl Engine {
 
     /// Generates for `prompt`, streaming the prompt then each new token to `out`, then a newline: the same
     /// bytes `enigma run` prints.
+    #[inline(never)]
     fn generate<W: Write>(&mut self, out: &mut W, prompt: &str) -> Result<(), Error> {
         self.session.reset();
         let n = self.tokenizer.encode(prompt, true, false, self.tokens)?;
@@ -195,7 +353,11 @@ impl Engine {
         let echoed = n.saturating_sub(1);
         let mut calls = 0usize;
         let mut io_ok = true;
-        defmt::info!("prompt: {=usize} tokens; generating up to {=usize}", n, STEPS);
+        defmt::info!(
+            "prompt: {=usize} tokens; generating up to {=usize}",
+            n,
+            STEPS
+        );
         let stats = self.session.generate(
             &Serial,
             &self.tokenizer,
@@ -235,12 +397,22 @@ impl Engine {
 /// Boots the model and generates: first for the built-in prompt (when there is one), then, with
 /// [`Then::Listen`], for each line read from `console` until `/quit`.
 pub fn run<C: Read + Write>(console: &mut C, then: Then) -> Result<(), Error> {
+    stack::paint();
     let mut engine = Engine::boot()?;
+    let boot_stack = stack::used();
+    stack::paint();
     if cfg!(enigma_test_panic) {
         panic!("ENIGMA_FIRMWARE_TEST_PANIC: panicking on purpose after boot");
     }
     if !PROMPT.is_empty() {
         engine.generate(console, PROMPT)?;
+        defmt::info!(
+            "stack: {=usize} bytes at most at boot, {=usize} while generating; build.rs keeps {=usize} for it, the region has {=usize}",
+            boot_stack,
+            stack::used(),
+            build::STACK_RESERVE,
+            stack::size()
+        );
     }
     if then == Then::Return {
         return Ok(());

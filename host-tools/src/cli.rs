@@ -50,6 +50,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Prompt-processing and generation speed, against this machine's measured bandwidth and FMA peak.
     Bench(BenchArgs),
+    /// Build the firmware with a model embedded; run it under QEMU or flash it to a board.
+    Flash(crate::flash::FlashArgs),
     /// Switch capabilities on and off: list, info, load, unload, status (docs/MODULES.md).
     #[command(subcommand)]
     Modules(crate::modules::cli::ModulesCommand),
@@ -234,6 +236,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Info { model } => info(&model),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Flash(args) => crate::flash::flash(args),
         Command::Modules(cmd) => crate::modules::cli::main(cmd),
         Command::Models(cmd) => crate::models::cli::main(cmd),
         Command::Hardware { json } => crate::modules::cli::hardware(json),

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod cli;
 pub mod eval;
+pub mod flash;
 pub mod llama2c;
 pub mod models;
 pub mod modules;

@@ -38,7 +38,10 @@ fn main() -> ! {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     defmt::error!("panic: {}", defmt::Display2Format(info));
     // The message goes to the console too, so it shows without the defmt decoder.
-    let _ = core::fmt::Write::write_fmt(&mut uart::Uart0::steal(), format_args!("\nfirmware {info}\n"));
+    let _ = core::fmt::Write::write_fmt(
+        &mut uart::Uart0::steal(),
+        format_args!("\nfirmware {info}\n"),
+    );
     semihosting::process::exit(101)
 }
 
