@@ -2,33 +2,116 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use enigma_benches::{data, MATVEC_SHAPES};
-use enigma_kernels::{kernels_for, Tier};
+use enigma_kernels::{
+    bf16, f16, kernels_for, quantize_bf16, quantize_f16, quantize_q4_0, quantize_q8_0, BlockQ4_0,
+    BlockQ8_0, Tier, WeightView, QK,
+};
 
-fn tiers() -> Vec<&'static enigma_kernels::Kernels> {
-    Tier::ALL
-        .into_iter()
-        .filter_map(|t| match kernels_for(t) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("SKIPPED tier {}: {e}", t.name());
-                None
-            }
-        })
-        .collect()
+/// The tiers this CPU runs; the ones it lacks are reported once as skipped, never benched.
+fn tiers() -> &'static [&'static enigma_kernels::Kernels] {
+    static TIERS: std::sync::OnceLock<Vec<&'static enigma_kernels::Kernels>> =
+        std::sync::OnceLock::new();
+    TIERS.get_or_init(|| {
+        Tier::ALL
+            .into_iter()
+            .filter_map(|t| match kernels_for(t) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("SKIPPED tier {}: {e}", t.name());
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// Weight storage of one matrix in every dtype the kernels multiply.
+struct Stored {
+    f32: Vec<f32>,
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+    q8: Vec<BlockQ8_0>,
+    q4: Vec<BlockQ4_0>,
+}
+
+impl Stored {
+    fn new(w: Vec<f32>) -> Self {
+        let mut f16s = vec![f16::ZERO; w.len()];
+        quantize_f16(&w, &mut f16s);
+        let mut bf16s = vec![bf16::ZERO; w.len()];
+        quantize_bf16(&w, &mut bf16s);
+        let mut q8 = vec![BlockQ8_0::ZERO; w.len() / QK];
+        quantize_q8_0(&w, &mut q8);
+        let mut q4 = vec![BlockQ4_0::ZERO; w.len() / QK];
+        quantize_q4_0(&w, &mut q4);
+        Stored {
+            f32: w,
+            f16: f16s,
+            bf16: bf16s,
+            q8,
+            q4,
+        }
+    }
+
+    fn views(&self, cols: usize) -> [(WeightView<'_>, usize); 5] {
+        let n = self.f32.len();
+        [
+            (
+                WeightView::F32 {
+                    data: &self.f32,
+                    cols,
+                },
+                n * 4,
+            ),
+            (
+                WeightView::F16 {
+                    data: &self.f16,
+                    cols,
+                },
+                n * 2,
+            ),
+            (
+                WeightView::BF16 {
+                    data: &self.bf16,
+                    cols,
+                },
+                n * 2,
+            ),
+            (
+                WeightView::Q8_0 {
+                    blocks: &self.q8,
+                    cols,
+                },
+                n / QK * 34,
+            ),
+            (
+                WeightView::Q4_0 {
+                    blocks: &self.q4,
+                    cols,
+                },
+                n / QK * 18,
+            ),
+        ]
+    }
 }
 
 fn matvec(c: &mut Criterion) {
     for (n, d) in MATVEC_SHAPES {
-        let w = data(n * d, 1);
+        let stored = Stored::new(data(n * d, 1));
         let x = data(d, 2);
         let mut out = vec![0.0; n];
-        let mut g = c.benchmark_group(format!("matvec_f32/{n}x{d}"));
-        // Weight bytes streamed per call: GB/s is the figure that matters for decode (2 flops per 4 bytes).
-        g.throughput(Throughput::Bytes((n * d * 4) as u64));
-        for k in tiers() {
-            g.bench_function(k.tier.name(), |b| b.iter(|| (k.matvec_f32)(black_box(&mut out), &w, &x)));
+        for (w, bytes) in stored.views(d) {
+            let mut g = c.benchmark_group(format!("matvec_{}/{n}x{d}", w.dtype().name()));
+            // Weight bytes streamed per call: GB/s is the figure that decides decode speed. GFLOP/s is
+            // 2 * n * d / time, i.e. the GB/s figure times 2 * n * d / bytes.
+            g.throughput(Throughput::Bytes(bytes as u64));
+            for &k in tiers() {
+                g.bench_function(k.tier.name(), |b| {
+                    b.iter(|| k.matvec(black_box(&mut out), w, &x))
+                });
+            }
+            g.finish();
         }
-        g.finish();
     }
 }
 
@@ -41,8 +124,10 @@ fn matmul(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("matmul_f32/{t}x{n}x{d}"));
         // Elements = flops: GFLOP/s for prefill.
         g.throughput(Throughput::Elements((2 * t * n * d) as u64));
-        for k in tiers() {
-            g.bench_function(k.tier.name(), |b| b.iter(|| (k.matmul_f32)(black_box(&mut out), &w, &x, t)));
+        for &k in tiers() {
+            g.bench_function(k.tier.name(), |b| {
+                b.iter(|| (k.matmul_f32)(black_box(&mut out), &w, &x, t))
+            });
         }
         g.finish();
     }
@@ -55,9 +140,11 @@ fn elementwise(c: &mut Criterion) {
     let mut out = vec![0.0; n];
     let mut g = c.benchmark_group("elementwise/4096");
     g.throughput(Throughput::Elements(n as u64));
-    for k in tiers() {
+    for &k in tiers() {
         let name = k.tier.name();
-        g.bench_function(format!("rmsnorm/{name}"), |b| b.iter(|| (k.rmsnorm)(&mut out, &x, &wt, 1e-5)));
+        g.bench_function(format!("rmsnorm/{name}"), |b| {
+            b.iter(|| (k.rmsnorm)(&mut out, &x, &wt, 1e-5))
+        });
         g.bench_function(format!("softmax/{name}"), |b| {
             b.iter(|| {
                 out.copy_from_slice(&x);
@@ -83,7 +170,7 @@ fn attention(c: &mut Criterion) {
     let mut out = vec![0.0; hs];
     let mut g = c.benchmark_group(format!("attention/{t}x{hs}"));
     g.throughput(Throughput::Bytes((2 * t * hs * 4) as u64));
-    for k in tiers() {
+    for &k in tiers() {
         g.bench_function(k.tier.name(), |b| {
             b.iter(|| {
                 (k.attn_scores)(&mut scores, &q, &keys, 0.125);
