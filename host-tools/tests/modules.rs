@@ -66,7 +66,7 @@ fn list_shows_all_29_with_states_and_reasons() {
     assert!(row("model").contains("choose the model to load: --set model=NAME"));
     assert!(row("tokenizer").contains("can load"));
     assert!(row("inference").contains("needs model, tokenizer (--with-deps loads them)"));
-    assert!(row("training").contains("unavailable"));
+    assert!(row("training").contains("needs model, tokenizer (--with-deps loads them)"));
     assert!(row("vision").contains("unavailable"));
     assert!(row("chat_api").contains("(cloud)"));
     assert!(out.contains("29 modules: 0 loaded"), "{out}");
@@ -156,7 +156,10 @@ fn refusals_are_one_line_with_the_reason() {
     );
     assert!(fails(h, &["modules", "load", "vision"])
         .starts_with("error: module vision is not available in this build: "));
-    assert!(fails(h, &["modules", "load", "training"]).contains("it wraps `enigma train`"));
+    assert_eq!(
+        fails(h, &["modules", "load", "training"]),
+        "error: module training needs model, tokenizer loaded first (or load it with --with-deps)"
+    );
     assert_eq!(
         fails(h, &["modules", "load", "model", "--set", "threads=-1"]),
         "error: module model: threads: -1 is outside 0..=4096"
@@ -312,4 +315,37 @@ fn hardware_reports_the_machine_or_the_simulation() {
         "{text}"
     );
     assert!(!text.contains("image_gen_local:"), "{text}");
+}
+
+#[test]
+fn the_training_module_prepares_a_fine_tuning_run() {
+    let t = home_with_model();
+    let h = t.path();
+    let data = h.join("data.txt");
+    std::fs::write(&data, "hello\n".repeat(10)).unwrap();
+    ok(h, &["modules", "load", "model", "--set", "model=m"]);
+    ok(h, &["modules", "load", "tokenizer"]);
+    assert_eq!(
+        fails(h, &["modules", "load", "training"]),
+        "error: module training failed to load: choose the training data: --set data=FILE[,FILE...]"
+    );
+    let set_data = format!("data={}", data.display());
+    let out = ok(
+        h,
+        &[
+            "modules", "load", "training", "--set", &set_data, "--set", "steps=5",
+        ],
+    );
+    assert_eq!(
+        out.trim_end(),
+        format!(
+            "loaded training: fine-tunes m on {} for 5 steps (lr 0.0001) into model 'm-tuned'",
+            data.display()
+        )
+    );
+    let out = ok(h, &["modules", "status"]);
+    assert!(
+        out.contains("training: loaded") && out.contains("health: ok: ready to train"),
+        "{out}"
+    );
 }

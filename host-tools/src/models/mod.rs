@@ -676,6 +676,60 @@ impl ModelStore {
     }
 }
 
+impl ModelStore {
+    /// Records a training run in the trained model's folder: steps, data, the final loss and where it came
+    /// from in metadata.json, and config.json from the weights' shape. `from` is the model it started from.
+    pub fn record_training(
+        &self,
+        name: &str,
+        from: &str,
+        steps: u64,
+        data: &[PathBuf],
+        loss: f64,
+    ) -> Result<()> {
+        let dir = self.existing(name)?;
+        let peeked = peek(&dir.join(MODEL_FILE))?;
+        let meta_path = dir.join(META_FILE);
+        let mut meta: Metadata = if meta_path.exists() {
+            read_json(&meta_path)?
+        } else {
+            Metadata::default()
+        };
+        if meta.created_unix == 0 {
+            meta.created_unix = now_unix();
+        }
+        let start = if name == from || !meta.source.is_empty() {
+            meta.trained_steps
+        } else {
+            // A new model starts from what its parent had.
+            let parent = self.metadata(from).unwrap_or_default();
+            meta.preset = parent.preset.clone();
+            meta.data = parent.data.clone();
+            meta.losses = parent.losses.clone();
+            meta.source = format!("fine-tuned from {from}");
+            parent.trained_steps
+        };
+        meta.trained_steps = start + steps;
+        meta.data
+            .extend(data.iter().map(|p| p.display().to_string()));
+        meta.losses.push(LossPoint {
+            step: meta.trained_steps,
+            loss: loss as f32,
+        });
+        meta.note(format!("trained {steps} steps from {from}"));
+        let preset = meta.preset.clone().or_else(|| {
+            PRESETS
+                .iter()
+                .find(|p| p.config(peeked.config.vocab_size) == peeked.config)
+                .map(|p| p.name.to_string())
+        });
+        write_config(&dir, preset.as_deref(), &peeked.config)?;
+        write_json(&meta_path, &meta)?;
+        self.reconcile_quietly();
+        Ok(())
+    }
+}
+
 fn write_config(dir: &Path, preset: Option<&str>, config: &Config) -> Result<()> {
     write_json(
         &dir.join(CONFIG_FILE),

@@ -1,10 +1,11 @@
-//! The modules that are real in this build: model, tokenizer, inference and code_gen_local, wrapping the
-//! engine. They share one [`Engine`], through which the server (and tests) reach what is loaded. Every other
+//! The modules that are real in this build: model, tokenizer, inference, code_gen_local (and training, in
+//! `training.rs`), wrapping the engine. They share one [`Engine`], through which the server (and tests) reach what is loaded. Every other
 //! module of the catalog is registered as unavailable, with the reason.
 
 use super::catalog::CATALOG;
 use super::module::{Health, Module, ModuleError, Unavailable};
 use super::spec::{HardwareNeeds, ModuleConfig, ModuleSpec, Value};
+use super::training::{TrainingJob, TrainingModule};
 use crate::models::{self, ModelStore};
 use enigma_core::{Sampler, SamplerConfig, Tokenizer};
 use enigma_runtime::session::DEFAULT_CHUNK;
@@ -14,13 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn spec(id: &str) -> &'static ModuleSpec {
-    CATALOG
-        .iter()
-        .find(|s| s.id == id)
-        .unwrap_or_else(|| panic!("catalog has no module {id}"))
 }
 
 fn text(config: &ModuleConfig, key: &str) -> String {
@@ -159,6 +153,7 @@ pub struct Engine {
     tokenizer: Mutex<Option<Arc<LoadedModel>>>,
     inference: Mutex<Option<Arc<Inference>>>,
     code_gen: Mutex<Option<Arc<CodeGen>>>,
+    training: Mutex<Option<Arc<TrainingJob>>>,
 }
 
 impl Engine {
@@ -169,6 +164,7 @@ impl Engine {
             tokenizer: Mutex::new(None),
             inference: Mutex::new(None),
             code_gen: Mutex::new(None),
+            training: Mutex::new(None),
         })
     }
     pub fn model(&self) -> Option<Arc<LoadedModel>> {
@@ -183,11 +179,14 @@ impl Engine {
     pub fn code_gen(&self) -> Option<Arc<CodeGen>> {
         lock(&self.code_gen).clone()
     }
+    pub fn training(&self) -> Option<Arc<TrainingJob>> {
+        lock(&self.training).clone()
+    }
+    pub(super) fn set_training(&self, job: Option<Arc<TrainingJob>>) {
+        *lock(&self.training) = job;
+    }
 }
 
-/// The reason `training` is not available yet: it wraps `enigma train`, which this build does not have.
-pub const TRAINING_UNAVAILABLE: &str =
-    "not built yet: it wraps `enigma train`, which this build does not have";
 /// The reason for the modules of the addons work.
 pub const ADDON_UNAVAILABLE: &str = "not built yet: comes with the addons work";
 
@@ -198,18 +197,25 @@ pub fn registry(engine: &Arc<Engine>) -> Vec<Box<dyn Module>> {
         .map(|s| -> Box<dyn Module> {
             match s.id {
                 "model" => Box::new(ModelModule {
+                    spec: s,
                     engine: engine.clone(),
                 }),
                 "tokenizer" => Box::new(TokenizerModule {
+                    spec: s,
                     engine: engine.clone(),
                 }),
                 "inference" => Box::new(InferenceModule {
+                    spec: s,
                     engine: engine.clone(),
                 }),
                 "code_gen_local" => Box::new(CodeGenModule {
+                    spec: s,
                     engine: engine.clone(),
                 }),
-                "training" => Box::new(Unavailable::new(s, TRAINING_UNAVAILABLE)),
+                "training" => Box::new(TrainingModule {
+                    spec: s,
+                    engine: engine.clone(),
+                }),
                 _ => Box::new(Unavailable::new(s, ADDON_UNAVAILABLE)),
             }
         })
@@ -230,6 +236,7 @@ fn describe(m: &LoadedModel) -> String {
 }
 
 struct ModelModule {
+    spec: &'static ModuleSpec,
     engine: Arc<Engine>,
 }
 
@@ -247,7 +254,7 @@ impl ModelModule {
 
 impl Module for ModelModule {
     fn spec(&self) -> &'static ModuleSpec {
-        spec("model")
+        self.spec
     }
 
     /// RAM for the chosen model: its file (mapped) plus a full-context KV cache and scratch.
@@ -303,12 +310,13 @@ impl Module for ModelModule {
 }
 
 struct TokenizerModule {
+    spec: &'static ModuleSpec,
     engine: Arc<Engine>,
 }
 
 impl Module for TokenizerModule {
     fn spec(&self) -> &'static ModuleSpec {
-        spec("tokenizer")
+        self.spec
     }
 
     fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError> {
@@ -386,12 +394,13 @@ impl Module for TokenizerModule {
 }
 
 struct InferenceModule {
+    spec: &'static ModuleSpec,
     engine: Arc<Engine>,
 }
 
 impl Module for InferenceModule {
     fn spec(&self) -> &'static ModuleSpec {
-        spec("inference")
+        self.spec
     }
 
     fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError> {
@@ -483,12 +492,13 @@ impl CodeGen {
 }
 
 struct CodeGenModule {
+    spec: &'static ModuleSpec,
     engine: Arc<Engine>,
 }
 
 impl Module for CodeGenModule {
     fn spec(&self) -> &'static ModuleSpec {
-        spec("code_gen_local")
+        self.spec
     }
 
     fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError> {

@@ -208,10 +208,25 @@ pub static CATALOG: [ModuleSpec; 29] = [
             &["model", "tokenizer"],
         ),
         &[
-            string("data", "", "training text file"),
+            list(
+                "data",
+                "training files: text, chat JSONL or Q:/A: (see `enigma train --help`)",
+            ),
             int("steps", 1000, 1, i64::MAX, "optimizer steps"),
-            float("learning_rate", 3e-4, 0.0, 1.0, "peak learning rate"),
+            float(
+                "learning_rate",
+                1e-4,
+                1e-8,
+                1e-3,
+                "peak learning rate; above 1e-3 only through `enigma train --force`",
+            ),
             int("batch_size", 8, 1, 1 << 16, "sequences per step"),
+            string("output", "", "model name to write (empty: MODEL-tuned)"),
+            flag(
+                "allow_small_data",
+                false,
+                "accept data under 1000 lines (experiments)",
+            ),
         ],
     ),
     with(

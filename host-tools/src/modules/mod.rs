@@ -5,6 +5,7 @@
 //! - [`catalog`]: the 29 modules of the spec;
 //! - [`module`]: the `Module` trait, and the stand-in for modules not built yet;
 //! - [`builtin`]: the real modules (model, tokenizer, inference, code_gen_local) over a shared engine;
+//! - [`training`]: the training module, fine-tuning the loaded model with `enigma train`;
 //! - [`manager`]: the rules, states, events and `modules.json`;
 //! - [`cli`]: `enigma modules ...` and `enigma hardware`.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod manager;
 pub mod module;
 pub mod spec;
+pub mod training;
 
 pub use builtin::Engine;
 pub use manager::{Event, LoadOptions, ManagerError, ModuleManager, RestoreReport, State};
