@@ -102,6 +102,14 @@ fn delete_is_refused_while_another_process_works_on_the_model() {
             h.join("m").display()
         )
     );
+    // The listing says who holds it (a probe that never gets in the holder's way).
+    let out = enigma(h, &["models", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("m ") && l.ends_with(&format!("locked by process {pid} (copy)"))),
+        "{list}"
+    );
     let done = holder.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(h.join("m/model.enigma").is_file() && h.join("m2/model.enigma").is_file());

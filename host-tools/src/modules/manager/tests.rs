@@ -357,6 +357,34 @@ fn needs_must_be_loaded_or_loaded_first_in_dependency_order() {
 }
 
 #[test]
+fn events_serialise_for_the_server_and_gui() {
+    let e = Event::StateChanged {
+        id: "model",
+        from: State::Unloaded,
+        to: State::Loading,
+    };
+    assert_eq!(
+        serde_json::to_string(&e).unwrap(),
+        r#"{"event":"state_changed","id":"model","from":"unloaded","to":"loading"}"#
+    );
+    let e = Event::Failed {
+        id: "model",
+        reason: "gone".into(),
+    };
+    assert_eq!(
+        serde_json::to_string(&e).unwrap(),
+        r#"{"event":"failed","id":"model","reason":"gone"}"#
+    );
+    // A subscriber that hangs up is dropped, not an error for the others.
+    let log = Log::default();
+    let m = manager(&log);
+    drop(m.subscribe());
+    let live = m.subscribe();
+    m.load("model", &LoadOptions::default()).unwrap();
+    assert!(live.try_iter().any(|e| e == Event::Loaded { id: "model" }));
+}
+
+#[test]
 fn a_failure_midway_unloads_what_this_call_loaded() {
     let log = Log::default();
     let modules = stubs(&log, |s| {
