@@ -12,13 +12,14 @@ rustup target add aarch64-unknown-linux-gnu
 
 cargo test -p enigma-kernels --target aarch64-unknown-linux-gnu
 
-cargo build --release -p enigma-tools
-cargo build --release -p enigma-tools --target aarch64-unknown-linux-gnu
+# The dev profile (opt-level 2 here) reuses what `cargo test` already built for the host.
+cargo build -p enigma-tools
+cargo build -p enigma-tools --target aarch64-unknown-linux-gnu
 model=target/ci-stories260K.enigma
-target/release/enigma import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
+target/debug/enigma import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
 args=(run -m "$model" -i "Once upon a time" -n 64 -t 0 --threads 2)
-host=$(target/release/enigma "${args[@]}")
-pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 target/aarch64-unknown-linux-gnu/release/enigma "${args[@]}")
+host=$(target/debug/enigma "${args[@]}")
+pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 target/aarch64-unknown-linux-gnu/debug/enigma "${args[@]}")
 if [ "$host" != "$pi" ]; then
     echo "aarch64 output differs from the host's:"; echo "host: $host"; echo "pi:   $pi"; exit 1
 fi
