@@ -67,7 +67,10 @@ fn load(path: &str, mode: &str, dev: &Device) -> Result<(Model, Cache)> {
             // example loads its quantized llama2.c models.
             let mut qs = Vec::new();
             for (name, shape) in names(&config) {
-                let t = vb.get(shape.as_slice(), &name)?.contiguous()?;
+                // A fresh copy: candle's quantize reads a view's whole storage, ignoring its offset
+                // (a per-layer norm would come out as all layers' norms).
+                let t = vb.get(shape.as_slice(), &name)?;
+                let t = Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, shape.as_slice(), dev)?;
                 let dt = if shape.len() == 2 && !name.starts_with("rot.") { GgmlDType::Q8_0 } else { GgmlDType::F32 };
                 qs.push((name, QTensor::quantize(&t, dt)?));
             }
