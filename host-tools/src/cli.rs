@@ -187,12 +187,22 @@ impl SamplingArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// The .enigma model file.
+    /// The .enigma model file (default: the built-in nano model trained on tinyshakespeare).
     #[arg(short, long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The model's path, or how the built-in default model is named.
+    pub fn model_name(&self) -> String {
+        match &self.model {
+            Some(p) => p.display().to_string(),
+            None => crate::train::DEFAULT_MODEL_NAME.to_string(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -241,7 +251,9 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Models(cmd) => crate::models::cli::main(cmd),
         Command::Hardware { json } => crate::modules::cli::hardware(json),
         Command::Train(opts) => {
-            crate::train::train(&opts, enigma_runtime::Backend::cpu(Some(1))?.kernels()).map(|_| ())
+            let kernels = enigma_core::kernels::kernels_from_env()
+                .map_err(|e| anyhow::anyhow!("ENIGMA_KERNELS: {e}"))?;
+            crate::train::train(&opts, kernels).map(|_| ())
         }
         Command::Tokenizer(crate::train::TokenizerCommand::Train(args)) => {
             crate::train::train_tokenizer(&args).map(|_| ())
@@ -286,7 +298,12 @@ struct Clock {
 
 impl Clock {
     fn new(echoed: usize) -> Self {
-        Clock { start: Instant::now(), first: None, echoed, seen: 0 }
+        Clock {
+            start: Instant::now(),
+            first: None,
+            echoed,
+            seen: 0,
+        }
     }
 
     fn tick(&mut self) {
@@ -315,7 +332,13 @@ impl Clock {
 }
 
 fn open(engine: &EngineArgs) -> Result<(ModelFile, Backend)> {
-    let file = ModelFile::open(&engine.model)?;
+    let file = match &engine.model {
+        Some(path) => ModelFile::open(path)?,
+        None => ModelFile::from_bytes(
+            crate::train::DEFAULT_MODEL,
+            crate::train::DEFAULT_MODEL_NAME,
+        )?,
+    };
     let backend = Backend::cpu(engine.threads)?;
     Ok((file, backend))
 }
@@ -406,7 +429,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let mut first = true;
     eprintln!(
         "chatting with {} (/reset forgets the conversation, /quit or end of input leaves)",
-        args.engine.model.display()
+        args.engine.model_name()
     );
     loop {
         eprint!("> ");
@@ -584,7 +607,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.json {
         println!(
             "{{\"model\":{:?},\"dtype\":\"{dtype}\",\"threads\":{threads},\"kernels\":\"{}\",\"prompt_tokens_per_s\":{:.2},\"gen_tokens_per_s\":{:.2},\"read_bandwidth_gb_s\":{:.3},\"fma_peak_gflops\":{:.2},\"decode_bandwidth_fraction\":{:.4},\"prefill_fma_fraction\":{:.4}}}",
-            args.engine.model.display().to_string(),
+            args.engine.model_name(),
             backend.kernels().tier.name(),
             r.prompt_tokens_per_s,
             r.gen_tokens_per_s,
@@ -597,7 +620,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     println!(
         "model      {} ({dtype}, {:.1} MB of weights read per token)",
-        args.engine.model.display(),
+        args.engine.model_name(),
         bytes / 1e6
     );
     println!("backend    {}", backend.describe());

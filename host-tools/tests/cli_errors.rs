@@ -333,7 +333,8 @@ fn bad_flag_values() {
         c.args(["run", "-m"]).arg(&p).args(["-i", "a"]).args(flags);
         usage_error(&mut c);
     }
-    usage_error(enigma().args(["run"]));
+    // Without --model, run uses the built-in default model; a --model without its value is a usage error.
+    usage_error(enigma().args(["run", "--model"]));
     usage_error(enigma().args(["frobnicate"]));
 }
 

@@ -24,3 +24,9 @@ pub mod vocab;
 pub use model::{Acts, Batch, Model};
 pub use options::{TokenizerCommand, TokenizerTrainArgs, TrainOptions};
 pub use trainer::{train, train_tokenizer, Summary};
+
+/// The model `enigma run` and `enigma chat` use when no `--model` is given: a nano model trained by
+/// `enigma train` on tinyshakespeare (the command is in README.md), so the first command works anywhere.
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../../models/default/model.enigma");
+/// How errors and messages name [`DEFAULT_MODEL`].
+pub const DEFAULT_MODEL_NAME: &str = "the built-in default model (models/default/model.enigma)";

@@ -88,6 +88,10 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub resume: bool,
+    /// Stop (with a checkpoint) once this many steps of the schedule are done; --resume continues the run.
+    #[arg(long, value_name = "STEP")]
+    #[serde(skip)]
+    pub stop_after: Option<u64>,
     /// Store the final model's matrices as this dtype (f32, f16, bf16, q8_0, q4_0).
     #[arg(long, default_value = "f32")]
     pub quantize: String,

@@ -65,7 +65,7 @@ fn check_rules(o: &TrainOptions) -> Result<()> {
 /// residual stream (wo, w2) scaled by 1/sqrt(2L); norm weights 1.
 pub fn init_params(config: &Config, seed: u64) -> Vec<f32> {
     let layout = ParamLayout::new(config);
-    let mut rng = Rng(seed ^ 0x5EED_0F_1A7E);
+    let mut rng = Rng(seed ^ 0x005E_ED0F_1A7E);
     let resid = 0.02 / (2.0 * config.n_layers as f64).sqrt();
     let mut out = Vec::with_capacity(layout.total_numel() as usize);
     for t in layout.iter() {
@@ -100,11 +100,15 @@ fn load_init(path: &Path) -> Result<(Config, TokenizerData, Vec<f32>)> {
     ))
 }
 
-fn read_config(path: &Path) -> Result<Config> {
+/// A JSON config; a `vocab_size` of 0 means the tokenizer's.
+fn read_config(path: &Path, vocab: u32) -> Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let c: Config = serde_json::from_str(&text)
+    let mut c: Config = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a model config", path.display()))?;
+    if c.vocab_size == 0 {
+        c.vocab_size = vocab;
+    }
     c.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(c)
@@ -170,7 +174,7 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
         Some((c, _, p)) => {
             // A shape given alongside --init must be the model's own: weights are never reshaped.
             let wanted = match &o.config {
-                Some(path) => Some(read_config(path)?),
+                Some(path) => Some(read_config(path, c.vocab_size)?),
                 None => None,
             };
             if let Some(w) = wanted {
@@ -183,7 +187,7 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
         }
         None => {
             let mut c = match &o.config {
-                Some(path) => read_config(path)?,
+                Some(path) => read_config(path, v)?,
                 None => Preset::by_name(&o.preset)
                     .with_context(|| {
                         let names: Vec<&str> =
@@ -231,6 +235,7 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
     // Settings that do not change results may differ.
     options.threads = o.threads;
     options.quiet = o.quiet;
+    options.stop_after = o.stop_after;
     options.resume = true;
     let mut adam = AdamW::new(&ck.config, AdamWConfig::default());
     adam.m = ck.m;
@@ -416,7 +421,8 @@ fn run_state(
             step,
         )
     };
-    while st.step < total {
+    let stop = o.stop_after.unwrap_or(total).min(total);
+    while st.step < stop {
         let t0 = Instant::now();
         grads.fill(0.0);
         let batches: Vec<Batch> = (0..o.grad_accum)
@@ -462,12 +468,12 @@ fn run_state(
             grad_norm: norm,
             val_loss: val,
         })?;
-        if st.step == total || (o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
+        if st.step == stop || (o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
             save(&st, st.step)?;
         }
     }
     progress.finish();
-    if resume_step == Some(total) {
+    if resume_step == Some(st.step) {
         // Nothing left to train: make sure the outputs exist.
         save(&st, st.step)?;
     }
