@@ -295,7 +295,7 @@ fn main() {
     let repeat_penalty: f32 = parsed("ENIGMA_REPEAT_PENALTY", 1.0);
     let repeat_last_n: u32 = parsed("ENIGMA_REPEAT_LAST_N", 64);
     let seed: u64 = parsed("ENIGMA_SEED", 42);
-    if !(temperature >= 0.0 && temperature.is_finite()) || !(0.0..=1.0).contains(&top_p) {
+    if !(temperature >= 0.0 && temperature.is_finite() && (0.0..=1.0).contains(&top_p)) {
         fail("ENIGMA_TEMPERATURE must be >= 0 and ENIGMA_TOP_P between 0 and 1");
     }
     if !(repeat_penalty > 0.0 && repeat_penalty.is_finite()) {

@@ -8,6 +8,8 @@ use embedded_io::{ErrorType, Read, Write};
 /// A prompt being typed: echoes what it reads, handles backspace, ends at CR or LF.
 pub struct Line {
     buf: heapless::Vec<u8, { crate::build::LINE_BYTES }>,
+    /// The last line ended with CR: a LF right after it belongs to that end (CRLF terminals).
+    after_cr: bool,
 }
 
 impl Default for Line {
@@ -20,6 +22,7 @@ impl Line {
     pub const fn new() -> Self {
         Line {
             buf: heapless::Vec::new(),
+            after_cr: false,
         }
     }
 
@@ -31,23 +34,26 @@ impl Line {
             if console.read(&mut b)? == 0 {
                 break;
             }
-            match b[0] {
-                b'\r' | b'\n' => {
-                    console.write_all(b"\n")?;
-                    break;
-                }
-                0x08 | 0x7f => {
-                    if self.buf.pop().is_some() {
-                        console.write_all(b"\x08 \x08")?;
-                    }
-                }
-                c if c >= 0x20 || c == b'\t' => {
-                    if self.buf.push(c).is_ok() {
-                        console.write_all(&b)?;
-                    }
-                }
-                _ => {}
+            let c = b[0];
+            let after_cr = core::mem::replace(&mut self.after_cr, c == b'\r');
+            if c == b'\n' && after_cr {
+                continue;
             }
+            if c == b'\r' || c == b'\n' {
+                console.write_all(b"\n")?;
+                break;
+            }
+            let echo: &[u8] = if c == 0x08 || c == 0x7f {
+                match self.buf.pop() {
+                    Some(_) => b"\x08 \x08",
+                    None => b"",
+                }
+            } else if (c >= 0x20 || c == b'\t') && self.buf.push(c).is_ok() {
+                &b
+            } else {
+                b""
+            };
+            console.write_all(echo)?;
             console.flush()?;
         }
         Ok(match core::str::from_utf8(&self.buf) {

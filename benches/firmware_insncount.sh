@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Instructions per generated token of stories260K on the Cortex-M4F, counted exactly under QEMU, and the MCU
+# speed that follows at 100 MHz and 1 instruction per cycle (an estimate: a real M4 needs more than one cycle for
+# loads, multiplies and taken branches, and flash wait states add more; treat it as an upper bound).
+#
+# Builds shared/tools/qemu-insncount.c (a QEMU 7.2 TCG plugin), imports stories260K as f32 and q8_0, and runs
+# `enigma flash --board mps2-an386 --insn-plugin ...` for each, with the default kernel tier and the generic
+# one: the firmware calls `perf_mark` once per generated token and the plugin prints the instructions between
+# calls. The first delta (boot, prompt, first token) is left out; the rest are averaged.
+#
+# Needs: qemu-system-arm, gcc, the thumbv7em-none-eabihf target.
+# Usage: benches/firmware_insncount.sh [N_TOKENS]; TIERS="default" skips the generic-kernel rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
+n="${1:-64}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+gcc -O2 -shared -fPIC -o "$work/libinsncount.so" "$shared/tools/qemu-insncount.c"
+cargo build -q -p enigma-tools
+enigma="${CARGO_TARGET_DIR:-target}/debug/enigma"
+
+"$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \
+    -o "$work/stories260K-f32.enigma" 2>/dev/null
+"$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \
+    -o "$work/stories260K-q8_0.enigma" --quantize q8_0 2>/dev/null
+
+printf '\nstories260K on mps2-an386 (Cortex-M4F, QEMU), prompt "Once upon a time", %s tokens greedy\n' "$n"
+printf '%-6s %-10s %18s %14s %s\n' dtype kernels "instructions/token" "min..max" "estimated tok/s at 100 MHz, 1 IPC"
+for dtype in f32 q8_0; do
+    for tier in ${TIERS:-default generic}; do
+        args=()
+        [ "$tier" = generic ] && args=(--kernels generic)
+        "$enigma" flash --board mps2-an386 --model "$work/stories260K-$dtype.enigma" -i "Once upon a time" \
+            -n "$n" -t 0 --seed 1 --out-dir "$work/out" --insn-plugin "$work/libinsncount.so" "${args[@]}" \
+            >"$work/text" 2>"$work/log" || { cat "$work/log" >&2; exit 1; }
+        used=$(sed -n 's/.*INFO  buffers: .*; kernels \(.*\)$/\1/p' "$work/log")
+        line=$(grep '^instructions per generated token' "$work/log")
+        mean=$(sed -n 's/^insn_per_token [^ ]* \([0-9]*\)$/\1/p' "$work/log")
+        range=$(echo "$line" | sed -n 's/.*min \([0-9]*\), max \([0-9]*\);.*/\1..\2/p')
+        rate=$(awk -v m="$mean" 'BEGIN { printf "%.1f", 100e6 / m }')
+        printf '%-6s %-10s %18s %14s %s (estimate)\n' "$dtype" "${used:-$tier}" "$mean" "$range" "$rate"
+    done
+done
