@@ -13,12 +13,18 @@ fn decode(c: &mut Criterion) {
     ) else {
         return;
     };
-    let (Ok(ckpt), Ok(tok)) = (std::fs::read(ckpt), std::fs::read(tok)) else { return };
-    let bytes = enigma_tools::llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import stories260K");
+    let (Ok(ckpt), Ok(tok)) = (std::fs::read(ckpt), std::fs::read(tok)) else {
+        return;
+    };
+    let bytes =
+        enigma_tools::llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import stories260K");
     let file = ModelFile::from_bytes(&bytes, "stories260K").expect("valid model");
     let model = file.model(enigma_kernels::kernels()).expect("model");
     let mut ids = vec![0; Tokenizer::max_tokens(16)];
-    let n = model.tokenizer.encode("Once upon a time", true, false, &mut ids).expect("encode");
+    let n = model
+        .tokenizer
+        .encode("Once upon a time", true, false, &mut ids)
+        .expect("encode");
     ids.truncate(n);
     let mut bufs = HostSession::new(&model.transformer, 64);
     let steps = 128;
@@ -29,7 +35,15 @@ fn decode(c: &mut Criterion) {
             let mut session = bufs.session(model.transformer).expect("session");
             let mut sampler = Sampler::new(SamplerConfig::greedy());
             session
-                .generate(&Serial, &model.tokenizer, &mut sampler, &ids, steps, false, &mut |_, _| true)
+                .generate(
+                    &Serial,
+                    &model.tokenizer,
+                    &mut sampler,
+                    &ids,
+                    steps,
+                    false,
+                    &mut |_, _| true,
+                )
                 .expect("generate")
         })
     });

@@ -21,7 +21,9 @@ fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Vec<u32> {
 
 #[test]
 fn a_second_turn_continues_the_first_turns_context() {
-    let Some(bytes) = stories("a_second_turn_continues_the_first_turns_context") else { return };
+    let Some(bytes) = stories("a_second_turn_continues_the_first_turns_context") else {
+        return;
+    };
     let file = ModelFile::from_bytes(&bytes, "stories260K").expect("model");
     let m = file.model(enigma_core::kernels::kernels()).expect("model");
     let turn1 = encode(&m.tokenizer, "Once upon a time", true);
@@ -32,18 +34,37 @@ fn a_second_turn_continues_the_first_turns_context() {
     let mut bufs = HostSession::new(&m.transformer, 8);
     let mut s = bufs.session(m.transformer).expect("session");
     let mut reply1 = Vec::new();
-    s.generate(&Serial, &m.tokenizer, &mut greedy(), &turn1, 10, false, &mut |t, _| {
-        reply1.push(t);
-        true
-    })
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn1,
+        10,
+        false,
+        &mut |t, _| {
+            reply1.push(t);
+            true
+        },
+    )
     .expect("turn 1");
     let mut reply2 = Vec::new();
-    s.generate(&Serial, &m.tokenizer, &mut greedy(), &turn2, 10, false, &mut |t, _| {
-        reply2.push(t);
-        true
-    })
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn2,
+        10,
+        false,
+        &mut |t, _| {
+            reply2.push(t);
+            true
+        },
+    )
     .expect("turn 2");
-    assert_eq!(s.pos(), turn1.len() + reply1.len() + turn2.len() + reply2.len() - 1);
+    assert_eq!(
+        s.pos(),
+        turn1.len() + reply1.len() + turn2.len() + reply2.len() - 1
+    );
 
     // The same history fed at once to a fresh session gives the same second reply.
     let history: Vec<u32> = turn1.iter().chain(&reply1).chain(&turn2).copied().collect();
@@ -51,27 +72,45 @@ fn a_second_turn_continues_the_first_turns_context() {
     let mut fresh = bufs.session(m.transformer).expect("session");
     let mut again = Vec::new();
     fresh
-        .generate(&Serial, &m.tokenizer, &mut greedy(), &history, 10, false, &mut |t, _| {
-            again.push(t);
-            true
-        })
+        .generate(
+            &Serial,
+            &m.tokenizer,
+            &mut greedy(),
+            &history,
+            10,
+            false,
+            &mut |t, _| {
+                again.push(t);
+                true
+            },
+        )
         .expect("one turn");
     assert_eq!(reply2, again);
 
     // And a session that forgot the first turn answers differently: the context mattered.
     s.reset();
     let mut forgot = Vec::new();
-    s.generate(&Serial, &m.tokenizer, &mut greedy(), &turn2, 10, false, &mut |t, _| {
-        forgot.push(t);
-        true
-    })
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn2,
+        10,
+        false,
+        &mut |t, _| {
+            forgot.push(t);
+            true
+        },
+    )
     .expect("after reset");
     assert_ne!(reply2, forgot);
 }
 
 #[test]
 fn enigma_chat_answers_each_line_and_leaves_on_quit() {
-    let Some(bytes) = stories("enigma_chat_answers_each_line_and_leaves_on_quit") else { return };
+    let Some(bytes) = stories("enigma_chat_answers_each_line_and_leaves_on_quit") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("s.enigma");
     std::fs::write(&model, bytes).expect("write");

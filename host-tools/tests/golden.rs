@@ -30,7 +30,12 @@ fn fixture(test: &str) -> Option<Fixture> {
         .map(|s| s.trim().parse().expect("reference token"))
         .collect();
     let text = std::fs::read(shared_file(REF_TEXT, test)?).ok()?;
-    Some(Fixture { ckpt, tok, tokens, text })
+    Some(Fixture {
+        ckpt,
+        tok,
+        tokens,
+        text,
+    })
 }
 
 /// Greedy generation as llama2.c's `run -n 256` does it: 256 positions in all, prompt included.
@@ -45,7 +50,10 @@ fn greedy(file: &ModelFile, chunk: usize, threads: usize) -> (Vec<u32>, Vec<u8>)
     };
     let model = file.model(enigma_core::kernels::kernels()).unwrap();
     let mut ids = vec![0; Tokenizer::max_tokens(PROMPT.len())];
-    let n = model.tokenizer.encode(PROMPT, true, false, &mut ids).unwrap();
+    let n = model
+        .tokenizer
+        .encode(PROMPT, true, false, &mut ids)
+        .unwrap();
     ids.truncate(n);
     let mut bufs = HostSession::new(&model.transformer, chunk);
     let mut session = bufs.session(model.transformer).unwrap();
@@ -54,11 +62,19 @@ fn greedy(file: &ModelFile, chunk: usize, threads: usize) -> (Vec<u32>, Vec<u8>)
     let mut all = vec![ids[0]];
     let mut text = Vec::new();
     let stats = session
-        .generate(exec, &model.tokenizer, &mut sampler, &ids, 256 + 1 - n, true, &mut |t, piece| {
-            all.push(t);
-            text.extend_from_slice(piece);
-            true
-        })
+        .generate(
+            exec,
+            &model.tokenizer,
+            &mut sampler,
+            &ids,
+            256 + 1 - n,
+            true,
+            &mut |t, piece| {
+                all.push(t);
+                text.extend_from_slice(piece);
+                true
+            },
+        )
         .unwrap();
     assert_eq!(stats.stop, Stop::Length);
     text.push(b'\n');
@@ -67,19 +83,26 @@ fn greedy(file: &ModelFile, chunk: usize, threads: usize) -> (Vec<u32>, Vec<u8>)
 
 #[test]
 fn stories260k_greedy_matches_llama2c_token_for_token() {
-    let Some(f) = fixture("stories260k_greedy_matches_llama2c_token_for_token") else { return };
+    let Some(f) = fixture("stories260k_greedy_matches_llama2c_token_for_token") else {
+        return;
+    };
     let bytes = llama2c::import(&f.ckpt, &f.tok, "stories260K.bin").unwrap();
     // Read back zero-copy from an aligned in-memory copy of the written file.
     let file = ModelFile::from_bytes(&bytes, "stories260K.enigma").unwrap();
     let (tokens, text) = greedy(&file, 64, 1);
     assert_eq!(tokens, f.tokens);
-    assert_eq!(String::from_utf8_lossy(&text), String::from_utf8_lossy(&f.text));
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        String::from_utf8_lossy(&f.text)
+    );
     assert_eq!(text, f.text);
 }
 
 #[test]
 fn prefill_chunks_and_threads_do_not_change_the_tokens() {
-    let Some(f) = fixture("prefill_chunks_and_threads_do_not_change_the_tokens") else { return };
+    let Some(f) = fixture("prefill_chunks_and_threads_do_not_change_the_tokens") else {
+        return;
+    };
     let bytes = llama2c::import(&f.ckpt, &f.tok, "stories260K.bin").unwrap();
     let file = ModelFile::from_bytes(&bytes, "stories260K.enigma").unwrap();
     for (chunk, threads) in [(1, 1), (3, 1), (64, 2), (1, 2)] {
@@ -92,8 +115,15 @@ fn prefill_chunks_and_threads_do_not_change_the_tokens() {
 /// separate classifier (negative vocab size in the header) that is a copy of the embedding.
 fn current_layout(legacy: &[u8], separate_classifier: bool) -> Vec<u8> {
     let i32_at = |i: usize| i32::from_le_bytes(legacy[i * 4..i * 4 + 4].try_into().unwrap());
-    let (dim, hidden, layers, heads, kv_heads, vocab, seq) =
-        (i32_at(0), i32_at(1), i32_at(2), i32_at(3), i32_at(4), i32_at(5), i32_at(6));
+    let (dim, hidden, layers, heads, kv_heads, vocab, seq) = (
+        i32_at(0),
+        i32_at(1),
+        i32_at(2),
+        i32_at(3),
+        i32_at(4),
+        i32_at(5),
+        i32_at(6),
+    );
     let hs = dim / heads;
     let kv_dim = hs * kv_heads;
     let floats = vocab * dim
@@ -101,7 +131,15 @@ fn current_layout(legacy: &[u8], separate_classifier: bool) -> Vec<u8> {
         + dim;
     let body = &legacy[28..28 + floats as usize * 4];
     let mut out = Vec::new();
-    for v in [dim, hidden, layers, heads, kv_heads, if separate_classifier { -vocab } else { vocab }, seq] {
+    for v in [
+        dim,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        if separate_classifier { -vocab } else { vocab },
+        seq,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(body);
@@ -113,7 +151,10 @@ fn current_layout(legacy: &[u8], separate_classifier: bool) -> Vec<u8> {
 
 #[test]
 fn both_llama2c_layouts_and_a_separate_classifier_give_the_same_tokens() {
-    let Some(f) = fixture("both_llama2c_layouts_and_a_separate_classifier_give_the_same_tokens") else { return };
+    let Some(f) = fixture("both_llama2c_layouts_and_a_separate_classifier_give_the_same_tokens")
+    else {
+        return;
+    };
     for separate in [false, true] {
         let ckpt = current_layout(&f.ckpt, separate);
         let parsed = llama2c::read_checkpoint(&ckpt).unwrap();
@@ -132,7 +173,9 @@ fn both_llama2c_layouts_and_a_separate_classifier_give_the_same_tokens() {
 
 #[test]
 fn enigma_import_then_run_prints_llama2c_output_byte_for_byte() {
-    let Some(f) = fixture("enigma_import_then_run_prints_llama2c_output_byte_for_byte") else { return };
+    let Some(f) = fixture("enigma_import_then_run_prints_llama2c_output_byte_for_byte") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("stories260K.enigma");
     let models = enigma_tools::shared::shared_dir().join("models");
@@ -152,11 +195,27 @@ fn enigma_import_then_run_prints_llama2c_output_byte_for_byte() {
         .arg("run")
         .arg("-m")
         .arg(&model)
-        .args(["-i", PROMPT, "-n", &(f.tokens.len() - 5).to_string(), "-t", "0", "--threads", "1"])
+        .args([
+            "-i",
+            PROMPT,
+            "-n",
+            &(f.tokens.len() - 5).to_string(),
+            "-t",
+            "0",
+            "--threads",
+            "1",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&f.text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&f.text)
+    );
     assert_eq!(out.stdout, f.text);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tok/s"), "tokens/s report missing: {err}");
