@@ -15,11 +15,12 @@ cargo test -p enigma-kernels --target aarch64-unknown-linux-gnu
 # The dev profile (opt-level 2 here) reuses what `cargo test` already built for the host.
 cargo build -p enigma-tools
 cargo build -p enigma-tools --target aarch64-unknown-linux-gnu
-model=target/ci-stories260K.enigma
-target/debug/enigma import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
+out="${CARGO_TARGET_DIR:-target}"
+model="$out/ci-stories260K.enigma"
+"$out/debug/enigma" import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
 args=(run -m "$model" -i "Once upon a time" -n 64 -t 0 --threads 2)
-host=$(target/debug/enigma "${args[@]}")
-pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 target/aarch64-unknown-linux-gnu/debug/enigma "${args[@]}")
+host=$("$out/debug/enigma" "${args[@]}")
+pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 "$out/aarch64-unknown-linux-gnu/debug/enigma" "${args[@]}")
 if [ "$host" != "$pi" ]; then
     echo "aarch64 output differs from the host's:"; echo "host: $host"; echo "pi:   $pi"; exit 1
 fi
