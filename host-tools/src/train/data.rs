@@ -485,6 +485,68 @@ mod tests {
             .contains("chat.jsonl:1"));
     }
 
+    /// One id per byte; BOS 1, EOS 2, PAD 0, user 3, assistant 4.
+    struct Bytes(TokenizerData);
+    impl Encode for Bytes {
+        fn encode(&self, text: &str) -> Result<Vec<u32>> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn data(&self) -> &TokenizerData {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn conversations_render_as_chat_feeds_them_with_loss_on_replies_only() {
+        let tok = Bytes(TokenizerData {
+            pieces: vec![],
+            scores: vec![],
+            bos: 1,
+            eos: 2,
+            pad: Some(0),
+            add_dummy_prefix: false,
+            chat: Some(ChatTokens {
+                user: 3,
+                assistant: 4,
+            }),
+        });
+        let conv = Conversation {
+            turns: vec![
+                (Role::System, "s".into()),
+                (Role::User, "hi".into()),
+                (Role::Assistant, "yo".into()),
+                (Role::User, "q".into()),
+                (Role::Assistant, "a".into()),
+            ],
+        };
+        let markers = ChatTokens {
+            user: 3,
+            assistant: 4,
+        };
+        let (ids, mask) = render(&tok, markers, &conv).unwrap();
+        let (h, i, y, o, q, a, s) = (104, 105, 121, 111, 113, 97, 115);
+        assert_eq!(ids, [1, s, 3, h, i, 4, y, o, 2, 3, q, 4, a, 2]);
+        let counted: Vec<u32> = ids
+            .iter()
+            .zip(&mask)
+            .filter(|p| *p.1)
+            .map(|p| *p.0)
+            .collect();
+        assert_eq!(counted, [y, o, 2, a, 2]);
+        // As a batch row of T = 16: inputs padded with PAD, padded targets never count.
+        let split = Split {
+            t: 16,
+            stream: vec![],
+            chats: vec![(ids, mask)],
+            examples: vec![Example::Chat(0)],
+            pad: 0,
+        };
+        let b = split.batch(0..1);
+        assert_eq!(b.count(), 5);
+        assert_eq!(&b.tokens[13..], [2, 0, 0]);
+        assert!(!b.mask[13..].iter().any(|m| *m));
+    }
+
     #[test]
     fn the_order_is_a_permutation_per_epoch_and_repeatable() {
         let mut o = Order::new(5, 10);

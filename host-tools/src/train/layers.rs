@@ -351,21 +351,24 @@ impl CrossEntropy<'_> {
                 .par_chunks_mut(v)
                 .zip(ts.par_iter())
                 .map(|(row, &tgt)| {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let zt = row[tgt as usize] - max;
-                    let mut sum = 0.0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
+                    let (mut arg, mut max) = (0, f32::NEG_INFINITY);
+                    for (i, &x) in row.iter().enumerate() {
+                        if x > max {
+                            (arg, max) = (i, x);
+                        }
                     }
+                    let zt = row[tgt as usize] - max;
+                    // The kernels' softmax (SIMD exp). Its largest output is 1 / Σ exp(z - max), so the loss
+                    // -log p(target) = log Σ exp(z - max) - (z_target - max) needs no second pass and cannot
+                    // underflow the way log p(target) itself can.
+                    (kn.softmax)(row);
+                    let log_sum = -(row[arg] as f64).ln();
                     // The probabilities become the logits' gradient: (p - onehot) · scale.
-                    let inv = scale / sum;
                     for x in row.iter_mut() {
-                        *x *= inv;
+                        *x *= scale;
                     }
                     row[tgt as usize] -= scale;
-                    // -log p(target) = log Σ exp(z - max) - (z_target - max)
-                    (sum as f64).ln() - zt as f64
+                    log_sum - zt as f64
                 })
                 .collect();
             total += losses.iter().sum::<f64>();
