@@ -262,6 +262,23 @@ pub(crate) fn prop_attn(k: &Kernels) {
     });
 }
 
+/// Heads narrower than a vector that divide it (AVX-512 packs several positions per vector for these).
+pub(crate) fn prop_attn_small_heads(k: &Kernels) {
+    let s = (0usize..40, prop::sample::select(vec![1usize, 2, 4, 8, 16]))
+        .prop_flat_map(|(t, hs)| (data(hs), data(t * hs), pvec(0.0f32..1.0, t), Just(hs)));
+    check(CASES, s, |(q, kv, p, hs)| {
+        let t = p.len();
+        let (mut got, mut want) = (vec![f32::NAN; t], vec![0.0; t]);
+        (k.attn_scores)(&mut got, &q, &kv, 0.125);
+        generic::attn_scores(&mut want, &q, &kv, 0.125);
+        close("attn_scores", &got, &want, 1e-4, 1e-5)?;
+        let (mut got, mut want) = (vec![f32::NAN; hs], vec![0.0; hs]);
+        (k.attn_accum)(&mut got, &p, &kv);
+        generic::attn_accum(&mut want, &p, &kv);
+        close("attn_accum", &got, &want, 1e-6, 1e-5)
+    });
+}
+
 pub(crate) fn prop_add(k: &Kernels) {
     let s = (0usize..300).prop_flat_map(|n| (data(n), data(n)));
     check(CASES, s, |(a, b)| {
@@ -358,10 +375,48 @@ pub(crate) fn edge_norm_rope_attn(k: &Kernels) {
     assert_eq!(a, [3.0]);
 }
 
+/// The integer extremes of the quantized kernels, over a whole x chunk (`X_CHUNK_BLOCKS` blocks, the most a
+/// kernel is handed): q8_0 weights of -128 and 127, q4_0 nibbles of 0 and 15, activations of ±127. Kernels that
+/// bias weights to unsigned bytes and subtract `bias · Σx` (AVX-512 VNNI) must stay exact here.
+pub(crate) fn edge_qmatvec_extremes(k: &Kernels) {
+    let nb = crate::X_CHUNK_BLOCKS;
+    let d1 = f16::from_f32(1.0).to_bits();
+    for (wv, xv) in [(-128i8, 127i8), (-128, -127), (127, 127), (127, -127)] {
+        let xq: Vec<BlockQ8_0> = (0..nb)
+            .map(|j| BlockQ8_0 {
+                d: d1,
+                qs: [if j % 3 == 0 { -xv } else { xv }; QK],
+            })
+            .collect();
+        let w8: Vec<BlockQ8_0> = (0..5 * nb)
+            .map(|_| BlockQ8_0 {
+                d: d1,
+                qs: [wv; QK],
+            })
+            .collect();
+        let nib = if wv < 0 { 0x00 } else { 0xff };
+        let w4: Vec<BlockQ4_0> = (0..5 * nb)
+            .map(|_| BlockQ4_0 {
+                d: d1,
+                qs: [nib; QK / 2],
+            })
+            .collect();
+        let (mut got, mut want) = (vec![0.0; 5], vec![0.0; 5]);
+        (k.qmatvec_q8_0)(&mut got, &w8, nb, &xq);
+        generic::qmatvec_q8_0(&mut want, &w8, nb, &xq);
+        assert_close("qmatvec_q8_0 extremes", &got, &want, 0.0, 1e-6);
+        let (mut got, mut want) = (vec![0.0; 5], vec![0.0; 5]);
+        (k.qmatvec_q4_0)(&mut got, &w4, nb, &xq);
+        generic::qmatvec_q4_0(&mut want, &w4, nb, &xq);
+        assert_close("qmatvec_q4_0 extremes", &got, &want, 0.0, 1e-6);
+    }
+}
+
 /// Fixed edge cases of every op family, for one tier.
 macro_rules! edge_tests {
     ($(#[$a:meta])*) => {
         $(#[$a])* #[test] fn matvec_edges() { ops::edge_matvec(k()) }
+        $(#[$a])* #[test] fn qmatvec_extremes() { ops::edge_qmatvec_extremes(k()) }
         $(#[$a])* #[test] fn softmax_edges() { ops::edge_softmax(k()) }
         $(#[$a])* #[test] fn silu_edges() { ops::edge_silu(k()) }
         $(#[$a])* #[test] fn norm_rope_attn_edges() { ops::edge_norm_rope_attn(k()) }
@@ -386,6 +441,7 @@ macro_rules! prop_tests {
         $(#[$a])* #[test] fn silu_mul() { ops::prop_silu_mul(k()) }
         $(#[$a])* #[test] fn rope() { ops::prop_rope(k()) }
         $(#[$a])* #[test] fn attention() { ops::prop_attn(k()) }
+        $(#[$a])* #[test] fn attention_small_heads() { ops::prop_attn_small_heads(k()) }
         $(#[$a])* #[test] fn add() { ops::prop_add(k()) }
     };
 }

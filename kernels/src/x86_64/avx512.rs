@@ -4,14 +4,15 @@
 //!
 //! Tails use masked loads and stores (masked-off lanes are never touched, so they cannot fault).
 
-use crate::frame::{exp as E, Weight};
+use crate::frame::exp as E;
+use crate::frame::X_CHUNK_BLOCKS;
+/// Prefetch distance of the quantized row streams, in blocks.
+const PFB: usize = 16;
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
 const L: usize = 16;
-/// Prefetch distance in elements per weight row (16 cache lines of f32).
-const PF: usize = 256;
 
 macro_rules! feat {
     ($($item:item)*) => {
@@ -86,9 +87,11 @@ fn ld_bf16(c: &[bf16]) -> __m512 {
 }
 
 /// Stamps out `out (n) = w (n, d) · x (d)` for one weight dtype: four rows share each `x` load, two
-/// accumulators per row, each row prefetched `PF` ahead.
+/// accumulators per row; each row prefetches the next group's row at the same columns. The last `d % 16` columns are one masked load (not a
+/// scalar loop: `w2`'s rows of 172 and attention's heads of 8 would spend most of their time there), and
+/// the four rows are reduced together (`hsum4`), which matters when rows are short.
 macro_rules! matvec {
-    ($name:ident, $t:ty, $ld:ident) => {
+    ($name:ident, $t:ty, $ld:ident, $ldm:ident) => {
         feat! {
         pub(super) fn $name(out: &mut [f32], w: &[$t], x: &[f32]) {
             let d = x.len();
@@ -97,7 +100,10 @@ macro_rules! matvec {
                 out.fill(0.0);
                 return;
             }
-            let (main, rem) = (d / (2 * L) * (2 * L), d % L);
+            let main = d / (2 * L) * (2 * L);
+            let full = d / L * L;
+            let tail = mask(d - full);
+            let xt = ld_any(&x[full..]);
             let mut o4 = out.chunks_exact_mut(4);
             let mut w4 = w.chunks_exact(4 * d);
             for (o, wr) in (&mut o4).zip(&mut w4) {
@@ -109,49 +115,100 @@ macro_rules! matvec {
                     let x0 = ld(&x[k..]);
                     let x1 = ld(&x[k + L..]);
                     for (a, row) in acc.iter_mut().zip(&r) {
-                        prefetch_row(row, k + PF);
-                        prefetch_row(row, k + PF + L);
+                        // The next group's row at the same columns: each row alone is too short a stream
+                        // for the hardware prefetchers once four are interleaved.
+                        prefetch_row(row, k + 4 * d);
+                        prefetch_row(row, k + 4 * d + L);
                         a[0] = _mm512_fmadd_ps($ld(&row[k..]), x0, a[0]);
                         a[1] = _mm512_fmadd_ps($ld(&row[k + L..]), x1, a[1]);
                     }
                     k += 2 * L;
                 }
-                if k + L <= d {
+                if k < full {
                     let x0 = ld(&x[k..]);
                     for (a, row) in acc.iter_mut().zip(&r) {
                         a[0] = _mm512_fmadd_ps($ld(&row[k..]), x0, a[0]);
                     }
                 }
-                let mut s = [0.0f32; 4];
-                for ((s, a), row) in s.iter_mut().zip(&acc).zip(&r) {
-                    *s = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
-                    for (wv, xv) in row[d - rem..].iter().zip(&x[d - rem..]) {
-                        *s += Weight::to_f32(*wv) * xv;
+                if full < d {
+                    for (a, row) in acc.iter_mut().zip(&r) {
+                        a[1] = _mm512_fmadd_ps($ldm(&row[full..], tail), xt, a[1]);
                     }
                 }
-                o.copy_from_slice(&s);
+                let s = hsum4(acc.map(|a| _mm512_add_ps(a[0], a[1])));
+                // SAFETY: `o` is a chunk of exactly 4 f32s; `storeu` needs no alignment.
+                unsafe { _mm_storeu_ps(o.as_mut_ptr(), s) };
             }
             for (o, row) in o4.into_remainder().iter_mut().zip(w4.remainder().chunks_exact(d)) {
                 let mut acc = _mm512_setzero_ps();
                 let mut k = 0;
-                while k + L <= d {
+                while k < full {
                     acc = _mm512_fmadd_ps($ld(&row[k..]), ld(&x[k..]), acc);
                     k += L;
                 }
-                let mut s = _mm512_reduce_add_ps(acc);
-                for (wv, xv) in row[k..].iter().zip(&x[k..]) {
-                    s += Weight::to_f32(*wv) * xv;
+                if full < d {
+                    acc = _mm512_fmadd_ps($ldm(&row[full..], tail), xt, acc);
                 }
-                *o = s;
+                *o = _mm512_reduce_add_ps(acc);
             }
         }
         }
     };
 }
 
-matvec!(matvec_f32, f32, ld_f32);
-matvec!(matvec_f16, f16, ld_f16);
-matvec!(matvec_bf16, bf16, ld_bf16);
+feat! {
+/// The sums of four vectors, `[Σa0, Σa1, Σa2, Σa3]`: 128-bit lanes are paired up across vectors first, so the
+/// four reductions share their shuffles (about 14 instructions instead of 4 × 8).
+#[inline]
+fn hsum4(a: [__m512; 4]) -> __m128 {
+    // [a0 L0+L2, a0 L1+L3, a1 L0+L2, a1 L1+L3], same for a2, a3
+    let s01 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a[0], a[1]),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a[0], a[1]),
+    );
+    let s23 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a[2], a[3]),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a[2], a[3]),
+    );
+    // 128-bit lane r holds four partial sums of row r.
+    let t = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(s01, s23),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(s01, s23),
+    );
+    let u = _mm512_add_ps(t, _mm512_permute_ps::<0b10_11_00_01>(t));
+    let v = _mm512_add_ps(u, _mm512_permute_ps::<0b01_00_11_10>(u));
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, v))
+}
+
+/// The first lanes of `c` that `m` selects; the others are zero and never read.
+#[inline]
+fn ldm_f32(c: &[f32], m: __mmask16) -> __m512 {
+    assert!(c.len() >= m.count_ones() as usize);
+    // SAFETY: `m` selects only the first `c.len()` or fewer lanes (checked above); masked-off lanes are not read.
+    unsafe { _mm512_maskz_loadu_ps(m, c.as_ptr()) }
+}
+
+#[inline]
+fn ldm_f16(c: &[f16], m: __mmask16) -> __m512 {
+    assert!(c.len() >= m.count_ones() as usize);
+    // SAFETY: as in `ldm_f32`, for 16-bit elements.
+    let h = unsafe { _mm256_maskz_loadu_epi16(m, c.as_ptr() as *const i16) };
+    _mm512_cvtph_ps(h)
+}
+
+#[inline]
+fn ldm_bf16(c: &[bf16], m: __mmask16) -> __m512 {
+    assert!(c.len() >= m.count_ones() as usize);
+    // SAFETY: as in `ldm_f32`, for 16-bit elements.
+    let h = unsafe { _mm256_maskz_loadu_epi16(m, c.as_ptr() as *const i16) };
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+}
+
+matvec!(matvec_f32, f32, ld_f32, ldm_f32);
+matvec!(matvec_f16, f16, ld_f16, ldm_f16);
+matvec!(matvec_bf16, bf16, ld_bf16, ldm_bf16);
 
 feat! {
 /// `R` weight rows against `T` tokens, each weight vector loaded once for `T` tokens; `dots[r][t]`.
@@ -385,6 +442,9 @@ pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
     if hs == 0 {
         return;
     }
+    if hs < L && L % hs == 0 {
+        return attn_accum_small(out, probs, values);
+    }
     let mut c = 0;
     while c < hs {
         let width = (hs - c).min(4 * L);
@@ -404,6 +464,43 @@ pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
             st_any(&mut out[lo..hi], *a);
         }
         c += width;
+    }
+}
+
+/// `attn_accum` for heads narrower than a vector that divide it (stories260K's 8): `g = 16 / hs` positions per
+/// vector, each lane weighted by its position's probability, then the `g` lane groups are summed. One load
+/// and one FMA per `g` positions instead of a masked load per position.
+fn attn_accum_small(out: &mut [f32], probs: &[f32], values: &[f32]) {
+    let hs = out.len();
+    let g = L / hs;
+    // Lane i takes the probability of position i / hs of the vector's g positions.
+    let mut idx = [0i32; L];
+    for (i, v) in idx.iter_mut().enumerate() {
+        *v = (i / hs) as i32;
+    }
+    // SAFETY: `idx` is 16 readable i32s.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const __m512i) };
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut pc = probs.chunks_exact(2 * g);
+    let mut vc = values.chunks_exact(2 * L);
+    for (p, v) in (&mut pc).zip(&mut vc) {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let pv = _mm512_permutexvar_ps(idx, ld_any(&p[i * g..(i + 1) * g]));
+            *a = _mm512_fmadd_ps(pv, ld(&v[i * L..]), *a);
+        }
+    }
+    for (p, v) in pc.remainder().chunks(g).zip(vc.remainder().chunks(L)) {
+        // Lanes past the last position load zeros for both, so they add nothing.
+        let pv = _mm512_permutexvar_ps(idx, ld_any(p));
+        acc[0] = _mm512_fmadd_ps(pv, ld_any(v), acc[0]);
+    }
+    let mut lanes = [0.0f32; L];
+    st_any(&mut lanes, _mm512_add_ps(acc[0], acc[1]));
+    out.fill(0.0);
+    for grp in lanes.chunks_exact(hs) {
+        for (o, v) in out.iter_mut().zip(grp) {
+            *o += v;
+        }
     }
 }
 
@@ -459,13 +556,84 @@ fn scales2(a0: u16, b0: u16, a1: u16, b1: u16) -> __m512 {
 }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn dot_i8_vnni(x: __m512i, y: __m512i) -> __m512 {
-    let (ax, sy) = abs_sign(x, y);
-    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy))
+macro_rules! feat_vnni {
+    ($($item:item)*) => {
+        $(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            $item
+        )*
+    };
 }
 
+feat_vnni! {
+/// q4_0 weights of one block as their raw nibbles (`value + 8`, already unsigned), in element order.
+#[inline]
+fn wq_q4(a: &BlockQ4_0) -> __m256i {
+    // SAFETY: a block's 16 nibble bytes are readable; `loadu` needs no alignment.
+    let v = unsafe { _mm_loadu_si128(a.qs.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+}
+
+/// Stamps out the VNNI `out (n) += w (n, stride)[:, ..nb] · xq (nb)` for q4_0 (the nibble unpacking makes its
+/// loop compute-bound, so fewer instructions pay; q8_0 is memory-bound and keeps `qmatvec!`), one row at a time (interleaving rows
+/// breaks the hardware prefetchers' streams at these row lengths, and on Zen 4 a 512-bit op costs two 256-bit
+/// ones, so 256-bit vectors lose nothing). Each `x` block's scale and bias correction `-bias · Σx` (per lane
+/// of 4 bytes) are computed once per call; a weight block then costs one load (and unpack), one `vpdpbusd`
+/// started at the correction, one conversion and one FMA with the product of the scales. The integer sum
+/// per lane is exact, as in `generic`.
+macro_rules! qmatvec_vnni {
+    ($name:ident, $blk:ty, $wq:ident, $shift:literal) => {
+        feat_vnni! {
+        pub(super) fn $name(out: &mut [f32], w: &[$blk], stride: usize, xq: &[BlockQ8_0]) {
+            let nb = xq.len();
+            let mut corr = [_mm256_setzero_si256(); X_CHUNK_BLOCKS];
+            let mut dx = [0.0f32; X_CHUNK_BLOCKS];
+            for ((c, s), b) in corr.iter_mut().zip(dx.iter_mut()).zip(xq) {
+                // SAFETY: a block holds 32 readable quants; `loadu` needs no alignment.
+                let x = unsafe { _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i) };
+                let sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), x);
+                *c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<$shift>(sum));
+                *s = f16_to_f32(b.d);
+            }
+            let (corr, dx, xq) = (&corr[..nb], &dx[..nb], &xq[..nb]);
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * stride..r * stride + nb];
+                // Two accumulators: one FMA chain would wait on its own latency. Pairs of blocks, so each
+                // accumulator is a register (a `j % 2` index would put them in memory).
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let mut j = 0;
+                while j + 2 <= nb {
+                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(j + PFB) as *const i8);
+                    for (a, i) in acc.iter_mut().zip(j..j + 2) {
+                        // SAFETY: a block holds 32 readable quants; `loadu` needs no alignment.
+                        let x = unsafe { _mm256_loadu_si256(xq[i].qs.as_ptr() as *const __m256i) };
+                        let dot = _mm256_dpbusd_epi32(corr[i], $wq(&row[i]), x);
+                        let s = _mm256_set1_ps(f16_to_f32(row[i].d) * dx[i]);
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *a);
+                    }
+                    j += 2;
+                }
+                if nb % 2 == 1 {
+                    let j = nb - 1;
+                    // SAFETY: as above.
+                    let x = unsafe { _mm256_loadu_si256(xq[j].qs.as_ptr() as *const __m256i) };
+                    let dot = _mm256_dpbusd_epi32(corr[j], $wq(&row[j]), x);
+                    let s = _mm256_set1_ps(f16_to_f32(row[j].d) * dx[j]);
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[0]);
+                }
+                let v = _mm256_add_ps(acc[0], acc[1]);
+                let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+                *o += _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+            }
+        }
+        }
+    };
+}
+
+qmatvec_vnni!(qmatvec_q4_0_vnni, BlockQ4_0, wq_q4, 3);
 /// Stamps out `out (n) += w (n, stride)[:, ..nb] · xq (nb)`: two blocks per 512-bit vector; an odd last
 /// block is paired with a zero block of scale 0.
 macro_rules! qmatvec {
@@ -514,19 +682,21 @@ qmatvec!(
     dot_i8_bw,
     "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
 );
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn dot_i8_vnni(x: __m512i, y: __m512i) -> __m512 {
+    let (ax, sy) = abs_sign(x, y);
+    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy))
+}
+
+// q8_0 streams at the memory bound with the sign-moving form; the biased form of `qmatvec_vnni` measured
+// slower for it (it wins for q4_0, where unpacking nibbles makes the loop compute-bound).
 qmatvec!(
     qmatvec_q8_0_vnni,
     BlockQ8_0,
     ld_i8x2,
     BlockQ8_0::ZERO,
-    dot_i8_vnni,
-    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-);
-qmatvec!(
-    qmatvec_q4_0_vnni,
-    BlockQ4_0,
-    unpack_q4x2,
-    BlockQ4_0::ZERO,
     dot_i8_vnni,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
 );
