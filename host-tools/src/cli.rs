@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use enigma_core::generate::{Session, Stats, Stop};
 use enigma_core::kernels::DType;
 use enigma_core::{Sampler, SamplerConfig, Tokenizer};
+use enigma_runtime::lock::{ModelLock, LOCK_FILE};
 use enigma_runtime::session::DEFAULT_CHUNK;
 use enigma_runtime::{Backend, HostSession, ModelFile};
 use std::io::{BufRead, Write};
@@ -331,16 +332,28 @@ impl Clock {
     }
 }
 
-fn open(engine: &EngineArgs) -> Result<(ModelFile, Backend)> {
-    let file = match &engine.model {
-        Some(path) => ModelFile::open(path)?,
-        None => ModelFile::from_bytes(
-            crate::train::DEFAULT_MODEL,
-            crate::train::DEFAULT_MODEL_NAME,
-        )?,
+/// Opens the model and the backend. A model inside a locked model folder (one that `enigma train` or the
+/// model manager writes) is held with a reader's lock for as long as the returned guard lives, so it is
+/// never trained, converted or deleted while it runs, and never run while that happens.
+fn open(engine: &EngineArgs) -> Result<(ModelFile, Backend, Option<ModelLock>)> {
+    let (file, lock) = match &engine.model {
+        Some(path) => {
+            let dir = path.parent().filter(|d| d.join(LOCK_FILE).exists());
+            let lock = dir
+                .map(|d| ModelLock::acquire_shared(d, "run"))
+                .transpose()?;
+            (ModelFile::open(path)?, lock)
+        }
+        None => (
+            ModelFile::from_bytes(
+                crate::train::DEFAULT_MODEL,
+                crate::train::DEFAULT_MODEL_NAME,
+            )?,
+            None,
+        ),
     };
     let backend = Backend::cpu(engine.threads)?;
-    Ok((file, backend))
+    Ok((file, backend, lock))
 }
 
 fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
@@ -352,7 +365,7 @@ fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine)?;
+    let (file, backend, _lock) = open(&args.engine)?;
     let model = file.model(backend.kernels())?;
     let prompt = encode(&model.tokenizer, &args.prompt, true)?;
     let max = model.transformer.config.seq_len as usize;
@@ -419,7 +432,7 @@ fn chat_turn(
 
 pub fn chat(args: ChatArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine)?;
+    let (file, backend, _lock) = open(&args.engine)?;
     let model = file.model(backend.kernels())?;
     let mut bufs = HostSession::new(&model.transformer, DEFAULT_CHUNK);
     let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
@@ -560,7 +573,7 @@ pub fn info(path: &Path) -> Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let (file, backend) = open(&args.engine)?;
+    let (file, backend, _lock) = open(&args.engine)?;
     let model = file.model(backend.kernels())?;
     let tokens = crate::eval::tokens_of_file(&model, &args.data)?;
     let ctx = args
@@ -586,7 +599,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench;
-    let (file, backend) = open(&args.engine)?;
+    let (file, backend, _lock) = open(&args.engine)?;
     let model = file.model(backend.kernels())?;
     let threads = backend.threads();
     let r = bench::run_model(

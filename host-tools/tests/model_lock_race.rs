@@ -145,3 +145,61 @@ fn two_creators_of_one_name_exactly_one_wins() {
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }
+
+/// `enigma run` holds a reader's lock on a model folder: training into that folder is refused while it
+/// runs, and running is refused while the folder is being written.
+#[test]
+fn run_and_train_of_one_model_folder_exclude_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = dir.path().join("m");
+    std::fs::create_dir_all(&model_dir).expect("dir");
+    std::fs::write(
+        model_dir.join("model.enigma"),
+        enigma_tools::train::DEFAULT_MODEL,
+    )
+    .expect("model");
+    let model = model_dir.join("model.enigma");
+
+    // A writer holds the folder: `run` is refused with one line naming it.
+    let writer =
+        enigma_runtime::lock::ModelLock::acquire(&model_dir, "train").expect("writer lock");
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("enigma"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-i", "x", "-n", "2"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.starts_with("error: ") && err.contains("locked by") && err.contains("train"),
+        "{err}"
+    );
+    drop(writer);
+
+    // Readers share: two runs at once are fine, and while one holds the folder a writer is refused.
+    let reader =
+        enigma_runtime::lock::ModelLock::acquire_shared(&model_dir, "run").expect("reader");
+    let again =
+        enigma_runtime::lock::ModelLock::acquire_shared(&model_dir, "run").expect("second reader");
+    let refused = enigma_runtime::lock::ModelLock::acquire(&model_dir, "train");
+    assert!(
+        refused.is_err(),
+        "a writer got the lock while readers held it"
+    );
+    drop((reader, again));
+    let ok = std::process::Command::new(assert_cmd::cargo::cargo_bin("enigma"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-i", "x", "-n", "2", "-t", "0"])
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    enigma_runtime::lock::ModelLock::acquire(&model_dir, "train").expect("free again after run");
+}

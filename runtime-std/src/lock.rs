@@ -31,6 +31,7 @@ pub struct ModelLock {
     file: File,
     dir: PathBuf,
     purpose: String,
+    shared: bool,
 }
 
 impl ModelLock {
@@ -75,9 +76,41 @@ impl ModelLock {
             file,
             dir: what.to_path_buf(),
             purpose: purpose.to_string(),
+            shared: false,
         };
         lock.record().map_err(io)?;
         Ok(lock)
+    }
+
+    /// A reader's lock on a model folder (`run`, `chat`, `serve`): any number of readers share it, and
+    /// while one holds it a writer (`train`, the model manager) is refused, and the other way round.
+    pub fn acquire_shared(dir: impl AsRef<Path>, purpose: &str) -> Result<ModelLock, LockError> {
+        let dir = dir.as_ref();
+        let path = dir.join(LOCK_FILE);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if !fs4::fs_std::FileExt::try_lock_shared(&file).map_err(io)? {
+            return Err(LockError::Held {
+                dir: dir.to_path_buf(),
+                holder: describe_holder(&read_note(&file)),
+            });
+        }
+        // Readers leave the note alone: it names a writer, and several readers would overwrite each other.
+        Ok(ModelLock {
+            file,
+            dir: dir.to_path_buf(),
+            purpose: purpose.to_string(),
+            shared: true,
+        })
     }
 
     fn record(&mut self) -> std::io::Result<()> {
@@ -121,8 +154,11 @@ impl ModelLock {
 impl Drop for ModelLock {
     fn drop(&mut self) {
         // Clearing the note is cosmetic; the OS releases the lock itself when the file is closed. The file
-        // stays: removing it would let a process that opened it a moment ago lock an orphaned inode.
-        let _ = self.file.set_len(0);
+        // stays: removing it would let a process that opened it a moment ago lock an orphaned inode. A reader
+        // never wrote the note, so it leaves it alone.
+        if !self.shared {
+            let _ = self.file.set_len(0);
+        }
     }
 }
 
