@@ -442,7 +442,7 @@ pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
     if hs == 0 {
         return;
     }
-    if hs < L && L % hs == 0 {
+    if hs < L && L.is_multiple_of(hs) {
         return attn_accum_small(out, probs, values);
     }
     let mut c = 0;
