@@ -6,6 +6,9 @@
 
 use crate::frame::exp as E;
 use crate::frame::X_CHUNK_BLOCKS;
+/// f32/f16/bf16 rows at least this long are streamed one at a time in `matvec!`; shorter ones (stories260K's
+/// 64 and 172, attention's heads) go four rows at a time, reduced together.
+const STREAM_D: usize = 256;
 /// Prefetch distance of the quantized row streams, in blocks.
 const PFB: usize = 16;
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
@@ -104,6 +107,30 @@ macro_rules! matvec {
             let full = d / L * L;
             let tail = mask(d - full);
             let xt = ld_any(&x[full..]);
+            if d >= STREAM_D {
+                // Long rows: one row at a time, so the weights are one sequential stream that the
+                // hardware prefetchers follow (as in the bandwidth probe); four accumulators.
+                for (o, row) in out.iter_mut().zip(w.chunks_exact(d)) {
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    let mut k = 0;
+                    while k + 4 * L <= d {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps($ld(&row[k + i * L..]), ld(&x[k + i * L..]), *a);
+                        }
+                        k += 4 * L;
+                    }
+                    while k < full {
+                        acc[0] = _mm512_fmadd_ps($ld(&row[k..]), ld(&x[k..]), acc[0]);
+                        k += L;
+                    }
+                    if full < d {
+                        acc[1] = _mm512_fmadd_ps($ldm(&row[full..], tail), xt, acc[1]);
+                    }
+                    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                    *o = _mm512_reduce_add_ps(s);
+                }
+                return;
+            }
             let mut o4 = out.chunks_exact_mut(4);
             let mut w4 = w.chunks_exact(4 * d);
             for (o, wr) in (&mut o4).zip(&mut w4) {
