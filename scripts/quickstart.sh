@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${ENIGMA_SHARED:-../shared}"
 cargo build --release -p enigma-tools
-./target/release/enigma run -i "ROMEO:" -n 120 -t 0.8 --seed 42
+enigma="${CARGO_TARGET_DIR:-target}/release/enigma"
+"$enigma" run -i "ROMEO:" -n 120 -t 0.8 --seed 42
 if [ -f "$SHARED/models/stories260K.bin" ]; then
     mkdir -p models
-    ./target/release/enigma import llama2c "$SHARED/models/stories260K.bin" \
+    "$enigma" import llama2c "$SHARED/models/stories260K.bin" \
         --tokenizer "$SHARED/models/tok512.bin" -o models/stories260K.enigma
-    ./target/release/enigma info models/stories260K.enigma
-    ./target/release/enigma run -m models/stories260K.enigma -i "Once upon a time" -n 200 -t 0.8 --seed 42
+    "$enigma" info models/stories260K.enigma
+    "$enigma" run -m models/stories260K.enigma -i "Once upon a time" -n 200 -t 0.8 --seed 42
 else
     echo "($SHARED/models/stories260K.bin not found: skipping the llama2.c import)"
 fi
