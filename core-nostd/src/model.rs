@@ -67,30 +67,14 @@ impl<'a> Weights<'a> {
         let c = file.config();
         let layout = ParamLayout::new(c);
         let spec = |n: &'static str| layout.get(n).ok_or(Error::MissingTensor { name: n });
-        let w = |n: &'static str| file.weight(spec(n)?);
-        let norm = |n: &'static str| {
-            let s = spec(n)?;
-            file.f32s(n, &s.shape[..s.ndim()])
-        };
-        let token_embedding = w(config::TOKEN_EMBEDDING)?;
-        Ok(Weights {
-            token_embedding,
-            attn_norm: norm(config::ATTN_NORM)?,
-            wq: w(config::WQ)?,
-            wk: w(config::WK)?,
-            wv: w(config::WV)?,
-            wo: w(config::WO)?,
-            ffn_norm: norm(config::FFN_NORM)?,
-            w1: w(config::W1)?,
-            w2: w(config::W2)?,
-            w3: w(config::W3)?,
-            final_norm: norm(config::FINAL_NORM)?,
-            classifier: if c.tied_classifier {
-                token_embedding
-            } else {
-                w(config::CLASSIFIER)?
+        Self::assemble(
+            c,
+            |n| file.weight(spec(n)?),
+            |n| {
+                let s = spec(n)?;
+                file.f32s(n, &s.shape[..s.ndim()])
             },
-        })
+        )
     }
 
     /// Views a flat f32 buffer laid out by [`ParamLayout`] (the trainer's parameters).
@@ -109,25 +93,36 @@ impl<'a> Weights<'a> {
             let off = layout.flat_offset(n).unwrap_or(0) as usize;
             Ok::<_, Error>((&params[off..off + s.numel() as usize], s.row_len() as usize))
         };
-        let w = |n| slice(n).map(|(p, cols)| WeightView::f32(p, cols));
-        let norm = |n| slice(n).map(|(p, _)| p);
-        let token_embedding = w(config::TOKEN_EMBEDDING)?;
+        Self::assemble(
+            c,
+            |n| slice(n).map(|(p, cols)| WeightView::f32(p, cols)),
+            |n| slice(n).map(|(p, _)| p),
+        )
+    }
+
+    /// The one place the struct is filled: `matrix` and `norm` fetch a parameter by its layout name.
+    fn assemble(
+        c: &Config,
+        matrix: impl Fn(&'static str) -> Result<WeightView<'a>>,
+        norm: impl Fn(&'static str) -> Result<&'a [f32]>,
+    ) -> Result<Self> {
+        let token_embedding = matrix(config::TOKEN_EMBEDDING)?;
         Ok(Weights {
             token_embedding,
             attn_norm: norm(config::ATTN_NORM)?,
-            wq: w(config::WQ)?,
-            wk: w(config::WK)?,
-            wv: w(config::WV)?,
-            wo: w(config::WO)?,
+            wq: matrix(config::WQ)?,
+            wk: matrix(config::WK)?,
+            wv: matrix(config::WV)?,
+            wo: matrix(config::WO)?,
             ffn_norm: norm(config::FFN_NORM)?,
-            w1: w(config::W1)?,
-            w2: w(config::W2)?,
-            w3: w(config::W3)?,
+            w1: matrix(config::W1)?,
+            w2: matrix(config::W2)?,
+            w3: matrix(config::W3)?,
             final_norm: norm(config::FINAL_NORM)?,
             classifier: if c.tied_classifier {
                 token_embedding
             } else {
-                w(config::CLASSIFIER)?
+                matrix(config::CLASSIFIER)?
             },
         })
     }
