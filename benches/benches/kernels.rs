@@ -4,7 +4,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use enigma_benches::{data, MATVEC_SHAPES};
 use enigma_kernels::{
     bf16, f16, kernels_for, quantize_bf16, quantize_f16, quantize_q4_0, quantize_q8_0, BlockQ4_0,
-    BlockQ8_0, Tier, WeightView, QK,
+    BlockQ8_0, Gemm, Tier, WeightView, QK,
 };
 
 /// The tiers this CPU runs; the ones it lacks are reported once as skipped, never benched.
@@ -133,6 +133,36 @@ fn matmul(c: &mut Criterion) {
     }
 }
 
+/// `gemm_f32` at training's shapes (nano: D 128, H 384, V 8000, 2048 rows, head size 32, T 256), plain and
+/// with a transposed `A` (the weight gradients' `dYᵀ · X`). Elements = flops, so criterion reports GFLOP/s.
+fn gemm(c: &mut Criterion) {
+    let shapes = [
+        ("classifier", 2048, 128, 8000, false),
+        ("proj", 2048, 128, 128, false),
+        ("ffn_down", 2048, 384, 128, false),
+        ("dw_aT", 128, 2048, 384, true),
+        ("attn", 256, 32, 256, false),
+    ];
+    for (what, m, k, n, trans) in shapes {
+        let a = data(m * k, 7);
+        let b = data(k * n, 8);
+        let mut out = vec![0.0; m * n];
+        let shape = Gemm::new(m, k, n);
+        let shape = if trans { shape.a_t(m) } else { shape };
+        let mut g = c.benchmark_group(format!("gemm_f32/{what}/{m}x{k}x{n}"));
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        if m * n * k > 100_000_000 {
+            g.sample_size(10);
+        }
+        for &kt in tiers() {
+            g.bench_function(kt.tier.name(), |bch| {
+                bch.iter(|| (kt.gemm_f32)(black_box(&mut out), &a, &b, shape))
+            });
+        }
+        g.finish();
+    }
+}
+
 fn elementwise(c: &mut Criterion) {
     let n = 4096;
     let x = data(n, 3);
@@ -182,5 +212,5 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matvec, matmul, elementwise, attention);
+criterion_group!(benches, matvec, matmul, gemm, elementwise, attention);
 criterion_main!(benches);

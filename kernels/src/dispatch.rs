@@ -4,6 +4,7 @@
 //! only handed out by [`kernels_for`] after the tier's features were detected (std) or are known at compile
 //! time (no_std), which is what makes those wrappers sound to call.
 
+use crate::gemm::Gemm;
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::{frame, generic, WeightView};
 use half::{bf16, f16};
@@ -99,6 +100,8 @@ pub struct Kernels {
     pub matvec_f32: fn(out: &mut [f32], w: &[f32], x: &[f32]),
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ`
     pub matmul_f32: fn(out: &mut [f32], w: &[f32], x: &[f32], t: usize),
+    /// `c (m, n) += a (m, k) · b (k, n)`, strides in [`Gemm`]: training's products, `Aᵀ` included
+    pub gemm_f32: fn(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm),
     /// `out (n) = w (n, d) · x (d)`, f16 weights
     pub matvec_f16: fn(out: &mut [f32], w: &[f16], x: &[f32]),
     /// `out (n) = w (n, d) · x (d)`, bf16 weights
@@ -162,6 +165,7 @@ pub(crate) static GENERIC: Kernels = Kernels {
     variant: "generic",
     matvec_f32: generic::matvec_f32,
     matmul_f32: generic::matmul_f32,
+    gemm_f32: generic::gemm_f32,
     matvec_f16: generic::matvec_f16,
     matvec_bf16: generic::matvec_bf16,
     qmatvec_q8_0: generic::qmatvec_q8_0,

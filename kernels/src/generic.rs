@@ -4,6 +4,7 @@
 //! reproduces llama2.c's greedy output token for token. The quantized dot products are llama.cpp's
 //! `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` reference loops.
 
+use crate::gemm::Gemm;
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
 use half::{bf16, f16};
 
@@ -30,6 +31,23 @@ pub fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
     let n = out.len() / t;
     for i in 0..t {
         matvec_f32(&mut out[i * n..(i + 1) * n], w, &x[i * d..(i + 1) * d]);
+    }
+}
+
+/// `C (m, n) += A (m, k) · B (k, n)` with the strides of `g` (see [`Gemm`]): each `C[i, j]` adds `A[i, p] · B[p, j]`
+/// for `p` ascending, the order every tier keeps.
+pub fn gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
+    if !g.check(c.len(), a.len(), b.len()) {
+        return;
+    }
+    for i in 0..g.m {
+        let crow = &mut c[i * g.ldc..i * g.ldc + g.n];
+        for p in 0..g.k {
+            let av = a[i * g.a_rs + p * g.a_cs];
+            for (cv, bv) in crow.iter_mut().zip(&b[p * g.ldb..p * g.ldb + g.n]) {
+                *cv += av * bv;
+            }
+        }
     }
 }
 

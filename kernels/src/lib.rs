@@ -14,6 +14,7 @@ extern crate std;
 
 mod dispatch;
 mod frame;
+mod gemm;
 pub mod generic;
 #[cfg(feature = "std")]
 pub mod probe;
@@ -34,6 +35,7 @@ mod tests;
 pub use dispatch::kernels_from_env;
 pub use dispatch::{kernels, kernels_for, Kernels, Tier, TierError};
 pub use frame::{QMatvec, X_CHUNK_BLOCKS};
+pub use gemm::Gemm;
 pub use half::{bf16, f16};
 pub use quant::{
     dequantize_bf16, dequantize_f16, dequantize_q4_0, dequantize_q8_0, quantize_bf16, quantize_f16,

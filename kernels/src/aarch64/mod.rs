@@ -1,13 +1,15 @@
 //! The aarch64 tier: NEON for everything, `sdot` (dotprod) for the int8 dots when the CPU has it.
 //!
-//! The `#[target_feature]` kernels live in `neon`; this module wraps each in a safe `fn` for the static
-//! tables, which `dispatch::kernels_for` hands out only after `has_neon` (and `has_dotprod` for the
-//! dotprod table) confirmed the CPU runs them.
+//! The `#[target_feature]` kernels live in `neon` (`gemm_f32` in `gemm128`); this module wraps each in a safe
+//! `fn` for the static tables, which `dispatch::kernels_for` hands out only after `has_neon` (and `has_dotprod`
+//! for the dotprod table) confirmed the CPU runs them.
 
+mod gemm128;
 mod neon;
 
 use crate::dispatch::{Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
+use crate::Gemm;
 use half::{bf16, f16};
 
 pub(crate) fn has_neon() -> bool {
@@ -41,16 +43,19 @@ pub(crate) fn neon_table() -> &'static Kernels {
     }
 }
 
-/// Safe wrappers, one per kernel of `neon`. Only the tables below point at them.
+/// Safe wrappers, one per kernel of `neon` (or of the module named first). Only the tables below point at them.
 macro_rules! wrappers {
     ($($name:ident($($a:ident: $t:ty),*);)*) => {
+        wrappers!(neon: $($name($($a: $t),*);)*);
+    };
+    ($m:ident: $($name:ident($($a:ident: $t:ty),*);)*) => {
         $(
             // NEON is on by default for most aarch64 targets, which makes some calls safe already.
             #[allow(unused_unsafe)]
             pub(crate) fn $name($($a: $t),*) {
                 // SAFETY: only this module's tables hold this wrapper, and `kernels_for` hands such a table out
                 // only after `has_neon` (and, for the dotprod kernels, `has_dotprod`) passed.
-                unsafe { neon::$name($($a),*) }
+                unsafe { $m::$name($($a),*) }
             }
         )*
     };
@@ -75,6 +80,9 @@ mod w {
         attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
         add(acc: &mut [f32], x: &[f32]);
     }
+    wrappers! { gemm128:
+        gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
+    }
     #[cfg(test)]
     wrappers! {
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -89,6 +97,7 @@ pub(crate) static NEON: Kernels = Kernels {
     variant: "neon",
     matvec_f32: w::matvec_f32,
     matmul_f32: w::matmul_f32,
+    gemm_f32: w::gemm_f32,
     matvec_f16: w::matvec_f16,
     matvec_bf16: w::matvec_bf16,
     qmatvec_q8_0: w::qmatvec_q8_0,

@@ -430,6 +430,8 @@ macro_rules! prop_tests {
     (true, $(#[$a:meta])*) => {
         $(#[$a])* #[test] fn matvec_f32() { ops::prop_matvec_f32(k()) }
         $(#[$a])* #[test] fn matmul_f32() { ops::prop_matmul_f32(k()) }
+        $(#[$a])* #[test] fn gemm_f32() { gemm::prop_gemm(k()) }
+        $(#[$a])* #[test] fn gemm_f32_blocks() { gemm::prop_gemm_blocks(k()) }
         $(#[$a])* #[test] fn matvec_f16_bf16() { ops::prop_matvec_half(k()) }
         $(#[$a])* #[test] fn matvec_q8_0() { ops::prop_matvec_q8_0(k()) }
         $(#[$a])* #[test] fn matvec_q4_0() { ops::prop_matvec_q4_0(k()) }

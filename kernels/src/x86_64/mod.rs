@@ -1,14 +1,18 @@
 //! x86-64 tiers: AVX2 (+FMA, F16C) and AVX-512 (F, BW, VL; VNNI for int8 dots when present).
 //!
-//! The `#[target_feature]` kernels live in `avx2` and `avx512`; this module wraps each in a safe `fn` and
-//! puts the wrappers in static tables. The wrappers are private and only reachable through those tables,
-//! and `dispatch::kernels_for` hands a table out only after `has_*` confirmed the CPU runs it.
+//! The `#[target_feature]` kernels live in `avx2` and `avx512` (`gemm_f32` in `gemm256` and `gemm512`); this
+//! module wraps each in a safe `fn` and puts the wrappers in static tables. The wrappers are private and only
+//! reachable through those tables, and `dispatch::kernels_for` hands a table out only after `has_*` confirmed
+//! the CPU runs it.
 
 mod avx2;
 mod avx512;
+mod gemm256;
+mod gemm512;
 
 use crate::dispatch::{Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
+use crate::Gemm;
 use half::{bf16, f16};
 
 /// AVX2, FMA and F16C (every AVX2 CPU also has the other two; the f16 weights need F16C).
@@ -99,6 +103,9 @@ mod avx2_w {
         attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
         add(acc: &mut [f32], x: &[f32]);
     }
+    wrappers! { gemm256:
+        gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
+    }
     #[cfg(test)]
     wrappers! { avx2:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -124,6 +131,9 @@ mod avx512_w {
         attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
         add(acc: &mut [f32], x: &[f32]);
     }
+    wrappers! { gemm512:
+        gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
+    }
     #[cfg(test)]
     wrappers! { avx512:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -145,6 +155,7 @@ pub(crate) static AVX2: Kernels = Kernels {
     variant: "avx2+fma+f16c",
     matvec_f32: avx2_w::matvec_f32,
     matmul_f32: avx2_w::matmul_f32,
+    gemm_f32: avx2_w::gemm_f32,
     matvec_f16: avx2_w::matvec_f16,
     matvec_bf16: avx2_w::matvec_bf16,
     qmatvec_q8_0: avx2_w::qmatvec_q8_0,
@@ -163,6 +174,7 @@ pub(crate) static AVX512: Kernels = Kernels {
     variant: "avx512",
     matvec_f32: avx512_w::matvec_f32,
     matmul_f32: avx512_w::matmul_f32,
+    gemm_f32: avx512_w::gemm_f32,
     matvec_f16: avx512_w::matvec_f16,
     matvec_bf16: avx512_w::matvec_bf16,
     qmatvec_q8_0: avx512_w::qmatvec_q8_0,
