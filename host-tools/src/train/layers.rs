@@ -7,7 +7,7 @@
 //! are identical whatever the number of threads (a resumed run repeats an uninterrupted one exactly).
 
 use super::matmul;
-use enigma_core::kernels::{generic, Kernels};
+use enigma_core::kernels::{generic, Gemm, Kernels};
 use rayon::prelude::*;
 
 /// Rows per parallel task for the cheap per-row ops. Fixed (not derived from the thread count) because the
@@ -168,6 +168,17 @@ pub struct AttnDims {
     pub group: usize,
 }
 
+/// Query rows per causal block: block `[i0, i1)` only needs keys `< i1`, so scores and products skip most of the
+/// masked half (a multiple of the kernels' 6-row tiles).
+const CAUSAL_BLOCK: usize = 36;
+
+/// The causal row blocks `[i0, i1)` of `t` positions.
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(CAUSAL_BLOCK)
+        .map(move |i0| (i0, (i0 + CAUSAL_BLOCK).min(t)))
+}
+
 /// Causal grouped-query attention over head-major buffers: for each sequence and query head `h`,
 /// `P = softmax(mask(Q Kᵀ · scale))` and `O = P V`, with the key/value head `h / group`.
 /// `q (B, NH, T, HS)`, `k, v (B, NKV, T, HS)`, `p (B, NH, T, T)` kept for backward, `o (B, NH, T, HS)`.
@@ -187,25 +198,34 @@ pub fn attention_forward(
         .zip(p.par_chunks_mut(group * t * t))
         .zip(q.par_chunks(group * t * hs))
         .zip(k.par_chunks(t * hs).zip(v.par_chunks(t * hs)))
-        .for_each_init(Vec::new, |vt, (((o, p), q), (k, v))| {
-            // vᵀ (HS, T), so that O = P · (vᵀ)ᵀ is the kernel's product.
-            vt.resize(t * hs, 0.0);
-            transpose_serial(vt, v, t, hs);
+        .for_each_init(Vec::new, |kt, (((o, p), q), (k, v))| {
+            // kᵀ (HS, T): the scores' right operand, row-major.
+            kt.resize(t * hs, 0.0);
+            transpose_serial(kt, k, t, hs);
+            // The masked half stays zero, so it adds nothing to O (nor, in backward, to any gradient).
+            p.fill(0.0);
+            o.fill(0.0);
             for g in 0..group {
                 let pg = &mut p[g * t * t..(g + 1) * t * t];
                 let qg = &q[g * t * hs..(g + 1) * t * hs];
-                // Scores for all (i, j), then the causal softmax over j <= i; the masked half is zeroed, so it
-                // adds nothing to O.
-                (kn.matmul_f32)(pg, k, qg, t);
-                for (i, row) in pg.chunks_exact_mut(t).enumerate() {
-                    let (seen, masked) = row.split_at_mut(i + 1);
-                    for s in seen.iter_mut() {
-                        *s *= scale;
+                let og = &mut o[g * t * hs..(g + 1) * t * hs];
+                for (i0, i1) in causal_blocks(t) {
+                    // S[i0..i1, ..i1] = Q[i0..i1] · Kᵀ[.., ..i1]
+                    let sg = Gemm::new(i1 - i0, hs, i1).ldb(t).ldc(t);
+                    (kn.gemm_f32)(&mut pg[i0 * t..], &qg[i0 * hs..], kt, sg);
+                    for i in i0..i1 {
+                        let (seen, masked) = pg[i * t..i * t + i1].split_at_mut(i + 1);
+                        for s in seen.iter_mut() {
+                            *s *= scale;
+                        }
+                        (kn.softmax)(seen);
+                        // The block computed scores past the diagonal too.
+                        masked.fill(0.0);
                     }
-                    (kn.softmax)(seen);
-                    masked.fill(0.0);
+                    // O[i0..i1] = P[i0..i1, ..i1] · V[..i1]
+                    let og_g = Gemm::new(i1 - i0, i1, hs).lda(t);
+                    (kn.gemm_f32)(&mut og[i0 * hs..], &pg[i0 * t..], v, og_g);
                 }
-                (kn.matmul_f32)(&mut o[g * t * hs..(g + 1) * t * hs], vt, pg, t);
             }
         });
 }
@@ -214,7 +234,9 @@ pub fn attention_forward(
 /// `dk, dv (B, NKV, T, HS)`.
 ///
 /// Per query head: `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale`, `dQ = dS K`, `dK += dSᵀ Q`,
-/// `dV += Pᵀ dO`; the heads of a group add into their shared `dK`, `dV`.
+/// `dV += Pᵀ dO`; the heads of a group add into their shared `dK`, `dV`. `dSᵀ` and `Pᵀ` are read through the
+/// kernel's strides; row block `[i0, i1)` of `dK`, `dV` sums over queries `≥ i0` only (`dS`, `P` are zero above
+/// the diagonal).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     kn: &Kernels,
@@ -239,49 +261,48 @@ pub fn attention_backward(
         )
         .zip(k.par_chunks(t * hs).zip(v.par_chunks(t * hs)))
         .for_each_init(
-            || [(); 6].map(|_| Vec::<f32>::new()),
-            |bufs, ((((dq, (dk, dv)), dout), (p, q)), (k, v))| {
-                let [ds, dst, kt, qt, dot, tmp] = bufs;
-                for b in [&mut *ds, &mut *dst] {
-                    b.resize(t * t, 0.0);
-                }
-                for b in [&mut *kt, &mut *qt, &mut *dot, &mut *tmp] {
-                    b.resize(t * hs, 0.0);
-                }
-                // kᵀ (HS, T)
-                transpose_serial(kt, k, t, hs);
+            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            |(ds, vt), ((((dq, (dk, dv)), dout), (p, q)), (k, v))| {
+                ds.resize(t * t, 0.0);
+                // vᵀ (HS, T): dP's right operand.
+                vt.resize(t * hs, 0.0);
+                transpose_serial(vt, v, t, hs);
+                dq.fill(0.0);
                 dk.fill(0.0);
                 dv.fill(0.0);
                 for g in 0..group {
                     let pg = &p[g * t * t..(g + 1) * t * t];
                     let dog = &dout[g * t * hs..(g + 1) * t * hs];
                     let qg = &q[g * t * hs..(g + 1) * t * hs];
-                    // dP (T, T) = dO · Vᵀ
-                    (kn.matmul_f32)(ds, v, dog, t);
-                    for (i, (dsr, pr)) in ds.chunks_exact_mut(t).zip(pg.chunks_exact(t)).enumerate()
-                    {
-                        let n = i + 1;
-                        let mut sum = 0.0f32;
-                        for j in 0..n {
-                            sum += pr[j] * dsr[j];
+                    let dqg = &mut dq[g * t * hs..(g + 1) * t * hs];
+                    ds.fill(0.0);
+                    for (i0, i1) in causal_blocks(t) {
+                        // dP[i0..i1, ..i1] = dO[i0..i1] · Vᵀ[.., ..i1]
+                        let gp = Gemm::new(i1 - i0, hs, i1).ldb(t).ldc(t);
+                        (kn.gemm_f32)(&mut ds[i0 * t..], &dog[i0 * hs..], vt, gp);
+                        for i in i0..i1 {
+                            let (dsr, masked) = ds[i * t..i * t + i1].split_at_mut(i + 1);
+                            masked.fill(0.0);
+                            let pr = &pg[i * t..i * t + i + 1];
+                            let mut sum = 0.0f32;
+                            for (a, b) in pr.iter().zip(dsr.iter()) {
+                                sum += a * b;
+                            }
+                            for (d, a) in dsr.iter_mut().zip(pr) {
+                                *d = a * (*d - sum) * scale;
+                            }
                         }
-                        for j in 0..n {
-                            dsr[j] = pr[j] * (dsr[j] - sum) * scale;
-                        }
-                        dsr[n..].fill(0.0);
+                        // dQ[i0..i1] = dS[i0..i1, ..i1] · K[..i1]
+                        let gq = Gemm::new(i1 - i0, i1, hs).lda(t);
+                        (kn.gemm_f32)(&mut dqg[i0 * hs..], &ds[i0 * t..], k, gq);
                     }
-                    // dQ (T, HS) = dS · K
-                    (kn.matmul_f32)(&mut dq[g * t * hs..(g + 1) * t * hs], kt, ds, t);
-                    // dK (T, HS) += dSᵀ · Q
-                    transpose_serial(dst, ds, t, t);
-                    transpose_serial(qt, qg, t, hs);
-                    (kn.matmul_f32)(tmp, qt, dst, t);
-                    (kn.add)(dk, tmp);
-                    // dV (T, HS) += Pᵀ · dO
-                    transpose_serial(dst, pg, t, t);
-                    transpose_serial(dot, dog, t, hs);
-                    (kn.matmul_f32)(tmp, dot, dst, t);
-                    (kn.add)(dv, tmp);
+                    for (i0, i1) in causal_blocks(t) {
+                        // dK[i0..i1] += dSᵀ[i0..i1, i0..] · Q[i0..], dV likewise with Pᵀ and dO.
+                        let gt = Gemm::new(i1 - i0, t - i0, hs).a_t(t);
+                        let at = i0 * t + i0;
+                        (kn.gemm_f32)(&mut dk[i0 * hs..], &ds[at..], &qg[i0 * hs..], gt);
+                        (kn.gemm_f32)(&mut dv[i0 * hs..], &pg[at..], &dog[i0 * hs..], gt);
+                    }
                 }
             },
         );
@@ -297,7 +318,7 @@ fn transpose_serial(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
 }
 
 /// Cross-entropy of `rows` rows of `xn (A, D)` against `classifier (V, D)`: returns the summed loss over
-/// rows, and when `grad` is given (`(dxn (A, D), dclassifier (V, D), classifierᵀ (D, V), scale)`), writes
+/// rows, and when `grad` is given (`(dxn (A, D), dclassifier (V, D), scale)`), writes
 /// `dxn = scale · dlogits · W` and adds `scale · dlogitsᵀ · xn` into the classifier's gradient.
 ///
 /// Rows go through in chunks of [`CE_CHUNK`] so the `(chunk, V)` logits are the only vocabulary-sized buffer.
@@ -305,6 +326,8 @@ pub struct CrossEntropy<'a> {
     pub kn: &'a Kernels,
     /// (V, D)
     pub classifier: &'a [f32],
+    /// (D, V): the classifier transposed (once per step), the logits' right operand
+    pub classifier_t: &'a [f32],
     pub vocab: usize,
 }
 
@@ -317,8 +340,6 @@ pub struct CeGrad<'a> {
     pub dxn: &'a mut [f32],
     /// (V, D), added to
     pub dclassifier: &'a mut [f32],
-    /// (D, V): the classifier transposed once per step
-    pub classifier_t: &'a [f32],
     /// Multiplies every row's gradient: 1 / (targets counted in the whole optimizer step).
     pub scale: f32,
 }
@@ -327,7 +348,6 @@ impl CrossEntropy<'_> {
     /// Summed loss over the rows of `xn (A, D)` with `targets (A)`; see the type's docs for `grad`.
     pub fn run(
         &self,
-        tmp: &mut matmul::Tmp,
         logits: &mut Vec<f32>,
         xn: &[f32],
         targets: &[u32],
@@ -336,7 +356,6 @@ impl CrossEntropy<'_> {
         let (v, kn) = (self.vocab, self.kn);
         let d = self.classifier.len() / v;
         let mut total = 0.0f64;
-        let mut xt = Vec::new();
         for (c, (xs, ts)) in xn
             .chunks(CE_CHUNK * d)
             .zip(targets.chunks(CE_CHUNK))
@@ -345,7 +364,7 @@ impl CrossEntropy<'_> {
             let a = ts.len();
             logits.resize(a * v, 0.0);
             let lg = &mut logits[..a * v];
-            matmul::mm(kn, lg, xs, self.classifier, a);
+            matmul::mm(kn, lg, xs, self.classifier_t, a, false);
             let scale = grad.as_ref().map_or(0.0, |g| g.scale);
             let losses: Vec<f64> = lg
                 .par_chunks_mut(v)
@@ -373,21 +392,85 @@ impl CrossEntropy<'_> {
                 .collect();
             total += losses.iter().sum::<f64>();
             if let Some(g) = grad.as_mut() {
-                matmul::mm(
-                    kn,
-                    &mut g.dxn[c * CE_CHUNK * d..c * CE_CHUNK * d + a * d],
-                    lg,
-                    g.classifier_t,
-                    a,
-                );
-                // dW (V, D) += dlogitsᵀ (V, A) · (xnᵀ (D, A))ᵀ
-                xt.resize(a * d, 0.0);
-                matmul::transpose(&mut xt, xs, a, d);
-                let lt = tmp.scratch(a * v);
-                matmul::transpose(lt, lg, a, v);
-                matmul::mm_acc(kn, g.dclassifier, lt, &xt, v);
+                let dxn = &mut g.dxn[c * CE_CHUNK * d..c * CE_CHUNK * d + a * d];
+                matmul::mm(kn, dxn, lg, self.classifier, a, false);
+                matmul::mm_at(kn, g.dclassifier, lg, xs, a);
             }
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Attention of one sequence with plain loops, in f64: `(o, p)` for `q (NH, T, HS)`, `k, v (NKV, T, HS)`.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], d: AttnDims) -> (Vec<f64>, Vec<f64>) {
+        let AttnDims { t, hs, group } = d;
+        let nh = q.len() / (t * hs);
+        let (mut o, mut p) = (vec![0.0; nh * t * hs], vec![0.0; nh * t * t]);
+        for h in 0..nh {
+            let kv = h / group;
+            for i in 0..t {
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..hs)
+                            .map(|c| {
+                                q[(h * t + i) * hs + c] as f64 * k[(kv * t + j) * hs + c] as f64
+                            })
+                            .sum::<f64>()
+                            / (hs as f64).sqrt()
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                for j in 0..=i {
+                    let pj = (s[j] - max).exp() / z;
+                    p[(h * t + i) * t + j] = pj;
+                    for c in 0..hs {
+                        o[(h * t + i) * hs + c] += pj * v[(kv * t + j) * hs + c] as f64;
+                    }
+                }
+            }
+        }
+        (o, p)
+    }
+
+    #[test]
+    fn attention_forward_matches_plain_loops() {
+        let kn = enigma_core::kernels::kernels();
+        // Several causal blocks with a partial last one; two query heads per key/value head.
+        let d = AttnDims {
+            t: 80,
+            hs: 12,
+            group: 2,
+        };
+        let (q, k, v) = (
+            fill(4 * 80 * 12, 1),
+            fill(2 * 80 * 12, 2),
+            fill(2 * 80 * 12, 3),
+        );
+        let (mut o, mut p) = (vec![f32::NAN; q.len()], vec![f32::NAN; 4 * 80 * 80]);
+        attention_forward(kn, &mut o, &mut p, &q, &k, &v, d);
+        let (wo, wp) = naive(&q, &k, &v, d);
+        for (i, (a, b)) in p.iter().zip(&wp).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-5, "p[{i}]: {a} vs {b}");
+        }
+        for (i, (a, b)) in o.iter().zip(&wo).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-5, "o[{i}]: {a} vs {b}");
+        }
     }
 }

@@ -1,54 +1,57 @@
-//! The matrix products of training, all built on the kernels' one f32 product `out = x · wᵀ`
-//! (`Kernels::matmul_f32`, SIMD on every tier that has it).
+//! The matrix products of training, all on the kernels' accumulate GEMM `C += A · B` (`Kernels::gemm_f32`,
+//! register-tiled on every SIMD tier), which reads `A` through strides, so a transposed left operand is free:
+//! - forward `Y (R, N) = X (R, K) · Wᵀ`: `W (N, K)` transposed once per call into a reusable buffer (`O(N K)`
+//!   against the product's `O(R N K)`), then [`mm`];
+//! - `dX (R, K) = dY (R, N) · W (N, K)`: [`mm`] with `W` as it is;
+//! - `dW (N, K) += dYᵀ · X`: [`mm_at`], `dYᵀ` read through swapped strides.
 //!
-//! Backward needs two more forms: `dX = dY · W` and `dW += dYᵀ · X`. Rather than a second (scalar) GEMM,
-//! each is turned into the kernel's form by transposing one operand, which costs `O(rows · cols)` against the
-//! product's `O(rows · cols · inner)`:
-//! - `dX (R, K) = dY (R, N) · W (N, K)   = dY · (Wᵀ)ᵀ`      → `mm(dX, dY, Wᵀ)`;
-//! - `dW (N, K) += dYᵀ (N, R) · X (R, K) = dYᵀ · (Xᵀ)ᵀ`   → `mm_acc(dW, dYᵀ, Xᵀ)`.
-//!
-//! Work is split over rayon's current pool by blocks of rows of `x`; every output element is computed by one
-//! kernel call over the whole inner dimension, so results do not depend on the number of threads.
+//! Work is split over rayon's current pool by blocks of output rows; every output element is summed by one
+//! kernel call over the whole inner dimension in a fixed order, so results do not depend on the number of
+//! threads.
 
-use enigma_core::kernels::Kernels;
+use enigma_core::kernels::{Gemm, Kernels};
 use rayon::prelude::*;
 
-/// Rows of `x` per kernel call: enough to keep the kernel's 6-row tiles full, few enough that the block of
-/// `x` and `out` stays in L2 while `w` streams past, and enough blocks to feed every thread.
+/// Output rows per task: a multiple of the kernels' 6-row tiles, about two tasks per thread (stealing evens
+/// out a busy core), and at least 48 so each task's pass over `B` (the classifier's is 4 MB) is paid by enough
+/// rows.
 fn row_block(rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    (rows.div_ceil(threads * 4)).div_ceil(6).clamp(1, 16) * 6
+    rows.div_ceil(2 * threads).div_ceil(6).max(8) * 6
 }
 
-/// `out (R, N) = x (R, K) · w (N, K)ᵀ`, split over rows.
-pub fn mm(k: &Kernels, out: &mut [f32], x: &[f32], w: &[f32], rows: usize) {
+/// `out (R, N) = x (R, K) · b (K, N)`, or `+=` when `accumulate`; split over rows.
+pub fn mm(k: &Kernels, out: &mut [f32], x: &[f32], b: &[f32], rows: usize, accumulate: bool) {
     if rows == 0 {
         return;
     }
     let (n, kd) = (out.len() / rows, x.len() / rows);
-    debug_assert_eq!(w.len(), n * kd);
+    debug_assert_eq!(b.len(), n * kd);
     let blk = row_block(rows);
     out.par_chunks_mut(blk * n)
         .zip(x.par_chunks(blk * kd))
-        .for_each(|(o, xb)| (k.matmul_f32)(o, w, xb, xb.len() / kd));
-}
-
-/// `out (R, N) += x (R, K) · w (N, K)ᵀ`, split over rows; each block goes through a small temporary.
-pub fn mm_acc(k: &Kernels, out: &mut [f32], x: &[f32], w: &[f32], rows: usize) {
-    if rows == 0 {
-        return;
-    }
-    let (n, kd) = (out.len() / rows, x.len() / rows);
-    debug_assert_eq!(w.len(), n * kd);
-    let blk = row_block(rows);
-    out.par_chunks_mut(blk * n)
-        .zip(x.par_chunks(blk * kd))
-        .for_each_init(Vec::new, |tmp, (o, xb)| {
-            tmp.clear();
-            tmp.resize(o.len(), 0.0);
-            (k.matmul_f32)(tmp, w, xb, xb.len() / kd);
-            (k.add)(o, tmp);
+        .for_each(|(o, xb)| {
+            if !accumulate {
+                o.fill(0.0);
+            }
+            (k.gemm_f32)(o, xb, b, Gemm::new(o.len() / n, kd, n));
         });
+}
+
+/// `dw (N, K) += dyᵀ · x` for `dy (R, N)`, `x (R, K)`; split over rows of `dw`.
+pub fn mm_at(k: &Kernels, dw: &mut [f32], dy: &[f32], x: &[f32], rows: usize) {
+    if rows == 0 {
+        return;
+    }
+    let (n, kd) = (dy.len() / rows, x.len() / rows);
+    debug_assert_eq!(dw.len(), n * kd);
+    let blk = row_block(n);
+    dw.par_chunks_mut(blk * kd).enumerate().for_each(|(i, o)| {
+        let j0 = i * blk;
+        // dyᵀ[j0.., p] = dy[p, j0..]: rows of A are columns of dy.
+        let g = Gemm::new(o.len() / kd, rows, kd).a_t(n);
+        (k.gemm_f32)(o, &dy[j0..], x, g);
+    });
 }
 
 /// `out (cols, rows) = xᵀ` for `x (rows, cols)`, in 32 x 32 tiles so both sides stay in cache.
@@ -77,57 +80,54 @@ pub fn transpose(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
         });
 }
 
-/// Reusable buffers for the transposed operands, so a step allocates nothing after the first.
+/// A reusable buffer for transposed weights, so a step allocates nothing after the first.
 #[derive(Default)]
 pub struct Tmp {
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
+    wt: Vec<f32>,
 }
 
 impl Tmp {
-    /// A scratch slice of `n` elements (contents unspecified), separate from the ones backward uses.
+    /// A scratch slice of `n` elements (contents unspecified).
     pub fn scratch(&mut self, n: usize) -> &mut [f32] {
-        sized(&mut self.c, n)
+        if self.wt.len() < n {
+            self.wt.resize(n, 0.0);
+        }
+        &mut self.wt[..n]
     }
 }
 
-fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
-}
-
-/// Backward of `y (R, N) = x (R, K) · w (N, K)ᵀ`, given `dy (R, N)` and `xt = xᵀ (K, R)`:
-/// `dw (N, K) += dyᵀ · x`, and `dx (R, K) = dy · w` (or `+=` when `accumulate`).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
+/// `y (R, N) = x (R, K) · w (N, K)ᵀ`, the forward of a linear layer.
+pub fn linear_forward(
     k: &Kernels,
     tmp: &mut Tmp,
-    dx: Option<(&mut [f32], bool)>,
-    dw: &mut [f32],
-    dy: &[f32],
-    xt: &[f32],
+    y: &mut [f32],
+    x: &[f32],
     w: &[f32],
     rows: usize,
 ) {
-    let n = dy.len() / rows;
-    let kd = xt.len() / rows;
-    debug_assert_eq!(w.len(), n * kd);
-    // dyᵀ (N, R)
-    let dyt = sized(&mut tmp.a, n * rows);
-    transpose(dyt, dy, rows, n);
-    mm_acc(k, dw, dyt, xt, n);
+    if rows == 0 {
+        return;
+    }
+    let (n, kd) = (y.len() / rows, x.len() / rows);
+    let wt = tmp.scratch(n * kd);
+    transpose(wt, w, n, kd);
+    mm(k, y, x, wt, rows, false);
+}
+
+/// Backward of `y (R, N) = x (R, K) · w (N, K)ᵀ`, given `dy (R, N)`: `dw (N, K) += dyᵀ · x`, and
+/// `dx (R, K) = dy · w` (or `+=` when `accumulate`).
+pub fn linear_backward(
+    k: &Kernels,
+    dx: Option<(&mut [f32], bool)>,
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+) {
+    mm_at(k, dw, dy, x, rows);
     if let Some((dx, accumulate)) = dx {
-        // wᵀ (K, N)
-        let wt = sized(&mut tmp.b, kd * n);
-        transpose(wt, w, n, kd);
-        if accumulate {
-            mm_acc(k, dx, dy, wt, rows);
-        } else {
-            mm(k, dx, dy, wt, rows);
-        }
+        mm(k, dx, dy, w, rows, accumulate);
     }
 }
 
@@ -170,42 +170,49 @@ mod tests {
     #[test]
     fn products_and_backward_match_the_triple_loop() {
         let k = enigma_core::kernels::kernels();
-        // Odd sizes exercise the kernel's tails and the tiles of the transpose.
-        let (r, kd, n) = (37, 45, 29);
+        // Odd sizes exercise the kernel's tails and the tiles of the transpose; 100 rows make several tasks.
+        let (r, kd, n) = (100, 45, 29);
         let (x, w, dy) = (fill(r * kd, 1), fill(n * kd, 2), fill(r * n, 3));
         let mut want = vec![0.0; r * n];
         mm_reference(&mut want, &x, &w, r);
-        let mut got = vec![0.0; r * n];
-        mm(k, &mut got, &x, &w, r);
+        let mut got = vec![f32::NAN; r * n];
+        linear_forward(k, &mut Tmp::default(), &mut got, &x, &w, r);
         close(&got, &want);
-        mm_acc(k, &mut got, &x, &w, r);
-        close(&got, &want.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
-
-        let mut xt = vec![0.0; r * kd];
-        transpose(&mut xt, &x, r, kd);
-        assert_eq!(xt[3 * r + 5], x[5 * kd + 3]);
-        let mut dx = vec![0.0; r * kd];
-        let mut dw = vec![1.0; n * kd];
-        linear_backward(
-            k,
-            &mut Tmp::default(),
-            Some((&mut dx, false)),
-            &mut dw,
-            &dy,
-            &xt,
-            &w,
-            r,
-        );
-        // dx = dy · w: the reference with wᵀ as its right operand.
         let mut wt = vec![0.0; n * kd];
         transpose(&mut wt, &w, n, kd);
+        assert_eq!(wt[3 * n + 5], w[5 * kd + 3]);
+        mm(k, &mut got, &x, &wt, r, true);
+        close(&got, &want.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+
+        let mut dx = vec![f32::NAN; r * kd];
+        let mut dw = vec![1.0; n * kd];
+        linear_backward(k, Some((&mut dx, false)), &mut dw, &dy, &x, &w, r);
+        // dx = dy · w: the reference with wᵀ as its right operand.
         let mut want_dx = vec![0.0; r * kd];
         mm_reference(&mut want_dx, &dy, &wt, r);
         close(&dx, &want_dx);
-        let mut dyt = vec![0.0; r * n];
+        let (mut dyt, mut xt) = (vec![0.0; r * n], vec![0.0; r * kd]);
         transpose(&mut dyt, &dy, r, n);
+        transpose(&mut xt, &x, r, kd);
         let mut want_dw = vec![0.0; n * kd];
         mm_reference(&mut want_dw, &dyt, &xt, n);
         close(&dw, &want_dw.iter().map(|v| v + 1.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn weight_gradient_does_not_depend_on_the_thread_count() {
+        let k = enigma_core::kernels::kernels();
+        let (r, kd, n) = (300, 40, 70);
+        let (x, dy) = (fill(r * kd, 4), fill(r * n, 5));
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut dw = vec![0.5; n * kd];
+            pool.install(|| mm_at(k, &mut dw, &dy, &x, r));
+            dw
+        };
+        assert_eq!(run(1), run(3));
     }
 }

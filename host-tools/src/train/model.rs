@@ -105,9 +105,12 @@ pub struct Acts {
     kv_rows: Vec<f32>,
     /// Backward's buffers, allocated on the first backward (evaluation never needs them).
     grad: Option<GradBufs>,
+    /// Weights transposed for the forward products.
     tmp: Tmp,
     /// (CE_CHUNK, V)
     logits: Vec<f32>,
+    /// (D, V) the classifier transposed, the logits' right operand
+    cls_t: Vec<f32>,
 }
 
 /// Gradients of activations, reused layer after layer.
@@ -136,10 +139,6 @@ struct GradBufs {
     dh3: Vec<f32>,
     /// (R, H)
     dg: Vec<f32>,
-    /// (max(D, H), R): transposed inputs of a layer's products
-    xt: Vec<f32>,
-    /// (D, V) the classifier transposed
-    cls_t: Vec<f32>,
 }
 
 /// One batch: `tokens`, `targets` and `mask`, each `(B, T)`; a target counts toward the loss where its mask is
@@ -234,6 +233,7 @@ impl Model {
             grad: None,
             tmp: Tmp::default(),
             logits: Vec::new(),
+            cls_t: Vec::new(),
         }
     }
 
@@ -278,6 +278,14 @@ impl Model {
             group: nh / nkv,
         };
         for li in 0..l {
+            let w = |off: usize, n: usize| &p[off + li * n..][..n];
+            let (wq, wk, wv, wo) = (
+                w(o.wq, qd * d),
+                w(o.wk, kvd * d),
+                w(o.wv, kvd * d),
+                w(o.wo, d * qd),
+            );
+            let (w1, w2, w3) = (w(o.w1, h * d), w(o.w2, d * h), w(o.w3, h * d));
             let (xs, xrest) = a.x.split_at_mut((li + 1) * r * d);
             let x = &xs[li * r * d..];
             let xn1 = &mut a.xn1[li * r * d..(li + 1) * r * d];
@@ -287,14 +295,14 @@ impl Model {
             let vv = &mut a.v[li * r * kvd..(li + 1) * r * kvd];
             // Row-major projections first, written into ao/xmid as scratch, then rotated and made head-major.
             let qrows = &mut a.ao[li * r * qd..(li + 1) * r * qd];
-            matmul::mm(kn, qrows, xn1, &p[o.wq + li * qd * d..][..qd * d], r);
+            matmul::linear_forward(kn, &mut a.tmp, qrows, xn1, wq, r);
             layers::rope(kn, qrows, &a.rope, t, qd, false);
             layers::heads_layout(qrows, q, t, nh, hs, false);
             let krows = &mut a.kv_rows;
-            matmul::mm(kn, krows, xn1, &p[o.wk + li * kvd * d..][..kvd * d], r);
+            matmul::linear_forward(kn, &mut a.tmp, krows, xn1, wk, r);
             layers::rope(kn, krows, &a.rope, t, kvd, false);
             layers::heads_layout(krows, k, t, nkv, hs, false);
-            matmul::mm(kn, krows, xn1, &p[o.wv + li * kvd * d..][..kvd * d], r);
+            matmul::linear_forward(kn, &mut a.tmp, krows, xn1, wv, r);
             layers::heads_layout(krows, vv, t, nkv, hs, false);
 
             let pl = &mut a.p[li * r * nh * t..(li + 1) * r * nh * t];
@@ -303,18 +311,18 @@ impl Model {
             layers::heads_layout(ao, &mut a.oh, t, nh, hs, true);
 
             let xmid = &mut a.xmid[li * r * d..(li + 1) * r * d];
-            matmul::mm(kn, xmid, ao, &p[o.wo + li * d * qd..][..d * qd], r);
+            matmul::linear_forward(kn, &mut a.tmp, xmid, ao, wo, r);
             (kn.add)(xmid, x);
             let xn2 = &mut a.xn2[li * r * d..(li + 1) * r * d];
             layers::rmsnorm_forward(kn, xn2, xmid, &p[o.ffn_norm + li * d..][..d], eps);
             let h1 = &mut a.h1[li * r * h..(li + 1) * r * h];
             let h3 = &mut a.h3[li * r * h..(li + 1) * r * h];
             let g = &mut a.g[li * r * h..(li + 1) * r * h];
-            matmul::mm(kn, h1, xn2, &p[o.w1 + li * h * d..][..h * d], r);
-            matmul::mm(kn, h3, xn2, &p[o.w3 + li * h * d..][..h * d], r);
+            matmul::linear_forward(kn, &mut a.tmp, h1, xn2, w1, r);
+            matmul::linear_forward(kn, &mut a.tmp, h3, xn2, w3, r);
             layers::swiglu_forward(kn, g, h1, h3);
             let xnext = &mut xrest[..r * d];
-            matmul::mm(kn, xnext, g, &p[o.w2 + li * d * h..][..d * h], r);
+            matmul::linear_forward(kn, &mut a.tmp, xnext, g, w2, r);
             (kn.add)(xnext, xmid);
         }
         let xl = &a.x[l * r * d..];
@@ -327,7 +335,8 @@ impl Model {
         let Dims { d, v, .. } = a.dims;
         let r = a.dims.rows();
         let mut out = vec![0.0; r * v];
-        matmul::mm(self.kn, &mut out, &a.xnf, &p[self.off.cls..][..v * d], r);
+        let cls = &p[self.off.cls..][..v * d];
+        matmul::linear_forward(self.kn, &mut Tmp::default(), &mut out, &a.xnf, cls, r);
         out
     }
 
@@ -339,16 +348,21 @@ impl Model {
         for (dst, &i) in xn.chunks_exact_mut(d).zip(&rows) {
             dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
         }
-        let ce = self.ce(p, a.dims.v);
-        let sum = ce.run(&mut a.tmp, &mut a.logits, &xn, &targets, None);
+        let ce = self.ce(p, &mut a.cls_t, a.dims.v);
+        let sum = ce.run(&mut a.logits, &xn, &targets, None);
         (sum, rows.len())
     }
 
-    fn ce<'a>(&self, p: &'a [f32], v: usize) -> CrossEntropy<'a> {
+    /// The cross-entropy over the classifier of `p`, transposed into `cls_t`.
+    fn ce<'a>(&self, p: &'a [f32], cls_t: &'a mut Vec<f32>, v: usize) -> CrossEntropy<'a> {
         let d = self.config.dim as usize;
+        let classifier = &p[self.off.cls..][..v * d];
+        cls_t.resize(v * d, 0.0);
+        matmul::transpose(cls_t, classifier, v, d);
         CrossEntropy {
             kn: self.kn,
-            classifier: &p[self.off.cls..][..v * d],
+            classifier,
+            classifier_t: cls_t,
             vocab: v,
         }
     }
@@ -403,8 +417,6 @@ impl Model {
                 dh1: z(r * h),
                 dh3: z(r * h),
                 dg: z(r * h),
-                xt: z(r * d.max(h).max(qd)),
-                cls_t: z(v * d),
             }
         });
 
@@ -415,16 +427,13 @@ impl Model {
             dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
         }
         let mut dxn_rows = vec![0.0f32; rows.len() * d];
-        matmul::transpose(&mut gb.cls_t, &p[o.cls..][..v * d], v, d);
-        let loss = self.ce(p, v).run(
-            &mut a.tmp,
+        let loss = self.ce(p, &mut a.cls_t, v).run(
             &mut a.logits,
             &xn,
             &targets,
             Some(CeGrad {
                 dxn: &mut dxn_rows,
                 dclassifier: &mut grads[o.cls..o.cls + v * d],
-                classifier_t: &gb.cls_t,
                 scale,
             }),
         );
@@ -459,38 +468,31 @@ impl Model {
             let g = &a.g[li * r * h..(li + 1) * r * h];
 
             // x_{l+1} = xmid + g · w2ᵀ: dg = dx · w2, dw2 += dxᵀ · g; dx flows on to xmid unchanged.
-            let xt = &mut gb.xt[..h * r];
-            matmul::transpose(xt, g, r, h);
             matmul::linear_backward(
                 kn,
-                &mut a.tmp,
                 Some((&mut gb.dg, false)),
                 &mut grads[o.w2 + li * d * h..][..d * h],
                 &gb.dx,
-                xt,
+                g,
                 &p[o.w2 + li * d * h..][..d * h],
                 r,
             );
             layers::swiglu_backward(&mut gb.dh1, &mut gb.dh3, &gb.dg, h1, h3);
-            let xt = &mut gb.xt[..d * r];
-            matmul::transpose(xt, xn2, r, d);
             matmul::linear_backward(
                 kn,
-                &mut a.tmp,
                 Some((&mut gb.dxn, false)),
                 &mut grads[o.w1 + li * h * d..][..h * d],
                 &gb.dh1,
-                xt,
+                xn2,
                 &p[o.w1 + li * h * d..][..h * d],
                 r,
             );
             matmul::linear_backward(
                 kn,
-                &mut a.tmp,
                 Some((&mut gb.dxn, true)),
                 &mut grads[o.w3 + li * h * d..][..h * d],
                 &gb.dh3,
-                xt,
+                xn2,
                 &p[o.w3 + li * h * d..][..h * d],
                 r,
             );
@@ -504,16 +506,13 @@ impl Model {
             );
 
             // xmid = x + ao · woᵀ
-            let xt = &mut gb.xt[..qd * r];
-            matmul::transpose(xt, ao, r, qd);
             let dao = &mut gb.dq[..r * qd];
             matmul::linear_backward(
                 kn,
-                &mut a.tmp,
                 Some((dao, false)),
                 &mut grads[o.wo + li * d * qd..][..d * qd],
                 &gb.dx,
-                xt,
+                ao,
                 &p[o.wo + li * d * qd..][..d * qd],
                 r,
             );
@@ -537,8 +536,6 @@ impl Model {
             layers::rope(kn, &mut gb.dk, &a.rope, t, kvd, true);
             layers::heads_layout(&mut gb.dv, &mut gb.dvh, t, nkv, hs, true);
 
-            let xt = &mut gb.xt[..d * r];
-            matmul::transpose(xt, xn1, r, d);
             for (j, (off, dy, width)) in [
                 (o.wq, &gb.dq[..r * qd], qd),
                 (o.wk, &gb.dk[..], kvd),
@@ -549,11 +546,10 @@ impl Model {
             {
                 matmul::linear_backward(
                     kn,
-                    &mut a.tmp,
                     Some((&mut gb.dxn, j > 0)),
                     &mut grads[off + li * width * d..][..width * d],
                     dy,
-                    xt,
+                    xn1,
                     &p[off + li * width * d..][..width * d],
                     r,
                 );
