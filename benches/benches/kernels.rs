@@ -142,6 +142,10 @@ fn gemm(c: &mut Criterion) {
         ("ffn_down", 2048, 384, 128, false),
         ("dw_aT", 128, 2048, 384, true),
         ("attn", 256, 32, 256, false),
+        // One 256-row chunk of the cross-entropy: logits, dX = dlogits · W, dW += dlogitsᵀ · X.
+        ("ce_logits", 256, 128, 8000, false),
+        ("ce_dx", 256, 8000, 128, false),
+        ("ce_dw_aT", 8000, 256, 128, true),
     ];
     for (what, m, k, n, trans) in shapes {
         let a = data(m * k, 7);

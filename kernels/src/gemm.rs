@@ -93,9 +93,9 @@ impl Gemm {
     }
 }
 
-/// Rows of `B` per pass: one tile's `KC × NR` panel of `B` (32 KiB at NR = 32) stays in L1 while the `MR`
+/// Rows of `B` per pass: one tile's `KC × NR` panel of `B` (16 KiB at NR = 32) stays in L1 while the `MR`
 /// rows of `A` stream past.
-pub(crate) const KC: usize = 256;
+pub(crate) const KC: usize = 128;
 /// Columns per pass: the `KC × NC` block of `B` (512 KiB) stays in L2 while every row of `A` uses it.
 pub(crate) const NC: usize = 512;
 
@@ -151,14 +151,14 @@ pub(crate) fn blocked<const MR: usize, const NR: usize>(
     }
 }
 
-/// Stamps out a tier's `gemm_f32` and its `MR (6) × NR` register tile from the tier's vector primitives, which
+/// Stamps out a tier's `gemm_f32` and its `MR × NR` register tile from the tier's vector primitives, which
 /// the invoking module defines as `#[target_feature]` functions of these names (`V` a vector of `$lanes` f32,
 /// `M` a lane mask):
 /// `zero() -> V`, `splat(f32) -> V`, `fma(a, b, acc) -> V` (`acc + a·b`), `mask(n) -> M` (first `n` lanes),
 /// `load(*const f32) -> V`, `store(*mut f32, V)`, and the masked `load_m(*const f32, M) -> V` (zeros past the
 /// mask, nothing read there) and `store_m(*mut f32, M, V)` (nothing written past it).
 ///
-/// `$vs` lists the vector counts a tile may have (`NR = $lanes · max($vs)`); a tile of `cols` columns uses
+/// `$rows` lists the tile heights `[MR, ..., 1]`; `$vs` the vector counts a tile may have (`NR = $lanes · max($vs)`); a tile of `cols` columns uses
 /// `⌈cols / $lanes⌉` of them, the last one masked when partial.
 macro_rules! gemm_tier {
     (
@@ -166,26 +166,21 @@ macro_rules! gemm_tier {
         vector = $V:ty,
         mask = $M:ty,
         lanes = $l:literal,
+        mr = $mr:literal,
+        rows = $rows:tt,
         nr = $nr:literal,
         vs = [$($v:literal),*]
     ) => {
         /// `C (m, n) += A (m, k) · B (k, n)`, strides in `g`.
         #[target_feature(enable = $feat)]
         pub(super) fn gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: $crate::Gemm) {
-            $crate::gemm::blocked::<6, $nr>(c, a, b, g, |t| {
+            $crate::gemm::blocked::<$mr, $nr>(c, a, b, g, |t| {
                 // SAFETY: `blocked` checked that every element of the tile lies inside `c`, `a` and `b`, and
                 // the tile's shape matches the instance called; this function only runs on a CPU with
                 // `$feat` (its table is handed out after detection).
                 unsafe {
                     match t.cols.div_ceil($l) {
-                        $($v => match t.rows {
-                            6 => tile::<6, $v>(t),
-                            5 => tile::<5, $v>(t),
-                            4 => tile::<4, $v>(t),
-                            3 => tile::<3, $v>(t),
-                            2 => tile::<2, $v>(t),
-                            _ => tile::<1, $v>(t),
-                        },)*
+                        $($v => $crate::gemm::gemm_rows!(t, $v, $rows),)*
                         _ => unreachable!("tile wider than NR"),
                     }
                 }
@@ -257,3 +252,14 @@ macro_rules! gemm_tier {
     };
 }
 pub(crate) use gemm_tier;
+
+/// The match of [`gemm_tier`]'s tile instances of `V` vectors over the row counts `[MR, ..., 1]`.
+macro_rules! gemm_rows {
+    ($t:ident, $v:literal, [$($r:literal),*]) => {
+        match $t.rows {
+            $($r => tile::<$r, $v>($t),)*
+            _ => unreachable!("tile taller than MR"),
+        }
+    };
+}
+pub(crate) use gemm_rows;

@@ -8,6 +8,8 @@ crate::gemm::gemm_tier!(
     vector = float32x4_t,
     mask = usize,
     lanes = 4,
+    mr = 6,
+    rows = [6, 5, 4, 3, 2, 1],
     nr = 16,
     vs = [1, 2, 3, 4]
 );

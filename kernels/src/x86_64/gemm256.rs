@@ -9,6 +9,8 @@ crate::gemm::gemm_tier!(
     vector = __m256,
     mask = __m256i,
     lanes = 8,
+    mr = 6,
+    rows = [6, 5, 4, 3, 2, 1],
     nr = 16,
     vs = [1, 2]
 );
