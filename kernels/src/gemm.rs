@@ -151,8 +151,8 @@ pub(crate) fn blocked<const MR: usize, const NR: usize>(
     }
 }
 
-/// Stamps out a tier's `gemm_f32` and its `MR × NR` register tile from the tier's vector primitives, which
-/// the invoking module defines as `#[target_feature]` functions of these names (`V` a vector of `$lanes` f32,
+/// Stamps out a tier's `gemm_f32` and its `MR × NR` register tile from the tier's vector primitives, given as
+/// `primitives = { fn ... }` (each gets the tier's `#[target_feature]`) with these names (`V` a vector of `$lanes` f32,
 /// `M` a lane mask):
 /// `zero() -> V`, `splat(f32) -> V`, `fma(a, b, acc) -> V` (`acc + a·b`), `mask(n) -> M` (first `n` lanes),
 /// `load(*const f32) -> V`, `store(*mut f32, V)`, and the masked `load_m(*const f32, M) -> V` (zeros past the
@@ -169,8 +169,15 @@ macro_rules! gemm_tier {
         mr = $mr:literal,
         rows = $rows:tt,
         nr = $nr:literal,
-        vs = [$($v:literal),*]
+        vs = [$($v:literal),*],
+        primitives = { $($prim:item)* }
     ) => {
+        $(
+            #[target_feature(enable = $feat)]
+            #[inline]
+            $prim
+        )*
+
         /// `C (m, n) += A (m, k) · B (k, n)`, strides in `g`.
         #[target_feature(enable = $feat)]
         pub(super) fn gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: $crate::Gemm) {

@@ -403,19 +403,8 @@ impl CrossEntropy<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::matmul::tests::fill;
     use super::*;
-
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Attention of one sequence with plain loops, in f64: `(o, p)` for `q (NH, T, HS)`, `k, v (NKV, T, HS)`.
     fn naive(q: &[f32], k: &[f32], v: &[f32], d: AttnDims) -> (Vec<f64>, Vec<f64>) {

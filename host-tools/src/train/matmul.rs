@@ -146,10 +146,11 @@ pub fn mm_reference(out: &mut [f32], x: &[f32], w: &[f32], rows: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1].
+    pub(crate) fn fill(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
         (0..n)
             .map(|_| {
