@@ -108,6 +108,10 @@ pub struct Kernels {
     pub matvec_bf16: fn(out: &mut [f32], w: &[bf16], x: &[f32]),
     /// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q8_0 weights and q8_0 activations
     pub qmatvec_q8_0: frame::QMatvec<BlockQ8_0>,
+    /// `qmatvec_q8_0` for weights already in cache: prefill runs it on L2-sized blocks of rows that every
+    /// token of a tile reuses, so compute, not memory, bounds it (tiers without a separate one repeat
+    /// `qmatvec_q8_0`)
+    pub qtile_q8_0: frame::QMatvec<BlockQ8_0>,
     /// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q4_0 weights and q8_0 activations
     pub qmatvec_q4_0: frame::QMatvec<BlockQ4_0>,
     /// `out (d) = weight (d) * x (d) / rms(x)`
@@ -146,7 +150,13 @@ impl Kernels {
     pub fn matmul(&self, out: &mut [f32], w: WeightView<'_>, x: &[f32], t: usize) {
         match w {
             WeightView::F32 { data, .. } => (self.matmul_f32)(out, data, x, t),
-            // Other dtypes are bound by converting weights, not by memory, so token by token loses little.
+            WeightView::Q8_0 { blocks, .. } => {
+                frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q8_0, self.qtile_q8_0])
+            }
+            WeightView::Q4_0 { blocks, .. } => {
+                frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_0; 2])
+            }
+            // f16/bf16 are bound by widening weights, not by memory, so token by token loses little.
             _ => {
                 if t == 0 || out.is_empty() {
                     return;
@@ -169,6 +179,7 @@ pub(crate) static GENERIC: Kernels = Kernels {
     matvec_f16: generic::matvec_f16,
     matvec_bf16: generic::matvec_bf16,
     qmatvec_q8_0: generic::qmatvec_q8_0,
+    qtile_q8_0: generic::qmatvec_q8_0,
     qmatvec_q4_0: generic::qmatvec_q4_0,
     rmsnorm: generic::rmsnorm,
     softmax: generic::softmax,

@@ -1,6 +1,7 @@
 //! The part of each op that is the same in every tier: splitting work into the pieces kernels see.
 
 use crate::quant::{quantize_q8_0, BlockQ8_0, QK};
+use core::mem::size_of;
 use half::{bf16, f16};
 
 /// Columns of `x` quantized at a time. The buffer lives on the stack (34 B per block: 2 KiB here) so the
@@ -13,32 +14,96 @@ pub const X_CHUNK_BLOCKS: usize = 32;
 /// A kernel adding one column chunk: `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, `w` starting at the chunk.
 pub type QMatvec<B> = fn(out: &mut [f32], w: &[B], stride: usize, xq: &[BlockQ8_0]);
 
-/// `out (n) = w (n, d / 32) · x (d)` for block-quantized weights: quantizes `x` to q8_0 (llama.cpp's
-/// activation format), one stack-sized chunk at a time, and lets `kernel` do the integer dot products.
+/// Tokens quantized together by [`matmul_quantized`]: a block of weight rows is fetched from memory once and
+/// reused from L1 by each of them, which turns prefill from memory-bound into compute-bound. The tile's
+/// quantized activations live on the stack (8 x 8.5 KiB on 64-bit hosts; one token on an MCU).
+#[cfg(target_pointer_width = "64")]
+const T_TILE: usize = 8;
+#[cfg(not(target_pointer_width = "64"))]
+const T_TILE: usize = 1;
+
+/// Bytes of weights per row block in [`matmul_quantized`]: an eighth of a 1 MiB L2 (large enough that a
+/// kernel's per-call preparation of `x` is small beside the rows it serves).
+const W_TILE_BYTES: usize = 128 * 1024;
+
+/// `out (n) = w (n, d / 32) · x (d)` for block-quantized weights: [`matmul_quantized`] with one token.
+pub fn matvec_quantized<B>(out: &mut [f32], w: &[B], x: &[f32], kernel: QMatvec<B>) {
+    matmul_quantized(out, w, x, 1, [kernel; 2])
+}
+
+/// `out (t, n) = x (t, d) · w (n, d / 32)ᵀ` for block-quantized weights: quantizes `x` to q8_0 (llama.cpp's
+/// activation format), one stack-sized column chunk of up to [`T_TILE`] tokens at a time, and lets
+/// `[stream, tile]` do the integer dot products. One token streams all rows through `stream` in one call;
+/// several go through `tile` in L2-sized blocks of rows, each used by every token of the tile before the
+/// next is fetched (a kernel may prepare `x` once per call, so blocks are not made smaller).
 ///
-/// Every tier quantizes `x` with the same scalar code, so tiers differ only in float summation order.
+/// Every tier quantizes `x` with the same scalar code, and each output is summed over the same column chunks
+/// in the same order whatever the tiling, so tiers differ only in float summation order inside a kernel.
 /// Panics when `d` is not a multiple of 32 or `w` is not `n` rows of `d / 32` blocks (caller bugs:
 /// `WeightView::from_bytes` checks both).
-pub fn matvec_quantized<B>(out: &mut [f32], w: &[B], x: &[f32], kernel: QMatvec<B>) {
-    assert!(
-        x.len().is_multiple_of(QK),
-        "quantized matvec needs whole blocks of 32 columns"
-    );
-    let stride = x.len() / QK;
-    assert_eq!(
-        w.len(),
-        out.len() * stride,
-        "weights are not (n, d / 32) blocks"
-    );
+pub fn matmul_quantized<B>(
+    out: &mut [f32],
+    w: &[B],
+    x: &[f32],
+    t: usize,
+    [stream, tile]: [QMatvec<B>; 2],
+) {
     out.fill(0.0);
-    if out.is_empty() {
+    if t == 0 || out.is_empty() {
         return;
     }
-    let mut xq = [BlockQ8_0::ZERO; X_CHUNK_BLOCKS];
-    for (c, xc) in x.chunks(X_CHUNK_BLOCKS * QK).enumerate() {
-        let nb = xc.len() / QK;
-        quantize_q8_0(xc, &mut xq[..nb]);
-        kernel(out, &w[c * X_CHUNK_BLOCKS..], stride, &xq[..nb]);
+    let (n, d) = (out.len() / t, x.len() / t);
+    if d == 0 {
+        return;
+    }
+    assert!(
+        d.is_multiple_of(QK) && x.len() == t * d && out.len() == t * n,
+        "quantized matmul needs whole blocks of 32 columns"
+    );
+    let stride = d / QK;
+    assert_eq!(w.len(), n * stride, "weights are not (n, d / 32) blocks");
+    // One token (decode) gets a one-token buffer: the stack buffer is zeroed on every call.
+    if t == 1 {
+        tiles::<B, 1>(out, w, x, n, d, stream)
+    } else {
+        tiles::<B, T_TILE>(out, w, x, n, d, tile)
+    }
+}
+
+fn tiles<B, const TT: usize>(
+    out: &mut [f32],
+    w: &[B],
+    x: &[f32],
+    n: usize,
+    d: usize,
+    kernel: QMatvec<B>,
+) {
+    let stride = d / QK;
+    let mut xq = [[BlockQ8_0::ZERO; X_CHUNK_BLOCKS]; TT];
+    for (xs, os) in x.chunks(TT * d).zip(out.chunks_mut(TT * n)) {
+        let tt = xs.len() / d;
+        for c0 in (0..stride).step_by(X_CHUNK_BLOCKS) {
+            let nb = (stride - c0).min(X_CHUNK_BLOCKS);
+            for (q, xt) in xq.iter_mut().zip(xs.chunks_exact(d)) {
+                quantize_q8_0(&xt[c0 * QK..(c0 + nb) * QK], &mut q[..nb]);
+            }
+            let rows = if tt == 1 {
+                n
+            } else {
+                (W_TILE_BYTES / (nb * size_of::<B>())).max(1)
+            };
+            for r0 in (0..n).step_by(rows) {
+                let rn = (n - r0).min(rows);
+                for (q, o) in xq.iter().zip(os.chunks_exact_mut(n)) {
+                    kernel(
+                        &mut o[r0..r0 + rn],
+                        &w[r0 * stride + c0..],
+                        stride,
+                        &q[..nb],
+                    );
+                }
+            }
+        }
     }
 }
 

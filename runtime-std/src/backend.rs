@@ -3,42 +3,238 @@
 use crate::{Error, Result};
 use enigma_core::kernels::{kernels_from_env, Kernels};
 use enigma_core::{Exec, Serial};
-use rayon::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-/// A rayon pool that splits rows and heads over `threads` threads.
+/// How long an idle worker spins before it sleeps. Decode calls `split` about a hundred times per token
+/// with a few microseconds between calls, so workers stay awake through a whole generation; a waiting chat
+/// prompt puts them to sleep.
+const SPIN: Duration = Duration::from_millis(2);
+/// After this long a spinning thread yields its core between checks, so that on a machine with more runnable
+/// threads than cores (other jobs) the thread it waits for gets to run.
+const POLITE: Duration = Duration::from_micros(50);
+
+/// Spin-waits for `ready`, yielding after [`POLITE`]; gives up (returns false) after `limit`.
+fn spin_until(limit: Option<Duration>, mut ready: impl FnMut() -> bool) -> bool {
+    let since = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        if ready() {
+            return true;
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 256 != 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let waited = since.elapsed();
+        if limit.is_some_and(|l| waited > l) {
+            return false;
+        }
+        if waited > POLITE {
+            thread::yield_now();
+        }
+    }
+}
+
+/// Threads that split rows and heads: the caller takes part 0 and `threads - 1` workers, woken by an epoch
+/// counter they spin on, take the others.
+///
+/// Not rayon: a rayon `install` from outside its pool wakes sleeping threads through a queue, which cost
+/// tens of microseconds per call and made a 2-thread decode of a 110M model barely faster than one thread.
 pub struct Pool {
-    pool: rayon::ThreadPool,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
     threads: usize,
+    /// One `split` at a time: a concurrent or nested call runs on its own caller's thread instead.
+    busy: Mutex<()>,
+}
+
+#[derive(Clone, Copy)]
+struct Job {
+    /// The caller's closure and buffer, lifetimes erased: valid until the caller has seen every worker
+    /// report done, which it waits for before returning.
+    f: *const (dyn Fn(usize, &mut [f32]) + Sync),
+    data: *mut f32,
+    len: usize,
+    unit: usize,
+    /// Units per part.
+    per: usize,
+}
+
+// SAFETY: a `Job` is only dereferenced while the `split` call that made it is blocked waiting for the workers,
+// so the closure (`Sync`) and the buffer outlive every use, and each worker touches a disjoint part.
+unsafe impl Send for Job {}
+
+struct Shared {
+    epoch: AtomicUsize,
+    done: AtomicUsize,
+    sleepers: AtomicUsize,
+    stop: AtomicBool,
+    panicked: AtomicBool,
+    job: Mutex<Option<Job>>,
 }
 
 impl Pool {
     pub fn new(threads: usize) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("enigma-{i}"))
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Pool { pool, threads })
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            job: Mutex::new(None),
+        });
+        let mut workers = Vec::new();
+        for i in 1..threads.max(1) {
+            let sh = shared.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("enigma-{i}"))
+                .spawn(move || worker(&sh, i));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    // Workers already started are stopped by the pool's drop.
+                    drop(Pool {
+                        shared,
+                        workers,
+                        threads,
+                        busy: Mutex::new(()),
+                    });
+                    return Err(Error::Invalid(format!(
+                        "cannot start {threads} threads: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(Pool {
+            shared,
+            workers,
+            threads: threads.max(1),
+            busy: Mutex::new(()),
+        })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    fn wake(&self) {
+        if self.shared.sleepers.load(SeqCst) > 0 {
+            for w in &self.workers {
+                w.thread().unpark();
+            }
+        }
+    }
+}
+
+/// Part `i` of a job: units `i * per ..`, clipped to the buffer (empty when past its end).
+fn part(job: &Job, i: usize) -> (usize, usize) {
+    let start = (i * job.per * job.unit).min(job.len);
+    let end = ((i + 1) * job.per * job.unit).min(job.len);
+    (start, end)
+}
+
+fn worker(sh: &Shared, index: usize) {
+    let mut seen = 0;
+    loop {
+        loop {
+            let woke = spin_until(Some(SPIN), || {
+                sh.stop.load(Acquire) || sh.epoch.load(Acquire) != seen
+            });
+            if sh.stop.load(Acquire) {
+                return;
+            }
+            if woke {
+                break;
+            }
+            // Register as asleep, then look again: the caller bumps the epoch before it checks for sleepers,
+            // so either it sees this one and unparks it, or this check sees the new epoch.
+            sh.sleepers.fetch_add(1, SeqCst);
+            if sh.epoch.load(SeqCst) == seen && !sh.stop.load(SeqCst) {
+                thread::park_timeout(Duration::from_millis(100));
+            }
+            sh.sleepers.fetch_sub(1, SeqCst);
+        }
+        seen = sh.epoch.load(Acquire);
+        let job = *sh.job.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(job) = job {
+            let (start, end) = part(&job, index);
+            if start < end {
+                // SAFETY: see `Job`: the buffer and closure are alive until `done` reaches every worker, and
+                // part `index` is disjoint from every other part.
+                let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
+                    let data = std::slice::from_raw_parts_mut(job.data.add(start), end - start);
+                    (*job.f)(index * job.per, data)
+                }));
+                if ok.is_err() {
+                    sh.panicked.store(true, Release);
+                }
+            }
+        }
+        sh.done.fetch_add(1, AcqRel);
     }
 }
 
 impl Exec for Pool {
     fn split(&self, data: &mut [f32], unit: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
         let units = data.len() / unit.max(1);
-        if units < 2 || self.threads < 2 {
+        // A panic in an earlier split poisons the lock but leaves nothing half-done: the pool is still usable.
+        let _busy = match self.busy.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return f(0, data),
+        };
+        if units < 2 || self.workers.is_empty() {
             return f(0, data);
         }
+        let sh = &*self.shared;
         // Rows of one matrix cost the same, so one even part per thread is enough.
-        let per = units.div_ceil(self.threads.min(units));
-        self.pool.install(|| {
-            data.par_chunks_mut(per * unit)
-                .enumerate()
-                .for_each(|(i, part)| f(i * per, part))
-        });
+        let job = Job {
+            // SAFETY: only the lifetime is erased; see `Job`.
+            f: unsafe {
+                std::mem::transmute::<
+                    &(dyn Fn(usize, &mut [f32]) + Sync),
+                    &'static (dyn Fn(usize, &mut [f32]) + Sync),
+                >(f)
+            },
+            data: data.as_mut_ptr(),
+            len: data.len(),
+            unit: unit.max(1),
+            per: units.div_ceil(self.threads.min(units)),
+        };
+        *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
+        sh.done.store(0, Release);
+        sh.epoch.fetch_add(1, SeqCst);
+        self.wake();
+        let (start, end) = part(&job, 0);
+        // SAFETY: part 0 is disjoint from the workers' parts; all derive from the same pointer.
+        let mine = unsafe { std::slice::from_raw_parts_mut(job.data.add(start), end - start) };
+        let caller = catch_unwind(AssertUnwindSafe(|| f(0, mine)));
+        // Even if part 0 panicked, the workers still hold pointers into `data`: wait for them first.
+        spin_until(None, || sh.done.load(Acquire) >= self.workers.len());
+        *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if let Err(p) = caller {
+            std::panic::resume_unwind(p);
+        }
+        if sh.panicked.swap(false, AcqRel) {
+            panic!("a worker thread panicked in a split");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
     }
 }
 
@@ -100,5 +296,78 @@ impl Backend {
                 format!("cpu ({}, {} threads)", kernels.tier.name(), self.threads())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Every element is visited exactly once, with the right first-unit index, for uneven sizes, fewer units
+    /// than threads, and many calls in a row (the workers' spin-and-sleep path included).
+    #[test]
+    fn parts_cover_the_buffer_once() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads).unwrap();
+            for (len, unit) in [(0, 1), (1, 1), (7, 1), (12, 3), (994, 7), (4096, 64)] {
+                for round in 0..50 {
+                    let mut data = vec![0.0f32; len];
+                    let calls = AtomicU32::new(0);
+                    pool.split(&mut data, unit, &|first, part| {
+                        calls.fetch_add(1, Relaxed);
+                        assert_eq!(part.len() % unit, 0);
+                        for (i, v) in part.iter_mut().enumerate() {
+                            *v += (first * unit + i) as f32 + 1.0;
+                        }
+                    });
+                    for (i, v) in data.iter().enumerate() {
+                        assert_eq!(
+                            *v,
+                            i as f32 + 1.0,
+                            "threads {threads} len {len} unit {unit}"
+                        );
+                    }
+                    assert!(calls.load(Relaxed) as usize <= threads.max(1));
+                    if round == 25 {
+                        // Let the workers fall asleep, then wake them.
+                        std::thread::sleep(SPIN * 3);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A panic in any part reaches the caller, and the pool still works afterwards.
+    #[test]
+    fn a_panic_in_a_part_reaches_the_caller() {
+        let pool = Pool::new(2).unwrap();
+        for bad in [0usize, 5] {
+            let mut data = vec![0.0f32; 10];
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                pool.split(&mut data, 1, &|first, _| {
+                    if first == bad {
+                        panic!("part {first}");
+                    }
+                })
+            }));
+            assert!(r.is_err());
+        }
+        let mut data = vec![1.0f32; 10];
+        pool.split(&mut data, 1, &|_, p| p.iter_mut().for_each(|v| *v *= 2.0));
+        assert_eq!(data, vec![2.0; 10]);
+    }
+
+    /// A split called from inside a split runs on the caller's thread instead of deadlocking.
+    #[test]
+    fn nested_split_runs_serially() {
+        let pool = Pool::new(2).unwrap();
+        let mut outer = vec![0.0f32; 4];
+        pool.split(&mut outer, 1, &|_, part| {
+            let mut inner = vec![0.0f32; 8];
+            pool.split(&mut inner, 1, &|_, p| p.iter_mut().for_each(|v| *v = 1.0));
+            part.iter_mut().for_each(|v| *v = inner.iter().sum());
+        });
+        assert_eq!(outer, vec![8.0; 4]);
     }
 }

@@ -101,6 +101,7 @@ pub(crate) static NEON: Kernels = Kernels {
     matvec_f16: w::matvec_f16,
     matvec_bf16: w::matvec_bf16,
     qmatvec_q8_0: w::qmatvec_q8_0,
+    qtile_q8_0: w::qmatvec_q8_0,
     qmatvec_q4_0: w::qmatvec_q4_0,
     rmsnorm: w::rmsnorm,
     softmax: w::softmax,
@@ -114,6 +115,7 @@ pub(crate) static NEON: Kernels = Kernels {
 pub(crate) static NEON_DOTPROD: Kernels = Kernels {
     variant: "neon+dotprod",
     qmatvec_q8_0: w::qmatvec_q8_0_dotprod,
+    qtile_q8_0: w::qmatvec_q8_0_dotprod,
     qmatvec_q4_0: w::qmatvec_q4_0_dotprod,
     ..NEON
 };

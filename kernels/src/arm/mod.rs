@@ -164,6 +164,7 @@ pub(crate) static CORTEX_M: crate::Kernels = crate::Kernels {
     matvec_f32,
     matmul_f32,
     qmatvec_q8_0,
+    qtile_q8_0: qmatvec_q8_0,
     qmatvec_q4_0,
     ..crate::dispatch::GENERIC
 };

@@ -122,6 +122,7 @@ mod avx512_w {
         qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
+        qtile_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q4_0_vnni(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
         rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
         softmax(x: &mut [f32]);
@@ -159,6 +160,7 @@ pub(crate) static AVX2: Kernels = Kernels {
     matvec_f16: avx2_w::matvec_f16,
     matvec_bf16: avx2_w::matvec_bf16,
     qmatvec_q8_0: avx2_w::qmatvec_q8_0,
+    qtile_q8_0: avx2_w::qmatvec_q8_0,
     qmatvec_q4_0: avx2_w::qmatvec_q4_0,
     rmsnorm: avx2_w::rmsnorm,
     softmax: avx2_w::softmax,
@@ -178,6 +180,7 @@ pub(crate) static AVX512: Kernels = Kernels {
     matvec_f16: avx512_w::matvec_f16,
     matvec_bf16: avx512_w::matvec_bf16,
     qmatvec_q8_0: avx512_w::qmatvec_q8_0,
+    qtile_q8_0: avx512_w::qmatvec_q8_0,
     qmatvec_q4_0: avx512_w::qmatvec_q4_0,
     rmsnorm: avx512_w::rmsnorm,
     softmax: avx512_w::softmax,
@@ -191,6 +194,7 @@ pub(crate) static AVX512: Kernels = Kernels {
 pub(crate) static AVX512_VNNI: Kernels = Kernels {
     variant: "avx512+vnni",
     qmatvec_q8_0: avx512_w::qmatvec_q8_0_vnni,
+    qtile_q8_0: avx512_w::qtile_q8_0_vnni,
     qmatvec_q4_0: avx512_w::qmatvec_q4_0_vnni,
     ..AVX512
 };
