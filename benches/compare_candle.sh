@@ -41,10 +41,13 @@ for r in $(seq 1 "$ROUNDS"); do
     for s in $SHAPES; do
         for q in $DTYPES; do
             for t in $THREADS; do
-                e=$("$E" bench -m "$WORK/r$s-$q.enigma" --threads "$t" --prompt-tokens 1 --gen-tokens "$STEPS" --rounds 1 --json |
-                    python3 -c 'import json,sys; print(json.load(sys.stdin)["gen_tokens_per_s"])')
+                # Outputs are parsed after each engine exits: a parser starting beside a 2-thread run takes
+                # one of this machine's two cores from it.
+                out=$("$E" bench -m "$WORK/r$s-$q.enigma" --threads "$t" --prompt-tokens 1 --gen-tokens "$STEPS" --rounds 1 --json)
+                e=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["gen_tokens_per_s"])' "$out")
                 cq=$q; [ "$q" = q4_0 ] && cq=q8_0
-                c=$(RAYON_NUM_THREADS="$t" "$C" "$WORK/models/r$s.bin" "$cq" "$STEPS" 1 | awk '{print $4}')
+                out=$(RAYON_NUM_THREADS="$t" "$C" "$WORK/models/r$s.bin" "$cq" "$STEPS" 1)
+                c=$(echo "$out" | awk '{print $4}')
                 echo "round $r $s $q threads $t enigma $e candle $c" | tee -a "$results"
             done
         done

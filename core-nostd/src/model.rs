@@ -12,7 +12,7 @@ use enigma_kernels::{generic, Kernels, WeightView};
 /// How the forward pass spreads independent work (matrix rows, attention heads, tokens) over threads.
 ///
 /// A trait object so that no generic reaches model code: the firmware and single-threaded hosts pass
-/// [`Serial`], the std runtime passes a rayon pool.
+/// [`Serial`], the std runtime passes its thread pool.
 pub trait Exec: Sync {
     /// Calls `f(first_unit, part)` for parts of `data` that are whole numbers of `unit` elements and
     /// together cover it once; `first_unit` is the index of the part's first unit. Parts may run concurrently.

@@ -4,7 +4,7 @@ use crate::{Error, Result};
 use enigma_core::kernels::{kernels_from_env, Kernels};
 use enigma_core::{Exec, Serial};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -40,8 +40,12 @@ fn spin_until(limit: Option<Duration>, mut ready: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// Threads that split rows and heads: the caller takes part 0 and `threads - 1` workers, woken by an epoch
-/// counter they spin on, take the others.
+/// Parts per thread in a split: more than one, so that when the OS takes a core away from a worker (other
+/// programs running), the threads still running claim its share instead of waiting for it.
+const PARTS_PER_THREAD: usize = 2;
+
+/// Threads that split rows and heads: the caller and `threads - 1` workers, woken by an epoch counter they
+/// spin on, claim parts of the buffer from a shared counter until none is left.
 ///
 /// Not rayon: a rayon `install` from outside its pool wakes sleeping threads through a queue, which cost
 /// tens of microseconds per call and made a 2-thread decode of a 110M model barely faster than one thread.
@@ -55,23 +59,27 @@ pub struct Pool {
 
 #[derive(Clone, Copy)]
 struct Job {
-    /// The caller's closure and buffer, lifetimes erased: valid until the caller has seen every worker
-    /// report done, which it waits for before returning.
+    /// The caller's closure and buffer, lifetimes erased: valid until every part has finished, which the
+    /// caller waits for before returning. A part is only run after claiming it for this job's epoch.
     f: *const (dyn Fn(usize, &mut [f32]) + Sync),
     data: *mut f32,
     len: usize,
     unit: usize,
-    /// Units per part.
+    /// Units per part, and parts.
     per: usize,
+    parts: usize,
+    epoch: u32,
 }
 
-// SAFETY: a `Job` is only dereferenced while the `split` call that made it is blocked waiting for the workers,
-// so the closure (`Sync`) and the buffer outlive every use, and each worker touches a disjoint part.
+// SAFETY: a `Job` is only dereferenced by a thread that claimed one of its parts, and the `split` call that
+// made it waits for every part to finish, so the closure (`Sync`) and the buffer outlive every use; parts are
+// disjoint.
 unsafe impl Send for Job {}
 
 struct Shared {
-    epoch: AtomicUsize,
-    done: AtomicUsize,
+    /// `epoch << 32 | next part to claim`: one word, so a claim can never take a part of a newer job.
+    state: AtomicU64,
+    finished: AtomicUsize,
     sleepers: AtomicUsize,
     stop: AtomicBool,
     panicked: AtomicBool,
@@ -81,8 +89,8 @@ struct Shared {
 impl Pool {
     pub fn new(threads: usize) -> Result<Self> {
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
@@ -93,7 +101,7 @@ impl Pool {
             let sh = shared.clone();
             let spawned = thread::Builder::new()
                 .name(format!("enigma-{i}"))
-                .spawn(move || worker(&sh, i));
+                .spawn(move || worker(&sh));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -131,19 +139,50 @@ impl Pool {
     }
 }
 
-/// Part `i` of a job: units `i * per ..`, clipped to the buffer (empty when past its end).
-fn part(job: &Job, i: usize) -> (usize, usize) {
-    let start = (i * job.per * job.unit).min(job.len);
-    let end = ((i + 1) * job.per * job.unit).min(job.len);
-    (start, end)
+fn epoch_of(state: u64) -> u32 {
+    (state >> 32) as u32
 }
 
-fn worker(sh: &Shared, index: usize) {
-    let mut seen = 0;
+/// Claims parts of `job` and runs them until none is left (or a newer job has replaced it).
+fn run_parts(sh: &Shared, job: &Job) {
+    loop {
+        let s = sh.state.load(Acquire);
+        let i = s as u32 as usize;
+        if epoch_of(s) != job.epoch || i >= job.parts {
+            return;
+        }
+        if sh
+            .state
+            .compare_exchange_weak(s, s + 1, AcqRel, Acquire)
+            .is_err()
+        {
+            continue;
+        }
+        let start = (i * job.per * job.unit).min(job.len);
+        let end = if i + 1 == job.parts {
+            job.len
+        } else {
+            ((i + 1) * job.per * job.unit).min(job.len)
+        };
+        // SAFETY: see `Job`: part `i` was claimed for this job's epoch, so its `split` is still waiting and
+        // the buffer and closure are alive; no other thread claimed part `i`.
+        let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
+            let data = std::slice::from_raw_parts_mut(job.data.add(start), end - start);
+            (*job.f)(i * job.per, data)
+        }));
+        if ok.is_err() {
+            sh.panicked.store(true, Release);
+        }
+        sh.finished.fetch_add(1, AcqRel);
+    }
+}
+
+fn worker(sh: &Shared) {
+    let mut seen = 0u32;
     loop {
         loop {
             let woke = spin_until(Some(SPIN), || {
-                sh.stop.load(Acquire) || sh.epoch.load(Acquire) != seen
+                sh.stop.load(Acquire) || epoch_of(sh.state.load(Acquire)) != seen
             });
             if sh.stop.load(Acquire) {
                 return;
@@ -154,28 +193,16 @@ fn worker(sh: &Shared, index: usize) {
             // Register as asleep, then look again: the caller bumps the epoch before it checks for sleepers,
             // so either it sees this one and unparks it, or this check sees the new epoch.
             sh.sleepers.fetch_add(1, SeqCst);
-            if sh.epoch.load(SeqCst) == seen && !sh.stop.load(SeqCst) {
+            if epoch_of(sh.state.load(SeqCst)) == seen && !sh.stop.load(SeqCst) {
                 thread::park_timeout(Duration::from_millis(100));
             }
             sh.sleepers.fetch_sub(1, SeqCst);
         }
-        seen = sh.epoch.load(Acquire);
+        seen = epoch_of(sh.state.load(Acquire));
         let job = *sh.job.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(job) = job {
-            let (start, end) = part(&job, index);
-            if start < end {
-                // SAFETY: see `Job`: the buffer and closure are alive until `done` reaches every worker, and
-                // part `index` is disjoint from every other part.
-                let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
-                    let data = std::slice::from_raw_parts_mut(job.data.add(start), end - start);
-                    (*job.f)(index * job.per, data)
-                }));
-                if ok.is_err() {
-                    sh.panicked.store(true, Release);
-                }
-            }
+        if let Some(job) = job.filter(|j| j.epoch == seen) {
+            run_parts(sh, &job);
         }
-        sh.done.fetch_add(1, AcqRel);
     }
 }
 
@@ -192,7 +219,8 @@ impl Exec for Pool {
             return f(0, data);
         }
         let sh = &*self.shared;
-        // Rows of one matrix cost the same, so one even part per thread is enough.
+        // Rows of one matrix cost the same, so even parts are enough.
+        let per = units.div_ceil((self.threads * PARTS_PER_THREAD).min(units));
         let job = Job {
             // SAFETY: only the lifetime is erased; see `Job`.
             f: unsafe {
@@ -204,24 +232,20 @@ impl Exec for Pool {
             data: data.as_mut_ptr(),
             len: data.len(),
             unit: unit.max(1),
-            per: units.div_ceil(self.threads.min(units)),
+            per,
+            parts: units.div_ceil(per),
+            epoch: epoch_of(sh.state.load(Acquire)).wrapping_add(1),
         };
         *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
-        sh.done.store(0, Release);
-        sh.epoch.fetch_add(1, SeqCst);
+        sh.finished.store(0, Release);
+        sh.state.store(u64::from(job.epoch) << 32, SeqCst);
         self.wake();
-        let (start, end) = part(&job, 0);
-        // SAFETY: part 0 is disjoint from the workers' parts; all derive from the same pointer.
-        let mine = unsafe { std::slice::from_raw_parts_mut(job.data.add(start), end - start) };
-        let caller = catch_unwind(AssertUnwindSafe(|| f(0, mine)));
-        // Even if part 0 panicked, the workers still hold pointers into `data`: wait for them first.
-        spin_until(None, || sh.done.load(Acquire) >= self.workers.len());
+        run_parts(sh, &job);
+        // Parts claimed by workers still use `data` and `f`: wait for all of them, even after a panic.
+        spin_until(None, || sh.finished.load(Acquire) >= job.parts);
         *sh.job.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        if let Err(p) = caller {
-            std::panic::resume_unwind(p);
-        }
         if sh.panicked.swap(false, AcqRel) {
-            panic!("a worker thread panicked in a split");
+            panic!("a part of a split panicked (its message is printed above)");
         }
     }
 }
@@ -328,7 +352,7 @@ mod tests {
                             "threads {threads} len {len} unit {unit}"
                         );
                     }
-                    assert!(calls.load(Relaxed) as usize <= threads.max(1));
+                    assert!(calls.load(Relaxed) as usize <= threads.max(1) * PARTS_PER_THREAD);
                     if round == 25 {
                         // Let the workers fall asleep, then wake them.
                         std::thread::sleep(SPIN * 3);
@@ -345,8 +369,8 @@ mod tests {
         for bad in [0usize, 5] {
             let mut data = vec![0.0f32; 10];
             let r = catch_unwind(AssertUnwindSafe(|| {
-                pool.split(&mut data, 1, &|first, _| {
-                    if first == bad {
+                pool.split(&mut data, 1, &|first, part| {
+                    if (first..first + part.len()).contains(&bad) {
                         panic!("part {first}");
                     }
                 })
