@@ -117,16 +117,40 @@ pub fn swiglu_forward(k: &Kernels, g: &mut [f32], h1: &[f32], h3: &[f32]) {
 }
 
 /// Backward of [`swiglu_forward`]: `dh1 = dg · h3 · σ(h1) (1 + h1 (1 - σ(h1)))`, `dh3 = dg · silu(h1)`.
-pub fn swiglu_backward(dh1: &mut [f32], dh3: &mut [f32], dg: &[f32], h1: &[f32], h3: &[f32]) {
+///
+/// `silu(h1)` comes from the kernels' SIMD `silu_mul` (against ones) and `σ(h1) = silu(h1) / h1`, so no scalar
+/// `exp` runs here.
+pub fn swiglu_backward(
+    k: &Kernels,
+    dh1: &mut [f32],
+    dh3: &mut [f32],
+    dg: &[f32],
+    h1: &[f32],
+    h3: &[f32],
+) {
+    const SUB: usize = 256;
+    const ONES: [f32; SUB] = [1.0; SUB];
     dh1.par_chunks_mut(ROWS * 64)
         .zip(dh3.par_chunks_mut(ROWS * 64))
         .zip(dg.par_chunks(ROWS * 64))
         .zip(h1.par_chunks(ROWS * 64).zip(h3.par_chunks(ROWS * 64)))
         .for_each(|(((d1, d3), dg), (a, b))| {
-            for i in 0..d1.len() {
-                let s = 1.0 / (1.0 + (-a[i]).exp());
-                d3[i] = dg[i] * a[i] * s;
-                d1[i] = dg[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+            for ((((d1, d3), dg), a), b) in d1
+                .chunks_mut(SUB)
+                .zip(d3.chunks_mut(SUB))
+                .zip(dg.chunks(SUB))
+                .zip(a.chunks(SUB))
+                .zip(b.chunks(SUB))
+            {
+                // d3 = silu(a) for now.
+                d3.copy_from_slice(a);
+                (k.silu_mul)(d3, &ONES[..a.len()]);
+                for i in 0..d1.len() {
+                    let silu = d3[i];
+                    let s = if a[i] != 0.0 { silu / a[i] } else { 0.5 };
+                    d1[i] = dg[i] * b[i] * (s + silu * (1.0 - s));
+                    d3[i] = dg[i] * silu;
+                }
             }
         });
 }
@@ -201,7 +225,7 @@ pub fn attention_forward(
         .for_each_init(Vec::new, |kt, (((o, p), q), (k, v))| {
             // kᵀ (HS, T): the scores' right operand, row-major.
             kt.resize(t * hs, 0.0);
-            transpose_serial(kt, k, t, hs);
+            matmul::transpose_serial(kt, k, t, hs);
             // The masked half stays zero, so it adds nothing to O (nor, in backward, to any gradient).
             p.fill(0.0);
             o.fill(0.0);
@@ -260,13 +284,14 @@ pub fn attention_backward(
                 .zip(q.par_chunks(group * t * hs)),
         )
         .zip(k.par_chunks(t * hs).zip(v.par_chunks(t * hs)))
-        .for_each_init(
-            || (Vec::<f32>::new(), Vec::<f32>::new()),
-            |(ds, vt), ((((dq, (dk, dv)), dout), (p, q)), (k, v))| {
+        .for_each(|((((dq, (dk, dv)), dout), (p, q)), (k, v))| {
+            // Per-thread scratch kept across calls: a fresh `T²` buffer per task would be a fresh mapping
+            // (page faults and zeroing) every time.
+            SCRATCH.with_borrow_mut(|(ds, vt)| {
                 ds.resize(t * t, 0.0);
                 // vᵀ (HS, T): dP's right operand.
                 vt.resize(t * hs, 0.0);
-                transpose_serial(vt, v, t, hs);
+                matmul::transpose_serial(vt, v, t, hs);
                 dq.fill(0.0);
                 dk.fill(0.0);
                 dv.fill(0.0);
@@ -304,17 +329,15 @@ pub fn attention_backward(
                         (kn.gemm_f32)(&mut dv[i0 * hs..], &pg[at..], &dog[i0 * hs..], gt);
                     }
                 }
-            },
-        );
+            })
+        });
 }
 
-/// `out (cols, rows) = xᵀ` on the calling thread (inside an already parallel task).
-fn transpose_serial(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
-    }
+thread_local! {
+    /// `(dS (T, T), Vᵀ (HS, T))` of [`attention_backward`], one pair per pool thread.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// Cross-entropy of `rows` rows of `xn (A, D)` against `classifier (V, D)`: returns the summed loss over
@@ -326,7 +349,8 @@ pub struct CrossEntropy<'a> {
     pub kn: &'a Kernels,
     /// (V, D)
     pub classifier: &'a [f32],
-    /// (D, V): the classifier transposed (once per step), the logits' right operand
+    /// (D, V): the classifier transposed (once per step) in the panels of `matmul::transpose_panels`, the
+    /// logits' right operand
     pub classifier_t: &'a [f32],
     pub vocab: usize,
 }
@@ -364,24 +388,18 @@ impl CrossEntropy<'_> {
             let a = ts.len();
             logits.resize(a * v, 0.0);
             let lg = &mut logits[..a * v];
-            matmul::mm(kn, lg, xs, self.classifier_t, a, false);
+            matmul::mm_panels(kn, lg, xs, self.classifier_t, a);
             let scale = grad.as_ref().map_or(0.0, |g| g.scale);
             let losses: Vec<f64> = lg
                 .par_chunks_mut(v)
                 .zip(ts.par_iter())
                 .map(|(row, &tgt)| {
-                    let (mut arg, mut max) = (0, f32::NEG_INFINITY);
-                    for (i, &x) in row.iter().enumerate() {
-                        if x > max {
-                            (arg, max) = (i, x);
-                        }
-                    }
-                    let zt = row[tgt as usize] - max;
+                    let zt = row[tgt as usize] - max_of(row);
                     // The kernels' softmax (SIMD exp). Its largest output is 1 / Σ exp(z - max), so the loss
-                    // -log p(target) = log Σ exp(z - max) - (z_target - max) needs no second pass and cannot
-                    // underflow the way log p(target) itself can.
+                    // -log p(target) = log Σ exp(z - max) - (z_target - max) cannot underflow the way
+                    // log p(target) itself can.
                     (kn.softmax)(row);
-                    let log_sum = -(row[arg] as f64).ln();
+                    let log_sum = -(max_of(row) as f64).ln();
                     // The probabilities become the logits' gradient: (p - onehot) · scale.
                     for x in row.iter_mut() {
                         *x *= scale;
@@ -399,6 +417,20 @@ impl CrossEntropy<'_> {
         }
         total
     }
+}
+
+/// The largest element (`-∞` for none), in 16 independent lanes so the loop vectorises.
+fn max_of(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    tail.chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a })
 }
 
 #[cfg(test)]

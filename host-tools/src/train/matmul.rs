@@ -80,6 +80,48 @@ pub fn transpose(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
         });
 }
 
+/// Columns per panel of [`transpose_panels`].
+pub const PANEL: usize = 512;
+
+/// `out = wᵀ` for `w (N, K)`, in panels of [`PANEL`] columns: panel `j` is the `(K, ≤ PANEL)` row-major
+/// transpose of rows `j · PANEL..` of `w`. A wide `wᵀ` (the classifier's `(D, V)`) would put the rows of a
+/// tile's `B` panel `4 V` bytes apart, a multiple of 4 KiB that keeps them in the same cache sets.
+pub fn transpose_panels(out: &mut [f32], w: &[f32], n: usize, kd: usize) {
+    debug_assert_eq!(out.len(), n * kd);
+    out.par_chunks_mut(PANEL * kd)
+        .zip(w.par_chunks(PANEL * kd))
+        .for_each(|(o, w)| transpose_serial(o, w, w.len() / kd, kd));
+}
+
+/// `out (R, N) = x (R, K) · wᵀ` with `wᵀ` in the panels of [`transpose_panels`]; split over rows.
+pub fn mm_panels(k: &Kernels, out: &mut [f32], x: &[f32], panels: &[f32], rows: usize) {
+    if rows == 0 {
+        return;
+    }
+    let (n, kd) = (out.len() / rows, x.len() / rows);
+    debug_assert_eq!(panels.len(), n * kd);
+    let blk = row_block(rows);
+    out.par_chunks_mut(blk * n)
+        .zip(x.par_chunks(blk * kd))
+        .for_each(|(o, xb)| {
+            o.fill(0.0);
+            let m = o.len() / n;
+            for (j, pn) in panels.chunks(PANEL * kd).enumerate() {
+                let g = Gemm::new(m, kd, pn.len() / kd).ldc(n);
+                (k.gemm_f32)(&mut o[j * PANEL..], xb, pn, g);
+            }
+        });
+}
+
+/// `out (cols, rows) = xᵀ` on the calling thread.
+pub fn transpose_serial(out: &mut [f32], x: &[f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+}
+
 /// A reusable buffer for transposed weights, so a step allocates nothing after the first.
 #[derive(Default)]
 pub struct Tmp {
@@ -198,6 +240,21 @@ pub(crate) mod tests {
         let mut want_dw = vec![0.0; n * kd];
         mm_reference(&mut want_dw, &dyt, &xt, n);
         close(&dw, &want_dw.iter().map(|v| v + 1.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn panels_give_the_plain_product() {
+        let k = enigma_core::kernels::kernels();
+        // Two whole panels and a partial one.
+        let (r, kd, n) = (20, 9, 2 * PANEL + 37);
+        let (x, w) = (fill(r * kd, 6), fill(n * kd, 7));
+        let mut want = vec![0.0; r * n];
+        mm_reference(&mut want, &x, &w, r);
+        let mut panels = vec![0.0; n * kd];
+        transpose_panels(&mut panels, &w, n, kd);
+        let mut got = vec![f32::NAN; r * n];
+        mm_panels(k, &mut got, &x, &panels, r);
+        close(&got, &want);
     }
 
     #[test]

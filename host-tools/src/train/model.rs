@@ -109,7 +109,7 @@ pub struct Acts {
     tmp: Tmp,
     /// (CE_CHUNK, V)
     logits: Vec<f32>,
-    /// (D, V) the classifier transposed, the logits' right operand
+    /// (D, V) the classifier transposed in panels, the logits' right operand
     cls_t: Vec<f32>,
 }
 
@@ -362,7 +362,7 @@ impl Model {
         let d = self.config.dim as usize;
         let classifier = &p[self.off.cls..][..v * d];
         cls_t.resize(v * d, 0.0);
-        matmul::transpose(cls_t, classifier, v, d);
+        matmul::transpose_panels(cls_t, classifier, v, d);
         CrossEntropy {
             kn: self.kn,
             classifier,
@@ -485,7 +485,7 @@ impl Model {
                 &p[o.w2 + li * d * h..][..d * h],
                 r,
             );
-            layers::swiglu_backward(&mut gb.dh1, &mut gb.dh3, &gb.dg, h1, h3);
+            layers::swiglu_backward(kn, &mut gb.dh1, &mut gb.dh3, &gb.dg, h1, h3);
             matmul::linear_backward(
                 kn,
                 Some((&mut gb.dxn, false)),
