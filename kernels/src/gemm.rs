@@ -2,7 +2,8 @@
 //! stride description ([`Gemm`]), one bounds check per call, and the cache blocking. A tier supplies only the
 //! register tile (`rows ≤ MR` × `cols ≤ NR`), which broadcasts `A[i, p]` against whole vectors of row `p`
 //! of `B`, so no output element needs a horizontal sum (the cost that makes `matmul_f32` slow at training's
-//! short inner sizes).
+//! short inner sizes). An overwriting product starts the accumulators of its first inner block from zero
+//! instead of loading `C`.
 //!
 //! Every tier sums each `C[i, j]` in the same order (`p` ascending, starting from the value already in `C`), so
 //! tiers differ from the scalar reference only by FMA rounding, and a caller that splits `C` by rows or columns
@@ -19,6 +20,9 @@
 ///
 /// `A` is read through two strides so a transposed operand (`Aᵀ` of a row-major `(k, m)` buffer) costs nothing;
 /// `B` and `C` keep unit column stride because their rows are what the tiles load as vectors.
+///
+/// With `overwrite` ([`Gemm::overwrite`]) the product is `C = A · B`: what `C` held is never read (NaN
+/// included), and the sums are those of accumulating into a zeroed `C`, bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gemm {
     pub m: usize,
@@ -28,6 +32,7 @@ pub struct Gemm {
     pub a_cs: usize,
     pub ldb: usize,
     pub ldc: usize,
+    pub overwrite: bool,
 }
 
 impl Gemm {
@@ -41,6 +46,15 @@ impl Gemm {
             a_cs: 1,
             ldb: n,
             ldc: n,
+            overwrite: false,
+        }
+    }
+
+    /// `C = A · B` instead of `C += A · B`: saves zero-filling `C` first.
+    pub const fn overwrite(self) -> Gemm {
+        Gemm {
+            overwrite: true,
+            ..self
         }
     }
 
@@ -73,15 +87,21 @@ impl Gemm {
     }
 
     /// Panics unless every element the product touches lies inside the slices; true when there is work.
-    /// This is the only bounds check: the tiles index through raw pointers.
-    pub(crate) fn check(&self, c: usize, a: usize, b: usize) -> bool {
+    /// This is the only bounds check: the tiles index through raw pointers. An overwriting product with
+    /// `k = 0` zeroes `C` here.
+    pub(crate) fn check(&self, c: &mut [f32], a: usize, b: usize) -> bool {
         let g = self;
         if g.m == 0 || g.n == 0 {
             return false;
         }
         assert!(g.ldc >= g.n && g.ldb >= g.n, "gemm: row stride below n");
-        assert!((g.m - 1) * g.ldc + g.n <= c, "gemm: c too short");
+        assert!((g.m - 1) * g.ldc + g.n <= c.len(), "gemm: c too short");
         if g.k == 0 {
+            if g.overwrite {
+                for i in 0..g.m {
+                    c[i * g.ldc..i * g.ldc + g.n].fill(0.0);
+                }
+            }
             return false;
         }
         assert!(
@@ -110,6 +130,8 @@ pub(crate) struct Tile {
     pub cols: usize,
     pub kc: usize,
     pub g: Gemm,
+    /// Start from zero instead of `C` (the first inner block of an overwriting product).
+    pub fresh: bool,
 }
 
 /// Walks `C` in `MR × NR` tiles, blocked by `NC` columns and `KC` inner steps, calling `tile` on each.
@@ -124,7 +146,7 @@ pub(crate) fn blocked<const MR: usize, const NR: usize>(
     g: Gemm,
     mut tile: impl FnMut(Tile),
 ) {
-    if !g.check(c.len(), a.len(), b.len()) {
+    if !g.check(c, a.len(), b.len()) {
         return;
     }
     let (cp, ap, bp) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr());
@@ -144,6 +166,7 @@ pub(crate) fn blocked<const MR: usize, const NR: usize>(
                         cols: (je - jr).min(NR),
                         kc,
                         g,
+                        fresh: g.overwrite && pc == 0,
                     });
                 }
             }
@@ -228,9 +251,11 @@ macro_rules! gemm_tier {
                 // Only the last vector of a partial tile goes through the mask.
                 let part = |v: usize| (v + 1 == V && tail != $l).then_some(last);
                 let mut acc = [[zero(); V]; R];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    for (v, x) in row.iter_mut().enumerate() {
-                        *x = ld(cp.add(i * g.ldc + $l * v), part(v));
+                if !t.fresh {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        for (v, x) in row.iter_mut().enumerate() {
+                            *x = ld(cp.add(i * g.ldc + $l * v), part(v));
+                        }
                     }
                 }
                 for p in 0..t.kc {

@@ -34,14 +34,17 @@ pub fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
     }
 }
 
-/// `C (m, n) += A (m, k) · B (k, n)` with the strides of `g` (see [`Gemm`]): each `C[i, j]` adds `A[i, p] · B[p, j]`
-/// for `p` ascending, the order every tier keeps.
+/// `C (m, n) += A (m, k) · B (k, n)` (or `=` when `g.overwrite`) with the strides of `g` (see [`Gemm`]): each
+/// `C[i, j]` adds `A[i, p] · B[p, j]` for `p` ascending, the order every tier keeps.
 pub fn gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm) {
-    if !g.check(c.len(), a.len(), b.len()) {
+    if !g.check(c, a.len(), b.len()) {
         return;
     }
     for i in 0..g.m {
         let crow = &mut c[i * g.ldc..i * g.ldc + g.n];
+        if g.overwrite {
+            crow.fill(0.0);
+        }
         for p in 0..g.k {
             let av = a[i * g.a_rs + p * g.a_cs];
             for (cv, bv) in crow.iter_mut().zip(&b[p * g.ldb..p * g.ldb + g.n]) {

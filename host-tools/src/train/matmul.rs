@@ -31,10 +31,8 @@ pub fn mm(k: &Kernels, out: &mut [f32], x: &[f32], b: &[f32], rows: usize, accum
     out.par_chunks_mut(blk * n)
         .zip(x.par_chunks(blk * kd))
         .for_each(|(o, xb)| {
-            if !accumulate {
-                o.fill(0.0);
-            }
-            (k.gemm_f32)(o, xb, b, Gemm::new(o.len() / n, kd, n));
+            let g = Gemm::new(o.len() / n, kd, n);
+            (k.gemm_f32)(o, xb, b, if accumulate { g } else { g.overwrite() });
         });
 }
 
@@ -104,10 +102,9 @@ pub fn mm_panels(k: &Kernels, out: &mut [f32], x: &[f32], panels: &[f32], rows: 
     out.par_chunks_mut(blk * n)
         .zip(x.par_chunks(blk * kd))
         .for_each(|(o, xb)| {
-            o.fill(0.0);
             let m = o.len() / n;
             for (j, pn) in panels.chunks(PANEL * kd).enumerate() {
-                let g = Gemm::new(m, kd, pn.len() / kd).ldc(n);
+                let g = Gemm::new(m, kd, pn.len() / kd).ldc(n).overwrite();
                 (k.gemm_f32)(&mut o[j * PANEL..], xb, pn, g);
             }
         });

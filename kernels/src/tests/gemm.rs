@@ -1,6 +1,6 @@
 //! `gemm_f32` against the scalar reference: random shapes (0, 1, every tail of the tiles' 6 rows and
 //! 8/16/32 columns, inner sizes across the 256-step blocks), row-major and transposed `A`, padded row strides
-//! of `B` and `C`, and accumulation into what `C` already holds.
+//! of `B` and `C`, and accumulation into what `C` already holds or (`overwrite`) over it, NaN included.
 //!
 //! Tolerance `|got - want| <= 1e-5 + |want| · 1e-5`: both sum each element in the same order from the same
 //! start, so they differ only where the tier fuses a multiply-add the reference rounds twice (at most one
@@ -23,12 +23,14 @@ fn case(
         0..max_k,
         0..max_n,
         any::<bool>(),
+        any::<bool>(),
         0usize..3,
         0usize..3,
         0usize..3,
     )
-        .prop_flat_map(|(m, k, n, trans, pa, pb, pc)| {
+        .prop_flat_map(|(m, k, n, trans, over, pa, pb, pc)| {
             let g = Gemm::new(m, k, n).ldb(n + pb).ldc(n + pc);
+            let g = if over { g.overwrite() } else { g };
             // A as stored: (m, k + pa) row-major, or (k, m + pa) read transposed.
             let (g, alen) = if trans {
                 (g.a_t(m + pa), k * (m + pa))
@@ -50,6 +52,14 @@ fn one(
     k: &Kernels,
     (g, a, b, c): (Gemm, Vec<f32>, Vec<f32>, Vec<f32>),
 ) -> Result<(), TestCaseError> {
+    // An overwriting product must not read C: poison what the reference will overwrite.
+    let mut c = c;
+    if g.overwrite && g.n > 0 {
+        for row in c.chunks_mut(g.ldc) {
+            let n = g.n.min(row.len());
+            row[..n].fill(f32::NAN);
+        }
+    }
     let (mut got, mut want) = (c.clone(), c);
     (k.gemm_f32)(&mut got, &a, &b, g);
     generic::gemm_f32(&mut want, &a, &b, g);
@@ -72,6 +82,13 @@ pub(crate) fn edge_gemm(k: &Kernels) {
     let mut c = [5.0f32; 6];
     (k.gemm_f32)(&mut c, &[], &[], Gemm::new(2, 0, 3));
     assert_eq!(c, [5.0; 6], "k = 0 adds nothing");
+    let mut c = [5.0f32; 6];
+    (k.gemm_f32)(&mut c, &[], &[], Gemm::new(2, 0, 2).ldc(3).overwrite());
+    assert_eq!(
+        c,
+        [0.0, 0.0, 5.0, 0.0, 0.0, 5.0],
+        "k = 0 overwrites with zeros"
+    );
     (k.gemm_f32)(&mut [], &[1.0], &[1.0], Gemm::new(0, 1, 0));
     let mut c = [1.0f32];
     (k.gemm_f32)(&mut c, &[2.0], &[3.0], Gemm::new(1, 1, 1));
