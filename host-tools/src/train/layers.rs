@@ -14,6 +14,13 @@ use rayon::prelude::*;
 /// reductions over rows are summed per block.
 const ROWS: usize = 64;
 
+/// `acc += x`, the residual connection, split over rows.
+pub fn add(k: &Kernels, acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(ROWS * 64)
+        .zip(x.par_chunks(ROWS * 64))
+        .for_each(|(a, x)| (k.add)(a, x));
+}
+
 /// `out (R, D) = rmsnorm(x (R, D)) * w (D)`, the kernel inference uses.
 pub fn rmsnorm_forward(k: &Kernels, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();

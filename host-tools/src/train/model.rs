@@ -316,7 +316,7 @@ impl Model {
 
             let xmid = &mut a.xmid[li * r * d..(li + 1) * r * d];
             matmul::linear_forward(kn, &mut a.tmp, xmid, ao, wo, r);
-            (kn.add)(xmid, x);
+            layers::add(kn, xmid, x);
             let xn2 = &mut a.xn2[li * r * d..(li + 1) * r * d];
             layers::rmsnorm_forward(kn, xn2, xmid, &p[o.ffn_norm + li * d..][..d], eps);
             let h1 = &mut a.h1[li * r * h..(li + 1) * r * h];
@@ -327,7 +327,7 @@ impl Model {
             layers::swiglu_forward(kn, g, h1, h3);
             let xnext = &mut xrest[..r * d];
             matmul::linear_forward(kn, &mut a.tmp, xnext, g, w2, r);
-            (kn.add)(xnext, xmid);
+            layers::add(kn, xnext, xmid);
         }
         let xl = &a.x[l * r * d..];
         layers::rmsnorm_forward(kn, &mut a.xnf, xl, &p[o.final_norm..][..d], eps);
@@ -429,12 +429,19 @@ impl Model {
         // Loss over the counted rows only; the others get no gradient from the classifier.
         let (rows, targets) = counted_rows(batch);
         // (counted, D) inputs and gradients of the classifier, kept between steps (no page faults per step).
-        let (xn, dxn_rows) = (&mut gb.xn_rows, &mut gb.dxn_rows);
-        xn.resize(rows.len() * d, 0.0);
-        dxn_rows.resize(rows.len() * d, 0.0);
-        for (dst, &i) in xn.chunks_exact_mut(d).zip(&rows) {
-            dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
-        }
+        // When every row counts (plain text), the final norm's output and gradient serve as they are.
+        let every = rows.len() == r;
+        let (xn, dxn_rows) = if every {
+            (&a.xnf, &mut gb.dxn)
+        } else {
+            let (xn, dxn_rows) = (&mut gb.xn_rows, &mut gb.dxn_rows);
+            xn.resize(rows.len() * d, 0.0);
+            dxn_rows.resize(rows.len() * d, 0.0);
+            for (dst, &i) in xn.chunks_exact_mut(d).zip(&rows) {
+                dst.copy_from_slice(&a.xnf[i * d..(i + 1) * d]);
+            }
+            (&*xn, dxn_rows)
+        };
         let loss = self.ce(p, &mut a.cls_t, v).run(
             &mut a.logits,
             xn,
@@ -445,9 +452,11 @@ impl Model {
                 scale,
             }),
         );
-        gb.dxn.fill(0.0);
-        for (src, &i) in dxn_rows.chunks_exact(d).zip(&rows) {
-            gb.dxn[i * d..(i + 1) * d].copy_from_slice(src);
+        if !every {
+            gb.dxn.fill(0.0);
+            for (src, &i) in gb.dxn_rows.chunks_exact(d).zip(&rows) {
+                gb.dxn[i * d..(i + 1) * d].copy_from_slice(src);
+            }
         }
         // Final norm.
         gb.dx.fill(0.0);

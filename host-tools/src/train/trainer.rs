@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use enigma_core::config::{Config, ParamLayout, Preset};
 use enigma_core::kernels::Kernels;
 use enigma_runtime::{ModelFile, ModelLock, ModelWriter, TokenizerData};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -424,7 +425,7 @@ fn run_state(
     let stop = o.stop_after.unwrap_or(total).min(total);
     while st.step < stop {
         let t0 = Instant::now();
-        grads.fill(0.0);
+        grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
         let batches: Vec<Batch> = (0..o.grad_accum)
             .map(|_| {
                 let ids: Vec<usize> = (0..b).map(|j| order.at(st.data_pos + j as u64)).collect();
