@@ -86,7 +86,16 @@ impl AdamW {
         // Per-chunk sums in a fixed order: the same result on any number of threads.
         let norm = grads
             .par_chunks(1 << 14)
-            .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+            .map(|c| {
+                // 8 running sums, so the loop vectorises.
+                let mut acc = [0.0f64; 8];
+                for g in c.chunks(8) {
+                    for (a, &g) in acc.iter_mut().zip(g) {
+                        *a += (g as f64) * (g as f64);
+                    }
+                }
+                acc.iter().sum::<f64>()
+            })
             .collect::<Vec<f64>>()
             .iter()
             .sum::<f64>()
