@@ -107,7 +107,7 @@ pub struct Acts {
     grad: Option<GradBufs>,
     /// Weights transposed for the forward products.
     tmp: Tmp,
-    /// (CE_CHUNK, V)
+    /// (layers::ce_chunk(V), V)
     logits: Vec<f32>,
     /// (D, V) the classifier transposed in panels, the logits' right operand
     cls_t: Vec<f32>,
