@@ -62,15 +62,18 @@ pub fn weight_bytes_per_token(model: &Model<'_>) -> u64 {
         .sum()
 }
 
-/// Matrix flops per token: 2 per weight of every matrix that multiplies activations.
-pub fn flops_per_token(model: &Model<'_>) -> f64 {
+/// Floating-point operations per prompt token of a prefill of `prompt_len` tokens: two per weight of every
+/// layer for each token, and the classifier's once for the whole prompt (only the last token's logits are
+/// computed; counting them per token overstated prefill's share of the FMA peak, past 100% for a 15M model).
+/// Attention's own products are left out: small beside the weights at bench lengths.
+pub fn prefill_flops_per_token(model: &Model<'_>, prompt_len: usize) -> f64 {
     let c = &model.transformer.config;
-    let embed = if c.tied_classifier {
-        0
-    } else {
-        c.vocab_size as u64 * c.dim as u64
-    };
-    2.0 * (c.param_count() - embed) as f64
+    let seq = c.seq_len as usize;
+    let table = c.vocab_size as u64 * c.dim as u64;
+    // `param_count` holds the embedding table once, plus a separate classifier when it is not tied.
+    let tables = if c.tied_classifier { table } else { 2 * table };
+    let layers = c.param_count().saturating_sub(tables) as f64;
+    2.0 * (layers + table as f64 / prompt_len.clamp(1, seq.max(2) - 1) as f64)
 }
 
 pub struct BenchResult {

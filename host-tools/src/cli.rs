@@ -622,7 +622,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (fma, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
     let peak = peak1 * threads as f64;
     let bytes = bench::weight_bytes_per_token(&model) as f64;
-    let flops = bench::flops_per_token(&model);
+    let flops = bench::prefill_flops_per_token(&model, args.prompt_tokens);
     let decode_frac = r.gen_tokens_per_s * bytes / bw;
     let prefill_frac = r.prompt_tokens_per_s * flops / peak;
     let dtype = bench::main_dtype(&model).name();
