@@ -62,53 +62,7 @@ fn kib(b: u64) -> String {
     }
 }
 
-/// A region's length in a `memory.x`: `NAME : ORIGIN = ..., LENGTH = 512K` (sums like `2048K - 0x100` too).
-fn region_length(text: &str, name: &str) -> Option<u64> {
-    for line in text.lines() {
-        let line = line.split("/*").next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !rest.trim_start().starts_with(':') && !rest.trim_start().starts_with('(') {
-            continue;
-        }
-        let len = rest
-            .split("LENGTH")
-            .nth(1)?
-            .trim_start()
-            .strip_prefix('=')?;
-        return eval(len.trim().trim_end_matches(','));
-    }
-    None
-}
-
-fn eval(expr: &str) -> Option<u64> {
-    let mut total: i64 = 0;
-    let mut sign = 1i64;
-    for tok in expr
-        .replace('+', " + ")
-        .replace('-', " - ")
-        .split_whitespace()
-    {
-        match tok {
-            "+" => sign = 1,
-            "-" => sign = -1,
-            t => {
-                let (num, mul) = match t.chars().last()? {
-                    'K' | 'k' => (&t[..t.len() - 1], 1024),
-                    'M' | 'm' => (&t[..t.len() - 1], 1024 * 1024),
-                    _ => (t, 1),
-                };
-                let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-                    Some(h) => i64::from_str_radix(h, 16).ok()?,
-                    None => num.parse::<i64>().ok()?,
-                };
-                total += sign * v * mul;
-            }
-        }
-    }
-    u64::try_from(total).ok()
-}
+include!("memory_x.rs");
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -146,6 +100,7 @@ impl Ram {
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=memory_x.rs");
     println!("cargo::rustc-check-cfg=cfg(enigma_test_panic)");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut board = var("ENIGMA_BOARD").unwrap_or_else(|| "this board".into());
@@ -192,9 +147,11 @@ fn main() {
             let text = std::fs::read_to_string(p)
                 .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", p.display())));
             let get = |r| {
-                region_length(&text, r).unwrap_or_else(|| {
-                    fail(format!("{}: no `{r} : ... LENGTH = ...` line", p.display()))
-                })
+                memory_region(&text, r)
+                    .map(|m| m.length)
+                    .unwrap_or_else(|| {
+                        fail(format!("{}: no `{r} : ... LENGTH = ...` line", p.display()))
+                    })
             };
             (Some(get("FLASH")), Some(get("RAM")))
         }
