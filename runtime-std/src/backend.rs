@@ -52,7 +52,6 @@ const PARTS_PER_THREAD: usize = 2;
 pub struct Pool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    threads: usize,
     /// One `split` at a time: a concurrent or nested call runs on its own caller's thread instead.
     busy: Mutex<()>,
 }
@@ -109,7 +108,6 @@ impl Pool {
                     drop(Pool {
                         shared,
                         workers,
-                        threads,
                         busy: Mutex::new(()),
                     });
                     return Err(Error::Invalid(format!(
@@ -121,13 +119,13 @@ impl Pool {
         Ok(Pool {
             shared,
             workers,
-            threads: threads.max(1),
             busy: Mutex::new(()),
         })
     }
 
+    /// The caller's thread and the workers.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.workers.len() + 1
     }
 
     fn wake(&self) {
@@ -158,11 +156,12 @@ fn run_parts(sh: &Shared, job: &Job) {
         {
             continue;
         }
-        let start = (i * job.per * job.unit).min(job.len);
+        // `parts = ceil(units / per)`, so every part but the last is whole and the last takes any remainder.
+        let start = i * job.per * job.unit;
         let end = if i + 1 == job.parts {
             job.len
         } else {
-            ((i + 1) * job.per * job.unit).min(job.len)
+            start + job.per * job.unit
         };
         // SAFETY: see `Job`: part `i` was claimed for this job's epoch, so its `split` is still waiting and
         // the buffer and closure are alive; no other thread claimed part `i`.
@@ -220,7 +219,7 @@ impl Exec for Pool {
         }
         let sh = &*self.shared;
         // Rows of one matrix cost the same, so even parts are enough.
-        let per = units.div_ceil((self.threads * PARTS_PER_THREAD).min(units));
+        let per = units.div_ceil((self.threads() * PARTS_PER_THREAD).min(units));
         let job = Job {
             // SAFETY: only the lifetime is erased; see `Job`.
             f: unsafe {
@@ -310,7 +309,7 @@ impl Backend {
 
     pub fn threads(&self) -> usize {
         match self {
-            Backend::Cpu { pool, .. } => pool.as_ref().map_or(1, |p| p.threads),
+            Backend::Cpu { pool, .. } => pool.as_ref().map_or(1, Pool::threads),
         }
     }
 
