@@ -20,20 +20,32 @@ fn row_block(rows: usize) -> usize {
     rows.div_ceil(2 * threads).div_ceil(6).max(8) * 6
 }
 
-/// `out (R, N) = x (R, K) · b (K, N)`, or `+=` when `accumulate`; split over rows.
-pub fn mm(k: &Kernels, out: &mut [f32], x: &[f32], b: &[f32], rows: usize, accumulate: bool) {
+/// Runs `f(out rows (m, N), x rows (m, K), m)` on matching blocks of rows of `out (R, N)` and `x (R, K)`
+/// over rayon's pool: the split every row-parallel product below shares.
+fn row_blocks(
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    f: impl Fn(&mut [f32], &[f32], usize) + Sync + Send,
+) {
     if rows == 0 {
         return;
     }
     let (n, kd) = (out.len() / rows, x.len() / rows);
-    debug_assert_eq!(b.len(), n * kd);
     let blk = row_block(rows);
     out.par_chunks_mut(blk * n)
         .zip(x.par_chunks(blk * kd))
-        .for_each(|(o, xb)| {
-            let g = Gemm::new(o.len() / n, kd, n);
-            (k.gemm_f32)(o, xb, b, if accumulate { g } else { g.overwrite() });
-        });
+        .for_each(|(o, xb)| f(o, xb, o.len() / n));
+}
+
+/// `out (R, N) = x (R, K) · b (K, N)`, or `+=` when `accumulate`; split over rows.
+pub fn mm(k: &Kernels, out: &mut [f32], x: &[f32], b: &[f32], rows: usize, accumulate: bool) {
+    let (n, kd) = (out.len() / rows.max(1), x.len() / rows.max(1));
+    debug_assert_eq!(b.len(), n * kd);
+    row_blocks(out, x, rows, |o, xb, m| {
+        let g = Gemm::new(m, kd, n);
+        (k.gemm_f32)(o, xb, b, if accumulate { g } else { g.overwrite() });
+    });
 }
 
 /// `dw (N, K) += dyᵀ · x` for `dy (R, N)`, `x (R, K)`; split over rows of `dw`.
@@ -93,21 +105,14 @@ pub fn transpose_panels(out: &mut [f32], w: &[f32], n: usize, kd: usize) {
 
 /// `out (R, N) = x (R, K) · wᵀ` with `wᵀ` in the panels of [`transpose_panels`]; split over rows.
 pub fn mm_panels(k: &Kernels, out: &mut [f32], x: &[f32], panels: &[f32], rows: usize) {
-    if rows == 0 {
-        return;
-    }
-    let (n, kd) = (out.len() / rows, x.len() / rows);
+    let (n, kd) = (out.len() / rows.max(1), x.len() / rows.max(1));
     debug_assert_eq!(panels.len(), n * kd);
-    let blk = row_block(rows);
-    out.par_chunks_mut(blk * n)
-        .zip(x.par_chunks(blk * kd))
-        .for_each(|(o, xb)| {
-            let m = o.len() / n;
-            for (j, pn) in panels.chunks(PANEL * kd).enumerate() {
-                let g = Gemm::new(m, kd, pn.len() / kd).ldc(n).overwrite();
-                (k.gemm_f32)(&mut o[j * PANEL..], xb, pn, g);
-            }
-        });
+    row_blocks(out, x, rows, |o, xb, m| {
+        for (j, pn) in panels.chunks(PANEL * kd).enumerate() {
+            let g = Gemm::new(m, kd, pn.len() / kd).ldc(n).overwrite();
+            (k.gemm_f32)(&mut o[j * PANEL..], xb, pn, g);
+        }
+    });
 }
 
 /// `out (cols, rows) = xᵀ` on the calling thread.
