@@ -22,15 +22,17 @@ pub fn median(xs: &mut [f64]) -> f64 {
 /// Read bandwidth in bytes/s with `threads` threads: a wrapping integer sum over a buffer much larger than
 /// any cache (integer adds vectorise freely, so the loop waits on memory, not on arithmetic).
 pub fn read_bandwidth(threads: usize, rounds: usize) -> f64 {
-    let words = 64 << 20; // 512 MiB of u64
-                          // Huge pages where the OS has them, as the weights are loaded (see `enigma_runtime::load`).
+    // 512 MiB of u64, on huge pages where the OS has them, as the weights are loaded (see
+    // `enigma_runtime::load`).
+    let words = 64 << 20;
     let Ok(mut mem) = enigma_runtime::load::huge_buffer(words * 8) else {
         return 0.0;
     };
-    for (i, w) in mem.chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&(i as u64).to_ne_bytes());
+    let buf: &mut [u64] = bytemuck::cast_slice_mut(&mut mem[..]);
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = i as u64;
     }
-    let buf: &[u64] = bytemuck::cast_slice(&mem[..]);
+    let buf = &*buf;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
     let Ok(pool) = pool else { return 0.0 };
     let mut rates: Vec<f64> = (0..rounds)

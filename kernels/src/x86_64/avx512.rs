@@ -613,9 +613,8 @@ fn wq_q8(a: &BlockQ8_0) -> __m256i {
 }
 
 /// Stamps out the VNNI `out (n) += w (n, stride)[:, ..nb] · xq (nb)` for q4_0 and for q8_0 weights in cache
-/// (prefill tiles), one row at a time
-/// (interleaving rows breaks the hardware prefetchers' streams at these row lengths, and on Zen 4 a 512-bit op
-/// costs two 256-bit ones, so 256-bit vectors lose nothing). Weights are made unsigned for `vpdpbusd` by a
+/// (prefill tiles), one row at a time (interleaving rows breaks the hardware prefetchers' streams at these row
+/// lengths, and on Zen 4 a 512-bit op costs two 256-bit ones, so 256-bit vectors lose nothing). Weights are made unsigned for `vpdpbusd` by a
 /// bias (q8_0: `+128`, a sign-bit flip; q4_0: the raw nibbles are `value + 8`), and each `x` block's scale and
 /// bias correction `-bias · Σx` (per lane of 4 bytes) are computed once per call; a weight block then costs
 /// one load (and flip or unpack), one `vpdpbusd` started at the correction, one conversion and one FMA with
