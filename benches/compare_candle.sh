@@ -25,7 +25,7 @@ python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
 
 E="${ENIGMA_BIN:-target/release/enigma}"
 C="${CANDLE_PEER:-target/candle-peer/release/candle-peer}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-tools
+[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
 [ -n "${CANDLE_PEER:-}" ] || CARGO_TARGET_DIR=target/candle-peer cargo build --release --manifest-path benches/candle-peer/Cargo.toml
 
 for s in $SHAPES; do

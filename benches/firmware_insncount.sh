@@ -18,7 +18,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 gcc -O2 -shared -fPIC -o "$work/libinsncount.so" "$shared/tools/qemu-insncount.c"
-cargo build -q -p enigma-tools
+cargo build -q -p enigma-cli
 enigma="${CARGO_TARGET_DIR:-target}/debug/enigma"
 
 "$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \

@@ -16,7 +16,7 @@ B=8
 T=256
 V=8000
 DATA="${ENIGMA_SHARED:-../shared}/data/tinyshakespeare.txt"
-cargo build --release -q -p enigma-tools
+cargo build --release -q -p enigma-cli
 BIN="${CARGO_TARGET_DIR:-target}/release/enigma"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

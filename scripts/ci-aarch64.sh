@@ -19,8 +19,8 @@ ENIGMA_TEST_CPU_FEATURES=dotprod \
     cargo test -p enigma-kernels --target aarch64-unknown-linux-gnu
 
 # The dev profile (opt-level 2 here) reuses what `cargo test` already built for the host.
-cargo build -p enigma-tools
-cargo build -p enigma-tools --target aarch64-unknown-linux-gnu
+cargo build -p enigma-cli
+cargo build -p enigma-cli --target aarch64-unknown-linux-gnu
 out="${CARGO_TARGET_DIR:-target}"
 model="$out/ci-stories260K.enigma"
 "$out/debug/enigma" import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"

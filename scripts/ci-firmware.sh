@@ -30,7 +30,7 @@ if [ "${ENIGMA_CI_NO_DEFMT_PRINT:-0}" != 1 ] && ! command -v defmt-print >/dev/n
 fi
 
 step "the enigma CLI and stories260K as f32 and q8_0"
-cargo build -p enigma-tools
+cargo build -p enigma-cli
 enigma="${CARGO_TARGET_DIR:-$root/target}/debug/enigma"
 models="$(mktemp -d)"
 trap 'rm -rf "$models"' EXIT
@@ -65,8 +65,8 @@ if [ -n "$defmt_pid" ]; then
     wait "$defmt_pid" || { cat "${TMPDIR:-/tmp}/defmt-print-install.log"; exit 1; }
 fi
 
-step "tests: host-tools/tests/firmware.rs"
-cargo test -p enigma-tools --test firmware
+step "tests: host-tools/cli/tests/firmware.rs"
+cargo test -p enigma-cli --test firmware
 
 step "instructions per token on the Cortex-M4F (benches/firmware_insncount.sh)"
 TIERS=default bash benches/firmware_insncount.sh 64

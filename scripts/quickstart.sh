@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${ENIGMA_SHARED:-../shared}"
-cargo build --release -p enigma-tools
+cargo build --release -p enigma-cli
 enigma="${CARGO_TARGET_DIR:-target}/release/enigma"
 "$enigma" run -i "ROMEO:" -n 120 -t 0.8 --seed 42
 if [ -f "$SHARED/models/stories260K.bin" ]; then

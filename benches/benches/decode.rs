@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
 use enigma_runtime::{HostSession, ModelFile};
-use enigma_tools::shared::shared_file;
+use enigma_testkit::shared_file;
 
 fn decode(c: &mut Criterion) {
     let (Some(ckpt), Some(tok)) = (
@@ -17,7 +17,7 @@ fn decode(c: &mut Criterion) {
         return;
     };
     let bytes =
-        enigma_tools::llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import stories260K");
+        enigma_models::llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import stories260K");
     let file = ModelFile::from_bytes(&bytes, "stories260K").expect("valid model");
     let model = file.model(enigma_kernels::kernels()).expect("model");
     let mut ids = vec![0; Tokenizer::max_tokens(16)];

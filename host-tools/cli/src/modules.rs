@@ -1,0 +1,582 @@
+//! `enigma modules ...` and `enigma hardware`.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use enigma_modules::manager::hardware_shortfalls;
+use enigma_modules::spec::{Kind, ModuleSpec};
+use enigma_modules::{Health, LoadOptions, ManagerError, ModuleManager, RestoreReport, State};
+use enigma_runtime::hardware::{human_bytes, Gpu};
+use enigma_runtime::{Hardware, ModelLock};
+use serde_json::json;
+use std::path::Path;
+
+/// Describes the machine instead of detecting it: `ram=2G,free=1G,cores=4,gpu=6G` (`gpu=` repeats, one per
+/// GPU; `gpu=none` for none). For trying what a module needs on another machine, and for tests.
+pub const SIMULATE_ENV: &str = "ENIGMA_SIMULATE_HARDWARE";
+
+#[derive(Subcommand, Debug)]
+pub enum ModulesCommand {
+    /// Every module: its state, what it provides, and why it cannot load if it cannot.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One module: what it provides, needs and conflicts with, its hardware needs and config keys.
+    Info {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a module (and save the loaded set to modules.json).
+    Load {
+        id: String,
+        /// Load the modules it needs first, in dependency order.
+        #[arg(long)]
+        with_deps: bool,
+        /// A config setting, checked against the module's schema (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Unload a module (and save the loaded set).
+    Unload {
+        id: String,
+        /// Unload the modules that need it first.
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// The loaded modules, what each is doing, and a health check of each.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow or refuse modules that send data off this machine.
+    AllowCloud {
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
+}
+
+/// A size like `512M`, `6G`, `1.5G` or a byte count.
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => bail!("'{s}': sizes end in K, M, G or T"),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let x: f64 = num
+        .parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+        .with_context(|| format!("'{s}' is not a size"))?;
+    Ok((x * mult as f64) as u64)
+}
+
+/// The machine as [`SIMULATE_ENV`] describes it.
+pub fn simulated(spec: &str) -> Result<Hardware> {
+    let mut hw = Hardware {
+        total_ram: None,
+        free_ram: None,
+        cores: 1,
+        gpus: Vec::new(),
+        cuda_note: Some(format!("simulated by {SIMULATE_ENV}")),
+        cuda_driver: None,
+    };
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("{SIMULATE_ENV}: '{part}' is not key=value"))?;
+        let ctx = || format!("{SIMULATE_ENV}: {k}");
+        match k.trim() {
+            "ram" => hw.total_ram = Some(parse_size(v).with_context(ctx)?),
+            "free" => hw.free_ram = Some(parse_size(v).with_context(ctx)?),
+            "cores" => hw.cores = v.trim().parse().with_context(ctx)?,
+            "gpu" if v.trim() == "none" => hw.gpus.clear(),
+            "gpu" => {
+                let vram = parse_size(v).with_context(ctx)?;
+                hw.gpus.push(Gpu {
+                    index: hw.gpus.len() as u32,
+                    name: "simulated GPU".into(),
+                    total_vram: vram,
+                    free_vram: Some(vram),
+                });
+            }
+            other => bail!("{SIMULATE_ENV}: unknown key '{other}' (ram, free, cores, gpu)"),
+        }
+    }
+    if hw.free_ram.is_none() {
+        hw.free_ram = hw.total_ram;
+    }
+    Ok(hw)
+}
+
+/// This machine, or the simulated one.
+pub fn machine() -> Result<Hardware> {
+    match std::env::var(SIMULATE_ENV) {
+        Ok(spec) => simulated(&spec),
+        Err(_) => Ok(Hardware::detect()),
+    }
+}
+
+pub fn main(cmd: ModulesCommand) -> Result<()> {
+    main_in(&enigma_models::home(), cmd)
+}
+
+fn open(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
+    let (manager, _engine, report) = enigma_modules::open(home, machine()?)?;
+    for (id, why) in &report.failed {
+        eprintln!("note: saved module {id} did not load: {why}");
+    }
+    Ok((manager, report))
+}
+
+/// Commands that change the saved state hold a lock beside it, so two at once cannot lose each other's
+/// change (each restores, changes and saves the whole set).
+fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    Ok(ModelLock::acquire_file(
+        &home.join(".modules.lock"),
+        &home.join(enigma_modules::STATE_FILE),
+        purpose,
+    )?)
+}
+
+pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
+    match cmd {
+        ModulesCommand::List { json } => list(home, json),
+        ModulesCommand::Info { id, json } => info(home, &id, json),
+        ModulesCommand::Load { id, with_deps, set } => {
+            let _lock = state_lock(home, "modules load")?;
+            let (m, _) = open(home)?;
+            let done = m.load(&id, &LoadOptions { with_deps, set })?;
+            for id in done {
+                println!("loaded {id}: {}", m.status(id)?);
+            }
+            Ok(())
+        }
+        ModulesCommand::Unload { id, cascade } => {
+            let _lock = state_lock(home, "modules unload")?;
+            let (m, _) = open(home)?;
+            let done = m.unload(&id, cascade)?;
+            if done.is_empty() {
+                println!("forgot {id} (it was saved but had not loaded)");
+            }
+            for id in done {
+                println!("unloaded {id}");
+            }
+            Ok(())
+        }
+        ModulesCommand::Status { json } => status(home, json),
+        ModulesCommand::AllowCloud { setting } => {
+            let _lock = state_lock(home, "modules allow-cloud")?;
+            let (m, _) = open(home)?;
+            m.set_allow_cloud(setting == "on")?;
+            println!(
+                "cloud modules are {}",
+                if setting == "on" {
+                    "allowed"
+                } else {
+                    "refused"
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Why a module cannot load, said briefly for the list (the full sentence names the module again).
+fn short_reason(e: &ManagerError) -> String {
+    match e {
+        ManagerError::CloudRefused { .. } => {
+            "cloud module: not allowed (modules allow-cloud on)".into()
+        }
+        ManagerError::Conflict { other, state, .. } => {
+            format!("conflicts with {other} ({})", state.name())
+        }
+        ManagerError::CapabilityTaken {
+            capability, other, ..
+        } => format!("{other} already provides {capability}"),
+        ManagerError::MissingNeeds { missing, .. } => {
+            format!("needs {} (--with-deps loads them)", missing.join(", "))
+        }
+        ManagerError::Hardware { reasons, .. } => reasons.join("; "),
+        ManagerError::Config { reason, .. } => reason.clone(),
+        ManagerError::Unavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+struct Row {
+    id: &'static str,
+    spec: &'static ModuleSpec,
+    state: String,
+    note: String,
+    can_load: bool,
+}
+
+fn rows(m: &ModuleManager) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for id in m.ids() {
+        let spec = m.spec(id)?;
+        let state = m.state(id)?;
+        let unavailable = m.unavailable(id)?;
+        let (state_name, note, can_load) = match (state, &unavailable) {
+            (_, Some(why)) => ("unavailable".to_string(), why.clone(), false),
+            (State::Unloaded, None) => {
+                let pending = m.is_pending(id)?;
+                let last = m.last_error(id)?;
+                match (pending, last, m.check(id)) {
+                    (true, Some(err), _) => (
+                        "not restored".to_string(),
+                        format!("saved, but did not load: {err}"),
+                        false,
+                    ),
+                    (_, _, Ok(())) => ("unloaded".to_string(), "can load".to_string(), true),
+                    (_, _, Err(e)) => ("unloaded".to_string(), short_reason(&e), false),
+                }
+            }
+            (State::Loaded, None) => ("loaded".to_string(), m.status(id)?, false),
+            (s, None) => (
+                s.name().to_string(),
+                m.last_error(id)?.unwrap_or_default(),
+                false,
+            ),
+        };
+        rows.push(Row {
+            id,
+            spec,
+            state: state_name,
+            note,
+            can_load,
+        });
+    }
+    Ok(rows)
+}
+
+fn list(home: &Path, as_json: bool) -> Result<()> {
+    let (m, _) = open(home)?;
+    let rows = rows(&m)?;
+    if as_json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"id": r.id, "category": r.spec.category, "state": r.state,
+                    "provides": r.spec.provides, "needs": r.spec.needs, "optional": r.spec.optional,
+                    "conflicts": r.spec.conflicts, "cloud": r.spec.cloud, "can_load": r.can_load,
+                    "note": r.note})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    let provides: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let p = r.spec.provides.join(", ");
+            if r.spec.cloud {
+                p + " (cloud)"
+            } else {
+                p
+            }
+        })
+        .collect();
+    let width = |col: &mut dyn Iterator<Item = usize>, title: &str| {
+        col.max().unwrap_or(0).max(title.len()) + 2
+    };
+    let w = [
+        width(&mut rows.iter().map(|r| r.id.len()), "ID"),
+        width(&mut rows.iter().map(|r| r.spec.category.len()), "CATEGORY"),
+        width(&mut rows.iter().map(|r| r.state.len()), "STATE"),
+        width(&mut provides.iter().map(String::len), "PROVIDES"),
+    ];
+    println!(
+        "{:<w0$}{:<w1$}{:<w2$}{:<w3$}NOTE",
+        "ID",
+        "CATEGORY",
+        "STATE",
+        "PROVIDES",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
+    );
+    for (r, p) in rows.iter().zip(&provides) {
+        println!(
+            "{:<w0$}{:<w1$}{:<w2$}{:<w3$}{}",
+            r.id,
+            r.spec.category,
+            r.state,
+            p,
+            r.note,
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
+    let loaded = rows.iter().filter(|r| r.state == "loaded").count();
+    let unavailable = rows.iter().filter(|r| r.state == "unavailable").count();
+    println!(
+        "\n{} modules: {loaded} loaded, {unavailable} not available in this build; cloud modules {}",
+        rows.len(),
+        if m.allow_cloud() { "allowed" } else { "refused" }
+    );
+    Ok(())
+}
+
+fn kind_text(k: &Kind) -> String {
+    match k {
+        Kind::Bool => "true/false".into(),
+        Kind::Int { min, max } => format!("integer {min}..={max}"),
+        Kind::Float { min, max } => format!("number {min}..={max}"),
+        Kind::Str => "text".into(),
+        Kind::Choice { options } => format!("one of {}", options.join(", ")),
+        Kind::List => "comma-separated list".into(),
+    }
+}
+
+fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
+    let (m, _) = open(home)?;
+    let spec = m.spec(id)?;
+    let state = m.state(id)?;
+    let config = m.config(id)?;
+    let unavailable = m.unavailable(id)?;
+    let can_load = match (&unavailable, state) {
+        (Some(why), _) => Err(why.clone()),
+        (None, State::Unloaded) => m.check(id).map_err(|e| e.to_string()),
+        (None, _) => Ok(()),
+    };
+    let health = m.health(id)?;
+    if as_json {
+        let v = json!({"spec": spec, "state": state, "config": config, "unavailable": unavailable,
+            "cannot_load": can_load.as_ref().err(), "status": m.status(id)?, "health": health,
+            "last_error": m.last_error(id)?});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let list = |l: &[&str]| {
+        if l.is_empty() {
+            "-".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    println!("module:      {} ({})", spec.id, spec.category);
+    println!("             {}", spec.description);
+    println!("provides:    {}", list(spec.provides));
+    println!("needs:       {}", list(spec.needs));
+    if !spec.optional.is_empty() {
+        println!("uses if loaded: {}", list(spec.optional));
+    }
+    println!("conflicts:   {}", list(spec.conflicts));
+    println!(
+        "cloud:       {}",
+        if spec.cloud {
+            "yes: sends data off this machine"
+        } else {
+            "no"
+        }
+    );
+    let hw = &spec.hardware;
+    let mut needs = Vec::new();
+    if hw.gpu {
+        needs.push("an NVIDIA GPU".to_string());
+    }
+    if hw.vram > 0 {
+        needs.push(format!("{} of GPU memory", human_bytes(hw.vram)));
+    }
+    if hw.ram > 0 {
+        needs.push(format!("{} of RAM", human_bytes(hw.ram)));
+    }
+    if spec.id == "model" {
+        needs.push("RAM for the chosen model (its file, KV cache and scratch)".into());
+    }
+    println!(
+        "hardware:    {}",
+        if needs.is_empty() {
+            "-".to_string()
+        } else {
+            needs.join(", ")
+        }
+    );
+    match &unavailable {
+        Some(why) => println!("state:       unavailable: {why}"),
+        None => println!("state:       {}", state.name()),
+    }
+    if let Some(e) = m.last_error(id)? {
+        println!("last error:  {e}");
+    }
+    if state == State::Loaded {
+        println!("status:      {}", m.status(id)?);
+        match health {
+            Health::Ok(s) => println!("health:      ok: {s}"),
+            Health::Unhealthy(s) => println!("health:      UNHEALTHY: {s}"),
+            Health::NotLoaded => {}
+        }
+    } else if unavailable.is_none() {
+        match &can_load {
+            Ok(()) => println!("can load:    yes"),
+            Err(e) => println!("can load:    no: {e}"),
+        }
+    }
+    if spec.config.is_empty() {
+        println!("config:      none");
+    } else {
+        println!("config (--set KEY=VALUE):");
+        for f in spec.config {
+            let now = config
+                .get(f.key)
+                .map_or_else(String::new, |v| v.to_string());
+            println!(
+                "  {} = {now}: {} ({}, default {})",
+                f.key,
+                f.help,
+                kind_text(&f.kind),
+                f.default_value()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn status(home: &Path, as_json: bool) -> Result<()> {
+    let (m, report) = open(home)?;
+    let mut problems = report.failed.len();
+    let mut items = Vec::new();
+    for id in m.ids() {
+        let state = m.state(id)?;
+        if state == State::Unloaded {
+            continue;
+        }
+        let health = m.health(id)?;
+        if matches!(health, Health::Unhealthy(_)) || state == State::Failed {
+            problems += 1;
+        }
+        items.push((id, state, m.status(id)?, health, m.last_error(id)?));
+    }
+    if as_json {
+        let v: Vec<_> = items
+            .iter()
+            .map(|(id, state, status, health, err)| {
+                json!({"id": id, "state": state, "status": status, "health": health, "last_error": err})
+            })
+            .collect();
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|(id, why)| json!({"id": id, "error": why}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"modules": v, "not_restored": failed}))?
+        );
+    } else {
+        if items.is_empty() && report.failed.is_empty() {
+            println!("no modules loaded (see `enigma modules list`)");
+        }
+        for (id, state, status, health, err) in &items {
+            println!("{id}: {}: {status}", state.name());
+            match health {
+                Health::Ok(s) => println!("  health: ok: {s}"),
+                Health::Unhealthy(s) => println!("  health: UNHEALTHY: {s}"),
+                Health::NotLoaded => {}
+            }
+            if let Some(e) = err {
+                println!("  last error: {e}");
+            }
+        }
+        for (id, why) in &report.failed {
+            println!("{id}: not restored: {why}");
+        }
+    }
+    if problems > 0 {
+        bail!(
+            "{problems} module{} did not restore, failed or is unhealthy (see above)",
+            if problems == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// `enigma hardware`: what was detected (or simulated), and which modules' hardware needs it meets.
+pub fn hardware(as_json: bool) -> Result<()> {
+    let hw = machine()?;
+    let simulated = std::env::var_os(SIMULATE_ENV).is_some();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"hardware": hw, "simulated": simulated}))?
+        );
+        return Ok(());
+    }
+    let bytes = |b: Option<u64>| b.map_or("unknown".to_string(), human_bytes);
+    if simulated {
+        println!("(simulated by {SIMULATE_ENV})");
+    }
+    println!(
+        "RAM:        {} total, {} free",
+        bytes(hw.total_ram),
+        bytes(hw.free_ram)
+    );
+    println!("CPU cores:  {}", hw.cores);
+    match &hw.cuda_driver {
+        Some(v) => println!("CUDA:       driver {v}"),
+        None => println!(
+            "CUDA:       none ({})",
+            hw.cuda_note.as_deref().unwrap_or("not found")
+        ),
+    }
+    if hw.gpus.is_empty() {
+        println!("GPUs:       none");
+    }
+    for g in &hw.gpus {
+        println!(
+            "GPU {}:      {}, {} memory, {} free",
+            g.index,
+            g.name,
+            human_bytes(g.total_vram),
+            bytes(g.free_vram)
+        );
+    }
+    let blocked: Vec<String> = enigma_modules::catalog::CATALOG
+        .iter()
+        .filter_map(|s| {
+            let why = hardware_shortfalls(&s.hardware, &hw);
+            (!why.is_empty()).then(|| format!("  {}: {}", s.id, why.join("; ")))
+        })
+        .collect();
+    if !blocked.is_empty() {
+        println!("modules this machine cannot run:");
+        for b in blocked {
+            println!("{b}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_machines_are_parsed() {
+        let hw = simulated("ram=2G, free=512M, cores=4, gpu=6G, gpu=1.5G").unwrap();
+        assert_eq!(hw.total_ram, Some(2 << 30));
+        assert_eq!(hw.free_ram, Some(512 << 20));
+        assert_eq!(hw.cores, 4);
+        assert_eq!(hw.gpus.len(), 2);
+        assert_eq!(hw.gpus[1].total_vram, 1536 << 20);
+        assert_eq!(simulated("ram=1G").unwrap().free_ram, Some(1 << 30));
+        for bad in ["ram", "ram=lots", "ram=5Q", "disk=1G", "cores=-1"] {
+            assert!(simulated(bad).is_err(), "{bad}");
+        }
+    }
+}

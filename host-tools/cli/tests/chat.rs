@@ -1,0 +1,134 @@
+//! `enigma chat` keeps the conversation in the KV cache between turns.
+
+use assert_cmd::Command;
+use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
+use enigma_models::llama2c;
+use enigma_runtime::{HostSession, ModelFile};
+use enigma_testkit::shared_file;
+
+fn stories(test: &str) -> Option<Vec<u8>> {
+    let ckpt = std::fs::read(shared_file("models/stories260K.bin", test)?).ok()?;
+    let tok = std::fs::read(shared_file("models/tok512.bin", test)?).ok()?;
+    Some(llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import"))
+}
+
+fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Vec<u32> {
+    let mut ids = vec![0; Tokenizer::max_tokens(text.len())];
+    let n = tok.encode(text, bos, false, &mut ids).expect("encode");
+    ids.truncate(n);
+    ids
+}
+
+#[test]
+fn a_second_turn_continues_the_first_turns_context() {
+    let Some(bytes) = stories("a_second_turn_continues_the_first_turns_context") else {
+        return;
+    };
+    let file = ModelFile::from_bytes(&bytes, "stories260K").expect("model");
+    let m = file.model(enigma_core::kernels::kernels()).expect("model");
+    let turn1 = encode(&m.tokenizer, "Once upon a time", true);
+    let turn2 = encode(&m.tokenizer, "The dog", false);
+    let greedy = || Sampler::new(SamplerConfig::greedy());
+
+    // Two turns in one session: the second sees the first, its reply and the pending last token.
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut s = bufs.session(m.transformer).expect("session");
+    let mut reply1 = Vec::new();
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn1,
+        10,
+        false,
+        &mut |t, _| {
+            reply1.push(t);
+            true
+        },
+    )
+    .expect("turn 1");
+    let mut reply2 = Vec::new();
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn2,
+        10,
+        false,
+        &mut |t, _| {
+            reply2.push(t);
+            true
+        },
+    )
+    .expect("turn 2");
+    assert_eq!(
+        s.pos(),
+        turn1.len() + reply1.len() + turn2.len() + reply2.len() - 1
+    );
+
+    // The same history fed at once to a fresh session gives the same second reply.
+    let history: Vec<u32> = turn1.iter().chain(&reply1).chain(&turn2).copied().collect();
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut fresh = bufs.session(m.transformer).expect("session");
+    let mut again = Vec::new();
+    fresh
+        .generate(
+            &Serial,
+            &m.tokenizer,
+            &mut greedy(),
+            &history,
+            10,
+            false,
+            &mut |t, _| {
+                again.push(t);
+                true
+            },
+        )
+        .expect("one turn");
+    assert_eq!(reply2, again);
+
+    // And a session that forgot the first turn answers differently: the context mattered.
+    s.reset();
+    let mut forgot = Vec::new();
+    s.generate(
+        &Serial,
+        &m.tokenizer,
+        &mut greedy(),
+        &turn2,
+        10,
+        false,
+        &mut |t, _| {
+            forgot.push(t);
+            true
+        },
+    )
+    .expect("after reset");
+    assert_ne!(reply2, forgot);
+}
+
+#[test]
+fn enigma_chat_answers_each_line_and_leaves_on_quit() {
+    let Some(bytes) = stories("enigma_chat_answers_each_line_and_leaves_on_quit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("s.enigma");
+    std::fs::write(&model, bytes).expect("write");
+    let out = Command::cargo_bin("enigma")
+        .expect("binary")
+        .arg("chat")
+        .arg("-m")
+        .arg(&model)
+        .args(["-t", "0", "-n", "12", "--threads", "1"])
+        .write_stdin("Tell me a story.\nWhat happened next?\n/reset\nHello\n/quit\nnever read\n")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Three turns, three replies (each ends with a newline), and the line after /quit is never answered.
+    assert_eq!(stdout.lines().count(), 3, "{stdout:?}");
+    assert!(stdout.lines().all(|l| !l.trim().is_empty()), "{stdout:?}");
+    assert!(stderr.contains("(conversation forgotten)"), "{stderr}");
+    assert_eq!(stderr.matches("generated:").count(), 3, "{stderr}");
+}

@@ -1,0 +1,377 @@
+//! The firmware, end to end through `enigma flash`: stories260K boots on the emulated Cortex-M4F and prints
+//! what `enigma run` prints, f32 byte for byte and q8_0 too (on the board held to a real part's 1 MiB / 256 KiB);
+//! a panic fails the run; a model too big for a board fails the build saying by how much; the real boards'
+//! images build with flash and RAM use reported.
+//!
+//! Needs qemu-system-arm and the thumbv7em/thumbv6m targets (scripts/ci-firmware.sh installs them); without
+//! them each test prints a loud SKIPPED line and returns. Decoding the defmt log needs defmt-print.
+
+use assert_cmd::Command;
+use enigma_testkit::shared_file;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const PROMPT: &str = "Once upon a time";
+
+/// Builds share firmware/target: one at a time, so no test runs an image another test's build replaced.
+static FIRMWARE: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    FIRMWARE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn has_target(target: &str) -> bool {
+    std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == target)
+        })
+        // Without rustup, assume the toolchain has what it was installed with; the build will say if not.
+        .unwrap_or(true)
+}
+
+fn skip(test: &str, why: &str) {
+    eprintln!("!!!!!!!! SKIPPED {test}: {why} !!!!!!!!");
+}
+
+/// The tools a test needs, or a loud skip.
+fn ready(test: &str, qemu: bool, targets: &[&str]) -> bool {
+    if qemu && !on_path("qemu-system-arm") {
+        skip(
+            test,
+            "qemu-system-arm is not installed (apt-get install qemu-system-arm)",
+        );
+        return false;
+    }
+    for t in targets {
+        if !has_target(t) {
+            skip(
+                test,
+                &format!("the {t} target is not installed (rustup target add {t})"),
+            );
+            return false;
+        }
+    }
+    true
+}
+
+fn enigma() -> Command {
+    let mut c = Command::cargo_bin("enigma").unwrap();
+    // The firmware's build runs its own cargo; the settings of the cargo running these tests must not leak.
+    c.env_remove("CARGO_TARGET_DIR");
+    c
+}
+
+/// stories260K imported into `dir`, as f32 or quantized; `None` (after a loud skip) when that cannot be done.
+fn model(dir: &Path, quantize: Option<&str>, test: &str) -> Option<PathBuf> {
+    let ckpt = shared_file("models/stories260K.bin", test)?;
+    let tok = shared_file("models/tok512.bin", test)?;
+    let out = dir.join(format!("stories260K-{}.enigma", quantize.unwrap_or("f32")));
+    let mut cmd = enigma();
+    cmd.args(["import", "llama2c"])
+        .arg(ckpt)
+        .arg("--tokenizer")
+        .arg(tok)
+        .arg("-o")
+        .arg(&out);
+    if let Some(q) = quantize {
+        let help = enigma()
+            .args(["import", "llama2c", "--help"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&help.stdout).contains("--quantize") {
+            skip(test, "`enigma import llama2c` has no --quantize option yet");
+            return None;
+        }
+        cmd.args(["--quantize", q]);
+    }
+    cmd.assert().success();
+    Some(out)
+}
+
+/// What `enigma run` prints for the prompt, greedy.
+fn host_run(model: &Path, n: usize) -> Vec<u8> {
+    let out = enigma()
+        .args(["run", "-m"])
+        .arg(model)
+        .args([
+            "-i",
+            PROMPT,
+            "-n",
+            &n.to_string(),
+            "-t",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+struct Flashed {
+    ok: bool,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+fn flash(board: &str, model: &Path, out_dir: &Path, extra: &[&str]) -> Flashed {
+    let out = enigma()
+        .args(["flash", "--board", board, "--model"])
+        .arg(model)
+        .arg("--out-dir")
+        .arg(out_dir)
+        .args(["--seed", "42"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    Flashed {
+        ok: out.status.success(),
+        stdout: out.stdout,
+        stderr,
+    }
+}
+
+fn generate_args(n: usize) -> Vec<String> {
+    [
+        "-i",
+        PROMPT,
+        "-n",
+        &n.to_string(),
+        "-t",
+        "0",
+        "--timeout",
+        "300",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The decoded defmt log reached stderr (when defmt-print is installed; loud skip otherwise).
+fn check_defmt(test: &str, stderr: &str, expect: &str) {
+    if !on_path("defmt-print") {
+        skip(
+            &format!("{test} (defmt decoding)"),
+            "defmt-print is not installed (cargo install defmt-print)",
+        );
+        return;
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[firmware]") && l.contains(expect)),
+        "no decoded defmt line containing {expect:?}"
+    );
+}
+
+#[test]
+fn qemu_f32_output_equals_enigma_run_byte_for_byte() {
+    let test = "qemu_f32_output_equals_enigma_run_byte_for_byte";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), None, test) else {
+        return;
+    };
+    let n = 64;
+    let host = host_run(&m, n);
+    let _guard = lock();
+    let args = generate_args(n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fw = flash("mps2-an386", &m, dir.path(), &args);
+    assert!(fw.ok, "enigma flash failed");
+    assert!(
+        host.len() > PROMPT.len() + 100,
+        "host printed too little: {host:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fw.stdout),
+        String::from_utf8_lossy(&host),
+        "the firmware's text differs from enigma run's"
+    );
+    assert_eq!(fw.stdout, host);
+    check_defmt(test, &fw.stderr, "64 generated");
+}
+
+#[test]
+fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
+    let test = "qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), Some("q8_0"), test) else {
+        return;
+    };
+    let n = 64;
+    let host = host_run(&m, n);
+    let _guard = lock();
+    let args = generate_args(n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The real part's budget: the linker and build.rs prove the model, buffers and stack fit 1 MiB / 256 KiB.
+    let fw = flash("mps2-an386-small", &m, dir.path(), &args);
+    assert!(fw.ok, "enigma flash failed");
+    assert!(fw.stderr.contains("of 1048576 bytes"), "no flash report");
+    assert!(fw.stderr.contains("of 262144 bytes"), "no RAM report");
+    // The same bytes, so the same tokens (decoding is deterministic and every token prints as it comes).
+    assert_eq!(
+        String::from_utf8_lossy(&fw.stdout),
+        String::from_utf8_lossy(&host),
+        "the q8_0 firmware's text differs from enigma run's"
+    );
+    check_defmt(test, &fw.stderr, "kernels");
+}
+
+#[test]
+fn a_firmware_panic_fails_the_run() {
+    let test = "a_firmware_panic_fails_the_run";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), None, test) else {
+        return;
+    };
+    let _guard = lock();
+    let out = enigma()
+        .env("ENIGMA_FIRMWARE_TEST_PANIC", "1")
+        .args(["flash", "--board", "mps2-an386", "--model"])
+        .arg(&m)
+        .arg("--out-dir")
+        .arg(dir.path())
+        .args([
+            "-i",
+            PROMPT,
+            "-n",
+            "4",
+            "-t",
+            "0",
+            "--seed",
+            "1",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !out.status.success(),
+        "a panicking firmware must fail the run"
+    );
+    assert!(
+        stderr.contains("it panicked"),
+        "the error should say it panicked"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("panicking on purpose"));
+    check_defmt(test, &stderr, "panic");
+}
+
+#[test]
+fn a_model_too_big_for_the_board_fails_the_build_saying_by_how_much() {
+    let test = "a_model_too_big_for_the_board_fails_the_build_saying_by_how_much";
+    if !ready(test, false, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), None, test) else {
+        return;
+    };
+    let _guard = lock();
+    // 1 MiB of f32 weights on a 512 KiB part.
+    let fw = flash("nucleo-f411re", &m, dir.path(), &["--build-only"]);
+    assert!(!fw.ok);
+    let last = fw.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: building the firmware for nucleo-f411re failed:")
+            && last.contains("does not fit the flash of nucleo-f411re")
+            && last.contains("over by"),
+        "unclear error: {last}"
+    );
+}
+
+#[test]
+fn the_kv_cache_too_big_for_ram_fails_the_build_saying_by_how_much() {
+    let test = "the_kv_cache_too_big_for_ram_fails_the_build_saying_by_how_much";
+    if !ready(test, false, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), Some("q8_0"), test) else {
+        return;
+    };
+    let _guard = lock();
+    let fw = flash(
+        "nucleo-f411re",
+        &m,
+        dir.path(),
+        &["--build-only", "--context", "512"],
+    );
+    assert!(!fw.ok);
+    let last = fw.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("do not fit the RAM of nucleo-f411re")
+            && last.contains("over by")
+            && last.contains("The longest context that fits is"),
+        "unclear error: {last}"
+    );
+}
+
+#[test]
+fn stm32f4_and_pico_images_build_with_q8_0_and_report_their_size() {
+    let test = "stm32f4_and_pico_images_build_with_q8_0_and_report_their_size";
+    if !ready(
+        test,
+        false,
+        &["thumbv7em-none-eabihf", "thumbv6m-none-eabi"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), Some("q8_0"), test) else {
+        return;
+    };
+    let _guard = lock();
+    for (board, flash_len, ram_len) in [
+        ("nucleo-f411re", 512 * 1024, 128 * 1024),
+        ("rp-pico", 2048 * 1024 - 256, 256 * 1024),
+    ] {
+        let out = dir.path().join(board);
+        let fw = flash(board, &m, &out, &[]);
+        assert!(fw.ok, "{board}: the image did not build");
+        assert!(
+            fw.stderr.contains(&format!("of {flash_len} bytes")),
+            "{board}: no flash report"
+        );
+        assert!(
+            fw.stderr.contains(&format!("of {ram_len} bytes")),
+            "{board}: no RAM report"
+        );
+        assert!(out.join(format!("{board}.elf")).is_file());
+        if !on_path("probe-rs") {
+            assert!(
+                fw.stderr.contains("probe-rs is not installed"),
+                "{board}: no probe-rs hint"
+            );
+        }
+    }
+    let uf2 = std::fs::read(dir.path().join("rp-pico/rp-pico.uf2")).unwrap();
+    assert!(uf2.len() > 400 * 1024 && uf2.len() % 512 == 0);
+    assert_eq!(&uf2[..4], &0x0A32_4655u32.to_le_bytes());
+}
