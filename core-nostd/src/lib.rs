@@ -6,7 +6,8 @@
 //! - [`model`]: the Llama-family forward pass (prefill of a chunk, one-token decode) over caller-owned buffers;
 //! - [`tokenizer`]: byte-level BPE with scores in llama2.c's style;
 //! - [`sampler`]: greedy, temperature, top-k, top-p, repetition penalty, seeded PRNG;
-//! - [`generate`]: the token loop shared by the CLI, the server and the firmware.
+//! - [`generate`]: the token loop shared by the CLI, the server and the firmware;
+//! - [`utf8`]: token pieces to valid UTF-8, holding back characters split over tokens.
 //!
 //! Letters used in shape comments: `T` tokens in a chunk, `D` dim, `H` hidden (FFN) dim, `L` layers,
 //! `NH` query heads, `NKV` key/value heads, `HS` head size, `S` max sequence length, `V` vocab size.
@@ -23,6 +24,7 @@ pub mod generate;
 pub mod model;
 pub mod sampler;
 pub mod tokenizer;
+pub mod utf8;
 
 pub use config::{Config, ParamLayout, Preset, TensorSpec, PRESETS};
 pub use enigma_kernels as kernels;
@@ -31,5 +33,6 @@ pub use format::EnigmaFile;
 pub use model::{Exec, KvCache, Scratch, Serial, Transformer, Weights};
 pub use sampler::{ProbIndex, Sampler, SamplerConfig};
 pub use tokenizer::Tokenizer;
+pub use utf8::Utf8Stream;
 
 pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -2,13 +2,19 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use enigma_models::ModelStore;
+use enigma_modules::capability::{GenerateRequest, TextGeneration};
 use enigma_modules::manager::hardware_shortfalls;
 use enigma_modules::spec::{Kind, ModuleSpec};
-use enigma_modules::{Health, LoadOptions, ManagerError, ModuleManager, RestoreReport, State};
+use enigma_modules::{
+    Health, LoadOptions, ManagerError, ModuleManager, Registry, RestoreReport, State,
+};
 use enigma_runtime::hardware::{human_bytes, Gpu};
 use enigma_runtime::{Hardware, ModelLock};
 use serde_json::json;
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 /// Describes the machine instead of detecting it: `ram=2G,free=1G,cores=4,gpu=6G` (`gpu=` repeats, one per
 /// GPU; `gpu=none` for none). For trying what a module needs on another machine, and for tests.
@@ -44,10 +50,24 @@ pub enum ModulesCommand {
         #[arg(long)]
         cascade: bool,
     },
-    /// The loaded modules, what each is doing, and a health check of each.
+    /// The wanted modules (modules.json) and their settings; with --check, loads them here and checks
+    /// the health of each.
     Status {
         #[arg(long)]
         json: bool,
+        /// Load the wanted set in this process and run each module's health check (a model forward pass).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Generate text with whichever wanted module provides text_generation (inference, or later a cloud
+    /// API), streaming it to stdout.
+    Generate {
+        /// The text to continue.
+        #[arg(short = 'p', long, default_value = "")]
+        prompt: String,
+        /// Most tokens to generate (default: the module's max_tokens setting).
+        #[arg(short = 'n', long)]
+        n_predict: Option<usize>,
     },
     /// Allow or refuse modules that send data off this machine.
     AllowCloud {
@@ -130,8 +150,30 @@ pub fn main(cmd: ModulesCommand) -> Result<()> {
     main_in(&enigma_models::home(), cmd)
 }
 
-fn open(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
-    let (manager, _engine, report) = enigma_modules::open(home, machine()?)?;
+/// Every module this build has, registered by the crates that implement them.
+pub fn registry(home: &Path) -> Registry {
+    let store = ModelStore::new(home);
+    let mut registry = Registry::new();
+    enigma_modules::local::register(&mut registry, &store);
+    enigma_train::module::register(&mut registry, &store);
+    registry
+}
+
+/// The manager with the wanted set read, nothing loaded: for commands that only look or only change
+/// the wanted set.
+fn read(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
+    let manager = enigma_modules::open(home, machine()?, registry(home))?;
+    let report = manager.read_saved()?;
+    for (id, why) in &report.failed {
+        eprintln!("note: saved module {id} is not known to this build: {why}");
+    }
+    Ok((manager, report))
+}
+
+/// The manager with the wanted set loaded: this command hosts the modules for its own length.
+fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
+    let manager = enigma_modules::open(home, machine()?, registry(home))?;
+    let report = manager.restore()?;
     for (id, why) in &report.failed {
         eprintln!("note: saved module {id} did not load: {why}");
     }
@@ -155,7 +197,8 @@ pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
         ModulesCommand::Info { id, json } => info(home, &id, json),
         ModulesCommand::Load { id, with_deps, set } => {
             let _lock = state_lock(home, "modules load")?;
-            let (m, _) = open(home)?;
+            // Its needs must really load (they hand it what it builds on), so the wanted set is hosted.
+            let (m, _) = host(home)?;
             let done = m.load(&id, &LoadOptions { with_deps, set })?;
             for id in done {
                 println!("loaded {id}: {}", m.status(id)?);
@@ -164,20 +207,18 @@ pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
         }
         ModulesCommand::Unload { id, cascade } => {
             let _lock = state_lock(home, "modules unload")?;
-            let (m, _) = open(home)?;
-            let done = m.unload(&id, cascade)?;
-            if done.is_empty() {
-                println!("forgot {id} (it was saved but had not loaded)");
-            }
-            for id in done {
-                println!("unloaded {id}");
+            // Nothing is loaded in this process: unloading takes modules out of the wanted set.
+            let (m, _) = read(home)?;
+            for id in m.unload(&id, cascade)? {
+                println!("unloaded {id} (no longer wanted)");
             }
             Ok(())
         }
-        ModulesCommand::Status { json } => status(home, json),
+        ModulesCommand::Status { json, check } => status(home, json, check),
+        ModulesCommand::Generate { prompt, n_predict } => generate(home, prompt, n_predict),
         ModulesCommand::AllowCloud { setting } => {
             let _lock = state_lock(home, "modules allow-cloud")?;
-            let (m, _) = open(home)?;
+            let (m, _) = read(home)?;
             m.set_allow_cloud(setting == "on")?;
             println!(
                 "cloud modules are {}",
@@ -230,19 +271,19 @@ fn rows(m: &ModuleManager) -> Result<Vec<Row>> {
         let unavailable = m.unavailable(id)?;
         let (state_name, note, can_load) = match (state, &unavailable) {
             (_, Some(why)) => ("unavailable".to_string(), why.clone(), false),
-            (State::Unloaded, None) => {
-                let pending = m.is_pending(id)?;
-                let last = m.last_error(id)?;
-                match (pending, last, m.check(id)) {
-                    (true, Some(err), _) => (
-                        "not restored".to_string(),
-                        format!("saved, but did not load: {err}"),
-                        false,
-                    ),
-                    (_, _, Ok(())) => ("unloaded".to_string(), "can load".to_string(), true),
-                    (_, _, Err(e)) => ("unloaded".to_string(), short_reason(&e), false),
-                }
-            }
+            (State::Unloaded, None) => match (m.is_pending(id)?, m.last_error(id)?) {
+                (true, Some(err)) => (
+                    "not restored".to_string(),
+                    format!("saved, but did not load: {err}"),
+                    false,
+                ),
+                // Not checked: checking would open the model it names, and listing opens nothing.
+                (true, None) => ("wanted".to_string(), wanted_note(m, id)?, false),
+                (false, _) => match m.check(id) {
+                    Ok(()) => ("unloaded".to_string(), "can load".to_string(), true),
+                    Err(e) => ("unloaded".to_string(), short_reason(&e), false),
+                },
+            },
             (State::Loaded, None) => ("loaded".to_string(), m.status(id)?, false),
             (s, None) => (
                 s.name().to_string(),
@@ -261,8 +302,24 @@ fn rows(m: &ModuleManager) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A wanted module's settings that differ from the defaults, for the list.
+fn wanted_note(m: &ModuleManager, id: &str) -> Result<String> {
+    let defaults = m.spec(id)?.defaults();
+    let set: Vec<String> = m
+        .config(id)?
+        .iter()
+        .filter(|(k, v)| defaults.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Ok(if set.is_empty() {
+        "in modules.json".to_string()
+    } else {
+        format!("in modules.json ({})", set.join(", "))
+    })
+}
+
 fn list(home: &Path, as_json: bool) -> Result<()> {
-    let (m, _) = open(home)?;
+    let (m, _) = read(home)?;
     let rows = rows(&m)?;
     if as_json {
         let items: Vec<_> = rows
@@ -322,10 +379,10 @@ fn list(home: &Path, as_json: bool) -> Result<()> {
             w3 = w[3]
         );
     }
-    let loaded = rows.iter().filter(|r| r.state == "loaded").count();
+    let wanted = rows.iter().filter(|r| r.state == "wanted").count();
     let unavailable = rows.iter().filter(|r| r.state == "unavailable").count();
     println!(
-        "\n{} modules: {loaded} loaded, {unavailable} not available in this build; cloud modules {}",
+        "\n{} modules: {wanted} wanted (loaded by whichever process hosts modules), {unavailable} not available in this build; cloud modules {}",
         rows.len(),
         if m.allow_cloud() { "allowed" } else { "refused" }
     );
@@ -344,19 +401,21 @@ fn kind_text(k: &Kind) -> String {
 }
 
 fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
-    let (m, _) = open(home)?;
+    let (m, _) = read(home)?;
     let spec = m.spec(id)?;
     let state = m.state(id)?;
     let config = m.config(id)?;
     let unavailable = m.unavailable(id)?;
+    let wanted = m.is_pending(id)?;
     let can_load = match (&unavailable, state) {
         (Some(why), _) => Err(why.clone()),
-        (None, State::Unloaded) => m.check(id).map_err(|e| e.to_string()),
+        // A wanted module is not checked: that would open the model it names.
+        (None, State::Unloaded) if !wanted => m.check(id).map_err(|e| e.to_string()),
         (None, _) => Ok(()),
     };
     let health = m.health(id)?;
     if as_json {
-        let v = json!({"spec": spec, "state": state, "config": config, "unavailable": unavailable,
+        let v = json!({"spec": spec, "state": state, "wanted": wanted, "config": config, "unavailable": unavailable,
             "cannot_load": can_load.as_ref().err(), "status": m.status(id)?, "health": health,
             "last_error": m.last_error(id)?});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -409,6 +468,9 @@ fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
     );
     match &unavailable {
         Some(why) => println!("state:       unavailable: {why}"),
+        None if wanted => println!(
+            "state:       wanted (in modules.json; loaded by whichever process hosts modules)"
+        ),
         None => println!("state:       {}", state.name()),
     }
     if let Some(e) = m.last_error(id)? {
@@ -421,7 +483,7 @@ fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
             Health::Unhealthy(s) => println!("health:      UNHEALTHY: {s}"),
             Health::NotLoaded => {}
         }
-    } else if unavailable.is_none() {
+    } else if unavailable.is_none() && !wanted {
         match &can_load {
             Ok(()) => println!("can load:    yes"),
             Err(e) => println!("can load:    no: {e}"),
@@ -447,20 +509,26 @@ fn info(home: &Path, id: &str, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn status(home: &Path, as_json: bool) -> Result<()> {
-    let (m, report) = open(home)?;
-    let mut problems = report.failed.len();
+fn status(home: &Path, as_json: bool, check: bool) -> Result<()> {
+    let (m, report) = if check { host(home)? } else { read(home)? };
+    let mut problems = if check { report.failed.len() } else { 0 };
     let mut items = Vec::new();
     for id in m.ids() {
         let state = m.state(id)?;
-        if state == State::Unloaded {
+        let wanted = m.is_pending(id)? && m.last_error(id)?.is_none();
+        if state == State::Unloaded && !wanted && !(check && m.is_pending(id)?) {
             continue;
         }
         let health = m.health(id)?;
         if matches!(health, Health::Unhealthy(_)) || state == State::Failed {
             problems += 1;
         }
-        items.push((id, state, m.status(id)?, health, m.last_error(id)?));
+        let (state_name, doing) = if wanted {
+            ("wanted".to_string(), wanted_note(&m, id)?)
+        } else {
+            (state.name().to_string(), m.status(id)?)
+        };
+        items.push((id, state_name, doing, health, m.last_error(id)?));
     }
     if as_json {
         let v: Vec<_> = items
@@ -476,14 +544,16 @@ fn status(home: &Path, as_json: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"modules": v, "not_restored": failed}))?
+            serde_json::to_string_pretty(
+                &json!({"modules": v, "not_restored": failed, "checked": check})
+            )?
         );
     } else {
         if items.is_empty() && report.failed.is_empty() {
-            println!("no modules loaded (see `enigma modules list`)");
+            println!("no modules wanted (see `enigma modules list`)");
         }
         for (id, state, status, health, err) in &items {
-            println!("{id}: {}: {status}", state.name());
+            println!("{id}: {state}: {status}");
             match health {
                 Health::Ok(s) => println!("  health: ok: {s}"),
                 Health::Unhealthy(s) => println!("  health: UNHEALTHY: {s}"),
@@ -496,6 +566,9 @@ fn status(home: &Path, as_json: bool) -> Result<()> {
         for (id, why) in &report.failed {
             println!("{id}: not restored: {why}");
         }
+        if !check && !items.is_empty() {
+            println!("(nothing is loaded by this command; --check loads the wanted set here and checks each)");
+        }
     }
     if problems > 0 {
         bail!(
@@ -503,6 +576,30 @@ fn status(home: &Path, as_json: bool) -> Result<()> {
             if problems == 1 { "" } else { "s" }
         );
     }
+    Ok(())
+}
+
+/// `enigma modules generate`: the caller side of the capability seam, from the command line.
+fn generate(home: &Path, prompt: String, n_predict: Option<usize>) -> Result<()> {
+    let (m, _) = host(home)?;
+    let generator = m.get::<dyn TextGeneration>("text_generation")?;
+    eprintln!("generating with {}", generator.describe());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let req = GenerateRequest {
+        prompt,
+        max_tokens: n_predict,
+        ..GenerateRequest::default()
+    };
+    let stats = generator.generate(&req, &AtomicBool::new(false), &mut |text| {
+        // A closed pipe (`| head`) ends generation quietly.
+        out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+    })?;
+    let _ = writeln!(out);
+    eprintln!(
+        "{} prompt tokens, {} generated in {:.2} s ({:?})",
+        stats.prompt_tokens, stats.generated_tokens, stats.total_secs, stats.finish
+    );
     Ok(())
 }
 

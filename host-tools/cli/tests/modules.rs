@@ -69,7 +69,7 @@ fn list_shows_all_29_with_states_and_reasons() {
     assert!(row("training").contains("needs model, tokenizer (--with-deps loads them)"));
     assert!(row("vision").contains("unavailable"));
     assert!(row("chat_api").contains("(cloud)"));
-    assert!(out.contains("29 modules: 0 loaded"), "{out}");
+    assert!(out.contains("29 modules: 0 wanted"), "{out}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(t.path(), &["modules", "list", "--json"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 29);
@@ -107,8 +107,14 @@ fn load_with_deps_status_unload_and_restore_across_processes() {
             "loaded code_gen_local"
         ]
     );
-    // A new process restores the set from modules.json and checks each module's health.
+    // Plain status reads the wanted set and loads nothing.
     let out = ok(h, &["modules", "status"]);
+    for id in ["model", "tokenizer", "inference", "code_gen_local"] {
+        assert!(out.contains(&format!("{id}: wanted")), "{out}");
+    }
+    assert!(!out.contains("health"), "{out}");
+    // With --check a new process restores the set from modules.json and checks each module's health.
+    let out = ok(h, &["modules", "status", "--check"]);
     for id in ["model", "tokenizer", "inference", "code_gen_local"] {
         assert!(out.contains(&format!("{id}: loaded")), "{out}");
     }
@@ -136,10 +142,10 @@ fn load_with_deps_status_unload_and_restore_across_processes() {
     let out = ok(h, &["modules", "unload", "model", "--cascade"]);
     assert_eq!(
         out,
-        "unloaded code_gen_local\nunloaded inference\nunloaded model\n"
+        "unloaded code_gen_local (no longer wanted)\nunloaded inference (no longer wanted)\nunloaded model (no longer wanted)\n"
     );
     let out = ok(h, &["modules", "status"]);
-    assert!(out.starts_with("tokenizer: loaded"), "{out}");
+    assert!(out.starts_with("tokenizer: wanted"), "{out}");
 }
 
 #[test]
@@ -196,18 +202,22 @@ fn a_module_that_no_longer_loads_is_reported_at_start() {
     let h = t.path();
     ok(h, &["modules", "load", "model", "--set", "model=m"]);
     ok(h, &["models", "delete", "m"]);
+    // Listing loads nothing, so it cannot tell; it shows what is wanted.
     let (success, out, err) = run(h, &["modules", "list"]);
-    assert!(success);
+    assert!(success && err.is_empty(), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("model ") && l.contains("wanted")),
+        "{out}"
+    );
+    let (success, out, err) = run(h, &["modules", "status", "--check"]);
+    assert!(!success);
     assert!(
         err.starts_with("note: saved module model did not load: module model: no model named 'm'"),
         "{err}"
     );
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("model ") && l.contains("not restored")),
-        "{out}"
-    );
-    let err = fails(h, &["modules", "status"]);
+    assert!(out.contains("model: not restored"), "{out}");
+    let err = fails(h, &["modules", "status", "--check"]);
     assert_eq!(
         err,
         "error: 1 module did not restore, failed or is unhealthy (see above)"
@@ -218,7 +228,7 @@ fn a_module_that_no_longer_loads_is_reported_at_start() {
         .contains("\"model\""));
     assert_eq!(
         ok(h, &["modules", "unload", "model"]),
-        "forgot model (it was saved but had not loaded)\n"
+        "unloaded model (no longer wanted)\n"
     );
     assert!(!std::fs::read_to_string(h.join("modules.json"))
         .unwrap()
@@ -343,9 +353,69 @@ fn the_training_module_prepares_a_fine_tuning_run() {
             data.display()
         )
     );
-    let out = ok(h, &["modules", "status"]);
+    let out = ok(h, &["modules", "status", "--check"]);
     assert!(
         out.contains("training: loaded") && out.contains("health: ok: ready to train"),
         "{out}"
     );
+}
+
+#[test]
+fn listing_opens_no_model_so_a_broken_file_still_lists() {
+    let t = home_with_model();
+    let h = t.path();
+    ok(h, &["modules", "load", "model", "--set", "model=m"]);
+    ok(h, &["modules", "load", "inference", "--with-deps"]);
+    // The saved model's file is replaced by garbage: anything that opened it would fail.
+    let file = h.join("m").join("model.enigma");
+    std::fs::write(&file, b"this is not a model").unwrap();
+    let (success, out, err) = run(h, &["modules", "list"]);
+    assert!(success && err.is_empty(), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("model ") && l.contains("wanted") && l.contains("model=\"m\"")),
+        "{out}"
+    );
+    let (success, out, err) = run(h, &["modules", "info", "model"]);
+    assert!(success && err.is_empty(), "{err}");
+    assert!(out.contains("state:       wanted"), "{out}");
+    let (success, out, err) = run(h, &["modules", "status"]);
+    assert!(success && err.is_empty(), "{err}");
+    assert!(out.contains("inference: wanted"), "{out}");
+    // Changing the wanted set needs no loading either.
+    assert_eq!(
+        ok(h, &["modules", "unload", "inference"]),
+        "unloaded inference (no longer wanted)\n"
+    );
+    // Hosting the set does open it, and says what is wrong.
+    let (success, _, err) = run(h, &["modules", "status", "--check"]);
+    assert!(!success);
+    assert!(err.contains("saved module model did not load"), "{err}");
+}
+
+#[test]
+fn generate_streams_from_whatever_provides_text_generation() {
+    let t = home_with_model();
+    let h = t.path();
+    assert_eq!(
+        fails(h, &["modules", "generate", "-p", "hi"]),
+        "error: nothing loaded provides text_generation (one of inference, chat_api, gguf_loader can: `enigma modules load ID --with-deps`)"
+    );
+    ok(h, &["modules", "load", "model", "--set", "model=m"]);
+    ok(h, &["modules", "load", "inference", "--with-deps"]);
+    let out = enigma(h)
+        .args(["modules", "generate", "-p", "Once upon", "-n", "12"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Streamed text is valid UTF-8 whatever bytes the (random) model picks.
+    let text = String::from_utf8(out.stdout).expect("valid UTF-8");
+    assert!(!text.trim().is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("generating with m (local"), "{err}");
+    assert!(err.contains("generated in"), "{err}");
 }

@@ -171,6 +171,15 @@ const SAMPLING: &[Field] = &[
 ];
 
 /// All 29 modules, in SPEC.md's order.
+/// The catalog's spec of `id`, for a crate registering its module. Ids are fixed at build time, so a
+/// miss is a bug in that crate, caught by its first test.
+pub fn by_id(id: &str) -> &'static ModuleSpec {
+    match CATALOG.iter().find(|s| s.id == id) {
+        Some(s) => s,
+        None => panic!("module {id} is not in the catalog"),
+    }
+}
+
 pub static CATALOG: [ModuleSpec; 29] = [
     with(
         spec(

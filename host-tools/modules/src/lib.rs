@@ -4,44 +4,42 @@
 //! - [`spec`]: what a module declares, and its typed config schema;
 //! - [`catalog`]: the 29 modules of the spec;
 //! - [`module`]: the `Module` trait, and the stand-in for modules not built yet;
-//! - [`builtin`]: the real modules (model, tokenizer, inference, code_gen_local) over a shared engine;
-//! - [`training`]: the training module, fine-tuning the loaded model with `enigma train`;
-//! - [`manager`]: the rules, states, events and `modules.json`;
-//! - [`cli`]: `enigma modules ...` and `enigma hardware`.
+//! - [`capability`]: the capability seam: one trait per family (`TextGeneration`, `Embeddings`, ...), the
+//!   handles a loaded module hands out, and how callers ask for them;
+//! - [`registry`]: where crates register their modules;
+//! - [`local`]: the modules over this machine's own model (model, tokenizer, inference, code_gen_local);
+//! - [`manager`]: the rules, states, events, capability lookup and `modules.json`.
+//!
+//! Other crates register theirs (`enigma_train::module::register` adds `training`); whoever hosts modules
+//! (the CLI for one command, the server for its life) builds the [`Registry`] from the crates it links.
 
-pub mod builtin;
+pub mod capability;
 pub mod catalog;
+pub mod local;
 pub mod manager;
 pub mod module;
+pub mod registry;
 pub mod spec;
-pub mod training;
 
-pub use builtin::Engine;
+pub use capability::{Capability, Handle, Provided};
 pub use manager::{Event, LoadOptions, ManagerError, ModuleManager, RestoreReport, State};
-pub use module::{Health, Module, ModuleError};
+pub use module::{Deps, Health, Module, ModuleError};
+pub use registry::Registry;
 pub use spec::{HardwareNeeds, ModuleConfig, ModuleSpec, Value};
 
-use enigma_models::ModelStore;
 use enigma_runtime::Hardware;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The state file's name, beside the models.
 pub const STATE_FILE: &str = "modules.json";
 
-/// The manager over all 29 modules for the models directory `home`, on the machine `hardware`, with its
-/// saved state restored. Restoring can fail only on an unreadable modules.json; modules that do not come
-/// back are in the report.
+/// A manager over `registry` for the models directory `home`, on the machine `hardware`, saving to
+/// `home/modules.json`. Nothing is read or loaded yet: [`ModuleManager::read_saved`] reads the wanted set,
+/// [`ModuleManager::restore`] also loads it.
 pub fn open(
     home: &Path,
     hardware: Hardware,
-) -> Result<(ModuleManager, Arc<Engine>, RestoreReport), ManagerError> {
-    let engine = Engine::new(ModelStore::new(home));
-    let manager = ModuleManager::new(
-        builtin::registry(&engine),
-        hardware,
-        Some(home.join(STATE_FILE)),
-    )?;
-    let report = manager.restore()?;
-    Ok((manager, engine, report))
+    registry: Registry,
+) -> Result<ModuleManager, ManagerError> {
+    ModuleManager::new(registry.finish(), hardware, Some(home.join(STATE_FILE)))
 }

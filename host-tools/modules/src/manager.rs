@@ -7,15 +7,16 @@
 //! `load` and `unload` take the table lock only to check and to record; the module's own work runs outside
 //! it, so other callers (the server, the GUI) see "loading" meanwhile and are refused, not blocked.
 
-use super::module::{Health, Module, ModuleError};
-use super::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
+use crate::capability::{Capability, Handle};
+use crate::module::{Deps, Health, Module, ModuleError};
+use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
 use enigma_runtime::hardware::human_bytes;
 use enigma_runtime::Hardware;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +142,41 @@ pub enum ManagerError {
     CloudLoaded(Vec<&'static str>),
     #[error("the module registry is inconsistent: {0}")]
     Registry(String),
+    #[error("nothing loaded provides {capability}{}", provider_hint(candidates))]
+    NoProvider {
+        capability: String,
+        /// Modules that could provide it.
+        candidates: Vec<&'static str>,
+    },
+    #[error("{provider} provides {capability} but is {}; try again when that finishes", state.name())]
+    ProviderBusy {
+        capability: String,
+        provider: &'static str,
+        state: State,
+    },
+    #[error("{provider} provides {capability} but hands out no handle for it in this build")]
+    NoHandle {
+        capability: String,
+        provider: &'static str,
+    },
+    #[error("{provider} serves {capability} as {got}, and the caller asked for {expected}")]
+    WrongFamily {
+        capability: String,
+        provider: &'static str,
+        got: &'static str,
+        expected: &'static str,
+    },
+}
+
+fn provider_hint(candidates: &[&str]) -> String {
+    match candidates {
+        [] => " (no module of this build provides it)".into(),
+        [one] => format!(" (load {one}: `enigma modules load {one} --with-deps`)"),
+        many => format!(
+            " (one of {} can: `enigma modules load ID --with-deps`)",
+            many.join(", ")
+        ),
+    }
 }
 
 fn rollback_note(rolled_back: &[&str], errors: &[String]) -> String {
@@ -192,14 +228,29 @@ pub struct SavedModule {
 
 pub const STATE_VERSION: u32 = 1;
 
+/// Parses and checks the text of modules.json: the one place its bytes are validated.
+pub fn parse_saved_state(text: &str) -> std::result::Result<SavedState, String> {
+    let saved: SavedState = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if saved.version != STATE_VERSION {
+        return Err(format!(
+            "version {} (this build reads {STATE_VERSION})",
+            saved.version
+        ));
+    }
+    Ok(saved)
+}
+
 struct Slot {
     state: State,
     /// The config it runs with (when loaded) or last ran with.
     config: Option<ModuleConfig>,
     last_error: Option<String>,
-    /// Saved in modules.json but did not restore: kept in the file (with this config) until the user loads
-    /// or unloads it, so a model on an unplugged disk is not forgotten.
+    /// Wanted (saved in modules.json) but not loaded in this process: not restored yet (a command that
+    /// only reads state never loads), or did not restore. Kept in the file (with this config) until the
+    /// user loads or unloads it, so a model on an unplugged disk is not forgotten.
     pending: Option<ModuleConfig>,
+    /// What the module serves while loaded, by capability.
+    handles: Vec<(&'static str, Handle)>,
 }
 
 struct Table {
@@ -327,6 +378,7 @@ impl ModuleManager {
                         config: None,
                         last_error: None,
                         pending: None,
+                        handles: Vec::new(),
                     })
                     .collect(),
                 allow_cloud: false,
@@ -403,6 +455,83 @@ impl ModuleManager {
             .collect()
     }
 
+    /// The loaded module that provides `capability`, if any (the one-provider rule makes it unique).
+    pub fn provider(&self, capability: &str) -> Option<&'static str> {
+        let t = lock(&self.table);
+        (0..self.specs.len())
+            .find(|&i| {
+                t.slots[i].state == State::Loaded && self.specs[i].provides.contains(&capability)
+            })
+            .map(|i| self.specs[i].id)
+    }
+
+    /// The handle serving `capability`, from whichever loaded module provides it.
+    pub fn handle(&self, capability: &str) -> Result<Handle> {
+        let t = lock(&self.table);
+        let holder = (0..self.specs.len())
+            .find(|&i| t.slots[i].state.occupies() && self.specs[i].provides.contains(&capability));
+        let Some(i) = holder else {
+            return Err(ManagerError::NoProvider {
+                capability: capability.to_string(),
+                candidates: self
+                    .specs
+                    .iter()
+                    .filter(|s| s.provides.contains(&capability))
+                    .map(|s| s.id)
+                    .collect(),
+            });
+        };
+        let provider = self.specs[i].id;
+        if t.slots[i].state != State::Loaded {
+            return Err(ManagerError::ProviderBusy {
+                capability: capability.to_string(),
+                provider,
+                state: t.slots[i].state,
+            });
+        }
+        t.slots[i]
+            .handles
+            .iter()
+            .find(|(c, _)| *c == capability)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| ManagerError::NoHandle {
+                capability: capability.to_string(),
+                provider,
+            })
+    }
+
+    /// The handle serving `capability` as the family `C`: `m.get::<dyn TextGeneration>("text_generation")`.
+    pub fn get<C: Capability + ?Sized>(&self, capability: &str) -> Result<Arc<C>> {
+        let handle = self.handle(capability)?;
+        C::from_handle(&handle).ok_or_else(|| ManagerError::WrongFamily {
+            capability: capability.to_string(),
+            provider: self.provider(capability).unwrap_or("?"),
+            got: handle.family(),
+            expected: C::FAMILY,
+        })
+    }
+
+    /// A module may only serve what its spec declares, once each.
+    fn check_provided(
+        &self,
+        i: usize,
+        handles: &[(&'static str, Handle)],
+    ) -> Result<(), ModuleError> {
+        let spec = self.specs[i];
+        for (k, (c, _)) in handles.iter().enumerate() {
+            if !spec.provides.contains(c) {
+                return Err(ModuleError::Failed(format!(
+                    "it handed out {c}, which its spec does not declare (it provides {})",
+                    spec.provides.join(", ")
+                )));
+            }
+            if handles[..k].iter().any(|(d, _)| d == c) {
+                return Err(ModuleError::Failed(format!("it handed out {c} twice")));
+            }
+        }
+        Ok(())
+    }
+
     pub fn unavailable(&self, id: &str) -> Result<Option<String>> {
         let i = self.idx(id)?;
         Ok(lock(&self.modules[i]).unavailable())
@@ -431,7 +560,10 @@ impl ModuleManager {
             let mut t = lock(&self.table);
             if !allow {
                 let loaded: Vec<&'static str> = (0..self.specs.len())
-                    .filter(|&i| self.specs[i].cloud && t.slots[i].state.occupies())
+                    .filter(|&i| {
+                        self.specs[i].cloud
+                            && (t.slots[i].state.occupies() || t.slots[i].pending.is_some())
+                    })
                     .map(|i| self.specs[i].id)
                     .collect();
                 if !loaded.is_empty() {
@@ -695,18 +827,29 @@ impl ModuleManager {
         let mut done: Vec<usize> = Vec::new();
         for (k, &i) in plan.iter().enumerate() {
             let result = {
+                let lookup = |c: &str| self.handle(c).map_err(|e| e.to_string());
+                let deps = Deps::new(&lookup);
                 let mut module = lock(&self.modules[i]);
-                module
-                    .load(&configs[k])
-                    .map(|()| module.resolved_config(&configs[k]))
+                match module.load(&configs[k], &deps) {
+                    Ok(provided) => match self.check_provided(i, &provided.handles) {
+                        Ok(()) => Ok((module.resolved_config(&configs[k]), provided)),
+                        Err(e) => {
+                            // It loaded, so it holds things: release them.
+                            let _ = module.unload();
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                }
             };
             let mut t = lock(&self.table);
             match result {
-                Ok(resolved) => {
+                Ok((resolved, provided)) => {
                     let slot = &mut t.slots[i];
                     slot.config = Some(resolved);
                     slot.last_error = None;
                     slot.pending = None;
+                    slot.handles = provided.handles;
                     self.set_state(&mut t, i, State::Loaded);
                     self.emit(Event::Loaded {
                         id: self.specs[i].id,
@@ -762,6 +905,8 @@ impl ModuleManager {
     fn unload_one(&self, i: usize) -> Result<(), ModuleError> {
         {
             let mut t = lock(&self.table);
+            // From now on nobody gets a new handle to it; callers holding one keep it alive.
+            t.slots[i].handles.clear();
             self.set_state(&mut t, i, State::Unloading);
         }
         let result = lock(&self.modules[i]).unload();
@@ -819,8 +964,27 @@ impl ModuleManager {
         ordered
     }
 
+    /// Wanted modules that need `target`, directly or through others, dependents of dependents first.
+    fn pending_dependents(&self, t: &Table, target: usize) -> Vec<usize> {
+        let mut set = vec![target];
+        let mut k = 0;
+        while k < set.len() {
+            let need = self.specs[set[k]].id;
+            for (j, spec) in self.specs.iter().enumerate() {
+                if t.slots[j].pending.is_some() && !set.contains(&j) && spec.needs.contains(&need) {
+                    set.push(j);
+                }
+            }
+            k += 1;
+        }
+        set.remove(0);
+        set.reverse();
+        set
+    }
+
     /// Unloads `id`; with `cascade`, first the modules that need it (dependents of dependents first).
-    /// Returns the modules unloaded, in order. A module that did not restore (pending) is forgotten.
+    /// Returns the modules unloaded, in order. A module that is wanted but not loaded here (pending) is
+    /// forgotten, with (under `cascade`) the wanted modules that need it, and those are returned.
     pub fn unload(&self, id: &str, cascade: bool) -> Result<Vec<&'static str>> {
         let target = self.idx(id)?;
         let id = self.specs[target].id;
@@ -831,11 +995,23 @@ impl ModuleManager {
         match t.slots[target].state {
             State::Loaded | State::Failed => {}
             State::Unloaded if t.slots[target].pending.is_some() => {
-                t.slots[target].pending = None;
-                t.slots[target].last_error = None;
+                // Wanted but not loaded here: only the wanted set changes, and what needs it goes with it.
+                let dependents = self.pending_dependents(&t, target);
+                if !dependents.is_empty() && !cascade {
+                    return Err(ManagerError::NeededBy {
+                        id,
+                        dependents: dependents.iter().map(|&j| self.specs[j].id).collect(),
+                    });
+                }
+                let mut forgotten = Vec::new();
+                for j in dependents.into_iter().chain([target]) {
+                    t.slots[j].pending = None;
+                    t.slots[j].last_error = None;
+                    forgotten.push(self.specs[j].id);
+                }
                 drop(t);
                 self.save()?;
-                return Ok(Vec::new());
+                return Ok(forgotten);
             }
             State::Unloaded => return Err(ManagerError::NotLoaded { id }),
             state => return Err(ManagerError::Busy { id, state }),
@@ -934,10 +1110,11 @@ impl ModuleManager {
         enigma_runtime::writer::atomic_write(path, text.as_bytes()).map_err(|e| err(e.to_string()))
     }
 
-    /// Reads modules.json and loads what it lists, needs before the modules that need them (whatever the
-    /// file's order). A module that no longer loads is reported, kept in the file, and the rest go on. A
-    /// missing file is an empty state; an unreadable one is an error, and the file is then never written.
-    pub fn restore(&self) -> Result<RestoreReport> {
+    /// Reads modules.json: the wanted set becomes pending (wanted, not loaded) and nothing is loaded, so a
+    /// command that only looks (`modules list`, `info`, `status`) never opens a model. A missing file is an
+    /// empty state; an unreadable one is an error, and the file is then never written. Ids this build
+    /// does not know, and ids listed twice, are in the report's `failed`.
+    pub fn read_saved(&self) -> Result<RestoreReport> {
         let Some(path) = self.state_file.clone() else {
             return Ok(RestoreReport::default());
         };
@@ -955,22 +1132,16 @@ impl ModuleManager {
             }
             Err(e) => return Err(corrupt(e.to_string())),
         };
-        let saved: SavedState = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-        if saved.version != STATE_VERSION {
-            return Err(corrupt(format!(
-                "version {} (this build reads {STATE_VERSION})",
-                saved.version
-            )));
-        }
-        lock(&self.table).allow_cloud = saved.allow_cloud;
+        let saved = parse_saved_state(&text).map_err(corrupt)?;
         let mut report = RestoreReport::default();
-        let mut members = Vec::new();
-        let mut configs: HashMap<usize, ModuleConfig> = HashMap::new();
+        let mut t = lock(&self.table);
+        t.allow_cloud = saved.allow_cloud;
         for m in &saved.modules {
             match self.index.get(m.id.as_str()) {
-                Some(&i) if !configs.contains_key(&i) => {
-                    members.push(i);
-                    configs.insert(i, m.config.clone());
+                // Already hosted by this process.
+                Some(&i) if t.slots[i].state.occupies() => {}
+                Some(&i) if t.slots[i].pending.is_none() => {
+                    t.slots[i].pending = Some(m.config.clone());
                 }
                 Some(_) => report
                     .failed
@@ -980,12 +1151,38 @@ impl ModuleManager {
                     .push((m.id.clone(), "no module of this name in this build".into())),
             }
         }
+        Ok(report)
+    }
+
+    /// Reads modules.json and loads what it lists, needs before the modules that need them (whatever the
+    /// file's order): what a process that hosts modules does when it starts. A module that no longer
+    /// loads is reported, kept in the file, and the rest go on.
+    pub fn restore(&self) -> Result<RestoreReport> {
+        let mut report = self.read_saved()?;
+        let (members, mut configs): (Vec<usize>, HashMap<usize, ModuleConfig>) = {
+            let t = lock(&self.table);
+            let members: Vec<usize> = (0..self.specs.len())
+                .filter(|&i| t.slots[i].pending.is_some())
+                .collect();
+            let configs = members
+                .iter()
+                .filter_map(|&i| Some((i, t.slots[i].pending.clone()?)))
+                .collect();
+            (members, configs)
+        };
         let order = match self.topo_order(&members, true) {
             Ok(order) => order,
             Err(cycle) => {
                 // Optional links can only order, not forbid; fall back to needs alone.
-                self.topo_order(&members, false)
-                    .map_err(|_| corrupt(cycle.to_string()))?
+                self.topo_order(&members, false).map_err(|_| {
+                    if let Some(path) = &self.state_file {
+                        lock(&self.table).blocked = Some(path.clone());
+                    }
+                    ManagerError::StateCorrupt {
+                        path: self.state_file.clone().unwrap_or_default(),
+                        reason: cycle.to_string(),
+                    }
+                })?
             }
         };
         for i in order {

@@ -1,7 +1,9 @@
 //! The interface every module implements, and the stand-in for modules not built yet.
 
-use super::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
+use crate::capability::{Capability, Handle, Provided};
+use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Why a module could not do what it was asked. The manager wraps it with the module's id.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,6 +21,30 @@ impl ModuleError {
     /// Any error, with its whole chain of causes on one line.
     pub fn failed(e: impl std::fmt::Display) -> Self {
         ModuleError::Failed(e.to_string())
+    }
+}
+
+/// What a loading module can reach: the capabilities of the modules loaded before it (its needs among
+/// them). The manager makes one over its own table; a test can make one over anything.
+pub struct Deps<'a> {
+    lookup: &'a dyn Fn(&str) -> Result<Handle, String>,
+}
+
+impl<'a> Deps<'a> {
+    pub fn new(lookup: &'a dyn Fn(&str) -> Result<Handle, String>) -> Self {
+        Deps { lookup }
+    }
+
+    /// The handle serving `capability`, as the family `C` (`dyn LanguageModel`, ...).
+    pub fn get<C: Capability + ?Sized>(&self, capability: &str) -> Result<Arc<C>, ModuleError> {
+        let handle = (self.lookup)(capability).map_err(ModuleError::Failed)?;
+        C::from_handle(&handle).ok_or_else(|| {
+            ModuleError::Failed(format!(
+                "{capability} is served as {}, not {}",
+                handle.family(),
+                C::FAMILY
+            ))
+        })
     }
 }
 
@@ -47,9 +73,10 @@ pub trait Module: Send {
         Ok(self.spec().hardware)
     }
 
-    /// Starts the module with `config` (already checked against the schema). On error it must hold
-    /// nothing: the manager records it as unloaded.
-    fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError>;
+    /// Starts the module with `config` (already checked against the schema), taking what it builds on
+    /// from `deps` (the capabilities of loaded modules), and hands back a handle for each capability it
+    /// serves. On error it must hold nothing: the manager records it as unloaded.
+    fn load(&mut self, config: &ModuleConfig, deps: &Deps<'_>) -> Result<Provided, ModuleError>;
 
     /// The config to record (and save) after a successful `load`: `config` with whatever the module chose
     /// at load time written in, so a restart loads the same thing. By default `config` itself.
@@ -90,7 +117,7 @@ impl Module for Unavailable {
     fn unavailable(&self) -> Option<String> {
         Some(self.why.clone())
     }
-    fn load(&mut self, _config: &ModuleConfig) -> Result<(), ModuleError> {
+    fn load(&mut self, _config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
         Err(ModuleError::Unavailable(self.why.clone()))
     }
     fn unload(&mut self) -> Result<(), ModuleError> {

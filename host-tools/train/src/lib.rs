@@ -6,7 +6,8 @@
 //! - [`adamw`]: AdamW, gradient clipping, the warmup + cosine schedule;
 //! - [`bpe`], [`vocab`]: tokenizer training, its file, and encoding;
 //! - [`data`]: text windows and chat-rendered conversations, split and shuffled;
-//! - [`checkpoint`], [`progress`], [`trainer`]: the run itself.
+//! - [`checkpoint`], [`progress`], [`trainer`]: the run itself;
+//! - [`module`]: the `training` module, fine-tuning the loaded model through the capability seam.
 //!
 //! [`ParamLayout`]: enigma_core::ParamLayout
 pub mod adamw;
@@ -16,6 +17,7 @@ pub mod data;
 pub mod layers;
 pub mod matmul;
 pub mod model;
+pub mod module;
 pub mod options;
 pub mod progress;
 pub mod trainer;

@@ -1,6 +1,7 @@
 //! Every rule of the manager, on the real catalog with stand-in modules (and a few made-up specs for cycles).
 
 use super::*;
+use crate::capability::{Provided, Tool};
 use crate::catalog::CATALOG;
 use crate::spec::Value;
 use enigma_runtime::hardware::Gpu;
@@ -56,7 +57,7 @@ impl Module for Stub {
         h.ram = self.ram;
         Ok(h)
     }
-    fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError> {
+    fn load(&mut self, config: &ModuleConfig, _: &Deps<'_>) -> Result<Provided, ModuleError> {
         if !self.gate_unload {
             self.wait();
         }
@@ -66,7 +67,7 @@ impl Module for Stub {
         let cfg: Vec<String> = config.iter().map(|(k, v)| format!("{k}={v}")).collect();
         lock(&self.log).push(format!("load {} {}", self.spec.id, cfg.join(",")));
         self.loaded = true;
-        Ok(())
+        Ok(Provided::new())
     }
     fn unload(&mut self) -> Result<(), ModuleError> {
         if self.gate_unload {
@@ -803,4 +804,156 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn reading_the_saved_state_loads_nothing_and_forgetting_follows_needs() {
+    let (_dir, path) = state_file();
+    std::fs::write(
+        &path,
+        r#"{"version": 1, "allow_cloud": true, "modules": [
+            {"id": "model", "config": {"model": "m"}}, {"id": "tokenizer"}, {"id": "inference"},
+            {"id": "code_gen_local"}, {"id": "image_gen_api"}
+        ]}"#,
+    )
+    .unwrap();
+    let log = Log::default();
+    let m = ModuleManager::new(stubs(&log, |_| {}), big(), Some(path.clone())).unwrap();
+    let report = m.read_saved().unwrap();
+    assert!(
+        report.failed.is_empty() && report.loaded.is_empty(),
+        "{report:?}"
+    );
+    assert!(lock(&log).is_empty(), "{:?}", lock(&log));
+    assert!(m.is_pending("inference").unwrap());
+    assert_eq!(m.state("inference").unwrap(), State::Unloaded);
+    assert!(m.allow_cloud());
+    // A wanted cloud module counts: refusing cloud modules would leave it unable to restore.
+    assert!(matches!(
+        m.set_allow_cloud(false).unwrap_err(),
+        ManagerError::CloudLoaded(_)
+    ));
+    // Forgetting a wanted module that others need is refused, or takes them along.
+    let err = m.unload("tokenizer", false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "module tokenizer is needed by code_gen_local, inference (unload those first, or use --cascade)"
+    );
+    assert_eq!(
+        m.unload("tokenizer", true).unwrap(),
+        ["code_gen_local", "inference", "tokenizer"]
+    );
+    assert!(lock(&log).is_empty());
+    let ids: Vec<String> = m.saved_state().modules.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["model", "image_gen_api"]);
+    // The file now says so, and the remaining set still restores.
+    let m = ModuleManager::new(stubs(&log, |_| {}), big(), Some(path)).unwrap();
+    assert_eq!(m.restore().unwrap().loaded, ["model", "image_gen_api"]);
+}
+
+/// A tool that echoes its arguments, to check handles go in and out by capability.
+struct Echo;
+
+impl Tool for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn description(&self) -> &str {
+        "says its arguments back"
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::json!({"type": "object"})
+    }
+    fn call(&self, arguments: &serde_json::Value) -> Result<serde_json::Value, ModuleError> {
+        Ok(arguments.clone())
+    }
+}
+
+/// `web_tools` that hands out `handles` (capability names, each served by [`Echo`]).
+struct Tools(Vec<&'static str>);
+
+impl Module for Tools {
+    fn spec(&self) -> &'static ModuleSpec {
+        spec_of("web_tools")
+    }
+    fn load(&mut self, _: &ModuleConfig, _: &Deps<'_>) -> Result<Provided, ModuleError> {
+        Ok(Provided::new().with_all(&self.0, Arc::new(Echo) as Arc<dyn Tool>))
+    }
+    fn unload(&mut self) -> Result<(), ModuleError> {
+        Ok(())
+    }
+    fn status(&self) -> String {
+        String::new()
+    }
+    fn health(&self) -> Health {
+        Health::Ok(String::new())
+    }
+}
+
+fn with_tools(handles: Vec<&'static str>) -> ModuleManager {
+    let log = Log::default();
+    let modules = stubs(&log, |_| {})
+        .into_iter()
+        .map(|m| -> Box<dyn Module> {
+            if m.spec().id == "web_tools" {
+                Box::new(Tools(handles.clone()))
+            } else {
+                m
+            }
+        })
+        .collect();
+    ModuleManager::new(modules, big(), None).unwrap()
+}
+
+#[test]
+fn capabilities_are_found_by_name_and_typed_by_family() {
+    let m = with_tools(vec!["web_search"]);
+    let err = m.get::<dyn Tool>("web_search").err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "nothing loaded provides web_search (load web_tools: `enigma modules load web_tools --with-deps`)"
+    );
+    let err = m.handle("text_generation").err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("one of inference, chat_api, gguf_loader can"),
+        "{err}"
+    );
+    m.load("web_tools", &LoadOptions::default()).unwrap();
+    assert_eq!(m.provider("web_search"), Some("web_tools"));
+    let tool = m.get::<dyn Tool>("web_search").unwrap();
+    let args = serde_json::json!({"q": "rust"});
+    assert_eq!(tool.call(&args).unwrap(), args);
+    // Declared but not handed out: held for the rules, but nobody can call it.
+    assert_eq!(
+        m.get::<dyn Tool>("url_fetch").err().unwrap().to_string(),
+        "web_tools provides url_fetch but hands out no handle for it in this build"
+    );
+    // Asked for as the wrong family.
+    let err = m
+        .get::<dyn crate::capability::TextGeneration>("web_search")
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "web_tools serves web_search as Tool, and the caller asked for TextGeneration"
+    );
+    m.unload("web_tools", false).unwrap();
+    assert!(m.get::<dyn Tool>("web_search").is_err());
+    // The handle a caller already holds stays usable after the unload.
+    assert_eq!(tool.name(), "echo");
+}
+
+#[test]
+fn a_module_may_only_hand_out_what_its_spec_declares() {
+    let m = with_tools(vec!["web_search", "text_generation"]);
+    let err = m.load("web_tools", &LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "it handed out text_generation, which its spec does not declare (it provides web_search, url_fetch)"
+        ),
+        "{err}"
+    );
+    assert_eq!(m.state("web_tools").unwrap(), State::Unloaded);
+    assert!(m.handle("web_search").is_err());
 }

@@ -1,27 +1,28 @@
-//! The `training` module: fine-tunes the loaded model with `enigma train` (enigma_train), writing the result
-//! as a model of the models directory. Loading it checks and prepares a run; the run itself is long and is
-//! started by whoever holds the engine (the server, a test) with [`TrainingJob::run`].
+//! The `training` module: fine-tunes the loaded model with the trainer, writing the result as a model of
+//! the models directory. Loading it checks and prepares a run; the run itself is long and is started by
+//! whoever holds the handle (the server, a test) through [`Training::run`].
 
-use super::builtin::{Engine, LoadedModel};
-use super::module::{Health, Module, ModuleError};
-use super::spec::{ModuleConfig, ModuleSpec, Value};
-use clap::Parser;
+use crate::{Summary, TrainOptions};
 use enigma_models::{check_name, ModelStore};
+use enigma_modules::capability::{LanguageModel, Provided, Tokenization, Training, TrainingReport};
+use enigma_modules::spec::{ModuleConfig, ModuleSpec, Value};
+use enigma_modules::{catalog, Deps, Health, Module, ModuleError, Registry};
 use enigma_runtime::ModelLock;
-use enigma_train::{Summary, TrainOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// `enigma train`'s own flags, so a run here gets exactly the defaults and checks the command has.
-#[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    options: TrainOptions,
+/// Registers `training` over the models directory of `store`.
+pub fn register(registry: &mut Registry, store: &ModelStore) {
+    registry.register(Box::new(TrainingModule {
+        spec: catalog::by_id("training"),
+        store: store.clone(),
+        job: None,
+    }));
 }
 
 /// A fine-tuning run, checked and ready.
 pub struct TrainingJob {
-    pub model: Arc<LoadedModel>,
+    model: Arc<dyn LanguageModel>,
     /// The model name the result is written as.
     pub output: String,
     pub options: TrainOptions,
@@ -32,30 +33,62 @@ pub struct TrainingJob {
 impl TrainingJob {
     /// Trains (holding the output folder's lock, as `enigma train` does) and records the run in the
     /// output model's metadata.json. One run at a time per job.
-    pub fn run(&self) -> anyhow::Result<Summary> {
+    pub fn train(&self) -> anyhow::Result<Summary> {
         let _one = self
             .running
             .try_lock()
             .map_err(|_| anyhow::anyhow!("a training run of this module is already going"))?;
-        let summary = enigma_train::train(&self.options, self.model.backend.kernels())?;
+        let summary = crate::train(&self.options, self.model.backend().kernels())?;
         self.store.record_training(
             &self.output,
-            &self.model.name,
+            self.model.name(),
             summary.steps,
             &self.options.data,
             summary.final_loss,
         )?;
         Ok(summary)
     }
+}
 
-    pub fn is_running(&self) -> bool {
+impl Training for TrainingJob {
+    fn describe(&self) -> String {
+        let data: Vec<String> = self
+            .options
+            .data
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "fine-tunes {} on {} for {} steps (lr {}) into model '{}'",
+            self.model.name(),
+            data.join(", "),
+            self.options.steps.unwrap_or_default(),
+            self.options.lr.unwrap_or_default(),
+            self.output
+        )
+    }
+
+    fn run(&self) -> Result<TrainingReport, ModuleError> {
+        // The whole chain of causes, on one line.
+        let summary = self
+            .train()
+            .map_err(|e| ModuleError::Failed(format!("{e:#}")))?;
+        Ok(TrainingReport {
+            output: self.output.clone(),
+            steps: summary.steps,
+            final_loss: summary.final_loss,
+        })
+    }
+
+    fn is_running(&self) -> bool {
         self.running.try_lock().is_err()
     }
 }
 
 pub struct TrainingModule {
-    pub(super) spec: &'static ModuleSpec,
-    pub(super) engine: Arc<Engine>,
+    spec: &'static ModuleSpec,
+    store: ModelStore,
+    job: Option<Arc<TrainingJob>>,
 }
 
 fn config_err(e: impl std::fmt::Display) -> ModuleError {
@@ -63,24 +96,18 @@ fn config_err(e: impl std::fmt::Display) -> ModuleError {
 }
 
 impl TrainingModule {
-    fn prepare(&self, config: &ModuleConfig) -> Result<TrainingJob, ModuleError> {
-        let model = self
-            .engine
-            .model()
-            .ok_or_else(|| ModuleError::Failed("the model module is not loaded".into()))?;
-        let tokenizer = self
-            .engine
-            .tokenizer()
-            .ok_or_else(|| ModuleError::Failed("the tokenizer module is not loaded".into()))?;
+    fn prepare(&self, config: &ModuleConfig, deps: &Deps<'_>) -> Result<TrainingJob, ModuleError> {
+        let model = deps.get::<dyn LanguageModel>("language_model")?;
+        let tokenizer = deps.get::<dyn Tokenization>("tokenization")?;
         // The trainer keeps a model's tokenizer with its weights; another one would not match the embedding.
-        if tokenizer.path != model.path {
+        if tokenizer.source() != model.name() {
             return Err(ModuleError::Failed(format!(
                 "training uses the model's own tokenizer, and the tokenizer module holds {}'s",
-                tokenizer.name
+                tokenizer.source()
             )));
         }
-        let data: Vec<String> = match config.get("data") {
-            Some(Value::List(l)) if !l.is_empty() => l.clone(),
+        let data: Vec<PathBuf> = match config.get("data") {
+            Some(Value::List(l)) if !l.is_empty() => l.iter().map(PathBuf::from).collect(),
             _ => {
                 return Err(config_err(
                     "choose the training data: --set data=FILE[,FILE...]",
@@ -88,47 +115,42 @@ impl TrainingModule {
             }
         };
         for d in &data {
-            if !std::path::Path::new(d).is_file() {
-                return Err(config_err(format!("data: {d}: no such file")));
+            if !d.is_file() {
+                return Err(config_err(format!("data: {}: no such file", d.display())));
             }
         }
         let output = match config.get("output").and_then(Value::as_str) {
             Some(o) if !o.is_empty() => o.to_string(),
-            _ => format!("{}-tuned", model.name.trim_end_matches(".enigma")),
+            _ => format!("{}-tuned", model.name().trim_end_matches(".enigma")),
         };
         check_name(&output).map_err(config_err)?;
-        let store = self.engine.store.clone();
-        let out = store.dir(&output);
+        let out = self.store.dir(&output);
         if let Some(holder) = ModelLock::holder(&out).map_err(config_err)? {
             return Err(ModuleError::Failed(format!(
                 "the output model '{output}' is locked by {holder}"
             )));
         }
-        let num = |k: &str| config.get(k).map_or_else(String::new, |v| v.to_string());
-        let mut args: Vec<String> = vec!["train".into(), "--data".into()];
-        args.extend(data);
-        for (flag, value) in [
-            ("--init", model.path.display().to_string()),
-            ("--out", out.display().to_string()),
-            ("--steps", num("steps")),
-            ("--lr", num("learning_rate")),
-            ("--batch-size", num("batch_size")),
-        ] {
-            args.push(flag.into());
-            args.push(value);
+        let mut options = TrainOptions::new(data, out);
+        options.init = Some(model.path().to_path_buf());
+        options.steps = config
+            .get("steps")
+            .and_then(Value::as_int)
+            .map(|n| n as u64);
+        options.lr = config
+            .get("learning_rate")
+            .and_then(Value::as_float)
+            .map(|x| x as f32);
+        if let Some(b) = config.get("batch_size").and_then(Value::as_int) {
+            options.batch_size = b as usize;
         }
-        args.push("--quiet".into());
-        if config.get("allow_small_data").and_then(Value::as_bool) == Some(true) {
-            args.push("--allow-small-data".into());
-        }
-        let flags = Flags::try_parse_from(&args).map_err(|e| {
-            config_err(e.to_string().lines().next().unwrap_or_default().to_string())
-        })?;
+        options.allow_small_data =
+            config.get("allow_small_data").and_then(Value::as_bool) == Some(true);
+        options.quiet = true;
         Ok(TrainingJob {
             model,
             output,
-            options: flags.options,
-            store,
+            options,
+            store: self.store.clone(),
             running: Mutex::new(()),
         })
     }
@@ -139,46 +161,33 @@ impl Module for TrainingModule {
         self.spec
     }
 
-    fn load(&mut self, config: &ModuleConfig) -> Result<(), ModuleError> {
-        let job = self.prepare(config)?;
-        self.engine.set_training(Some(Arc::new(job)));
-        Ok(())
+    fn load(&mut self, config: &ModuleConfig, deps: &Deps<'_>) -> Result<Provided, ModuleError> {
+        let job = Arc::new(self.prepare(config, deps)?);
+        self.job = Some(job.clone());
+        Ok(Provided::new().with_all(&["model_training", "fine_tuning"], job as Arc<dyn Training>))
     }
 
     fn unload(&mut self) -> Result<(), ModuleError> {
-        if self.engine.training().is_some_and(|j| j.is_running()) {
+        if self.job.as_ref().is_some_and(|j| j.is_running()) {
             return Err(ModuleError::Failed(
                 "a training run is going; unload it when the run finishes".into(),
             ));
         }
-        self.engine.set_training(None);
+        self.job = None;
         Ok(())
     }
 
     fn status(&self) -> String {
-        let Some(j) = self.engine.training() else {
-            return "not loaded".into();
-        };
-        let data: Vec<String> = j
-            .options
-            .data
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        format!(
-            "{}fine-tunes {} on {} for {} steps (lr {}) into model '{}'",
-            if j.is_running() { "running: " } else { "" },
-            j.model.name,
-            data.join(", "),
-            j.options.steps.unwrap_or_default(),
-            j.options.lr.unwrap_or_default(),
-            j.output
-        )
+        match &self.job {
+            None => "not loaded".into(),
+            Some(j) if j.is_running() => format!("running: {}", j.describe()),
+            Some(j) => j.describe(),
+        }
     }
 
     /// Ready when the data can still be read and nobody else holds the output model.
     fn health(&self) -> Health {
-        let Some(j) = self.engine.training() else {
+        let Some(j) = &self.job else {
             return Health::NotLoaded;
         };
         if j.is_running() {
@@ -198,8 +207,9 @@ impl Module for TrainingModule {
 
 #[cfg(test)]
 mod tests {
-    use crate::{self as modules, LoadOptions, State};
     use enigma_models::{CreateOptions, ModelStore};
+    use enigma_modules::capability::Training;
+    use enigma_modules::{LoadOptions, Registry, State};
 
     #[test]
     fn the_training_module_fine_tunes_the_loaded_model_into_a_new_one() {
@@ -213,7 +223,10 @@ mod tests {
         store.create("m", "nano", &opts).unwrap();
         let data = t.path().join("data.txt");
         std::fs::write(&data, "the cat sat on the mat\n".repeat(40)).unwrap();
-        let (m, engine, _) = modules::open(&home, enigma_runtime::Hardware::detect()).unwrap();
+        let mut registry = Registry::new();
+        enigma_modules::local::register(&mut registry, &store);
+        super::register(&mut registry, &store);
+        let m = enigma_modules::open(&home, enigma_runtime::Hardware::detect(), registry).unwrap();
         let set = |kv: Vec<String>| LoadOptions {
             with_deps: false,
             set: kv,
@@ -244,9 +257,10 @@ mod tests {
             .status("training")
             .unwrap()
             .contains("into model 'm-tuned'"));
-        let job = engine.training().unwrap();
+        let job = m.get::<dyn Training>("fine_tuning").unwrap();
         let summary = job.run().unwrap();
         assert_eq!(summary.steps, 2);
+        assert_eq!(summary.output, "m-tuned");
         assert!(summary.final_loss.is_finite());
         let meta = store.metadata("m-tuned").unwrap();
         assert_eq!(meta.trained_steps, 2);
@@ -256,6 +270,7 @@ mod tests {
         let (found, _) = store.reconcile().unwrap();
         assert!(found.iter().any(|f| f.name == "m-tuned" && f.entry.is_ok()));
         m.unload("model", true).unwrap();
-        assert!(engine.training().is_none());
+        assert!(m.handle("fine_tuning").is_err());
+        assert_eq!(m.state("training").unwrap(), State::Unloaded);
     }
 }

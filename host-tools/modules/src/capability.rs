@@ -1,0 +1,286 @@
+//! The capability seam: what a loaded module hands out, and what callers ask for.
+//!
+//! A module declares capabilities by name in its spec (`text_generation`, `embeddings`, ...). While it is
+//! loaded it hands the manager one typed handle per capability it serves: an `Arc` of the trait of that
+//! capability's family ([`TextGeneration`], [`Embeddings`], ...). A caller (the CLI, the server, the GUI, or
+//! another module while it loads) asks the manager by name with the family it expects:
+//!
+//! ```ignore
+//! let gen = manager.get::<dyn TextGeneration>("text_generation")?;
+//! gen.generate(&request, &cancel, &mut |text| { print!("{text}"); true })?;
+//! ```
+//!
+//! and gets whichever loaded module provides it. The one-provider rule makes the answer unique, so a local
+//! model and a cloud API stand in for each other. Each trait is defined by what its callers need, not by
+//! what one implementation happens to do.
+
+use crate::module::ModuleError;
+use enigma_runtime::{Backend, ModelFile};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A language model's weights, opened, checked and held (with its folder's reader lock) for as long as the
+/// module is loaded. What other modules build on: generation, training, tokenizers that come with it.
+pub trait LanguageModel: Send + Sync {
+    /// The name it was loaded as (a model of the store, or a path).
+    fn name(&self) -> &str;
+    /// The `.enigma` file.
+    fn path(&self) -> &Path;
+    fn file(&self) -> &ModelFile;
+    /// The backend that runs it (CPU threads today).
+    fn backend(&self) -> &Backend;
+}
+
+/// Text to token ids and back.
+pub trait Tokenization: Send + Sync {
+    /// The model whose tokenizer this is.
+    fn source(&self) -> &str;
+    /// The `.enigma` file the tokenizer is read from (it travels inside the model file).
+    fn file(&self) -> &ModelFile;
+    fn vocab_size(&self) -> usize;
+    fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, ModuleError>;
+    /// The bytes of `ids` (not necessarily UTF-8: a byte-fallback token is one byte of a character).
+    fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, ModuleError>;
+}
+
+/// Who said a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+/// Sampling settings a request may set; `None` keeps the provider's configured value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub repeat_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+/// One generation: a prompt (or, for [`TextGeneration::chat`], messages) and its limits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Most tokens to generate; `None` is the provider's configured limit.
+    pub max_tokens: Option<usize>,
+    pub sampling: Sampling,
+    /// Generation stops before the first of these strings would be emitted.
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended the text.
+    EndOfText,
+    /// `max_tokens` were generated, or the context is full.
+    Length,
+    /// A stop string was reached.
+    Stop,
+    /// The caller's cancel flag was set, or its callback returned `false`.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub finish: FinishReason,
+    /// Wall time to the first generated token (prompt processing included).
+    pub first_token_secs: f64,
+    pub total_secs: f64,
+}
+
+/// Streaming text generation: a local model (`inference`), a cloud API (`chat_api`), a GGUF model
+/// (`gguf_loader`) all stand behind this.
+pub trait TextGeneration: Send + Sync {
+    /// What generates ("stories260K on 2 CPU threads", "gpt-4o-mini at api.example.com").
+    fn describe(&self) -> String;
+    /// Tokens of context (prompt and reply together).
+    fn context_length(&self) -> usize;
+    /// Whether [`TextGeneration::chat`] uses a chat format the model was trained on. When it was not, the
+    /// messages are laid out as plain text and the model continues it.
+    fn trained_for_chat(&self) -> bool;
+    /// Continues `req.prompt`, calling `on_text` with each piece of valid UTF-8 as it is produced; `on_text`
+    /// returns `false` to stop. `cancel` is polled between tokens (another thread may set it).
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+    /// The assistant's next reply to `messages` (`req.prompt` is ignored).
+    fn chat(
+        &self,
+        messages: &[ChatMessage],
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+}
+
+/// Code from a request in words.
+pub trait CodeGeneration: Send + Sync {
+    fn describe(&self) -> String;
+    /// Code for `request` in `language` (the provider's default when `None`), streamed like
+    /// [`TextGeneration::generate`].
+    fn generate_code(
+        &self,
+        request: &str,
+        language: Option<&str>,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+}
+
+/// Texts to vectors, for search and memory.
+pub trait Embeddings: Send + Sync {
+    fn describe(&self) -> String;
+    /// Length of every vector.
+    fn dimensions(&self) -> usize;
+    /// One vector per text, in order, each L2-normalised.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModuleError>;
+}
+
+/// The outcome of a training run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TrainingReport {
+    /// The model the result was written as.
+    pub output: String,
+    pub steps: u64,
+    pub final_loss: f64,
+}
+
+/// A prepared training (or fine-tuning) run.
+pub trait Training: Send + Sync {
+    fn describe(&self) -> String;
+    /// Runs to the end (long: callers run it off the thread a person is looking at). One run at a time.
+    fn run(&self) -> Result<TrainingReport, ModuleError>;
+    fn is_running(&self) -> bool;
+}
+
+/// Audio as mono f32 samples in [-1, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Audio {
+    pub sample_rate: u32,
+    pub samples: Vec<f32>,
+}
+
+/// Speech from text.
+pub trait TextToSpeech: Send + Sync {
+    fn describe(&self) -> String;
+    /// The voices `speak` accepts.
+    fn voices(&self) -> Vec<String>;
+    fn speak(&self, text: &str, voice: Option<&str>) -> Result<Audio, ModuleError>;
+}
+
+/// Something a model may call (web search, a file read, ...): OpenAI's function-tool shape, so the server
+/// can offer it to clients as it is.
+pub trait Tool: Send + Sync {
+    fn name(&self) -> &str;
+    fn description(&self) -> &str;
+    /// The JSON Schema of the arguments object.
+    fn parameters(&self) -> serde_json::Value;
+    fn call(&self, arguments: &serde_json::Value) -> Result<serde_json::Value, ModuleError>;
+}
+
+macro_rules! families {
+    ($($family:ident),* $(,)?) => {
+        /// A typed handle to what a loaded module provides: one variant per capability family.
+        #[derive(Clone)]
+        pub enum Handle {
+            $($family(Arc<dyn $family>),)*
+        }
+
+        impl Handle {
+            /// The family's trait name, for messages.
+            pub fn family(&self) -> &'static str {
+                match self {
+                    $(Handle::$family(_) => stringify!($family),)*
+                }
+            }
+        }
+
+        $(
+            impl Capability for dyn $family {
+                const FAMILY: &'static str = stringify!($family);
+                fn from_handle(h: &Handle) -> Option<Arc<Self>> {
+                    match h {
+                        Handle::$family(x) => Some(x.clone()),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+            }
+
+            impl From<Arc<dyn $family>> for Handle {
+                fn from(x: Arc<dyn $family>) -> Handle {
+                    Handle::$family(x)
+                }
+            }
+        )*
+    };
+}
+
+/// A capability family's trait object type (`dyn TextGeneration`, ...), so callers name the type they want
+/// and get it without matching on [`Handle`].
+pub trait Capability {
+    const FAMILY: &'static str;
+    fn from_handle(h: &Handle) -> Option<Arc<Self>>;
+}
+
+families!(
+    LanguageModel,
+    Tokenization,
+    TextGeneration,
+    CodeGeneration,
+    Embeddings,
+    Training,
+    TextToSpeech,
+    Tool,
+);
+
+/// What a module hands the manager when it loads: a handle per capability it serves. A capability of the
+/// spec left out is still held by the module for the rules, but nobody can call it.
+#[derive(Clone, Default)]
+pub struct Provided {
+    pub(crate) handles: Vec<(&'static str, Handle)>,
+}
+
+impl Provided {
+    pub fn new() -> Self {
+        Provided::default()
+    }
+
+    /// Serves `capability` with `handle`.
+    pub fn with(mut self, capability: &'static str, handle: impl Into<Handle>) -> Self {
+        self.handles.push((capability, handle.into()));
+        self
+    }
+
+    /// Serves each of `capabilities` with the same handle.
+    pub fn with_all(mut self, capabilities: &[&'static str], handle: impl Into<Handle>) -> Self {
+        let handle = handle.into();
+        for c in capabilities {
+            self.handles.push((c, handle.clone()));
+        }
+        self
+    }
+
+    pub fn capabilities(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handles.iter().map(|(c, _)| *c)
+    }
+}

@@ -1,0 +1,403 @@
+//! `inference`: streaming text generation and chat over the loaded model and tokenizer.
+
+use crate::capability::{
+    ChatMessage, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Provided, Role,
+    TextGeneration, Tokenization,
+};
+use crate::module::{Deps, Health, Module, ModuleError};
+use crate::spec::{ModuleConfig, ModuleSpec};
+use enigma_core::generate::Stop;
+use enigma_core::{Sampler, SamplerConfig, Tokenizer, Utf8Stream};
+use enigma_runtime::session::DEFAULT_CHUNK;
+use enigma_runtime::HostSession;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Text generation over a language model and a tokenizer, whoever provides them.
+pub struct Inference {
+    model: Arc<dyn LanguageModel>,
+    tokenizer: Arc<dyn Tokenization>,
+    pub sampling: SamplerConfig,
+    pub max_tokens: usize,
+}
+
+/// Passes text on to the caller, holding back what might be the start of a stop string.
+struct Emitter<'a> {
+    stop: &'a [String],
+    held: String,
+    hit_stop: bool,
+    refused: bool,
+    on_text: &'a mut dyn FnMut(&str) -> bool,
+}
+
+impl Emitter<'_> {
+    fn say(&mut self, s: &str) -> bool {
+        if !s.is_empty() && !(self.on_text)(s) {
+            self.refused = true;
+        }
+        !self.refused
+    }
+
+    /// Takes `s`; `false` when generation should stop.
+    fn push(&mut self, s: &str) -> bool {
+        self.held.push_str(s);
+        let first_stop = self
+            .stop
+            .iter()
+            .filter(|x| !x.is_empty())
+            .filter_map(|x| self.held.find(x.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            let before = self.held[..at].to_string();
+            self.hit_stop = true;
+            self.say(&before);
+            return false;
+        }
+        // The longest end of `held` that begins some stop string waits for the next piece.
+        let keep = self
+            .stop
+            .iter()
+            .flat_map(|x| {
+                (1..x.len())
+                    .filter(|&k| x.is_char_boundary(k))
+                    .map(move |k| &x[..k])
+            })
+            .filter(|p| self.held.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let out: String = self.held.drain(..cut).collect();
+        self.say(&out)
+    }
+
+    fn finish(&mut self) {
+        if !self.hit_stop && !self.refused {
+            let rest = std::mem::take(&mut self.held);
+            self.say(&rest);
+        }
+    }
+}
+
+impl Inference {
+    fn tokenizer_file(&self) -> Result<enigma_core::EnigmaFile<'_>, ModuleError> {
+        self.tokenizer.file().parse().map_err(ModuleError::failed)
+    }
+
+    /// Generates after `ids`, streaming valid UTF-8 to `on_text`.
+    fn continue_ids(
+        &self,
+        ids: &[u32],
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError> {
+        let start = Instant::now();
+        let backend = self.model.backend();
+        let model = self
+            .model
+            .file()
+            .model(backend.kernels())
+            .map_err(ModuleError::failed)?;
+        let parsed = self.tokenizer_file()?;
+        let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
+        let room = model.transformer.config.seq_len as usize;
+        if ids.len() >= room {
+            return Err(ModuleError::Failed(format!(
+                "the prompt is {} tokens and the model's context holds {room}",
+                ids.len()
+            )));
+        }
+        let mut cfg = self.sampling;
+        let s = &req.sampling;
+        cfg.temperature = s.temperature.unwrap_or(cfg.temperature);
+        cfg.top_p = s.top_p.unwrap_or(cfg.top_p);
+        cfg.top_k = s.top_k.unwrap_or(cfg.top_k);
+        cfg.repetition_penalty = s.repeat_penalty.unwrap_or(cfg.repetition_penalty);
+        cfg.seed = s.seed.unwrap_or(cfg.seed);
+        if cfg.seed == 0 {
+            cfg.seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+        }
+        let n = req
+            .max_tokens
+            .unwrap_or(self.max_tokens)
+            .min(room - ids.len());
+        let mut stats = GenerationStats {
+            prompt_tokens: ids.len(),
+            generated_tokens: 0,
+            finish: FinishReason::Length,
+            first_token_secs: 0.0,
+            total_secs: 0.0,
+        };
+        if cancel.load(Ordering::Relaxed) {
+            stats.finish = FinishReason::Cancelled;
+            return Ok(stats);
+        }
+        let mut bufs = HostSession::new(&model.transformer, DEFAULT_CHUNK);
+        let mut session = bufs
+            .session(model.transformer)
+            .map_err(ModuleError::failed)?;
+        let mut sampler = Sampler::new(cfg);
+        let mut utf8 = Utf8Stream::new();
+        let mut emitter = Emitter {
+            stop: &req.stop,
+            held: String::new(),
+            hit_stop: false,
+            refused: false,
+            on_text,
+        };
+        let mut first: Option<f64> = None;
+        let mut cancelled = false;
+        let core_stats = session
+            .generate(
+                backend.exec(),
+                &tok,
+                &mut sampler,
+                ids,
+                n,
+                false,
+                &mut |_, piece| {
+                    first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                    if cancel.load(Ordering::Relaxed) {
+                        cancelled = true;
+                        return false;
+                    }
+                    utf8.push(piece, &mut |s| emitter.push(s))
+                },
+            )
+            .map_err(ModuleError::failed)?;
+        utf8.finish(&mut |s| emitter.push(s));
+        emitter.finish();
+        stats.generated_tokens = core_stats.generated;
+        stats.finish = match core_stats.stop {
+            Stop::EndOfText => FinishReason::EndOfText,
+            Stop::Length | Stop::ContextFull => FinishReason::Length,
+            Stop::Callback if emitter.hit_stop => FinishReason::Stop,
+            Stop::Callback => FinishReason::Cancelled,
+        };
+        if cancelled {
+            stats.finish = FinishReason::Cancelled;
+        }
+        stats.first_token_secs = first.unwrap_or_else(|| start.elapsed().as_secs_f64());
+        stats.total_secs = start.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// The token ids the model is given for `messages`: its own chat markers when it was trained on
+    /// conversations (the layout `enigma train` renders), plain text lines to continue otherwise.
+    fn chat_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModuleError> {
+        let parsed = self.tokenizer_file()?;
+        let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
+        let Some(markers) = tok.meta().chat else {
+            let mut text = String::new();
+            for m in messages {
+                text.push_str(&m.content);
+                text.push('\n');
+            }
+            return self.tokenizer.encode(&text, true);
+        };
+        let mut ids = vec![tok.bos()];
+        for m in messages {
+            let enc = self.tokenizer.encode(&m.content, false)?;
+            match m.role {
+                Role::System => ids.extend(enc),
+                Role::User => {
+                    ids.push(markers.user);
+                    ids.extend(enc);
+                }
+                Role::Assistant => {
+                    ids.push(markers.assistant);
+                    ids.extend(enc);
+                    ids.push(tok.eos());
+                }
+            }
+        }
+        ids.push(markers.assistant);
+        Ok(ids)
+    }
+}
+
+impl TextGeneration for Inference {
+    fn describe(&self) -> String {
+        format!(
+            "{} (local, {})",
+            self.model.name(),
+            self.model.backend().describe()
+        )
+    }
+
+    fn context_length(&self) -> usize {
+        self.model
+            .file()
+            .parse()
+            .map_or(0, |f| f.config().seq_len as usize)
+    }
+
+    fn trained_for_chat(&self) -> bool {
+        self.tokenizer_file()
+            .ok()
+            .and_then(|f| {
+                Tokenizer::from_file(&f)
+                    .ok()
+                    .map(|t| t.meta().chat.is_some())
+            })
+            .unwrap_or(false)
+    }
+
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError> {
+        let ids = self.tokenizer.encode(&req.prompt, true)?;
+        self.continue_ids(&ids, req, cancel, on_text)
+    }
+
+    fn chat(
+        &self,
+        messages: &[ChatMessage],
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, ModuleError> {
+        let ids = self.chat_ids(messages)?;
+        self.continue_ids(&ids, req, cancel, on_text)
+    }
+}
+
+pub(super) struct InferenceModule {
+    spec: &'static ModuleSpec,
+    loaded: Option<Arc<Inference>>,
+}
+
+impl InferenceModule {
+    pub(super) fn new(spec: &'static ModuleSpec) -> Self {
+        InferenceModule { spec, loaded: None }
+    }
+}
+
+impl Module for InferenceModule {
+    fn spec(&self) -> &'static ModuleSpec {
+        self.spec
+    }
+
+    fn load(&mut self, config: &ModuleConfig, deps: &Deps<'_>) -> Result<Provided, ModuleError> {
+        let model = deps.get::<dyn LanguageModel>("language_model")?;
+        let tokenizer = deps.get::<dyn Tokenization>("tokenization")?;
+        let mv = model
+            .file()
+            .parse()
+            .map_err(ModuleError::failed)?
+            .config()
+            .vocab_size as usize;
+        let tv = tokenizer.vocab_size();
+        if mv != tv {
+            return Err(ModuleError::Failed(format!(
+                "the tokenizer (from {}, {tv} tokens) does not fit the model ({}, {mv} tokens)",
+                tokenizer.source(),
+                model.name()
+            )));
+        }
+        let sampling = SamplerConfig {
+            temperature: super::float(config, "temperature", 0.8) as f32,
+            top_k: super::int(config, "top_k", 0) as u32,
+            top_p: super::float(config, "top_p", 0.9) as f32,
+            repetition_penalty: super::float(config, "repeat_penalty", 1.0) as f32,
+            repeat_last_n: 64,
+            seed: super::int(config, "seed", 0) as u64,
+        };
+        let inference = Arc::new(Inference {
+            model,
+            tokenizer,
+            sampling,
+            max_tokens: super::int(config, "max_tokens", 256) as usize,
+        });
+        self.loaded = Some(inference.clone());
+        Ok(Provided::new().with_all(
+            &["text_generation", "streaming", "chat"],
+            inference as Arc<dyn TextGeneration>,
+        ))
+    }
+
+    fn unload(&mut self) -> Result<(), ModuleError> {
+        self.loaded = None;
+        Ok(())
+    }
+
+    fn status(&self) -> String {
+        self.loaded.as_ref().map_or("not loaded".into(), |i| {
+            format!(
+                "generating with {} (temperature {}, top-p {}, up to {} tokens)",
+                i.model.name(),
+                i.sampling.temperature,
+                i.sampling.top_p,
+                i.max_tokens
+            )
+        })
+    }
+
+    fn health(&self) -> Health {
+        let Some(i) = &self.loaded else {
+            return Health::NotLoaded;
+        };
+        let req = GenerateRequest {
+            max_tokens: Some(1),
+            sampling: crate::capability::Sampling {
+                temperature: Some(0.0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match i.generate(&req, &AtomicBool::new(false), &mut |_| true) {
+            Ok(_) => Health::Ok("generated one token".into()),
+            Err(e) => Health::Unhealthy(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Emitter;
+
+    fn emit(stop: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut out = String::new();
+        let mut on_text = |s: &str| {
+            out.push_str(s);
+            true
+        };
+        let mut e = Emitter {
+            stop: &stop,
+            held: String::new(),
+            hit_stop: false,
+            refused: false,
+            on_text: &mut on_text,
+        };
+        for p in pieces {
+            if !e.push(p) {
+                break;
+            }
+        }
+        e.finish();
+        let hit = e.hit_stop;
+        (out, hit)
+    }
+
+    #[test]
+    fn a_stop_string_split_over_pieces_ends_the_text_before_it() {
+        assert_eq!(
+            emit(&["\nUser:"], &["Hi", " there\nU", "ser: more"]),
+            ("Hi there".to_string(), true)
+        );
+        // A held prefix that turns out not to be the stop string comes out in full.
+        assert_eq!(
+            emit(&["\nUser:"], &["a\nU", "nder"]),
+            ("a\nUnder".to_string(), false)
+        );
+        assert_eq!(emit(&[], &["é", "ü"]), ("éü".to_string(), false));
+    }
+}

@@ -1,0 +1,50 @@
+//! The modules that run on this machine's own model: `model`, `tokenizer`, `inference`, `code_gen_local`.
+//! Each takes what it builds on through the capability seam (inference asks for `language_model` and
+//! `tokenization`), so none knows another's type.
+
+mod code_gen;
+mod inference;
+mod model;
+mod tokenizer;
+
+pub use inference::Inference;
+pub use model::LoadedModel;
+
+use crate::catalog;
+use crate::registry::Registry;
+use crate::spec::{ModuleConfig, Value};
+use enigma_models::ModelStore;
+
+/// Registers the local modules over the models directory of `store`.
+pub fn register(registry: &mut Registry, store: &ModelStore) {
+    registry.register(Box::new(model::ModelModule::new(
+        catalog::by_id("model"),
+        store.clone(),
+    )));
+    registry.register(Box::new(tokenizer::TokenizerModule::new(
+        catalog::by_id("tokenizer"),
+        store.clone(),
+    )));
+    registry.register(Box::new(inference::InferenceModule::new(catalog::by_id(
+        "inference",
+    ))));
+    registry.register(Box::new(code_gen::CodeGenModule::new(catalog::by_id(
+        "code_gen_local",
+    ))));
+}
+
+pub(crate) fn text(config: &ModuleConfig, key: &str) -> String {
+    config
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub(crate) fn int(config: &ModuleConfig, key: &str, default: i64) -> i64 {
+    config.get(key).and_then(Value::as_int).unwrap_or(default)
+}
+
+pub(crate) fn float(config: &ModuleConfig, key: &str, default: f64) -> f64 {
+    config.get(key).and_then(Value::as_float).unwrap_or(default)
+}

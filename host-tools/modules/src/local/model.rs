@@ -1,0 +1,185 @@
+//! `model`: a model of the store opened, checked, and held under its folder's reader lock.
+
+use crate::capability::{LanguageModel, Provided};
+use crate::module::{Deps, Health, Module, ModuleError};
+use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
+use enigma_models::ModelStore;
+use enigma_runtime::session::HostSession;
+use enigma_runtime::{Backend, ModelFile, ModelLock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A model file opened and checked, with the backend that runs it. While it lives, the model's folder is
+/// held with a reader's lock: `models delete`, `convert --in-place` and training are refused, so a mapped
+/// file is never truncated under it.
+pub struct LoadedModel {
+    /// The model's name in the store, or the path it was given as.
+    pub name: String,
+    pub path: PathBuf,
+    pub file: ModelFile,
+    pub backend: Backend,
+    _lock: Option<ModelLock>,
+}
+
+impl LoadedModel {
+    pub fn open(
+        store: &ModelStore,
+        name: &str,
+        threads: Option<usize>,
+        purpose: &str,
+    ) -> Result<Self, ModuleError> {
+        let path = store.resolve(name).map_err(ModuleError::failed)?;
+        // The lock first: opening (or mapping) the file before it would leave a moment for a writer.
+        let lock = enigma_models::reader_lock(&path, purpose).map_err(ModuleError::failed)?;
+        let file = ModelFile::open(&path).map_err(ModuleError::failed)?;
+        let backend = Backend::cpu(threads).map_err(ModuleError::failed)?;
+        // Everything `run` would check: shapes, dtypes, the tokenizer.
+        file.model(backend.kernels()).map_err(ModuleError::failed)?;
+        Ok(LoadedModel {
+            name: name.to_string(),
+            path,
+            file,
+            backend,
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> Result<enigma_core::Config, String> {
+        Ok(*self.file.parse().map_err(|e| e.to_string())?.config())
+    }
+
+    /// Runs BOS through the model once and checks the logits: the cheapest proof the weights compute.
+    pub fn forward_one(&self) -> Result<String, String> {
+        let model = self
+            .file
+            .model(self.backend.kernels())
+            .map_err(|e| e.to_string())?;
+        let mut bufs = HostSession::new(&model.transformer, 1);
+        let mut session = bufs.session(model.transformer).map_err(|e| e.to_string())?;
+        session
+            .feed(self.backend.exec(), &[model.tokenizer.bos()])
+            .map_err(|e| e.to_string())?;
+        let logits = session.logits();
+        if logits.iter().all(|x| x.is_finite()) {
+            Ok(format!("one-token forward: {} finite logits", logits.len()))
+        } else {
+            Err("one-token forward produced non-finite logits".into())
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self.config() {
+            Ok(c) => format!(
+                "{} ({}; {} parameters; {})",
+                self.name,
+                self.path.display(),
+                c.param_count(),
+                self.backend.describe()
+            ),
+            Err(e) => format!("{}: {e}", self.name),
+        }
+    }
+}
+
+impl LanguageModel for LoadedModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn file(&self) -> &ModelFile {
+        &self.file
+    }
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+pub(super) struct ModelModule {
+    spec: &'static ModuleSpec,
+    store: ModelStore,
+    loaded: Option<Arc<LoadedModel>>,
+}
+
+impl ModelModule {
+    pub(super) fn new(spec: &'static ModuleSpec, store: ModelStore) -> Self {
+        ModelModule {
+            spec,
+            store,
+            loaded: None,
+        }
+    }
+
+    fn name(config: &ModuleConfig) -> Result<String, ModuleError> {
+        let name = super::text(config, "model");
+        if name.is_empty() {
+            return Err(ModuleError::Config(
+                "choose the model to load: --set model=NAME (see `enigma models list`)".into(),
+            ));
+        }
+        Ok(name)
+    }
+}
+
+impl Module for ModelModule {
+    fn spec(&self) -> &'static ModuleSpec {
+        self.spec
+    }
+
+    /// RAM for the chosen model: its file plus a full-context KV cache and scratch.
+    fn hardware_needs(&self, config: &ModuleConfig) -> Result<HardwareNeeds, ModuleError> {
+        let name = Self::name(config)?;
+        let path = self
+            .store
+            .resolve(&name)
+            .map_err(|e| ModuleError::Config(e.to_string()))?;
+        let peek = enigma_models::peek(&path).map_err(|e| ModuleError::Config(e.to_string()))?;
+        let est = peek
+            .config
+            .memory_estimate(enigma_core::kernels::DType::F32)
+            .map_or(0, |m| m.kv_cache + m.scratch);
+        Ok(HardwareNeeds {
+            ram: peek.file_len + est,
+            ..self.spec().hardware
+        })
+    }
+
+    fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
+        let name = Self::name(config)?;
+        let threads = match super::int(config, "threads", 0) {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let loaded = Arc::new(LoadedModel::open(
+            &self.store,
+            &name,
+            threads,
+            "model module",
+        )?);
+        self.loaded = Some(loaded.clone());
+        // model_embeddings has no handle yet: the embeddings issue brings a real encoder.
+        Ok(Provided::new().with("language_model", loaded as Arc<dyn LanguageModel>))
+    }
+
+    fn unload(&mut self) -> Result<(), ModuleError> {
+        self.loaded = None;
+        Ok(())
+    }
+
+    fn status(&self) -> String {
+        self.loaded
+            .as_ref()
+            .map_or("not loaded".into(), |m| m.describe())
+    }
+
+    fn health(&self) -> Health {
+        match &self.loaded {
+            None => Health::NotLoaded,
+            Some(m) => match m.forward_one() {
+                Ok(s) => Health::Ok(s),
+                Err(e) => Health::Unhealthy(e),
+            },
+        }
+    }
+}
