@@ -61,13 +61,13 @@ impl Config {
         if self.vocab_size > MAX_VOCAB || self.seq_len > MAX_SEQ {
             return bad("vocab_size or seq_len is implausibly large");
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad("n_heads must divide dim");
         }
-        if self.head_size() % 2 != 0 {
+        if !self.head_size().is_multiple_of(2) {
             return bad("the head size (dim / n_heads) must be even for RoPE");
         }
-        if self.n_kv_heads > self.n_heads || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads > self.n_heads || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("n_kv_heads must divide n_heads");
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {

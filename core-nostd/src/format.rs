@@ -153,7 +153,7 @@ impl<'a> EnigmaFile<'a> {
         if cfg!(target_endian = "big") {
             return Err(Error::BigEndianHost);
         }
-        if bytes.as_ptr() as usize % ALIGN != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(Error::BufferMisaligned);
         }
         let header_len = u32_at(bytes, 8) as usize;
@@ -178,7 +178,7 @@ impl<'a> EnigmaFile<'a> {
     fn check_table(&self, header_end: u64) -> Result<()> {
         let h = &self.header;
         let file_len = self.bytes.len() as u64;
-        if h.data_offset < header_end || h.data_offset % ALIGN as u64 != 0 {
+        if h.data_offset < header_end || !h.data_offset.is_multiple_of(ALIGN as u64) {
             return Err(Error::HeaderCorrupt);
         }
         let data_end = h

@@ -170,6 +170,70 @@ impl Kernels {
     }
 }
 
+/// Hands the ops every SIMD tier writes itself, with their signatures, to another macro after its own
+/// arguments: `simd_ops!(wrappers!(avx2:))` is `wrappers!(avx2: matvec_f32(out: &mut [f32], ...); ...)`. One
+/// list for every tier's wrappers and table, so adding an op is one line here.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! simd_ops {
+    ($then:ident!($($pre:tt)*)) => {
+        $then! { $($pre)*
+            matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
+            matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
+            matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
+            matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
+            qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
+            qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+            rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+            softmax(x: &mut [f32]);
+            rope(x: &mut [f32], cos_sin: &[f32]);
+            silu_mul(a: &mut [f32], b: &[f32]);
+            attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
+            attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
+            add(acc: &mut [f32], x: &[f32]);
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use simd_ops;
+
+/// Safe wrappers, one per `#[target_feature]` kernel of module `$m`, for a tier's static tables: only those
+/// tables point at them.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! wrappers {
+    ($m:ident: $($name:ident($($a:ident: $t:ty),*);)*) => {
+        $(
+            // Where the build already enables the features (NEON on most aarch64 targets, or a
+            // `-C target-cpu` that has them), the call needs no `unsafe`.
+            #[allow(unused_unsafe)]
+            pub(crate) fn $name($($a: $t),*) {
+                // SAFETY: only the tier's tables hold this wrapper, and `kernels_for` hands such a table out only
+                // after the tier's `has_*` checks passed, so the CPU has every feature the kernel enables.
+                unsafe { $m::$name($($a),*) }
+            }
+        )*
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use wrappers;
+
+/// A SIMD tier's table from its module of wrappers `$w`: every op of [`simd_ops`] (whose list follows the
+/// `;`) and `gemm_f32`, with the streaming q8_0 kernel also as `qtile_q8_0` (a tier with a separate one for
+/// weights in cache overrides it).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! simd_table {
+    ($tier:expr, $variant:expr, $w:ident; $($op:ident($($a:ident: $t:ty),*);)*) => {
+        $crate::Kernels {
+            tier: $tier,
+            variant: $variant,
+            gemm_f32: $w::gemm_f32,
+            qtile_q8_0: $w::qmatvec_q8_0,
+            $($op: $w::$op,)*
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use simd_table;
+
 pub(crate) static GENERIC: Kernels = Kernels {
     tier: Tier::Generic,
     variant: "generic",

@@ -107,6 +107,52 @@ fn tiles<B, const TT: usize>(
     }
 }
 
+/// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`, for a SIMD tier of `L`-lane vectors `V`: four vectors
+/// of columns stay in registers over all `t`, so each output is stored once. `load` and `store` take a whole or
+/// partial vector (`1..=L` values, zeros loaded past them); `fma(a, b, acc)` is `acc + a·b`.
+///
+/// Inlined into each tier's `#[target_feature]` `attn_accum`, whose closures inherit its features.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+pub(crate) fn attn_accum<V: Copy, const L: usize>(
+    out: &mut [f32],
+    probs: &[f32],
+    values: &[f32],
+    splat: impl Fn(f32) -> V,
+    fma: impl Fn(V, V, V) -> V,
+    load: impl Fn(&[f32]) -> V,
+    store: impl Fn(&mut [f32], V),
+) {
+    let hs = out.len();
+    let values = &values[..probs.len() * hs];
+    if hs == 0 {
+        return;
+    }
+    let mut c = 0;
+    while c < hs {
+        let width = (hs - c).min(4 * L);
+        let nv = width.div_ceil(L);
+        let mut acc = [splat(0.0); 4];
+        for (p, row) in probs.iter().zip(values.chunks_exact(hs)) {
+            let pv = splat(*p);
+            for (j, a) in acc.iter_mut().enumerate().take(nv) {
+                let lo = c + j * L;
+                let hi = (lo + L).min(c + width);
+                *a = fma(pv, load(&row[lo..hi]), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate().take(nv) {
+            let lo = c + j * L;
+            let hi = (lo + L).min(c + width);
+            store(&mut out[lo..hi], *a);
+        }
+        c += width;
+    }
+}
+
 /// Constants of the vectorised `exp` every SIMD tier uses (Cephes `expf`): `e^x = 2^n · e^r` with
 /// `n = round(x · log2 e)`, `r = x - n · ln 2` (ln 2 split in two so `r` is exact), and a degree-6
 /// polynomial for `e^r` on `[-ln2/2, ln2/2]`. Relative error at most about 2 ulp (measured ≤ 2.5e-7 against

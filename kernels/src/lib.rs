@@ -15,7 +15,10 @@ extern crate std;
 mod dispatch;
 mod frame;
 mod gemm;
+// The frame of the SIMD tiers' `matmul_f32`; other targets use the scalar one.
 pub mod generic;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod matmul;
 #[cfg(feature = "std")]
 pub mod probe;
 mod quant;

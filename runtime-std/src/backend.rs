@@ -26,7 +26,7 @@ fn spin_until(limit: Option<Duration>, mut ready: impl FnMut() -> bool) -> bool 
             return true;
         }
         spins = spins.wrapping_add(1);
-        if spins % 256 != 0 {
+        if !spins.is_multiple_of(256) {
             std::hint::spin_loop();
             continue;
         }

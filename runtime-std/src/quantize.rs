@@ -38,7 +38,7 @@ pub fn encode(dtype: DType, data: &[f32]) -> Result<Vec<u8>> {
             k::quantize_bf16(data, &mut out);
             out.iter().flat_map(|v| v.to_le_bytes()).collect()
         }
-        DType::Q8_0 if data.len() % k::QK == 0 => {
+        DType::Q8_0 if data.len().is_multiple_of(k::QK) => {
             let mut out = vec![BlockQ8_0::ZERO; blocks];
             k::quantize_q8_0(data, &mut out);
             out.iter()
@@ -49,7 +49,7 @@ pub fn encode(dtype: DType, data: &[f32]) -> Result<Vec<u8>> {
                 })
                 .collect()
         }
-        DType::Q4_0 if data.len() % k::QK == 0 => {
+        DType::Q4_0 if data.len().is_multiple_of(k::QK) => {
             let mut out = vec![BlockQ4_0::ZERO; blocks];
             k::quantize_q4_0(data, &mut out);
             out.iter()
@@ -77,7 +77,7 @@ pub fn dtype_for(spec: &TensorSpec, to: DType) -> DType {
         _ => to,
     };
     let blocked = to.block_elems() > 1;
-    if spec.is_norm() || (blocked && spec.row_len() % to.block_elems() as u64 != 0) {
+    if spec.is_norm() || (blocked && !spec.row_len().is_multiple_of(to.block_elems() as u64)) {
         DType::F32
     } else {
         to

@@ -372,6 +372,6 @@ fn stm32f4_and_pico_images_build_with_q8_0_and_report_their_size() {
         }
     }
     let uf2 = std::fs::read(dir.path().join("rp-pico/rp-pico.uf2")).unwrap();
-    assert!(uf2.len() > 400 * 1024 && uf2.len() % 512 == 0);
+    assert!(uf2.len() > 400 * 1024 && uf2.len().is_multiple_of(512));
     assert_eq!(&uf2[..4], &0x0A32_4655u32.to_le_bytes());
 }

@@ -62,7 +62,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     let layout = ParamLayout::new(&config);
     let body = &bytes[28..];
     ensure!(
-        body.len() % 4 == 0,
+        body.len().is_multiple_of(4),
         "checkpoint body is {} bytes, not a whole number of f32",
         body.len()
     );

@@ -452,7 +452,8 @@ fn run_state(
         let tokens = per_step * t as u64;
         tokens_done += tokens;
         let dt = t0.elapsed().as_secs_f64();
-        let val = if st.step == total || (o.eval_every > 0 && st.step % o.eval_every == 0) {
+        let val = if st.step == total || (o.eval_every > 0 && st.step.is_multiple_of(o.eval_every))
+        {
             evaluate(&model, &st.params, &ds, b, o.eval_batches, &mut acts)?
         } else {
             None
@@ -469,7 +470,8 @@ fn run_state(
             grad_norm: norm,
             val_loss: val,
         })?;
-        if st.step == stop || (o.checkpoint_every > 0 && st.step % o.checkpoint_every == 0) {
+        if st.step == stop || (o.checkpoint_every > 0 && st.step.is_multiple_of(o.checkpoint_every))
+        {
             save(&st, st.step)?;
         }
     }

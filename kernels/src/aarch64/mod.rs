@@ -7,7 +7,7 @@
 mod gemm128;
 mod neon;
 
-use crate::dispatch::{Kernels, Tier};
+use crate::dispatch::{simd_ops, simd_table, wrappers, Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use half::{bf16, f16};
@@ -43,48 +43,18 @@ pub(crate) fn neon_table() -> &'static Kernels {
     }
 }
 
-/// Safe wrappers, one per kernel of `neon` (or of the module named first). Only the tables below point at them.
-macro_rules! wrappers {
-    ($($name:ident($($a:ident: $t:ty),*);)*) => {
-        wrappers!(neon: $($name($($a: $t),*);)*);
-    };
-    ($m:ident: $($name:ident($($a:ident: $t:ty),*);)*) => {
-        $(
-            // NEON is on by default for most aarch64 targets, which makes some calls safe already.
-            #[allow(unused_unsafe)]
-            pub(crate) fn $name($($a: $t),*) {
-                // SAFETY: only this module's tables hold this wrapper, and `kernels_for` hands such a table out
-                // only after `has_neon` (and, for the dotprod kernels, `has_dotprod`) passed.
-                unsafe { $m::$name($($a),*) }
-            }
-        )*
-    };
-}
-
 mod w {
     use super::*;
-    wrappers! {
-        matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
-        matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
-        matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
-        matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
-        qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
-        qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+    simd_ops!(wrappers!(neon:));
+    wrappers! { neon:
         qmatvec_q8_0_dotprod(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q4_0_dotprod(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
-        rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
-        softmax(x: &mut [f32]);
-        rope(x: &mut [f32], cos_sin: &[f32]);
-        silu_mul(a: &mut [f32], b: &[f32]);
-        attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
-        attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
-        add(acc: &mut [f32], x: &[f32]);
     }
     wrappers! { gemm128:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
     #[cfg(test)]
-    wrappers! {
+    wrappers! { neon:
         exp_slice(out: &mut [f32], x: &[f32]);
     }
 }
@@ -92,25 +62,7 @@ mod w {
 #[cfg(test)]
 pub(crate) use w::exp_slice;
 
-pub(crate) static NEON: Kernels = Kernels {
-    tier: Tier::Neon,
-    variant: "neon",
-    matvec_f32: w::matvec_f32,
-    matmul_f32: w::matmul_f32,
-    gemm_f32: w::gemm_f32,
-    matvec_f16: w::matvec_f16,
-    matvec_bf16: w::matvec_bf16,
-    qmatvec_q8_0: w::qmatvec_q8_0,
-    qtile_q8_0: w::qmatvec_q8_0,
-    qmatvec_q4_0: w::qmatvec_q4_0,
-    rmsnorm: w::rmsnorm,
-    softmax: w::softmax,
-    rope: w::rope,
-    silu_mul: w::silu_mul,
-    attn_scores: w::attn_scores,
-    attn_accum: w::attn_accum,
-    add: w::add,
-};
+pub(crate) static NEON: Kernels = simd_ops!(simd_table!(Tier::Neon, "neon", w;));
 
 pub(crate) static NEON_DOTPROD: Kernels = Kernels {
     variant: "neon+dotprod",

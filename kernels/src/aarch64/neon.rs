@@ -164,90 +164,23 @@ matvec!(matvec_f32, f32, ld_f32);
 matvec!(matvec_f16, f16, ld_f16);
 matvec!(matvec_bf16, bf16, ld_bf16);
 
-feat! {
-/// `R` weight rows against `T` tokens, each weight vector loaded once for `T` tokens; `dots[r][t]`.
-#[inline]
-fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
-    let d = x[0].len();
-    let z = vdupq_n_f32(0.0);
-    let mut acc = [[z; T]; R];
-    let mut xv = [z; T];
-    let mut k = 0;
-    while k < d {
-        let hi = (k + L).min(d);
-        for (v, xr) in xv.iter_mut().zip(&x) {
-            *v = ld_any(&xr[k..hi]);
-        }
-        for (a, wr) in acc.iter_mut().zip(&w) {
-            let wv = ld_any(&wr[k..hi]);
-            for (a, v) in a.iter_mut().zip(&xv) {
-                *a = vfmaq_f32(*a, wv, *v);
-            }
-        }
-        k += L;
-    }
-    let mut out = [[0.0f32; T]; R];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        for (o, a) in o.iter_mut().zip(a) {
-            *o = vaddvq_f32(*a);
-        }
-    }
-    out
-}
+// Tiles of 4 rows × 4 tokens: 16 accumulators, 4 `x` and 1 `w` of the 32 registers.
+crate::matmul::matmul_tier!(
+    feature = "neon",
+    lanes = L,
+    tile = 4 x 4,
+    zero = vdupq_n_f32(0.0),
+    load = vld1q_f32,
+    load_part = ld_any,
+    fma = fma,
+    hsum = vaddvq_f32,
+);
 
-/// `out (t, n) = x (t, d) · w (n, d)ᵀ`: 4 rows × 4 tokens per tile (16 accumulators, 4 x and 1 w of the 32
-/// registers); rows outer, so each 4-row group stays in cache while all tokens use it.
-pub(super) fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
-    const R: usize = 4;
-    const T: usize = 4;
-    if t == 0 {
-        return;
-    }
-    let (n, d) = (out.len() / t, x.len() / t);
-    assert!(out.len() == t * n && x.len() == t * d && w.len() == n * d, "shapes");
-    if d == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let wrow = |r: usize| &w[r * d..(r + 1) * d];
-    let xrow = |i: usize| &x[i * d..(i + 1) * d];
-    let mut r0 = 0;
-    while r0 < n {
-        let rn = (n - r0).min(R);
-        let mut t0 = 0;
-        while t0 < t {
-            let tn = (t - t0).min(T);
-            if rn == R && tn == T {
-                let dots = tile::<R, T>(
-                    [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                    [xrow(t0), xrow(t0 + 1), xrow(t0 + 2), xrow(t0 + 3)],
-                );
-                for (r, row) in dots.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        out[(t0 + j) * n + r0 + r] = *v;
-                    }
-                }
-            } else if rn == R {
-                for j in t0..t0 + tn {
-                    let dots = tile::<R, 1>(
-                        [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                        [xrow(j)],
-                    );
-                    for (r, v) in dots.iter().enumerate() {
-                        out[j * n + r0 + r] = v[0];
-                    }
-                }
-            } else {
-                for r in r0..r0 + rn {
-                    for j in t0..t0 + tn {
-                        out[j * n + r] = tile::<1, 1>([wrow(r)], [xrow(j)])[0][0];
-                    }
-                }
-            }
-            t0 += tn;
-        }
-        r0 += rn;
-    }
+feat! {
+/// `acc + a·b`, in the argument order of the shared frames (x86's).
+#[inline]
+fn fma(a: float32x4_t, b: float32x4_t, acc: float32x4_t) -> float32x4_t {
+    vfmaq_f32(acc, a, b)
 }
 
 /// `acc (n) += x (n)`
@@ -377,31 +310,15 @@ pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f3
 
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 16 columns at a time stay in registers over all `t`.
 pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
-    let hs = out.len();
-    let values = &values[..probs.len() * hs];
-    if hs == 0 {
-        return;
-    }
-    let mut c = 0;
-    while c < hs {
-        let width = (hs - c).min(4 * L);
-        let nv = width.div_ceil(L);
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        for (p, row) in probs.iter().zip(values.chunks_exact(hs)) {
-            let pv = vdupq_n_f32(*p);
-            for (j, a) in acc.iter_mut().enumerate().take(nv) {
-                let lo = c + j * L;
-                let hi = (lo + L).min(c + width);
-                *a = vfmaq_f32(*a, pv, ld_any(&row[lo..hi]));
-            }
-        }
-        for (j, a) in acc.iter().enumerate().take(nv) {
-            let lo = c + j * L;
-            let hi = (lo + L).min(c + width);
-            st_any(&mut out[lo..hi], *a);
-        }
-        c += width;
-    }
+    crate::frame::attn_accum::<_, L>(
+        out,
+        probs,
+        values,
+        |p| vdupq_n_f32(p),
+        |a, b, acc| fma(a, b, acc),
+        |c| ld_any(c),
+        |c, v| st_any(c, v),
+    )
 }
 
 #[inline]

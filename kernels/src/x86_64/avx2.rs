@@ -175,114 +175,17 @@ matvec!(matvec_f32, f32, ld_f32);
 matvec!(matvec_f16, f16, ld_f16);
 matvec!(matvec_bf16, bf16, ld_bf16);
 
-/// `R` weight rows against `T` tokens: each weight vector is loaded once and used `T` times.
-/// Returns `dots[r][t]`. All slices have the same length `d`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
-    let d = x[0].len();
-    assert!(
-        w.iter().chain(&x).all(|r| r.len() == d),
-        "tile rows differ in length"
-    );
-    let (wp, xp) = (w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()));
-    let z = _mm256_setzero_ps();
-    let mut acc = [[z; T]; R];
-    let mut xv = [z; T];
-    let mut k = 0;
-    while k + L <= d {
-        for (v, p) in xv.iter_mut().zip(&xp) {
-            // SAFETY: every row has `d` elements (asserted above) and `k + L <= d`.
-            *v = unsafe { _mm256_loadu_ps(p.add(k)) };
-        }
-        for (a, p) in acc.iter_mut().zip(&wp) {
-            // SAFETY: as above.
-            let wv = unsafe { _mm256_loadu_ps(p.add(k)) };
-            for (a, v) in a.iter_mut().zip(&xv) {
-                *a = _mm256_fmadd_ps(wv, *v, *a);
-            }
-        }
-        k += L;
-    }
-    if k < d {
-        for (v, xr) in xv.iter_mut().zip(&x) {
-            *v = ld_tail(&xr[k..]);
-        }
-        for (a, wr) in acc.iter_mut().zip(&w) {
-            let wv = ld_tail(&wr[k..]);
-            for (a, v) in a.iter_mut().zip(&xv) {
-                *a = _mm256_fmadd_ps(wv, *v, *a);
-            }
-        }
-    }
-    let mut out = [[0.0f32; T]; R];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        for (o, a) in o.iter_mut().zip(a) {
-            *o = hsum(*a);
-        }
-    }
-    out
-}
-
-/// `out (t, n) = x (t, d) · w (n, d)ᵀ`: 4 rows × 3 tokens per tile (12 accumulators, 3 x and 1 w register
-/// of the 16). Rows are the outer loop, so a group of 4 rows (≤ 64 KiB at d = 4096) stays in L2 while every
-/// token uses it: each weight row is read from memory once per call.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
-    const R: usize = 4;
-    const T: usize = 3;
-    if t == 0 {
-        return;
-    }
-    let (n, d) = (out.len() / t, x.len() / t);
-    assert!(
-        out.len() == t * n && x.len() == t * d && w.len() == n * d,
-        "shapes"
-    );
-    if d == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let wrow = |r: usize| &w[r * d..(r + 1) * d];
-    let xrow = |i: usize| &x[i * d..(i + 1) * d];
-    let mut r0 = 0;
-    while r0 < n {
-        let rn = (n - r0).min(R);
-        let mut t0 = 0;
-        while t0 < t {
-            let tn = (t - t0).min(T);
-            if rn == R && tn == T {
-                let dots = tile::<R, T>(
-                    [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                    [xrow(t0), xrow(t0 + 1), xrow(t0 + 2)],
-                );
-                for (r, row) in dots.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        out[(t0 + j) * n + r0 + r] = *v;
-                    }
-                }
-            } else if rn == R {
-                for j in t0..t0 + tn {
-                    let dots = tile::<R, 1>(
-                        [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                        [xrow(j)],
-                    );
-                    for (r, v) in dots.iter().enumerate() {
-                        out[j * n + r0 + r] = v[0];
-                    }
-                }
-            } else {
-                for r in r0..r0 + rn {
-                    for j in t0..t0 + tn {
-                        out[j * n + r] = tile::<1, 1>([wrow(r)], [xrow(j)])[0][0];
-                    }
-                }
-            }
-            t0 += tn;
-        }
-        r0 += rn;
-    }
-}
+// Tiles of 4 rows × 3 tokens: 12 accumulators, 3 `x` and 1 `w` register fill the 16.
+crate::matmul::matmul_tier!(
+    feature = "avx2,fma,f16c",
+    lanes = L,
+    tile = 4 x 3,
+    zero = _mm256_setzero_ps(),
+    load = _mm256_loadu_ps,
+    load_part = ld_tail,
+    fma = _mm256_fmadd_ps,
+    hsum = hsum,
+);
 
 /// `acc (n) += x (n)`
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -463,31 +366,15 @@ pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f3
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 32 columns at a time stay in registers over all `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
-    let hs = out.len();
-    let values = &values[..probs.len() * hs];
-    if hs == 0 {
-        return;
-    }
-    let mut c = 0;
-    while c < hs {
-        let width = (hs - c).min(4 * L);
-        let nv = width.div_ceil(L);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (p, row) in probs.iter().zip(values.chunks_exact(hs)) {
-            let pv = _mm256_set1_ps(*p);
-            for (j, a) in acc.iter_mut().enumerate().take(nv) {
-                let lo = c + j * L;
-                let hi = (lo + L).min(c + width);
-                *a = _mm256_fmadd_ps(pv, ld_any(&row[lo..hi]), *a);
-            }
-        }
-        for (j, a) in acc.iter().enumerate().take(nv) {
-            let lo = c + j * L;
-            let hi = (lo + L).min(c + width);
-            st_tail_or_full(&mut out[lo..hi], *a);
-        }
-        c += width;
-    }
+    crate::frame::attn_accum::<_, L>(
+        out,
+        probs,
+        values,
+        |p| _mm256_set1_ps(p),
+        |a, b, acc| _mm256_fmadd_ps(a, b, acc),
+        |c| ld_any(c),
+        |c, v| st_tail_or_full(c, v),
+    )
 }
 
 /// Σ over 32 pairs of `x · y` as 8 f32 lanes, `x` any i8 and `|y| ≤ 127`: `maddubs` wants unsigned × signed,
@@ -520,48 +407,33 @@ fn unpack_q4(q: &[u8; QK / 2]) -> __m256i {
     _mm256_sub_epi8(nib, _mm256_set1_epi8(8))
 }
 
-/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q8_0 × q8_0.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]) {
-    let nb = xq.len();
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * stride..r * stride + nb];
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut pairs = row.chunks_exact(2).zip(xq.chunks_exact(2));
-        for (a, b) in &mut pairs {
-            for (acc, (a, b)) in acc.iter_mut().zip(a.iter().zip(b)) {
-                let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
-                *acc = _mm256_fmadd_ps(d, mul_sum_i8(ld_i8(&a.qs), ld_i8(&b.qs)), *acc);
+/// Stamps out `out (n) += w (n, stride)[:, ..nb] · xq (nb)` for one weight format, `$quants` giving a weight
+/// block's 32 quants as i8 in element order.
+macro_rules! qmatvec {
+    ($name:ident, $blk:ty, $quants:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) fn $name(out: &mut [f32], w: &[$blk], stride: usize, xq: &[BlockQ8_0]) {
+            let nb = xq.len();
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &w[r * stride..r * stride + nb];
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let mut pairs = row.chunks_exact(2).zip(xq.chunks_exact(2));
+                for (a, b) in &mut pairs {
+                    for (acc, (a, b)) in acc.iter_mut().zip(a.iter().zip(b)) {
+                        let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
+                        *acc = _mm256_fmadd_ps(d, mul_sum_i8($quants(&a.qs), ld_i8(&b.qs)), *acc);
+                    }
+                }
+                if nb % 2 == 1 {
+                    let (a, b) = (&row[nb - 1], &xq[nb - 1]);
+                    let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
+                    acc[0] = _mm256_fmadd_ps(d, mul_sum_i8($quants(&a.qs), ld_i8(&b.qs)), acc[0]);
+                }
+                *o += hsum(_mm256_add_ps(acc[0], acc[1]));
             }
         }
-        if nb % 2 == 1 {
-            let (a, b) = (&row[nb - 1], &xq[nb - 1]);
-            let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
-            acc[0] = _mm256_fmadd_ps(d, mul_sum_i8(ld_i8(&a.qs), ld_i8(&b.qs)), acc[0]);
-        }
-        *o += hsum(_mm256_add_ps(acc[0], acc[1]));
-    }
+    };
 }
 
-/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q4_0 × q8_0.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]) {
-    let nb = xq.len();
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * stride..r * stride + nb];
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut pairs = row.chunks_exact(2).zip(xq.chunks_exact(2));
-        for (a, b) in &mut pairs {
-            for (acc, (a, b)) in acc.iter_mut().zip(a.iter().zip(b)) {
-                let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
-                *acc = _mm256_fmadd_ps(d, mul_sum_i8(unpack_q4(&a.qs), ld_i8(&b.qs)), *acc);
-            }
-        }
-        if nb % 2 == 1 {
-            let (a, b) = (&row[nb - 1], &xq[nb - 1]);
-            let d = _mm256_set1_ps(f16_to_f32(a.d) * f16_to_f32(b.d));
-            acc[0] = _mm256_fmadd_ps(d, mul_sum_i8(unpack_q4(&a.qs), ld_i8(&b.qs)), acc[0]);
-        }
-        *o += hsum(_mm256_add_ps(acc[0], acc[1]));
-    }
-}
+qmatvec!(qmatvec_q8_0, BlockQ8_0, ld_i8);
+qmatvec!(qmatvec_q4_0, BlockQ4_0, unpack_q4);

@@ -238,106 +238,19 @@ matvec!(matvec_f32, f32, ld_f32, ldm_f32);
 matvec!(matvec_f16, f16, ld_f16, ldm_f16);
 matvec!(matvec_bf16, bf16, ld_bf16, ldm_bf16);
 
+// Tiles of 4 rows × 6 tokens: 24 accumulators, 6 `x` and 1 `w` of the 32 registers.
+crate::matmul::matmul_tier!(
+    feature = "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    lanes = L,
+    tile = 4 x 6,
+    zero = _mm512_setzero_ps(),
+    load = _mm512_loadu_ps,
+    load_part = ld_any,
+    fma = _mm512_fmadd_ps,
+    hsum = _mm512_reduce_add_ps,
+);
+
 feat! {
-/// `R` weight rows against `T` tokens, each weight vector loaded once for `T` tokens; `dots[r][t]`.
-#[inline]
-fn tile<const R: usize, const T: usize>(w: [&[f32]; R], x: [&[f32]; T]) -> [[f32; T]; R] {
-    let d = x[0].len();
-    assert!(w.iter().chain(&x).all(|r| r.len() == d), "tile rows differ in length");
-    let (wp, xp) = (w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()));
-    let z = _mm512_setzero_ps();
-    let mut acc = [[z; T]; R];
-    let mut xv = [z; T];
-    let mut k = 0;
-    while k + L <= d {
-        for (v, p) in xv.iter_mut().zip(&xp) {
-            // SAFETY: every row has `d` elements (asserted above) and `k + L <= d`.
-            *v = unsafe { _mm512_loadu_ps(p.add(k)) };
-        }
-        for (a, p) in acc.iter_mut().zip(&wp) {
-            // SAFETY: as above.
-            let wv = unsafe { _mm512_loadu_ps(p.add(k)) };
-            for (a, v) in a.iter_mut().zip(&xv) {
-                *a = _mm512_fmadd_ps(wv, *v, *a);
-            }
-        }
-        k += L;
-    }
-    if k < d {
-        for (v, xr) in xv.iter_mut().zip(&x) {
-            *v = ld_any(&xr[k..]);
-        }
-        for (a, wr) in acc.iter_mut().zip(&w) {
-            let wv = ld_any(&wr[k..]);
-            for (a, v) in a.iter_mut().zip(&xv) {
-                *a = _mm512_fmadd_ps(wv, *v, *a);
-            }
-        }
-    }
-    let mut out = [[0.0f32; T]; R];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        for (o, a) in o.iter_mut().zip(a) {
-            *o = _mm512_reduce_add_ps(*a);
-        }
-    }
-    out
-}
-
-/// `out (t, n) = x (t, d) · w (n, d)ᵀ`: 4 rows × 6 tokens per tile (24 accumulators, 6 x and 1 w of the 32
-/// registers). Rows are the outer loop, so each 4-row group stays in L2 while all tokens use it.
-pub(super) fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
-    const R: usize = 4;
-    const T: usize = 6;
-    if t == 0 {
-        return;
-    }
-    let (n, d) = (out.len() / t, x.len() / t);
-    assert!(out.len() == t * n && x.len() == t * d && w.len() == n * d, "shapes");
-    if d == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let wrow = |r: usize| &w[r * d..(r + 1) * d];
-    let xrow = |i: usize| &x[i * d..(i + 1) * d];
-    let mut r0 = 0;
-    while r0 < n {
-        let rn = (n - r0).min(R);
-        let mut t0 = 0;
-        while t0 < t {
-            let tn = (t - t0).min(T);
-            if rn == R && tn == T {
-                let dots = tile::<R, T>(
-                    [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                    [xrow(t0), xrow(t0 + 1), xrow(t0 + 2), xrow(t0 + 3), xrow(t0 + 4), xrow(t0 + 5)],
-                );
-                for (r, row) in dots.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        out[(t0 + j) * n + r0 + r] = *v;
-                    }
-                }
-            } else if rn == R {
-                for j in t0..t0 + tn {
-                    let dots = tile::<R, 1>(
-                        [wrow(r0), wrow(r0 + 1), wrow(r0 + 2), wrow(r0 + 3)],
-                        [xrow(j)],
-                    );
-                    for (r, v) in dots.iter().enumerate() {
-                        out[j * n + r0 + r] = v[0];
-                    }
-                }
-            } else {
-                for r in r0..r0 + rn {
-                    for j in t0..t0 + tn {
-                        out[j * n + r] = tile::<1, 1>([wrow(r)], [xrow(j)])[0][0];
-                    }
-                }
-            }
-            t0 += tn;
-        }
-        r0 += rn;
-    }
-}
-
 /// `acc (n) += x (n)`
 pub(super) fn add(acc: &mut [f32], x: &[f32]) {
     assert_eq!(acc.len(), x.len());
@@ -466,33 +379,18 @@ pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f3
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 64 columns at a time stay in registers over all `t`.
 pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
     let hs = out.len();
-    let values = &values[..probs.len() * hs];
-    if hs == 0 {
-        return;
+    if hs < L && hs > 0 && L.is_multiple_of(hs) {
+        return attn_accum_small(out, probs, &values[..probs.len() * hs]);
     }
-    if hs < L && L.is_multiple_of(hs) {
-        return attn_accum_small(out, probs, values);
-    }
-    let mut c = 0;
-    while c < hs {
-        let width = (hs - c).min(4 * L);
-        let nv = width.div_ceil(L);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (p, row) in probs.iter().zip(values.chunks_exact(hs)) {
-            let pv = _mm512_set1_ps(*p);
-            for (j, a) in acc.iter_mut().enumerate().take(nv) {
-                let lo = c + j * L;
-                let hi = (lo + L).min(c + width);
-                *a = _mm512_fmadd_ps(pv, ld_any(&row[lo..hi]), *a);
-            }
-        }
-        for (j, a) in acc.iter().enumerate().take(nv) {
-            let lo = c + j * L;
-            let hi = (lo + L).min(c + width);
-            st_any(&mut out[lo..hi], *a);
-        }
-        c += width;
-    }
+    crate::frame::attn_accum::<_, L>(
+        out,
+        probs,
+        values,
+        |p| _mm512_set1_ps(p),
+        |a, b, acc| _mm512_fmadd_ps(a, b, acc),
+        |c| ld_any(c),
+        |c, v| st_any(c, v),
+    )
 }
 
 /// `attn_accum` for heads narrower than a vector that divide it (stories260K's 8): `g = 16 / hs` positions per

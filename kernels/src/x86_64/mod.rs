@@ -10,7 +10,7 @@ mod avx512;
 mod gemm256;
 mod gemm512;
 
-use crate::dispatch::{Kernels, Tier};
+use crate::dispatch::{simd_ops, simd_table, wrappers, Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use half::{bf16, f16};
@@ -73,36 +73,9 @@ pub(crate) fn avx512_table() -> &'static Kernels {
     }
 }
 
-/// Safe wrappers, one per kernel of module `$m`. Only the tables below point at them.
-macro_rules! wrappers {
-    ($m:ident: $($name:ident($($a:ident: $t:ty),*);)*) => {
-        $(
-            pub(super) fn $name($($a: $t),*) {
-                // SAFETY: only this module's tables hold this wrapper, and `kernels_for` hands such a table out
-                // only after the `has_*` check of its tier passed, so the CPU has every feature the kernel enables.
-                unsafe { $m::$name($($a),*) }
-            }
-        )*
-    };
-}
-
 mod avx2_w {
     use super::*;
-    wrappers! { avx2:
-        matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
-        matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
-        matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
-        matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
-        qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
-        qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
-        rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
-        softmax(x: &mut [f32]);
-        rope(x: &mut [f32], cos_sin: &[f32]);
-        silu_mul(a: &mut [f32], b: &[f32]);
-        attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
-        attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
-        add(acc: &mut [f32], x: &[f32]);
-    }
+    simd_ops!(wrappers!(avx2:));
     wrappers! { gemm256:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
@@ -114,23 +87,11 @@ mod avx2_w {
 
 mod avx512_w {
     use super::*;
+    simd_ops!(wrappers!(avx512:));
     wrappers! { avx512:
-        matvec_f32(out: &mut [f32], w: &[f32], x: &[f32]);
-        matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize);
-        matvec_f16(out: &mut [f32], w: &[f16], x: &[f32]);
-        matvec_bf16(out: &mut [f32], w: &[bf16], x: &[f32]);
-        qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
-        qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qtile_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q4_0_vnni(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
-        rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
-        softmax(x: &mut [f32]);
-        rope(x: &mut [f32], cos_sin: &[f32]);
-        silu_mul(a: &mut [f32], b: &[f32]);
-        attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32);
-        attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]);
-        add(acc: &mut [f32], x: &[f32]);
     }
     wrappers! { gemm512:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
@@ -151,45 +112,9 @@ pub(crate) fn exp_slice(tier: Tier) -> Option<crate::tests::ExpFn> {
     }
 }
 
-pub(crate) static AVX2: Kernels = Kernels {
-    tier: Tier::Avx2,
-    variant: "avx2+fma+f16c",
-    matvec_f32: avx2_w::matvec_f32,
-    matmul_f32: avx2_w::matmul_f32,
-    gemm_f32: avx2_w::gemm_f32,
-    matvec_f16: avx2_w::matvec_f16,
-    matvec_bf16: avx2_w::matvec_bf16,
-    qmatvec_q8_0: avx2_w::qmatvec_q8_0,
-    qtile_q8_0: avx2_w::qmatvec_q8_0,
-    qmatvec_q4_0: avx2_w::qmatvec_q4_0,
-    rmsnorm: avx2_w::rmsnorm,
-    softmax: avx2_w::softmax,
-    rope: avx2_w::rope,
-    silu_mul: avx2_w::silu_mul,
-    attn_scores: avx2_w::attn_scores,
-    attn_accum: avx2_w::attn_accum,
-    add: avx2_w::add,
-};
+pub(crate) static AVX2: Kernels = simd_ops!(simd_table!(Tier::Avx2, "avx2+fma+f16c", avx2_w;));
 
-pub(crate) static AVX512: Kernels = Kernels {
-    tier: Tier::Avx512,
-    variant: "avx512",
-    matvec_f32: avx512_w::matvec_f32,
-    matmul_f32: avx512_w::matmul_f32,
-    gemm_f32: avx512_w::gemm_f32,
-    matvec_f16: avx512_w::matvec_f16,
-    matvec_bf16: avx512_w::matvec_bf16,
-    qmatvec_q8_0: avx512_w::qmatvec_q8_0,
-    qtile_q8_0: avx512_w::qmatvec_q8_0,
-    qmatvec_q4_0: avx512_w::qmatvec_q4_0,
-    rmsnorm: avx512_w::rmsnorm,
-    softmax: avx512_w::softmax,
-    rope: avx512_w::rope,
-    silu_mul: avx512_w::silu_mul,
-    attn_scores: avx512_w::attn_scores,
-    attn_accum: avx512_w::attn_accum,
-    add: avx512_w::add,
-};
+pub(crate) static AVX512: Kernels = simd_ops!(simd_table!(Tier::Avx512, "avx512", avx512_w;));
 
 pub(crate) static AVX512_VNNI: Kernels = Kernels {
     variant: "avx512+vnni",
