@@ -37,8 +37,6 @@ fn process_is_gone(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn stale_tmp_files_of_killed_writers_are_removed_on_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
