@@ -31,7 +31,8 @@ pub struct Config {
 const MAX_DIM: u32 = 1 << 16;
 const MAX_HIDDEN: u32 = 1 << 18;
 const MAX_LAYERS: u32 = 1 << 10;
-const MAX_VOCAB: u32 = 1 << 22;
+// The tokenizer's own limit: a config cannot name a vocabulary no tokenizer loader accepts.
+const MAX_VOCAB: u32 = crate::tokenizer::MAX_VOCAB as u32;
 const MAX_SEQ: u32 = 1 << 20;
 
 impl Config {

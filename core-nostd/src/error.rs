@@ -85,6 +85,12 @@ pub enum Error {
         tokens: usize,
         max: usize,
     },
+    /// Refused before encoding: `bytes` of text make at least `tokens` tokens.
+    PromptBytesTooLong {
+        bytes: usize,
+        tokens: usize,
+        max: usize,
+    },
     ContextFull {
         max: usize,
     },
@@ -92,6 +98,18 @@ pub enum Error {
         what: &'static str,
         needed: usize,
         found: usize,
+    },
+    /// The model computed a NaN or infinite logit: its weights are not finite, or so large that the
+    /// activations overflowed.
+    NonFiniteLogit {
+        token: u32,
+        value: f32,
+    },
+    /// A tokenizer is larger than every loader accepts (`what` names the limit).
+    TokenizerLimit {
+        what: &'static str,
+        found: u64,
+        limit: u64,
     },
 }
 
@@ -171,10 +189,22 @@ impl fmt::Display for Error {
                 f,
                 "the prompt is {tokens} tokens but the model's context holds {max}"
             ),
+            PromptBytesTooLong { bytes, tokens, max } => write!(
+                f,
+                "the prompt is {bytes} bytes, at least {tokens} tokens, but the model's context holds {max}"
+            ),
             ContextFull { max } => write!(f, "the context is full ({max} tokens)"),
             BufferTooSmall { what, needed, found } => {
                 write!(f, "the {what} buffer holds {found} elements, {needed} needed")
             }
+            NonFiniteLogit { token, value } => write!(
+                f,
+                "the model computed a logit of {value} (token {token}): its weights are not finite or so large that its activations overflow; generation stopped"
+            ),
+            TokenizerLimit { what, found, limit } => write!(
+                f,
+                "the tokenizer exceeds the limit on {what}: {found}, at most {limit}"
+            ),
         }
     }
 }

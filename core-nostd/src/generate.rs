@@ -147,7 +147,7 @@ impl<'m, 'b> Session<'m, 'b> {
         };
         while stats.generated < max_new {
             let logits = self.scratch.logits_mut();
-            let next = sampler.sample(logits, self.probs);
+            let next = sampler.sample(logits, self.probs)?;
             self.pending = Some(next);
             self.last = Some(next);
             if next == tokenizer.eos() || next == tokenizer.bos() {

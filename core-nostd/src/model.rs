@@ -264,6 +264,17 @@ pub struct Transformer<'a> {
 }
 
 impl<'a> Transformer<'a> {
+    /// The same model with its context cut to `tokens` (at least 1, never more than its own). The KV cache
+    /// and the attention scratch are sized by the context, so a run that needs a few hundred positions of
+    /// a model made for a million does not pay for the million; positions inside the cut compute exactly
+    /// as before.
+    pub fn with_context(mut self, tokens: usize) -> Self {
+        let tokens = tokens.clamp(1, self.config.seq_len as usize);
+        // Lossless: clamped to the u32 it came from.
+        self.config.seq_len = tokens as u32;
+        self
+    }
+
     pub fn new(config: Config, weights: Weights<'a>, kernels: &'static Kernels) -> Result<Self> {
         config.validate()?;
         Ok(Transformer {

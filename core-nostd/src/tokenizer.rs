@@ -9,6 +9,47 @@ use crate::format::{EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCOR
 use crate::{Error, Result};
 use core::cmp::Ordering;
 
+/// The longest piece any tokenizer loader accepts, in bytes. Real vocabularies stay far below it; without a
+/// cap, merges that each double a piece reach gigabytes within a few dozen lines of a tokenizer file.
+pub const MAX_PIECE_LEN: usize = 1024;
+/// The most tokens a vocabulary may have.
+pub const MAX_VOCAB: usize = 1 << 22;
+/// The most bytes all pieces of a vocabulary may take together.
+pub const MAX_PIECE_BYTES: usize = 64 << 20;
+
+/// Counts a vocabulary while a loader builds it, and refuses it at the first limit it crosses, before the
+/// piece that crosses it is allocated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VocabBudget {
+    pieces: usize,
+    bytes: usize,
+}
+
+impl VocabBudget {
+    /// Accounts for one more piece of `len` bytes.
+    pub fn add(&mut self, len: usize) -> Result<()> {
+        let over = |what, found: usize, limit: usize| {
+            Err(Error::TokenizerLimit {
+                what,
+                found: found as u64,
+                limit: limit as u64,
+            })
+        };
+        if len > MAX_PIECE_LEN {
+            return over("the length of a piece (bytes)", len, MAX_PIECE_LEN);
+        }
+        self.pieces += 1;
+        if self.pieces > MAX_VOCAB {
+            return over("the vocabulary size (tokens)", self.pieces, MAX_VOCAB);
+        }
+        self.bytes += len;
+        if self.bytes > MAX_PIECE_BYTES {
+            return over("the bytes of all pieces", self.bytes, MAX_PIECE_BYTES);
+        }
+        Ok(())
+    }
+}
+
 /// A tokenizer viewing its vocabulary in place.
 #[derive(Clone, Copy, Debug)]
 pub struct Tokenizer<'a> {
@@ -21,6 +62,8 @@ pub struct Tokenizer<'a> {
     /// (V) token ids ordered by their piece's bytes, for binary search.
     sorted: &'a [u32],
     meta: TokenizerMeta,
+    /// The longest piece, in bytes (at least 1): how much text one token can cover at most.
+    longest: usize,
 }
 
 static BYTES: [u8; 256] = {
@@ -100,12 +143,20 @@ impl<'a> Tokenizer<'a> {
         if specials.into_iter().flatten().any(|id| id as usize >= v) {
             return bad("a special token id is outside the vocabulary");
         }
+        let mut budget = VocabBudget::default();
+        let mut longest = 1;
+        for w in offsets.windows(2) {
+            let len = (w[1] - w[0]) as usize;
+            budget.add(len)?;
+            longest = longest.max(len);
+        }
         let tok = Tokenizer {
             pieces,
             offsets,
             scores,
             sorted,
             meta,
+            longest,
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -169,6 +220,13 @@ impl<'a> Tokenizer<'a> {
     /// The most tokens encoding `text_len` bytes can produce (with BOS, dummy prefix and EOS).
     pub fn max_tokens(text_len: usize) -> usize {
         text_len + 3
+    }
+
+    /// The fewest tokens `text_len` bytes can encode to (with BOS and EOS when asked): no token covers more
+    /// text than the longest piece. Lets a caller refuse a text too long for its context before encoding it.
+    pub fn min_tokens(&self, text_len: usize, bos: bool, eos: bool) -> usize {
+        let prefix = usize::from(self.meta.add_dummy_prefix && text_len > 0);
+        (text_len + prefix).div_ceil(self.longest) + usize::from(bos) + usize::from(eos)
     }
 
     /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
@@ -302,5 +360,33 @@ mod tests {
         assert_eq!(byte_piece(b"<0xff>"), Some(255));
         assert_eq!(byte_piece(b"<0xG0>"), None);
         assert_eq!(byte_piece(b"<0x0A"), None);
+    }
+
+    #[test]
+    fn the_vocabulary_budget_says_which_limit_was_hit() {
+        let mut b = VocabBudget::default();
+        assert!(b.add(MAX_PIECE_LEN).is_ok());
+        match b.add(MAX_PIECE_LEN + 1) {
+            Err(Error::TokenizerLimit { what, found, limit }) => {
+                assert!(what.contains("length"), "{what}");
+                assert_eq!(
+                    (found, limit),
+                    (MAX_PIECE_LEN as u64 + 1, MAX_PIECE_LEN as u64)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut b = VocabBudget::default();
+        let err = (0..MAX_PIECE_BYTES / 1000 + 1).try_for_each(|_| b.add(1000));
+        assert!(
+            matches!(err, Err(Error::TokenizerLimit { what, .. }) if what.contains("all pieces")),
+            "{err:?}"
+        );
+        let mut b = VocabBudget::default();
+        let err = (0..=MAX_VOCAB).try_for_each(|_| b.add(0));
+        assert!(
+            matches!(err, Err(Error::TokenizerLimit { what, .. }) if what.contains("vocabulary")),
+            "{err:?}"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub enum Error {
     NoCuda(&'static str),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -79,6 +79,39 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Refuses, before anything is allocated, work that needs `bytes` of memory when this machine has less
+/// available (or an address space too small to hold it): sizes that come from files and flags must end in
+/// an error that says so, never in the allocator aborting the process. `what` starts the message.
+pub fn ensure_available(bytes: u64, what: &str) -> crate::Result<()> {
+    let refuse = |have: String| {
+        Err(crate::Error::Invalid(format!(
+            "{what} needs about {} of memory and {have}",
+            human_bytes(bytes)
+        )))
+    };
+    if usize::try_from(bytes).is_err() || bytes > isize::MAX as u64 {
+        return refuse("this machine's address space cannot hold that".into());
+    }
+    match ram() {
+        (_, Some(free)) if bytes > free => refuse(format!("{} is available", human_bytes(free))),
+        _ => Ok(()),
+    }
+}
+
+/// `n` zeroed elements, or an error naming `what` when the allocator cannot provide them (a size that
+/// passed [`ensure_available`] can still meet a fragmented or limited address space).
+pub fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> crate::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        crate::Error::Invalid(format!(
+            "{what}: cannot allocate {}",
+            human_bytes((n as u64).saturating_mul(std::mem::size_of::<T>() as u64))
+        ))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
 /// Total and available RAM in bytes from /proc/meminfo (Linux); `None` elsewhere. Cheap: no CUDA.
 pub fn ram() -> (Option<u64>, Option<u64>) {
     match std::fs::read_to_string("/proc/meminfo") {

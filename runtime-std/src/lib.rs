@@ -6,6 +6,7 @@ pub mod load;
 pub mod lock;
 pub mod quantize;
 pub mod session;
+pub mod tmpfiles;
 pub mod tokenize;
 pub mod writer;
 

@@ -6,6 +6,7 @@
 //! cost a lot. Measured on this 2-core Zen 4 (`enigma bench`, 110M q8_0, 1 thread, medians of 5 alternating
 //! runs, twice): 146 -> 165 and 121 -> 157 tok/s. Loading the 117 MB file then costs one read.
 
+use crate::lock::{self, ModelLock};
 use crate::{Error, Result};
 use enigma_core::{kernels::Kernels, EnigmaFile, Tokenizer, Transformer};
 use std::ops::Deref;
@@ -78,6 +79,31 @@ fn huge_copy(file: &std::fs::File, len: u64) -> Option<memmap2::Mmap> {
     m.make_read_only().ok()
 }
 
+/// Refuses anything but a regular file (a FIFO, a device, a folder) before it is opened: opening a FIFO
+/// for reading blocks until a writer comes, and a device can be read forever.
+pub fn ensure_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(Error::io(path))?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        };
+        Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("is {kind}")),
+        })
+    }
+}
+
+/// Reads a whole input file, refusing what is not a regular file first ([`ensure_regular_file`]).
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    ensure_regular_file(path)?;
+    std::fs::read(path).map_err(Error::io(path))
+}
+
 enum Storage {
     Mmap(memmap2::Mmap),
     Owned(AlignedBytes),
@@ -87,12 +113,16 @@ enum Storage {
 pub struct ModelFile {
     storage: Storage,
     path: PathBuf,
+    /// The folder's reader lock, when opened with [`ModelFile::open_shared`]. Declared after the storage so
+    /// the mapping is gone before the lock is released.
+    _lock: Option<ModelLock>,
 }
 
 impl ModelFile {
     /// Maps `path`, validates its structure and verifies the data checksum.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        ensure_regular_file(path)?;
         let file = std::fs::File::open(path).map_err(Error::io(path))?;
         let len = file.metadata().map_err(Error::io(path))?.len();
         let storage = if len == 0 {
@@ -108,13 +138,28 @@ impl ModelFile {
         Self::validated(storage, path.to_path_buf())
     }
 
+    /// [`ModelFile::open`] under the reader's lock of the model's folder ([`lock::reader_lock_for`]), held
+    /// for as long as the returned file lives: a model that runs is never converted, renamed or deleted
+    /// meanwhile, nor truncated under its mapping by one of our own writers.
+    pub fn open_shared(path: impl AsRef<Path>, purpose: &str) -> Result<Self> {
+        let path = path.as_ref();
+        let lock = lock::reader_lock_for(path, purpose)?;
+        let mut file = Self::open(path)?;
+        file._lock = lock;
+        Ok(file)
+    }
+
     /// Copies `bytes` into an aligned buffer and validates them; `name` labels errors.
     pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
         Self::validated(Storage::Owned(AlignedBytes::copy_from(bytes)), name.into())
     }
 
     fn validated(storage: Storage, path: PathBuf) -> Result<Self> {
-        let f = ModelFile { storage, path };
+        let f = ModelFile {
+            storage,
+            path,
+            _lock: None,
+        };
         f.parse()?.verify_checksum().map_err(|e| f.err(e))?;
         Ok(f)
     }

@@ -12,6 +12,53 @@ use std::path::{Path, PathBuf};
 
 /// The lock file's name inside a model folder.
 pub const LOCK_FILE: &str = ".lock";
+/// The model file's name inside a model folder (the model store's and a training run's).
+pub const MODEL_FILE: &str = "model.enigma";
+
+/// Test hook: after taking a model folder's lock (a writer's or a reader's), hold it this many milliseconds
+/// before working, so that a test can make two processes meet on one folder. Documented in docs/MODELS.md;
+/// never set it otherwise.
+pub const HOLD_LOCK_ENV: &str = "ENIGMA_TEST_HOLD_LOCK_MS";
+
+/// The pause [`HOLD_LOCK_ENV`] asks for, if any.
+pub fn hold_for_tests() {
+    if let Some(ms) = std::env::var(HOLD_LOCK_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// The reader's lock that using the model file `file` needs: its folder's shared lock when the file is a
+/// model folder's (named [`MODEL_FILE`], or beside a [`LOCK_FILE`]), else none (a loose `.enigma` file has
+/// no folder owner to coordinate with). A folder this process may not write, and so cannot hold a lock
+/// file for, is read without one.
+pub fn reader_lock_for(file: &Path, purpose: &str) -> Result<Option<ModelLock>, LockError> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let has_lock_file = dir.join(LOCK_FILE).exists();
+    if !has_lock_file && file.file_name().is_none_or(|n| n != MODEL_FILE) {
+        return Ok(None);
+    }
+    match ModelLock::acquire_shared(dir, purpose) {
+        Ok(lock) => {
+            hold_for_tests();
+            Ok(Some(lock))
+        }
+        Err(LockError::Io { source, .. }) if !has_lock_file && read_only(&source) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_only(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -57,21 +104,7 @@ impl ModelLock {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        // A holder writes its note right after locking and a probe (`holder`) holds only a shared lock for an
-        // instant and writes nothing: a refusal with an empty note is retried for a moment, so neither a probe
-        // nor a holder caught between lock and note makes this fail.
-        let mut tries = 0;
-        while !fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(io)? {
-            let note = read_note(&file);
-            tries += 1;
-            if !note.trim().is_empty() || tries > 40 {
-                return Err(LockError::Held {
-                    dir: what.to_path_buf(),
-                    holder: describe_holder(&note),
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        lock_patiently(&file, what, path, fs4::fs_std::FileExt::try_lock_exclusive)?;
         let mut lock = ModelLock {
             file,
             dir: what.to_path_buf(),
@@ -91,19 +124,18 @@ impl ModelLock {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(io)?;
-        if !fs4::fs_std::FileExt::try_lock_shared(&file).map_err(io)? {
-            return Err(LockError::Held {
-                dir: dir.to_path_buf(),
-                holder: describe_holder(&read_note(&file)),
-            });
-        }
+        {
+            // A reader never writes the file: an existing one it may only read locks as well.
+            Err(e) if read_only(&e) => File::open(&path).map_err(|_| io(e))?,
+            other => other.map_err(io)?,
+        };
+        lock_patiently(&file, dir, &path, fs4::fs_std::FileExt::try_lock_shared)?;
         // Readers leave the note alone: it names a writer, and several readers would overwrite each other.
         Ok(ModelLock {
             file,
@@ -160,6 +192,34 @@ impl Drop for ModelLock {
             let _ = self.file.set_len(0);
         }
     }
+}
+
+/// Takes `file`'s lock with `try_lock`, or says who holds it. A holder writes its note right after locking,
+/// and a probe (`holder`, or a test waiting for a reader) holds a lock for an instant and writes nothing: a
+/// refusal with an empty note is retried for a moment, so neither a probe nor a holder caught between lock
+/// and note makes this fail.
+fn lock_patiently(
+    file: &File,
+    what: &Path,
+    path: &Path,
+    try_lock: fn(&File) -> std::io::Result<bool>,
+) -> Result<(), LockError> {
+    let mut tries = 0;
+    while !try_lock(file).map_err(|source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    })? {
+        let note = read_note(file);
+        tries += 1;
+        if !note.trim().is_empty() || tries > 40 {
+            return Err(LockError::Held {
+                dir: what.to_path_buf(),
+                holder: describe_holder(&note),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn read_note(mut file: &File) -> String {

@@ -23,24 +23,64 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
     }
 }
 
-/// The little-endian bytes of `data` stored as `dtype`.
+/// Refuses weights that are NaN or infinite, naming the tensor: a model holding one computes NaN logits
+/// for every token, so writing it only moves the failure to whoever runs it.
+pub fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::Invalid(format!(
+            "tensor '{name}' element {i} is {}, not a finite number; refusing to write it",
+            data[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// [`check_finite`] over every tensor of a flat parameter buffer laid out by [`ParamLayout`].
+pub fn check_params_finite(config: &Config, params: &[f32]) -> Result<()> {
+    let mut at = 0usize;
+    for spec in ParamLayout::new(config).iter() {
+        let n = spec.numel() as usize;
+        check_finite(spec.name, params.get(at..at + n).unwrap_or_default())?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// The little-endian bytes of `data` stored as `dtype`. A finite f32 can still overflow a narrower type
+/// (f16 tops out at 65504, a block's f16 scale at 127 times that): that is refused too.
 pub fn encode(dtype: DType, data: &[f32]) -> Result<Vec<u8>> {
     let blocks = data.len() / k::QK;
+    let overflow = || {
+        Err(Error::Invalid(format!(
+            "a value of magnitude {} does not fit in {}",
+            data.iter().fold(0f32, |m, v| m.max(v.abs())),
+            dtype.name()
+        )))
+    };
     Ok(match dtype {
         DType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => {
             let mut out = vec![k::f16::ZERO; data.len()];
             k::quantize_f16(data, &mut out);
+            if out.iter().any(|v| !v.is_finite()) {
+                return overflow();
+            }
             out.iter().flat_map(|v| v.to_le_bytes()).collect()
         }
         DType::BF16 => {
             let mut out = vec![k::bf16::ZERO; data.len()];
             k::quantize_bf16(data, &mut out);
+            if out.iter().any(|v| !v.is_finite()) {
+                return overflow();
+            }
             out.iter().flat_map(|v| v.to_le_bytes()).collect()
         }
         DType::Q8_0 if data.len().is_multiple_of(k::QK) => {
             let mut out = vec![BlockQ8_0::ZERO; blocks];
             k::quantize_q8_0(data, &mut out);
+            if out.iter().any(|b| !b.scale().is_finite()) {
+                return overflow();
+            }
             out.iter()
                 .flat_map(|b| {
                     b.d.to_le_bytes()
@@ -52,6 +92,9 @@ pub fn encode(dtype: DType, data: &[f32]) -> Result<Vec<u8>> {
         DType::Q4_0 if data.len().is_multiple_of(k::QK) => {
             let mut out = vec![BlockQ4_0::ZERO; blocks];
             k::quantize_q4_0(data, &mut out);
+            if out.iter().any(|b| !b.scale().is_finite()) {
+                return overflow();
+            }
             out.iter()
                 .flat_map(|b| b.d.to_le_bytes().into_iter().chain(b.qs))
                 .collect()
@@ -108,12 +151,11 @@ pub fn add_params(
         if dt == DType::F32 && to != DType::F32 && !spec.is_norm() {
             kept.push(spec.name);
         }
-        w.tensor(
-            spec.name,
-            dt,
-            &spec.shape[..spec.ndim()],
-            encode(dt, &params[at..at + n])?,
-        );
+        let data = &params[at..at + n];
+        check_finite(spec.name, data)?;
+        let bytes =
+            encode(dt, data).map_err(|e| Error::Invalid(format!("tensor '{}': {e}", spec.name)))?;
+        w.tensor(spec.name, dt, &spec.shape[..spec.ndim()], bytes);
         at += n;
     }
     Ok(kept)

@@ -1,7 +1,7 @@
 //! Encoding long texts: the same ids as the core's llama2.c-style merge loop, in O(n log n).
 
 use crate::Result;
-use enigma_core::Tokenizer;
+use enigma_core::{Error, Tokenizer};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -37,13 +37,25 @@ pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, eos: bool) -> Result<V
     let mut ids = vec![0u32; Tokenizer::max_tokens(text.len())];
     let n = tok.pre_tokenize(text, bos, &mut ids)?;
     ids.truncate(n);
+    let mut out = merge(ids, |a, b| tok.merge_pair(a, b));
+    if eos {
+        out.push(tok.eos());
+    }
+    Ok(out)
+}
+
+/// The core's merge loop ([`Tokenizer::merge`]) in O(n log n): repeatedly merges the adjacent pair whose
+/// merged token scores highest, leftmost on ties, until none merges. `merge_pair(a, b)` is the token that
+/// `a` then `b` merge into and its score, or `None`. Shared by every host-side BPE encoder.
+pub fn merge(mut ids: Vec<u32>, merge_pair: impl Fn(u32, u32) -> Option<(u32, f32)>) -> Vec<u32> {
+    let n = ids.len();
     // A doubly linked list over the pre-tokens; `alive[i]` goes false when node i is merged into its left.
     let mut next: Vec<usize> = (1..=n).collect();
     let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
     let mut alive = vec![true; n];
     let mut heap = BinaryHeap::new();
     let push = |heap: &mut BinaryHeap<Cand>, ids: &[u32], left: usize, right: usize| {
-        if let Some((id, score)) = tok.merge_pair(ids[left], ids[right]) {
+        if let Some((id, score)) = merge_pair(ids[left], ids[right]) {
             heap.push(Cand {
                 score,
                 left,
@@ -60,7 +72,7 @@ pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, eos: bool) -> Result<V
         if !alive[c.left] || !alive[c.right] || next[c.left] != c.right {
             continue;
         }
-        if tok.merge_pair(ids[c.left], ids[c.right]).map(|m| m.0) != Some(c.id) {
+        if merge_pair(ids[c.left], ids[c.right]).map(|m| m.0) != Some(c.id) {
             continue;
         }
         ids[c.left] = c.id;
@@ -76,9 +88,35 @@ pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, eos: bool) -> Result<V
             push(&mut heap, &ids, before, c.left);
         }
     }
-    let mut out: Vec<u32> = (0..n).filter(|&i| alive[i]).map(|i| ids[i]).collect();
-    if eos {
-        out.push(tok.eos());
+    (0..n).filter(|&i| alive[i]).map(|i| ids[i]).collect()
+}
+
+/// [`encode`] for a text that must fit in `max` tokens: one that cannot (by its length in bytes) is refused
+/// before any encoding work, and one that does not is refused as soon as its tokens are counted. Untrusted
+/// prompts go through here, so a huge one costs a length check, not an encoding.
+pub fn encode_within(
+    tok: &Tokenizer<'_>,
+    text: &str,
+    bos: bool,
+    eos: bool,
+    max: usize,
+) -> Result<Vec<u32>> {
+    let least = tok.min_tokens(text.len(), bos, eos);
+    if least > max {
+        return Err(Error::PromptBytesTooLong {
+            bytes: text.len(),
+            tokens: least,
+            max,
+        }
+        .into());
     }
-    Ok(out)
+    let ids = encode(tok, text, bos, eos)?;
+    if ids.len() > max {
+        return Err(Error::PromptTooLong {
+            tokens: ids.len(),
+            max,
+        }
+        .into());
+    }
+    Ok(ids)
 }

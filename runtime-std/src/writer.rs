@@ -44,6 +44,13 @@ impl TokenizerData {
         }
     }
 
+    /// Refuses a vocabulary beyond the limits every tokenizer loader enforces
+    /// ([`enigma_core::tokenizer::VocabBudget`]).
+    pub fn check_limits(&self) -> Result<(), enigma_core::Error> {
+        let mut budget = enigma_core::tokenizer::VocabBudget::default();
+        self.pieces.iter().try_for_each(|p| budget.add(p.len()))
+    }
+
     /// The four tokenizer tensors: pieces (u8), offsets (u32, V+1), scores (f32, V), sorted ids (u32, V).
     fn arrays(&self) -> (Vec<u8>, Vec<u32>, Vec<u32>) {
         let mut bytes = Vec::new();
@@ -132,6 +139,7 @@ impl<'a> ModelWriter<'a> {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.config.validate()?;
         let tok = &self.tokenizer;
+        tok.check_limits()?;
         if tok.pieces.len() != self.config.vocab_size as usize
             || tok.scores.len() != tok.pieces.len()
         {
@@ -267,6 +275,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    crate::tmpfiles::remove_stale(dir, name);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),

@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand};
 use enigma_core::generate::{Session, Stats, Stop};
 use enigma_core::kernels::DType;
 use enigma_core::{Sampler, SamplerConfig, Tokenizer};
-use enigma_runtime::lock::{ModelLock, LOCK_FILE};
 use enigma_runtime::session::DEFAULT_CHUNK;
 use enigma_runtime::{Backend, HostSession, ModelFile};
 use std::io::{BufRead, Write};
@@ -268,7 +267,7 @@ pub fn main(cli: Cli) -> Result<()> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    Ok(enigma_runtime::load::read_file(path)?)
 }
 
 fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &str) -> Result<()> {
@@ -276,9 +275,13 @@ fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &st
     let name = checkpoint
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let bytes =
-        enigma_models::llama2c::import_as(&read(checkpoint)?, &read(tokenizer)?, &name, dtype)
-            .with_context(|| format!("{}", checkpoint.display()))?;
+    use enigma_models::llama2c;
+    let ckpt = llama2c::read_checkpoint(&read(checkpoint)?)
+        .with_context(|| checkpoint.display().to_string())?;
+    let tok = llama2c::read_tokenizer(&read(tokenizer)?, ckpt.config.vocab_size)
+        .with_context(|| tokenizer.display().to_string())?;
+    let bytes = llama2c::convert(&ckpt, tok, &name, dtype)
+        .with_context(|| checkpoint.display().to_string())?;
     enigma_runtime::writer::atomic_write(output, &bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
@@ -341,25 +344,16 @@ impl Clock {
 /// Below this file size, a model runs on one thread unless `--threads` says otherwise.
 const SMALL_MODEL_BYTES: usize = 16 << 20;
 
-/// Opens the model and the backend. A model inside a locked model folder (one that `enigma train` or the
-/// model manager writes) is held with a reader's lock for as long as the returned guard lives, so it is
-/// never trained, converted or deleted while it runs, and never run while that happens.
-fn open(engine: &EngineArgs) -> Result<(ModelFile, Backend, Option<ModelLock>)> {
-    let (file, lock) = match &engine.model {
-        Some(path) => {
-            let dir = path.parent().filter(|d| d.join(LOCK_FILE).exists());
-            let lock = dir
-                .map(|d| ModelLock::acquire_shared(d, "run"))
-                .transpose()?;
-            (ModelFile::open(path)?, lock)
-        }
-        None => (
-            ModelFile::from_bytes(
-                enigma_models::DEFAULT_MODEL,
-                enigma_models::DEFAULT_MODEL_NAME,
-            )?,
-            None,
-        ),
+/// Opens the model and the backend. A model in a model folder (the store's, or a training run's) is held
+/// with the folder's reader lock for as long as the returned file lives, so it is never trained,
+/// converted, renamed or deleted while it runs, and never run while that happens.
+fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
+    let file = match &engine.model {
+        Some(path) => ModelFile::open_shared(path, purpose)?,
+        None => ModelFile::from_bytes(
+            enigma_models::DEFAULT_MODEL,
+            enigma_models::DEFAULT_MODEL_NAME,
+        )?,
     };
     // Splitting a small model's matrices over threads costs far more in synchronisation than it saves
     // (stories260K: ~34,000 tok/s on one thread, ~1,100 on two), so without --threads a model this small
@@ -368,30 +362,28 @@ fn open(engine: &EngineArgs) -> Result<(ModelFile, Backend, Option<ModelLock>)> 
         .threads
         .or_else(|| (file.bytes().len() < SMALL_MODEL_BYTES).then_some(1));
     let backend = Backend::cpu(threads)?;
-    Ok((file, backend, lock))
+    Ok((file, backend))
 }
 
-fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
-    let mut ids = vec![0u32; Tokenizer::max_tokens(text.len())];
-    let n = tok.encode(text, bos, false, &mut ids)?;
-    ids.truncate(n);
-    Ok(ids)
+/// Encodes a prompt that must fit in `max` tokens, in O(n log n) (the core's loop is quadratic).
+fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>> {
+    Ok(enigma_runtime::tokenize::encode_within(
+        tok, text, bos, false, max,
+    )?)
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
-    let (file, backend, _lock) = open(&args.engine)?;
+    let (file, backend) = open(&args.engine, "run")?;
     let model = file.model(backend.kernels())?;
-    let prompt = encode(&model.tokenizer, &args.prompt, true)?;
     let max = model.transformer.config.seq_len as usize;
-    if prompt.len() > max {
-        bail!(
-            "the prompt is {} tokens but the model's context holds {max}",
-            prompt.len()
-        );
-    }
-    let mut bufs = HostSession::new(&model.transformer, DEFAULT_CHUNK);
-    let mut session = bufs.session(model.transformer)?;
+    let prompt = encode(&model.tokenizer, &args.prompt, true, max)?;
+    // The cache holds what this run can reach, not the whole context the header declares.
+    let transformer = model
+        .transformer
+        .with_context(prompt.len().saturating_add(args.n_predict));
+    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
+    let mut session = bufs.session(transformer)?;
     let mut sampler = Sampler::new(sampler_cfg);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -414,12 +406,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// How turns are wrapped: the model's own chat markers, or Llama 2's `[INST]` format.
+/// How turns are wrapped: the model's own chat markers, or Llama 2's `[INST]` format. A turn of more than
+/// `max` tokens is an error.
 fn chat_turn(
     tok: &Tokenizer<'_>,
     system: Option<&str>,
     user: &str,
     first: bool,
+    max: usize,
 ) -> Result<Vec<u32>> {
     match tok.meta().chat {
         Some(markers) => {
@@ -427,12 +421,18 @@ fn chat_turn(
             if first {
                 ids.push(tok.bos());
                 if let Some(s) = system {
-                    ids.extend(encode(tok, s, false)?);
+                    ids.extend(encode(tok, s, false, max)?);
                 }
             }
             ids.push(markers.user);
-            ids.extend(encode(tok, user, false)?);
+            ids.extend(encode(tok, user, false, max)?);
             ids.push(markers.assistant);
+            if ids.len() > max {
+                bail!(enigma_core::Error::PromptTooLong {
+                    tokens: ids.len(),
+                    max
+                });
+            }
             Ok(ids)
         }
         None => {
@@ -440,16 +440,16 @@ fn chat_turn(
                 (true, Some(s)) => format!("[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{user} [/INST]"),
                 _ => format!("[INST] {user} [/INST]"),
             };
-            encode(tok, &text, true)
+            encode(tok, &text, true, max)
         }
     }
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
-    let (file, backend, _lock) = open(&args.engine)?;
+    let (file, backend) = open(&args.engine, "chat")?;
     let model = file.model(backend.kernels())?;
-    let mut bufs = HostSession::new(&model.transformer, DEFAULT_CHUNK);
+    let mut bufs = HostSession::try_new(&model.transformer, DEFAULT_CHUNK)?;
     let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
     let mut sampler = Sampler::new(sampler_cfg);
     let stdin = std::io::stdin();
@@ -476,15 +476,17 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        let ids = chat_turn(&model.tokenizer, args.system.as_deref(), text, first)?;
-        if ids.len() + 1 > session.remaining() {
-            eprintln!(
-                "error: that turn is {} tokens and the context has {} left; /reset to start over",
-                ids.len(),
-                session.remaining()
-            );
-            continue;
-        }
+        // One slot stays free for the reply's first token.
+        let room = session.remaining().saturating_sub(1);
+        let ids = match chat_turn(&model.tokenizer, args.system.as_deref(), text, first, room) {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!(
+                    "error: that turn does not fit in the {room} tokens left in the context ({e:#}); /reset to start over"
+                );
+                continue;
+            }
+        };
         first = false;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -511,7 +513,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
 }
 
 pub fn info(path: &Path) -> Result<()> {
-    let file = ModelFile::open(path)?;
+    let file = ModelFile::open_shared(path, "info")?;
     let f = file.parse()?;
     let c = f.config();
     let h = f.header();
@@ -588,7 +590,7 @@ pub fn info(path: &Path) -> Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let (file, backend, _lock) = open(&args.engine)?;
+    let (file, backend) = open(&args.engine, "eval")?;
     let model = file.model(backend.kernels())?;
     let tokens = enigma_eval::perplexity::tokens_of_file(&model, &args.data)?;
     let ctx = args
@@ -615,7 +617,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     use enigma_eval::speed as bench;
-    let (file, backend, _lock) = open(&args.engine)?;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1 (the speeds reported are medians over the rounds)");
+    }
+    let (file, backend) = open(&args.engine, "bench")?;
     let model = file.model(backend.kernels())?;
     let threads = backend.threads();
     let r = bench::run_model(
@@ -673,7 +678,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 pub fn quantize(input: &Path, output: &Path, to: &str) -> Result<()> {
     let to = enigma_runtime::quantize::parse_dtype(to)?;
-    let file = ModelFile::open(input)?;
+    let file = ModelFile::open_shared(input, "quantize")?;
     let (bytes, kept) = enigma_runtime::quantize::requantize(&file.parse()?, to)?;
     // Check the result loads before it replaces anything.
     ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;

@@ -194,8 +194,8 @@ fn info(store: &ModelStore, name: &str, as_json: bool) -> Result<()> {
         })
         .unwrap_or_default();
     checkpoints.sort();
-    // The whole file is checked (checksum, shapes, tokenizer), as `run` would.
-    let file = ModelFile::open(&path)?;
+    // The whole file is checked (checksum, shapes, tokenizer), as `run` would, under the same lock.
+    let file = ModelFile::open_shared(&path, "info")?;
     let parsed = file.parse()?;
     let config = *parsed.config();
     file.model(enigma_core::kernels::kernels())

@@ -62,7 +62,11 @@ fn valid() -> &'static [u8] {
 /// The valid file with its header changed by `f` (re-encoded with postcard, header length and CRC fixed).
 /// When the new header no longer fits before the data, the data and every offset move up by 64 bytes.
 fn hostile(f: impl FnOnce(&mut Header<'_>)) -> Vec<u8> {
-    let b = valid();
+    hostile_of(valid(), f)
+}
+
+/// [`hostile`] over any well-formed file `b`.
+fn hostile_of(b: &[u8], f: impl FnOnce(&mut Header<'_>)) -> Vec<u8> {
     let hlen = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
     let mut h: Header<'_> = postcard::from_bytes(&b[PRELUDE_LEN..PRELUDE_LEN + hlen]).unwrap();
     let data_at = h.data_offset as usize;
@@ -276,7 +280,8 @@ fn missing_file() {
         "-o",
         "x.enigma",
     ]));
-    assert!(line.contains("cannot read"), "{line}");
+    assert!(line.contains("nowhere.enigma"), "{line}");
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
 }
 
 #[test]
@@ -437,7 +442,11 @@ fn corrupt_llama2c_checkpoints() {
             checkpoint([i32::MAX, i32::MAX, i32::MAX, 1, 1, i32::MAX, i32::MAX], 0),
             "implausibly large",
         ),
-        ("nan.bin", nan, "not a finite number"),
+        (
+            "nan.bin",
+            nan,
+            "tensor 'token_embedding' element 5 is NaN, not a finite number",
+        ),
     ];
     for (name, bytes, want) in &cases {
         let p = write(&dir, name, bytes);
@@ -450,8 +459,8 @@ fn corrupt_llama2c_checkpoints() {
     }
     // Tokenizers that do not fit the checkpoint.
     let tok_cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("tok_short.bin", llama2c_tokenizer(3), "tokenizer ends"),
-        ("tok_long.bin", llama2c_tokenizer(5), "bytes after"),
+        ("tok_short.bin", llama2c_tokenizer(3), "holds 3 tokens"),
+        ("tok_long.bin", llama2c_tokenizer(5), "holds 5 tokens"),
         ("tok_empty.bin", vec![], "not a llama2.c tokenizer"),
         (
             "tok_cut.bin",
@@ -463,7 +472,23 @@ fn corrupt_llama2c_checkpoints() {
         let t = write(&dir, name, bytes);
         let line = fails(&mut import(&good, &t));
         assert!(line.contains(want), "{name}: {line}");
+        assert!(
+            line.contains(name),
+            "{name}: the message names the tokenizer: {line}"
+        );
     }
+    // A tokenizer of another vocabulary: the message blames the tokenizer file and gives both sizes.
+    let big = write(&dir, "tok_big.bin", &llama2c_tokenizer(512));
+    let line = fails(&mut import(&good, &big));
+    assert!(line.contains("tok_big.bin"), "{line}");
+    assert!(
+        !line.contains("good.bin"),
+        "the checkpoint is not at fault: {line}"
+    );
+    assert!(
+        line.contains("512 tokens") && line.contains("vocabulary is 4"),
+        "{line}"
+    );
     // Nothing half-written was left behind by the failures.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -497,5 +522,229 @@ fn info_on_every_bad_file_fails_cleanly() {
         let p = write(&dir, name, bytes);
         let line = fails(&mut info(&p));
         assert!(line.contains(name), "{line}");
+    }
+}
+
+/// `valid()` with `f32` `value` written over the tensor `name` (all of it), the data checksum made right
+/// again: a file that passes every check of the reader.
+fn with_weights(name: &str, value: f32) -> Vec<u8> {
+    let b = valid();
+    let hlen = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+    let h: Header<'_> = postcard::from_bytes(&b[PRELUDE_LEN..PRELUDE_LEN + hlen]).unwrap();
+    let t = h.tensors.iter().find(|t| t.name == name).unwrap();
+    let mut out = b.to_vec();
+    for c in out[t.offset as usize..(t.offset + t.len) as usize].chunks_exact_mut(4) {
+        c.copy_from_slice(&value.to_le_bytes());
+    }
+    let (at, len) = (h.data_offset as usize, h.data_len as usize);
+    let crc = crc32fast::hash(&out[at..at + len]);
+    hostile_of(&out, |h| h.data_crc32 = crc)
+}
+
+#[test]
+fn nan_weights_with_valid_checksums_stop_generation_with_an_error_not_a_sampler_panic() {
+    let dir = TempDir::new().unwrap();
+    for (i, (tensor, value)) in [("final_norm", f32::NAN), ("token_embedding", f32::INFINITY)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = write(
+            &dir,
+            &format!("bad{i}.enigma"),
+            &with_weights(tensor, value),
+        );
+        // Sampled with top-p, where the panic was, and greedy.
+        for t in ["1", "0"] {
+            let mut c = enigma();
+            c.args(["run", "-m"])
+                .arg(&p)
+                .args(["-i", "a", "-n", "4", "-t", t]);
+            let line = fails(&mut c);
+            assert!(
+                line.contains("logit") && line.contains("not finite"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_temperature_that_underflows_is_greedy_not_a_sampler_panic() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "ok.enigma", valid());
+    let out = |t: &str| {
+        let a = enigma()
+            .args(["run", "-m"])
+            .arg(&p)
+            .args(["-i", "a", "-n", "6", "-t", t])
+            .assert()
+            .success();
+        a.get_output().stdout.clone()
+    };
+    // 1e-45 overflows every logit this model makes: greedy exactly. 1e-38 does not always, and then
+    // samples among exactly tied logits; either way it must run.
+    assert_eq!(out("1e-45"), out("0"));
+    assert_eq!(out("1e-38").len(), out("0").len());
+}
+
+#[test]
+fn writers_refuse_non_finite_weights_and_name_the_tensor() {
+    let dir = TempDir::new().unwrap();
+    // A huge but finite f32 weight is legal; stored as f16 it would become infinite, so that is refused.
+    let huge = write(&dir, "huge.enigma", &with_weights("wq", 3.0e38));
+    let out = dir.path().join("huge-f16.enigma");
+    let mut c = enigma();
+    c.arg("quantize")
+        .arg(&huge)
+        .arg("-o")
+        .arg(&out)
+        .args(["--to", "f16"]);
+    let line = fails(&mut c);
+    assert!(
+        line.contains("tensor 'wq'") && line.contains("does not fit in f16"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    // Generating from it stops with an error about the logits, whatever they overflow to.
+    let mut c = enigma();
+    c.args(["run", "-m"])
+        .arg(&huge)
+        .args(["-i", "a", "-n", "4"]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_prompt_of_ten_thousand_words_is_refused_at_once_not_after_a_quadratic_encode() {
+    // The prompt flag's long name; `--prompt` stays whatever its short letter becomes.
+    let prompt = "the ".repeat(10_000);
+    let start = std::time::Instant::now();
+    let line = fails(enigma().args(["run", "--prompt", &prompt, "-n", "1"]));
+    let took = start.elapsed();
+    assert!(
+        line.contains("the prompt is") && line.contains("context holds"),
+        "{line}"
+    );
+    // It took 89 s; the release binary answers in milliseconds. The bound leaves room for a loaded machine.
+    assert!(took.as_secs_f64() < 5.0, "{took:?}");
+    // A prompt that the byte count cannot rule out is encoded (fast) and counted exactly.
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "ok.enigma", valid());
+    let line = fails(&mut run(&p, &"a".repeat(40)));
+    assert!(line.contains("the prompt is 42 tokens"), "{line}");
+}
+
+#[test]
+fn a_header_context_of_a_million_tokens_sizes_the_cache_to_the_run() {
+    let test = "a_header_context_of_a_million_tokens_sizes_the_cache_to_the_run";
+    let (Some(ckpt), Some(tok)) = (
+        enigma_testkit::shared_file("models/stories260K.bin", test),
+        enigma_testkit::shared_file("models/tok512.bin", test),
+    ) else {
+        return;
+    };
+    let model = enigma_models::llama2c::import(
+        &std::fs::read(ckpt).unwrap(),
+        &std::fs::read(tok).unwrap(),
+        "stories260K.bin",
+    )
+    .unwrap();
+    // stories260K with a context of 2^20: its whole KV cache would take 1.25 GiB.
+    let dir = TempDir::new().unwrap();
+    let p = write(
+        &dir,
+        "long.enigma",
+        &hostile_of(&model, |h| h.config.seq_len = 1 << 20),
+    );
+    // An address space of 1 GiB holds the cache of a short run, not the header's whole context.
+    let limited = |args: &str| {
+        let mut c = std::process::Command::new("bash");
+        c.arg("-c").arg(format!(
+            "ulimit -v 1048576; exec \"$0\" run -m \"$1\" -i Once -t 0 {args}"
+        ));
+        c.arg(assert_cmd::cargo::cargo_bin("enigma")).arg(&p);
+        c.output().unwrap()
+    };
+    let out = limited("-n 4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A run that does need the whole context gets an error that says so, not an abort.
+    let out = limited("-n 100000000");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("memory allocation"), "{stderr}");
+}
+
+#[test]
+fn sizes_that_would_abort_the_process_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let data = write(&dir, "d.txt", b"hello world\n");
+    for (flag, value) in [
+        ("--grad-accum", "4294967295"),
+        ("--batch-size", "4294967295"),
+    ] {
+        let mut c = enigma();
+        c.args(["train", "--allow-small-data", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .args([flag, value]);
+        let line = fails(&mut c);
+        assert!(line.contains(flag), "{line}");
+    }
+    // The largest preset needs far more memory than any machine running this test has.
+    let mut c = enigma();
+    c.env("ENIGMA_HOME", dir.path().join("home")).args([
+        "models", "create", "big", "--preset", "omega", "--seed", "1",
+    ]);
+    let line = fails(&mut c);
+    assert!(
+        line.contains("needs about") && line.contains("memory"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bench_with_zero_rounds_is_refused() {
+    let line = fails(enigma().args(["bench", "--rounds", "0"]));
+    assert!(line.contains("--rounds"), "{line}");
+}
+
+#[test]
+fn stop_after_zero_is_refused_before_anything_is_trained() {
+    let dir = TempDir::new().unwrap();
+    let data = write(&dir, "d.txt", b"hello world\n");
+    let out = dir.path().join("run");
+    let mut c = enigma();
+    c.args(["train", "--allow-small-data", "--stop-after", "0", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out);
+    let line = fails(&mut c);
+    assert!(line.contains("--stop-after"), "{line}");
+    assert!(!out.join("model.enigma").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn info_on_a_fifo_is_refused_instead_of_blocking_forever() {
+    let dir = TempDir::new().unwrap();
+    let fifo = dir.path().join("pipe.enigma");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: mkfifo is not available");
+        return;
+    }
+    for mut cmd in [info(&fifo), run(&fifo, "a")] {
+        let line = fails(cmd.timeout(std::time::Duration::from_secs(20)));
+        assert!(line.contains("not a regular file"), "{line}");
     }
 }

@@ -199,3 +199,59 @@ fn run_and_train_of_one_model_folder_exclude_each_other() {
     );
     enigma_runtime::lock::ModelLock::acquire(&model_dir, "train").expect("free again after run");
 }
+
+/// `run` took no lock on a store model's folder (a fresh store folder has no `.lock` file yet), so
+/// `models delete`, `convert --in-place` and `rename` went ahead under a running model.
+#[test]
+fn a_running_model_cannot_be_deleted_converted_or_renamed() {
+    let t = tempfile::tempdir().unwrap();
+    let h = t.path();
+    create(h, "m");
+    let dir = h.join("m");
+    assert!(
+        !dir.join(".lock").exists(),
+        "a fresh model folder has no lock file"
+    );
+    // The reader holds its lock for the hook's pause before it runs.
+    let run = enigma(h, &["run", "-i", "x", "-n", "2", "-t", "0", "-m"])
+        .env("ENIGMA_TEST_HOLD_LOCK_MS", "4000")
+        .arg(dir.join("model.enigma"))
+        .spawn()
+        .unwrap();
+    // Wait until the reader holds the lock: an exclusive try fails then (and never blocks anyone: a
+    // reader that meets the probe waits it out).
+    let start = std::time::Instant::now();
+    loop {
+        let held = std::fs::File::open(dir.join(".lock"))
+            .map(|f| !fs4_try_exclusive(&f))
+            .unwrap_or(false);
+        if held || start.elapsed().as_secs() > 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for args in [
+        &["models", "delete", "m"][..],
+        &["models", "rename", "m", "n"],
+        &["models", "convert", "m", "--preset", "micro", "--in-place"],
+    ] {
+        let out = enigma(h, args)
+            .env_remove("ENIGMA_TEST_HOLD_LOCK_MS")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded under a running model"
+        );
+        assert!(err.contains("locked"), "{args:?}: {err}");
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("model.enigma").is_file());
+}
+
+/// Tries an exclusive lock and drops it at once; `false` when someone holds the file.
+fn fs4_try_exclusive(f: &std::fs::File) -> bool {
+    fs4::fs_std::FileExt::try_lock_exclusive(f).unwrap_or(false)
+}

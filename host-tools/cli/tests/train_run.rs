@@ -173,9 +173,53 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
         .success();
     let ck = Checkpoint::load(&split.join(checkpoint::FILE)).unwrap();
     assert_eq!(ck.step, 3);
-    // Resuming reads the settings from the checkpoint; flags other than the run's folder are not needed.
+    // Resuming reads the settings from the checkpoint; flags other than the run's folder are not needed,
+    // --data included. Other data, or a stop at or before the step reached, is refused, not ignored.
+    let other = s.dir.path().join("other.txt");
+    std::fs::write(&other, "other data\n").unwrap();
+    let e = stderr(
+        &enigma()
+            .args(["train", "--resume", "--quiet", "--data"])
+            .arg(&other)
+            .arg("--out")
+            .arg(&split)
+            .assert()
+            .failure(),
+    );
+    assert!(e.contains("leave --data out"), "{e}");
+    for stop in ["2", "3"] {
+        let e = stderr(
+            &enigma()
+                .args([
+                    "train",
+                    "--resume",
+                    "--quiet",
+                    "--stop-after",
+                    stop,
+                    "--out",
+                ])
+                .arg(&split)
+                .assert()
+                .failure(),
+        );
+        assert!(e.contains("--stop-after") && e.contains("step 3"), "{e}");
+    }
+    assert_eq!(
+        Checkpoint::load(&split.join(checkpoint::FILE))
+            .unwrap()
+            .step,
+        3
+    );
     enigma()
-        .args(["train", "--resume", "--quiet", "--data", "ignored", "--out"])
+        .args(["train", "--resume", "--quiet", "--data"])
+        .arg(&s.data)
+        .arg("--out")
+        .arg(&split)
+        .args(["--stop-after", "5"])
+        .assert()
+        .success();
+    enigma()
+        .args(["train", "--resume", "--quiet", "--out"])
         .arg(&split)
         .assert()
         .success();
@@ -257,11 +301,19 @@ fn kill_9_during_a_save_leaves_the_previous_checkpoint_usable() {
     enigma()
         .args(["train", "--resume", "--quiet", "--stop-after"])
         .arg((before.step + 2).to_string())
-        .args(["--data", "x", "--out"])
+        .arg("--out")
         .arg(&out)
         .assert()
         .success();
     assert_eq!(Checkpoint::load(&ck).unwrap().step, before.step + 2);
+    // The killed writer's temporary file went with the next save there.
+    let stale: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(stale.is_empty(), "{stale:?}");
 }
 
 #[test]
@@ -383,4 +435,67 @@ fn nano_validation_loss_falls_well_below_the_unigram_entropy() {
         "validation loss {val} is not well below the unigram entropy {entropy}"
     );
     assert!(out.join("loss.svg").exists());
+}
+
+/// With --lr 1e30 the weights blow up; the validation loss went NaN unnoticed and the model was written,
+/// then `run` panicked in the sampler. The run stops instead, and leaves nothing behind.
+#[test]
+fn a_diverging_run_stops_on_a_non_finite_validation_loss_and_writes_no_model() {
+    let Some(s) = setup("diverging_run_stops", 200) else {
+        return;
+    };
+    let out = s.out("run");
+    let a = s
+        .train(
+            &out,
+            &[
+                "--steps",
+                "2",
+                "--eval-every",
+                "1",
+                "--allow-small-data",
+                "--lr",
+                "1e30",
+                "--force",
+            ],
+        )
+        .assert()
+        .failure();
+    let e = stderr(&a);
+    let last = e.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("--lr"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(!out.join("model.enigma").exists(), "{e}");
+}
+
+/// A fresh run that failed after training its tokenizer left tokenizer.json (and the folder) behind.
+#[test]
+fn a_failed_train_leaves_no_tokenizer_json_behind() {
+    let Some(s) = setup("failed_train_cleans_up", 200) else {
+        return;
+    };
+    let out = s.out("run");
+    let e = stderr(
+        &s.train(
+            &out,
+            &["--steps", "1", "--allow-small-data", "--quantize", "q9"],
+        )
+        .assert()
+        .failure(),
+    );
+    // Refused after the tokenizer was trained and saved.
+    assert!(e.contains("trained a tokenizer") && e.contains("q9"), "{e}");
+    assert!(!out.join("tokenizer.json").exists(), "{e}");
+    assert!(!out.exists(), "the folder the run made is gone too");
+    // A folder that was there before stays, with what it held.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    s.train(
+        &out,
+        &["--steps", "1", "--allow-small-data", "--quantize", "q9"],
+    )
+    .assert()
+    .failure();
+    assert!(out.join("notes.txt").exists());
+    assert!(!out.join("tokenizer.json").exists());
 }

@@ -21,7 +21,7 @@ impl Perplexity {
 
 /// Encodes a text file with the model's tokenizer (BOS first), in O(n log n).
 pub fn tokens_of_file(model: &Model<'_>, path: &Path) -> Result<Vec<u32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = enigma_runtime::load::read_file(path)?;
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     Ok(enigma_runtime::tokenize::encode(
@@ -56,14 +56,22 @@ pub fn perplexity(
     if tokens.len() < 2 {
         bail!("the text is too short to score: {} tokens", tokens.len());
     }
+    // Windows never reach past `ctx`: the cache and scratch are sized by it, not by the header's context.
+    let transformer = model.transformer.with_context(ctx);
+    let c = &transformer.config;
     let chunk = 64.min(ctx);
-    let mut kv = vec![0.0f32; KvCache::len(c)];
-    let mut scratch = vec![0.0f32; Scratch::len(c, chunk)];
+    let (kv_len, scratch_len) = (KvCache::len(c), Scratch::len(c, chunk));
+    enigma_runtime::hardware::ensure_available(
+        (kv_len as u64 + scratch_len as u64) * 4,
+        &format!("scoring windows of {ctx} tokens"),
+    )?;
+    let mut kv = enigma_runtime::hardware::try_zeroed(kv_len, "the KV cache")?;
+    let mut scratch = enigma_runtime::hardware::try_zeroed(scratch_len, "the scratch buffers")?;
     let (mut sum, mut scored) = (0.0f64, 0usize);
     for window in tokens.chunks(ctx).filter(|w| w.len() >= 2) {
         let mut cache = KvCache::new(&mut kv, c)?;
         let mut s = Scratch::new(&mut scratch, c, chunk)?;
-        model.transformer.forward_each(
+        transformer.forward_each(
             exec,
             &mut cache,
             &mut s,

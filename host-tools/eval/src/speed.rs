@@ -2,7 +2,7 @@
 //! machine's memory bandwidth (decode reads every weight once per token) and FMA peak (prefill is
 //! matrix-matrix work). Both limits are measured here, on this machine, in the same run.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use enigma_core::generate::Session;
 use enigma_core::kernels::DType;
 use enigma_core::{Sampler, SamplerConfig};
@@ -93,21 +93,25 @@ pub fn run_model(
 ) -> Result<BenchResult> {
     let c = &model.transformer.config;
     let seq = c.seq_len as usize;
+    if seq < 2 {
+        bail!("the model's context of {seq} token leaves no room to generate after a prompt");
+    }
     let prompt_len = prompt_len.clamp(1, seq - 1);
     let gen_len = gen_len.clamp(1, seq - prompt_len);
+    let transformer = model.transformer.with_context(prompt_len + gen_len);
     // A prompt of ordinary tokens (skipping the specials at the bottom of most vocabularies).
     let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| 3 + (i * 7919) % (c.vocab_size - 3).max(1))
         .collect();
-    let mut bufs = HostSession::new(&model.transformer, 64);
+    let mut bufs = HostSession::try_new(&transformer, 64)?;
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
-        let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
+        let mut session: Session<'_, '_> = bufs.session(transformer)?;
         let t = Instant::now();
         session.feed(backend.exec(), &prompt)?;
         pp.push(prompt_len as f64 / t.elapsed().as_secs_f64());
 
-        let mut session = bufs.session(model.transformer)?;
+        let mut session = bufs.session(transformer)?;
         session.feed(backend.exec(), &prompt[..1])?;
         let mut sampler = Sampler::new(SamplerConfig::greedy());
         let t = Instant::now();
@@ -118,7 +122,7 @@ pub fn run_model(
         for _ in 0..gen_len {
             logits.clear();
             logits.extend_from_slice(session.logits());
-            let next = sampler.sample(&mut logits, &mut []);
+            let next = sampler.sample(&mut logits, &mut [])?;
             session.feed(backend.exec(), &[next])?;
             n += 1;
         }

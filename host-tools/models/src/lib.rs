@@ -25,23 +25,20 @@ pub const DEFAULT_MODEL_NAME: &str = "the built-in default model (models/default
 
 use enigma_core::config::{Config, Preset, PRESETS};
 use enigma_core::format::{Header, MAGIC, PRELUDE_LEN, VERSION};
-use enigma_runtime::hardware::human_bytes;
 use enigma_runtime::{LockError, ModelFile, ModelLock, ModelWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const MODEL_FILE: &str = "model.enigma";
+pub use enigma_runtime::lock::MODEL_FILE;
 pub const CONFIG_FILE: &str = "config.json";
 pub const META_FILE: &str = "metadata.json";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const REGISTRY_FILE: &str = "models.json";
 const REGISTRY_LOCK: &str = ".models.lock";
 
-/// Test hook: after taking a model folder's lock, hold it this many milliseconds before working, so that a
-/// test can make two processes meet on one folder. Documented in docs/MODELS.md; never set it otherwise.
-pub const HOLD_LOCK_ENV: &str = "ENIGMA_TEST_HOLD_LOCK_MS";
+pub use enigma_runtime::lock::HOLD_LOCK_ENV;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -176,6 +173,7 @@ pub fn peek(path: &Path) -> Result<Peek> {
         path: path.to_path_buf(),
         reason,
     };
+    enigma_runtime::load::ensure_regular_file(path)?;
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let file_len = f.metadata().map_err(io(path))?.len();
     let mut prelude = [0u8; PRELUDE_LEN];
@@ -252,12 +250,7 @@ fn lock(dir: &Path, name: &str, purpose: &str) -> Result<ModelLock> {
         name: name.to_string(),
         source,
     })?;
-    if let Some(ms) = std::env::var(HOLD_LOCK_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    enigma_runtime::lock::hold_for_tests();
     Ok(lock)
 }
 
@@ -780,20 +773,12 @@ pub fn describe_shape(c: &Config) -> String {
     )
 }
 
-/// Making a model holds its f32 parameters and the encoded file at once; refuse rather than swap or be
-/// killed when the machine does not have that.
+/// Making a model holds, at its peak, its f32 parameters, each tensor encoded, the tensors joined and the
+/// file: four copies. Refuse rather than abort, swap or be killed when the machine does not have that.
 fn check_memory(config: &Config, what: &str) -> Result<()> {
-    let need = config.param_count().saturating_mul(8);
-    if let (_, Some(free)) = enigma_runtime::hardware::ram() {
-        if need > free {
-            return Err(ModelError::Refused(format!(
-                "{what} needs about {} of memory and {} is available",
-                human_bytes(need),
-                human_bytes(free)
-            )));
-        }
-    }
-    Ok(())
+    let need = config.param_count().saturating_mul(16);
+    enigma_runtime::hardware::ensure_available(need, what)
+        .map_err(|e| ModelError::Refused(e.to_string()))
 }
 
 /// Copies a model folder, leaving out its lock file (the copy is not locked by the source's holder).

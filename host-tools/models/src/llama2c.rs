@@ -12,6 +12,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use enigma_core::config::{self, Config, ParamLayout};
 use enigma_core::kernels::DType;
+use enigma_core::tokenizer::VocabBudget;
 use enigma_runtime::TokenizerData;
 
 /// A checkpoint's config and its parameters in [`ParamLayout`] order.
@@ -99,9 +100,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
         params.extend_from_slice(&all[at..]);
     }
     // Reject, rather than import, weights that would turn every generation into NaN.
-    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-        bail!("checkpoint parameter {i} is not a finite number");
-    }
+    enigma_runtime::quantize::check_params_finite(&config, &params)?;
     Ok(Checkpoint {
         config,
         params,
@@ -110,7 +109,8 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
 }
 
 /// Reads llama2.c's `tokenizer.bin` format for a vocabulary of `vocab_size` tokens (BOS 1, EOS 2, as
-/// llama2.c assumes, with SentencePiece's dummy prefix).
+/// llama2.c assumes, with SentencePiece's dummy prefix). The file is read to its end whatever the
+/// checkpoint says, so a tokenizer of another vocabulary is reported with both sizes.
 pub fn read_tokenizer(bytes: &[u8], vocab_size: u32) -> Result<TokenizerData> {
     ensure!(
         bytes.len() >= 4,
@@ -118,33 +118,36 @@ pub fn read_tokenizer(bytes: &[u8], vocab_size: u32) -> Result<TokenizerData> {
         bytes.len()
     );
     let mut at = 4;
-    let mut pieces = Vec::with_capacity(vocab_size as usize);
-    let mut scores = Vec::with_capacity(vocab_size as usize);
-    for i in 0..vocab_size {
+    // Each token takes at least 8 bytes of the file: a header's vocabulary size alone reserves no more.
+    let cap = (vocab_size as usize).min(bytes.len() / 8);
+    let mut pieces = Vec::with_capacity(cap);
+    let mut scores = Vec::with_capacity(cap);
+    let mut budget = VocabBudget::default();
+    while at < bytes.len() {
+        let i = pieces.len();
         let rec = bytes
             .get(at..at + 8)
-            .with_context(|| format!("tokenizer ends at token {i} of {vocab_size}"))?;
+            .with_context(|| format!("the tokenizer ends inside the record of token {i}"))?;
         let score = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
         let len = i32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
-        ensure!(
-            (0..=1 << 16).contains(&len),
-            "token {i} has a length of {len} bytes"
-        );
+        let len = usize::try_from(len)
+            .map_err(|_| anyhow::anyhow!("token {i} has a length of {len} bytes"))?;
+        budget.add(len).with_context(|| format!("token {i}"))?;
         let piece = bytes
-            .get(at + 8..at + 8 + len as usize)
-            .with_context(|| format!("tokenizer ends inside token {i} of {vocab_size}"))?;
+            .get(at + 8..at + 8 + len)
+            .with_context(|| format!("the tokenizer ends inside token {i}"))?;
         ensure!(
             score.is_finite(),
             "token {i} has a score that is not a number"
         );
         pieces.push(piece.to_vec());
         scores.push(score);
-        at += 8 + len as usize;
+        at += 8 + len;
     }
     ensure!(
-        at == bytes.len(),
-        "tokenizer has {} bytes after its {vocab_size} tokens",
-        bytes.len() - at
+        pieces.len() == vocab_size as usize,
+        "the tokenizer holds {} tokens but the checkpoint's vocabulary is {vocab_size}: it belongs to another model",
+        pieces.len()
     );
     ensure!(
         vocab_size > 2,
@@ -170,6 +173,12 @@ pub fn import(ckpt_bytes: &[u8], tok_bytes: &[u8], source: &str) -> Result<Vec<u
 pub fn import_as(ckpt_bytes: &[u8], tok_bytes: &[u8], source: &str, to: DType) -> Result<Vec<u8>> {
     let ckpt = read_checkpoint(ckpt_bytes)?;
     let tok = read_tokenizer(tok_bytes, ckpt.config.vocab_size)?;
+    convert(&ckpt, tok, source, to)
+}
+
+/// A checkpoint and tokenizer already read ([`read_checkpoint`], [`read_tokenizer`]) as `.enigma` bytes with
+/// the matrices stored as `to`; reading them apart lets a caller say which file is at fault.
+pub fn convert(ckpt: &Checkpoint, tok: TokenizerData, source: &str, to: DType) -> Result<Vec<u8>> {
     let mut w = enigma_runtime::ModelWriter::new(ckpt.config, tok);
     let layout = if ckpt.legacy {
         "legacy layout with freq_cis"

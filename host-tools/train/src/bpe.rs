@@ -14,6 +14,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use enigma_core::format::ChatTokens;
+use enigma_core::tokenizer::{VocabBudget, MAX_PIECE_BYTES, MAX_PIECE_LEN, MAX_VOCAB};
 use enigma_runtime::TokenizerData;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,10 @@ impl Bpe {
             "--vocab-size must be at least {FIRST_MERGE} (256 bytes and {} special tokens)",
             SPECIALS.len()
         );
+        ensure!(
+            vocab_size <= MAX_VOCAB,
+            "--vocab-size must be at most {MAX_VOCAB}"
+        );
         let mut bpe = Bpe::base();
         // Word counts, then one symbol sequence per distinct word.
         let counts = texts
@@ -141,6 +146,7 @@ impl Bpe {
             pair_count.iter().map(|(p, c)| (*c, Reverse(*p))).collect();
         let mut forbidden: HashSet<Pair> = HashSet::new();
         let bos_piece = SPECIALS[0].as_bytes();
+        let mut piece_bytes: usize = bpe.pieces.iter().map(Vec::len).sum();
         while bpe.pieces.len() < vocab_size {
             let Some((c, Reverse(pair))) = heap.pop() else {
                 break;
@@ -149,6 +155,16 @@ impl Bpe {
                 continue; // stale entry
             }
             if c < MIN_PAIR_COUNT {
+                break;
+            }
+            // What the loader refuses, training never makes: pieces stay within the length limit (long
+            // runs without spaces would otherwise double one each merge), all of them within the total.
+            let len = bpe.pieces[pair.0 as usize].len() + bpe.pieces[pair.1 as usize].len();
+            if len > MAX_PIECE_LEN {
+                forbidden.insert(pair);
+                continue;
+            }
+            if piece_bytes + len > MAX_PIECE_BYTES {
                 break;
             }
             let mut joined = bpe.pieces[pair.0 as usize].clone();
@@ -162,6 +178,7 @@ impl Bpe {
                 Some(&id) => id,
                 None => {
                     let id = bpe.pieces.len() as u32;
+                    piece_bytes += joined.len();
                     bpe.ids.insert(joined.clone(), id);
                     bpe.pieces.push(joined);
                     bpe.merges.push(pair);
@@ -254,10 +271,9 @@ impl Bpe {
         }
     }
 
-    /// The core's encoding of one word: one token per character (its piece if it has one, else its bytes),
-    /// then the highest-scoring adjacent merge, leftmost first, until none applies.
-    fn encode_word(&self, w: &str, out: &mut Vec<u32>) {
-        let start = out.len();
+    /// One token per character of `w`: its piece if it has one, else its bytes.
+    fn pre_tokenize(&self, w: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(w.len());
         let mut buf = [0u8; 4];
         for ch in w.chars() {
             let b = ch.encode_utf8(&mut buf).as_bytes();
@@ -266,25 +282,28 @@ impl Bpe {
                 None => out.extend(b.iter().map(|&x| u32::from(x))),
             }
         }
-        let mut joined = Vec::new();
-        loop {
-            let s = &out[start..];
-            let mut best: Option<(f32, u32, usize)> = None;
-            for i in 0..s.len().saturating_sub(1) {
-                joined.clear();
-                joined.extend_from_slice(self.piece(s[i]));
-                joined.extend_from_slice(self.piece(s[i + 1]));
-                if let Some(&id) = self.ids.get(joined.as_slice()) {
-                    let score = self.score(id);
-                    if score > best.map_or(-1e10, |b| b.0) {
-                        best = Some((score, id, i));
-                    }
-                }
-            }
-            let Some((_, id, i)) = best else { break };
-            out[start + i] = id;
-            out.remove(start + i + 1);
-        }
+        out
+    }
+
+    /// The token `a` then `b` merge into and its score; never a special (their scores are below the core's
+    /// floor of -1e10).
+    fn merge_pair(&self, a: u32, b: u32) -> Option<(u32, f32)> {
+        let mut joined = Vec::with_capacity(self.piece(a).len() + self.piece(b).len());
+        joined.extend_from_slice(self.piece(a));
+        joined.extend_from_slice(self.piece(b));
+        let id = *self.ids.get(joined.as_slice())?;
+        let score = self.score(id);
+        (score > -1e10).then_some((id, score))
+    }
+
+    /// The core's encoding of one word: one token per character, then the highest-scoring adjacent merge,
+    /// leftmost first, until none applies. In O(n log n): words without spaces can be megabytes long
+    /// (base64, minified code, CJK lines).
+    fn encode_word(&self, w: &str, out: &mut Vec<u32>) {
+        out.extend(enigma_runtime::tokenize::merge(
+            self.pre_tokenize(w),
+            |a, b| self.merge_pair(a, b),
+        ));
     }
 
     /// Token ids of `text` (no BOS/EOS), exactly as `enigma_core::Tokenizer::encode` gives them. Long texts
@@ -347,8 +366,7 @@ impl Bpe {
 
     /// Reads a tokenizer file written by [`Bpe::save`], checking every merge.
     pub fn load(path: &Path) -> Result<Bpe> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = enigma_runtime::load::read_file(path)?;
         let f: TokFile = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not an enigma tokenizer file", path.display()))?;
         let bad = |why: String| anyhow::anyhow!("{}: {why}", path.display());
@@ -365,6 +383,10 @@ impl Bpe {
             )));
         }
         let mut bpe = Bpe::base();
+        let mut budget = VocabBudget::default();
+        for p in &bpe.pieces {
+            budget.add(p.len())?;
+        }
         for (i, [a, b]) in f.merges.into_iter().enumerate() {
             let n = bpe.pieces.len() as u32;
             let ok = |x: u32| x < n && !(256..FIRST_MERGE).contains(&x);
@@ -373,6 +395,11 @@ impl Bpe {
                     "merge {i} names a token that does not exist before it: [{a}, {b}]"
                 )));
             }
+            // Counted before the piece is built: merges that double a piece each time would otherwise
+            // allocate gigabytes from a file of a few hundred bytes.
+            budget
+                .add(bpe.pieces[a as usize].len() + bpe.pieces[b as usize].len())
+                .map_err(|e| bad(format!("merge {i}: {e}")))?;
             let mut joined = bpe.pieces[a as usize].clone();
             joined.extend_from_slice(&bpe.pieces[b as usize]);
             if bpe.ids.contains_key(&joined) {
@@ -457,5 +484,98 @@ mod tests {
         let ids = bpe.encode(" the the");
         assert_eq!(bpe.decode(&ids), b" the the");
         assert_eq!(ids.len(), 2, "{ids:?}");
+    }
+
+    /// The quadratic loop `encode_word` used to be, kept as the reference it must agree with.
+    fn encode_word_quadratic(bpe: &Bpe, w: &str) -> Vec<u32> {
+        let mut out = bpe.pre_tokenize(w);
+        loop {
+            let mut best: Option<(f32, u32, usize)> = None;
+            for i in 0..out.len().saturating_sub(1) {
+                if let Some((id, score)) = bpe.merge_pair(out[i], out[i + 1]) {
+                    if score > best.map_or(-1e10, |b| b.0) {
+                        best = Some((score, id, i));
+                    }
+                }
+            }
+            let Some((_, id, i)) = best else { break };
+            out[i] = id;
+            out.remove(i + 1);
+        }
+        out
+    }
+
+    #[test]
+    fn encode_word_matches_the_quadratic_loop_on_random_words() {
+        let alphabet = ["a", "b", "ab", "é", "<", "s", ">", "aa", "ba", "日"];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut word =
+            |len: usize| -> String { (0..len).map(|_| alphabet[rand(alphabet.len())]).collect() };
+        let corpus: Vec<String> = (0..400).map(|i| word(1 + i % 23)).collect();
+        let text = corpus.join(" ");
+        let bpe = Bpe::train(&[&text], 400).unwrap();
+        assert!(bpe.merges().len() > 50);
+        for len in (0..300).chain([1000, 3000]) {
+            let w = word(len % 40 + len / 100);
+            let mut fast = Vec::new();
+            bpe.encode_word(&w, &mut fast);
+            assert_eq!(fast, encode_word_quadratic(&bpe, &w), "{w:?}");
+        }
+    }
+
+    /// 100,000 'A's in one JSONL message took over two minutes: every merge rescanned the whole word.
+    #[test]
+    fn encode_word_is_not_quadratic_on_a_long_run_without_spaces() {
+        let bpe = Bpe::train(&["AAAA AAAAAAAA AAAA AA AAA ".repeat(50).as_str()], 300).unwrap();
+        let w = "A".repeat(100_000);
+        let start = std::time::Instant::now();
+        let ids = bpe.encode(&w);
+        let took = start.elapsed();
+        assert_eq!(bpe.decode(&ids), w.as_bytes());
+        assert!(ids.len() < 50_000, "{}", ids.len());
+        assert!(took.as_secs_f64() < 5.0, "{took:?}");
+    }
+
+    /// 607 bytes of tokenizer.json whose merges each double a piece allocated gigabytes.
+    #[test]
+    fn a_tokenizer_file_of_doubling_merges_is_refused_at_the_piece_length_limit() {
+        let mut merges = vec![[97u32, 97]];
+        for i in 0..60 {
+            let id = FIRST_MERGE + i;
+            merges.push([id, id]);
+        }
+        let json = serde_json::json!({
+            "format": FORMAT, "version": 1, "specials": SPECIALS, "merges": merges
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 1000);
+        let err = format!("{:#}", Bpe::load(&path).unwrap_err());
+        assert!(
+            err.contains("length of a piece") && err.contains("1024"),
+            "{err}"
+        );
+        assert!(
+            err.contains("merge 10"),
+            "the first merge past 1024 bytes: {err}"
+        );
+    }
+
+    #[test]
+    fn training_never_makes_a_piece_the_loader_would_refuse() {
+        let text = format!("{}\n", "A".repeat(5000)).repeat(4);
+        let bpe = Bpe::train(&[&text], 400).unwrap();
+        assert!(bpe.pieces.iter().all(|p| p.len() <= MAX_PIECE_LEN));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        bpe.save(&path).unwrap();
+        assert_eq!(Bpe::load(&path).unwrap().pieces, bpe.pieces);
     }
 }

@@ -194,7 +194,7 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let b = enigma_runtime::load::read_file(path)?;
         Checkpoint::from_bytes(&b).with_context(|| format!("{}", path.display()))
     }
 
@@ -216,6 +216,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let Some(name) = path.file_name() else {
         bail!("{}: not a file path", path.display())
     };
+    enigma_runtime::tmpfiles::remove_stale(dir, name);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),

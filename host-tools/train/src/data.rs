@@ -71,8 +71,7 @@ pub fn read_corpus(paths: &[PathBuf], format: DataFormat) -> Result<Corpus> {
     }
     let mut c = Corpus::default();
     for path in paths {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = enigma_runtime::load::read_file(path)?;
         let text = String::from_utf8(bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{}: not UTF-8 text (invalid byte at offset {})",

@@ -66,6 +66,33 @@ impl Dims {
     }
 }
 
+/// Elements of each activation buffer, in the order [`Model::acts`] takes them (tokens, x, xn1, q, k, v, p,
+/// ao, xmid, xn2, h1, h3, g, xnf, oh, kv_rows); `None` when a size overflows.
+fn act_lens(dm: &Dims) -> Option<[usize; 16]> {
+    let m = |f: &[usize]| f.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    let (b, t, l) = (dm.b, dm.t, dm.l);
+    let r = m(&[b, t])?;
+    let (d, h, qd, kvd) = (dm.d, dm.h, dm.nh * dm.hs, dm.nkv * dm.hs);
+    Some([
+        r,
+        m(&[l + 1, r, d])?,
+        m(&[l, r, d])?,
+        m(&[l, r, qd])?,
+        m(&[l, r, kvd])?,
+        m(&[l, r, kvd])?,
+        m(&[l, b, dm.nh, t, t])?,
+        m(&[l, r, qd])?,
+        m(&[l, r, d])?,
+        m(&[l, r, d])?,
+        m(&[l, r, h])?,
+        m(&[l, r, h])?,
+        m(&[l, r, h])?,
+        m(&[r, d])?,
+        m(&[r, qd])?,
+        m(&[r, kvd])?,
+    ])
+}
+
 /// What forward keeps for backward, for one batch shape; reused step after step.
 pub struct Acts {
     dims: Dims,
@@ -210,35 +237,50 @@ impl Model {
         }
     }
 
-    /// Activation buffers for batches of `b` sequences of `t` tokens.
-    pub fn acts(&self, b: usize, t: usize) -> Acts {
-        let z = |n: usize| vec![0.0f32; n];
+    /// Activation buffers for batches of `b` sequences of `t` tokens. Their sizes come from flags: they are
+    /// computed without overflow, checked against the memory available, and allocated fallibly.
+    pub fn acts(&self, b: usize, t: usize) -> anyhow::Result<Acts> {
         let dm = self.dims(b, t);
-        let (r, l) = (dm.rows(), dm.l);
-        Acts {
+        let too_big = || {
+            anyhow::anyhow!(
+                "the activations of a batch of {b} sequences of {t} tokens do not fit in this machine's address space; lower --batch-size or --seq-len"
+            )
+        };
+        let lens = act_lens(&dm).ok_or_else(too_big)?;
+        let bytes = lens
+            .iter()
+            .try_fold(0u64, |sum, &n| sum.checked_add((n as u64).checked_mul(4)?))
+            .ok_or_else(too_big)?;
+        enigma_runtime::hardware::ensure_available(
+            bytes,
+            &format!("the activations of a batch of {b} sequences of {t} tokens (lower --batch-size or --seq-len)"),
+        )?;
+        let z = |n: usize| enigma_runtime::hardware::try_zeroed::<f32>(n, "activations");
+        let [tokens, x, xn1, q, k, v, p, ao, xmid, xn2, h1, h3, g, xnf, oh, kv_rows] = lens;
+        Ok(Acts {
             dims: dm,
             rope: layers::rope_table(t, dm.hs, self.config.rope_theta),
-            tokens: vec![0; r],
-            x: z((l + 1) * r * dm.d),
-            xn1: z(l * r * dm.d),
-            q: z(l * r * dm.qd()),
-            k: z(l * r * dm.kvd()),
-            v: z(l * r * dm.kvd()),
-            p: z(l * b * dm.nh * t * t),
-            ao: z(l * r * dm.qd()),
-            xmid: z(l * r * dm.d),
-            xn2: z(l * r * dm.d),
-            h1: z(l * r * dm.h),
-            h3: z(l * r * dm.h),
-            g: z(l * r * dm.h),
-            xnf: z(r * dm.d),
-            oh: z(r * dm.qd()),
-            kv_rows: z(r * dm.kvd()),
+            tokens: enigma_runtime::hardware::try_zeroed(tokens, "activations")?,
+            x: z(x)?,
+            xn1: z(xn1)?,
+            q: z(q)?,
+            k: z(k)?,
+            v: z(v)?,
+            p: z(p)?,
+            ao: z(ao)?,
+            xmid: z(xmid)?,
+            xn2: z(xn2)?,
+            h1: z(h1)?,
+            h3: z(h3)?,
+            g: z(g)?,
+            xnf: z(xnf)?,
+            oh: z(oh)?,
+            kv_rows: z(kv_rows)?,
             grad: None,
             tmp: Tmp::default(),
             logits: Vec::new(),
             cls_t: Vec::new(),
-        }
+        })
     }
 
     /// Runs the batch's tokens through every layer and the final norm, keeping activations in `a`.

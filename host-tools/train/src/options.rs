@@ -36,7 +36,8 @@ pub struct TrainOptions {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Training data: plain text, conversations as JSONL ({"messages": [...]}) or Q:/A: pairs.
-    #[arg(long, required = true, num_args = 1..)]
+    /// Not needed with --resume, which continues with the run's own data.
+    #[arg(long, required_unless_present = "resume", num_args = 1..)]
     pub data: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub format: DataFormat,

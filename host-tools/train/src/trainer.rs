@@ -17,8 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The model file a training folder ends with.
-pub const MODEL_FILE: &str = "model.enigma";
+pub use enigma_runtime::lock::MODEL_FILE;
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The run's settings and shape, for people and tools that look at the folder.
+pub const CONFIG_FILE: &str = "train_config.json";
+
+/// The largest --batch-size and --grad-accum accepted (the activations are checked against memory besides).
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
+pub const MAX_GRAD_ACCUM: usize = 1 << 12;
 
 /// Default optimizer steps when neither --steps nor --epochs is given.
 pub const DEFAULT_STEPS: u64 = 1000;
@@ -47,8 +53,17 @@ fn check_rules(o: &TrainOptions) -> Result<()> {
             );
         }
     }
-    ensure!(o.batch_size > 0, "--batch-size must be at least 1");
-    ensure!(o.grad_accum > 0, "--grad-accum must be at least 1");
+    ensure!(
+        (1..=MAX_BATCH_SIZE).contains(&o.batch_size),
+        "--batch-size must be between 1 and {MAX_BATCH_SIZE}, not {}",
+        o.batch_size
+    );
+    // Each micro-batch of a step is built before the step runs: the count is memory.
+    ensure!(
+        (1..=MAX_GRAD_ACCUM).contains(&o.grad_accum),
+        "--grad-accum must be between 1 and {MAX_GRAD_ACCUM}, not {}",
+        o.grad_accum
+    );
     ensure!(
         (0.0..=1.0).contains(&o.min_lr_ratio),
         "--min-lr-ratio must be between 0 and 1"
@@ -59,6 +74,11 @@ fn check_rules(o: &TrainOptions) -> Result<()> {
             "--epochs must be a positive number"
         );
     }
+    // Stopping before any step would rewrite the outputs of a run that trained nothing.
+    ensure!(
+        o.stop_after != Some(0),
+        "--stop-after must be at least 1 (it is the step to stop after)"
+    );
     Ok(())
 }
 
@@ -208,6 +228,11 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
             );
             c.vocab_size = v;
             c.validate()?;
+            // Parameters, gradients and AdamW's two moments, before any of them is allocated.
+            enigma_runtime::hardware::ensure_available(
+                c.param_count().saturating_mul(16),
+                &format!("training {} parameters", c.param_count()),
+            )?;
             (c, init_params(&c, o.seed))
         }
     };
@@ -232,6 +257,26 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
         checkpoint::FILE
     );
     let ck = Checkpoint::load(&path)?;
+    if let Some(stop) = o.stop_after {
+        ensure!(
+            stop > ck.step,
+            "--stop-after {stop} is not past step {} where the run in {} stopped; give a later step or leave it out",
+            ck.step,
+            out.display()
+        );
+    }
+    if !o.data.is_empty() && !same_files(&o.data, &ck.options.data) {
+        let stored: Vec<String> = ck
+            .options
+            .data
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        bail!(
+            "--resume continues with the run's own data ({}); leave --data out, or start a new run for other data",
+            stored.join(", ")
+        );
+    }
     let mut options = ck.options;
     // Settings that do not change results may differ.
     options.threads = o.threads;
@@ -251,6 +296,12 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
         params: ck.params,
         adam,
     })
+}
+
+/// Whether two lists of paths name the same files, in order (however each was spelled).
+fn same_files(a: &[PathBuf], b: &[PathBuf]) -> bool {
+    let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| canon(x) == canon(y))
 }
 
 fn evaluate(
@@ -280,8 +331,9 @@ fn evaluate(
 pub fn train(o: &TrainOptions, kernels: &'static Kernels) -> Result<Summary> {
     check_rules(o)?;
     let out = o.out.clone();
+    let made_dir = !out.exists();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let _lock = ModelLock::acquire(&out, "training")?;
+    let lock = ModelLock::acquire(&out, "training")?;
     let ck_path = out.join(checkpoint::FILE);
     if !o.resume && ck_path.exists() {
         bail!(
@@ -298,7 +350,32 @@ pub fn train(o: &TrainOptions, kernels: &'static Kernels) -> Result<Summary> {
         .num_threads(threads)
         .build()
         .context("cannot start the worker threads")?;
-    pool.install(|| run(o, &out, kernels))
+    // A fresh run that fails before its first checkpoint leaves nothing to resume: what it wrote goes.
+    let outputs = [
+        TOKENIZER_FILE,
+        MODEL_FILE,
+        checkpoint::FILE,
+        CONFIG_FILE,
+        progress::LOG_FILE,
+        progress::PLOT_FILE,
+    ];
+    let new_files: Vec<PathBuf> = outputs
+        .iter()
+        .map(|f| out.join(f))
+        .filter(|p| !p.exists())
+        .collect();
+    let result = pool.install(|| run(o, &out, kernels));
+    if result.is_err() && !o.resume && !ck_path.exists() {
+        for p in &new_files {
+            let _ = std::fs::remove_file(p);
+        }
+        if made_dir {
+            drop(lock);
+            let _ = std::fs::remove_file(out.join(enigma_runtime::lock::LOCK_FILE));
+            let _ = std::fs::remove_dir(&out);
+        }
+    }
+    result
 }
 
 fn run(o: &TrainOptions, out: &Path, kernels: &'static Kernels) -> Result<Summary> {
@@ -374,7 +451,7 @@ fn run_state(
         );
         let meta = serde_json::json!({ "config": c, "options": &o, "steps": total, "lr": lr });
         checkpoint::write_atomic(
-            &out.join("train_config.json"),
+            &out.join(CONFIG_FILE),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
     } else {
@@ -383,7 +460,7 @@ fn run_state(
     let dtype = enigma_runtime::quantize::parse_dtype(&o.quantize)?;
 
     let mut progress = Progress::new(out, st.step, total, resume_step, o.quiet)?;
-    let mut acts = model.acts(b, t);
+    let mut acts = model.acts(b, t)?;
     let mut grads = vec![0.0f32; model.num_params()];
     let mut order = Order::new(o.seed, ds.train.len());
     let mut last_val = None;
@@ -400,6 +477,11 @@ fn run_state(
         .collect();
     let source = format!("trained:{}", source.join(","));
     let save = |st: &State, step: u64| -> Result<()> {
+        // Neither the checkpoint nor the model may hold weights that diverged: --resume would continue
+        // from them and `run` would fail on them.
+        enigma_runtime::quantize::check_params_finite(&c, &st.params).with_context(|| {
+            format!("the weights stopped being finite by step {step}; try a lower --lr")
+        })?;
         let ck = Checkpoint {
             config: c,
             tokenizer: st.vocab_data(),
@@ -458,7 +540,13 @@ fn run_state(
         } else {
             None
         };
-        if val.is_some() {
+        if let Some(v) = val {
+            // As for the training loss: a run whose weights diverged must stop, not write them out.
+            ensure!(
+                v.is_finite(),
+                "the validation loss became {v} at step {}; try a lower --lr",
+                st.step
+            );
             last_val = val;
         }
         last_loss = loss;

@@ -29,6 +29,7 @@ impl Vocab {
 
     /// Any tokenizer; ours is recognised and gets the fast encoder.
     pub fn from_data(data: TokenizerData) -> Result<Vocab> {
+        data.check_limits()?;
         if let Some(bpe) = Bpe::from_data(&data) {
             return Ok(Vocab::from_bpe(bpe));
         }

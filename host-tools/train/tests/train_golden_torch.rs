@@ -107,7 +107,7 @@ fn logits_loss_gradients_and_adamw_steps_match_pytorch() {
     };
 
     // Tolerances: f32 against a float64 reference; logits and loss are sums of ~100 products of O(1) values.
-    let mut acts = model.acts(b, t);
+    let mut acts = model.acts(b, t).unwrap();
     model.forward(&params, &mut acts, &batch.tokens).unwrap();
     check(
         "logits",

@@ -197,7 +197,7 @@ fn gradient_check(c: Config) {
     // Some targets masked out, as the assistant-only loss of chat data does.
     let batch = batch(&c, 2, 6, &[0, 3, 7]);
     let count = batch.count();
-    let mut acts = model.acts(batch.b, batch.t);
+    let mut acts = model.acts(batch.b, batch.t).unwrap();
     let mut grads = vec![0.0f32; p.len()];
     let (sum, n) = model
         .forward_backward(&p, &mut grads, &mut acts, &batch, 1.0 / count as f32)
@@ -273,7 +273,7 @@ fn gradients_do_not_depend_on_the_thread_count() {
             .build()
             .unwrap();
         pool.install(|| {
-            let mut acts = model.acts(batch.b, batch.t);
+            let mut acts = model.acts(batch.b, batch.t).unwrap();
             let mut g = vec![0.0f32; p.len()];
             let (loss, _) = model
                 .forward_backward(&p, &mut g, &mut acts, &batch, 0.1)
@@ -295,7 +295,7 @@ fn trainer_logits_equal_the_inference_forward() {
         let p = params(&c, 11);
         let t = c.seq_len as usize;
         let batch = batch(&c, 2, t, &[]);
-        let mut acts = model.acts(batch.b, batch.t);
+        let mut acts = model.acts(batch.b, batch.t).unwrap();
         model.forward(&p, &mut acts, &batch.tokens).unwrap();
         let logits = model.logits(&p, &acts);
         let v = c.vocab_size as usize;
