@@ -745,27 +745,6 @@ fn clock_seed() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
 }
 
-/// The reader's lock on the folder of the model file `path`, when that folder is one writers lock (a model
-/// of a store, or any folder with a lock file): held for as long as the model is used, so `models delete`,
-/// `convert --in-place` and training are refused meanwhile, and a mapped file is never truncated under
-/// its reader. `None` for a loose file elsewhere.
-pub fn reader_lock(path: &Path, purpose: &str) -> Result<Option<ModelLock>> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(None);
-    };
-    let is_store_folder =
-        path.file_name() == Some(std::ffi::OsStr::new(MODEL_FILE)) && dir.join(META_FILE).is_file();
-    if !is_store_folder && !dir.join(enigma_runtime::lock::LOCK_FILE).exists() {
-        return Ok(None);
-    }
-    ModelLock::acquire_shared(dir, purpose)
-        .map(Some)
-        .map_err(|source| ModelError::Locked {
-            name: dir.display().to_string(),
-            source,
-        })
-}
-
 pub fn describe_shape(c: &Config) -> String {
     format!(
         "dim {} layers {} heads {}/{} ffn {} vocab {} seq {}",

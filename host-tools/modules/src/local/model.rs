@@ -5,20 +5,19 @@ use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
 use enigma_models::ModelStore;
 use enigma_runtime::session::HostSession;
-use enigma_runtime::{Backend, ModelFile, ModelLock};
+use enigma_runtime::{Backend, ModelFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A model file opened and checked, with the backend that runs it. While it lives, the model's folder is
-/// held with a reader's lock: `models delete`, `convert --in-place` and training are refused, so a mapped
-/// file is never truncated under it.
+/// held with a reader's lock (`ModelFile::open_shared`): `models delete`, `convert --in-place` and training
+/// are refused, so a mapped file is never truncated under it.
 pub struct LoadedModel {
     /// The model's name in the store, or the path it was given as.
     pub name: String,
     pub path: PathBuf,
     pub file: ModelFile,
     pub backend: Backend,
-    _lock: Option<ModelLock>,
 }
 
 impl LoadedModel {
@@ -29,9 +28,7 @@ impl LoadedModel {
         purpose: &str,
     ) -> Result<Self, ModuleError> {
         let path = store.resolve(name).map_err(ModuleError::failed)?;
-        // The lock first: opening (or mapping) the file before it would leave a moment for a writer.
-        let lock = enigma_models::reader_lock(&path, purpose).map_err(ModuleError::failed)?;
-        let file = ModelFile::open(&path).map_err(ModuleError::failed)?;
+        let file = ModelFile::open_shared(&path, purpose).map_err(ModuleError::failed)?;
         let backend = Backend::cpu(threads).map_err(ModuleError::failed)?;
         // Everything `run` would check: shapes, dtypes, the tokenizer.
         file.model(backend.kernels()).map_err(ModuleError::failed)?;
@@ -40,7 +37,6 @@ impl LoadedModel {
             path,
             file,
             backend,
-            _lock: lock,
         })
     }
 
