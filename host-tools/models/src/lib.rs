@@ -267,7 +267,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         reason: e.to_string(),
     })?;
     text.push('\n');
-    Ok(enigma_runtime::writer::atomic_write(path, text.as_bytes())?)
+    Ok(enigma_runtime::fsutil::atomic_write(path, text.as_bytes())?)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
