@@ -25,8 +25,9 @@ const MAGIC: &[u8; 8] = b"ENGMCKPT";
 const VERSION: u32 = 1;
 const PRELUDE: usize = 20;
 
-/// The file name of the checkpoint inside a training folder.
-pub const FILE: &str = "checkpoint.bin";
+/// The file name of the checkpoint inside a training folder (the model store names it too, since a model's
+/// folder can be one).
+pub const FILE: &str = enigma_models::CHECKPOINT_FILE;
 
 /// A tokenizer in JSON: pieces as hex, since they need not be UTF-8.
 #[derive(Serialize, Deserialize)]
