@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
-if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
-    apt-get update -qq
-    apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
-fi
-rustup target add aarch64-unknown-linux-gnu
+# The comparison below needs stories260K; say so before minutes of building, not after.
+for f in models/stories260K.bin models/tok512.bin; do
+    [ -f "$SHARED/$f" ] || { echo "ci-aarch64: $SHARED/$f is missing (the third-party files in ../shared; set ENIGMA_SHARED)" >&2; exit 1; }
+done
+bash scripts/ci-tools.sh aarch64
 
 # Twice: as a Pi 4 (Cortex-A72, NEON; the dotprod tests report themselves skipped) and as a Pi 5
 # (Cortex-A76, NEON with sdot; kernels/build.rs cannot probe an emulated CPU, so the feature is declared),

@@ -7,25 +7,29 @@
 #
 # Cost on 2 cores, cold: about 9 minutes of CPU for the firmware (images, QEMU runs, tests, bench) plus 2.5 for
 # defmt-print (cargo install, built in the background while the images build); about 4 minutes warm.
-# ENIGMA_CI_NO_DEFMT_PRINT=1 skips defmt-print (the tests then skip decoding, loudly).
+# ENIGMA_CI_NO_DEFMT_PRINT=1 skips defmt-print outside CI (the tests then skip decoding, loudly); with CI set
+# it is refused, since the tests would fail without it. ENIGMA_CI_FIRMWARE_TESTED=1 (set by .ci/run, whose
+# `cargo test --workspace` has run them) leaves out host-tools/cli/tests/firmware.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 export ENIGMA_SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 export CARGO_TERM_COLOR=never
 step() { printf '\n==== firmware: %s (%ss)\n' "$1" "$SECONDS"; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "tools: qemu-system-arm, thumb targets, defmt-print"
-if ! command -v qemu-system-arm >/dev/null; then
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq qemu-system-arm >/dev/null
+for f in models/stories260K.bin models/tok512.bin; do
+    [ -f "$ENIGMA_SHARED/$f" ] || { echo "ci-firmware: $ENIGMA_SHARED/$f is missing (the third-party files in ../shared; set ENIGMA_SHARED)" >&2; exit 1; }
+done
+if [ "${ENIGMA_CI_NO_DEFMT_PRINT:-0}" = 1 ] && [ -n "${CI:-}" ] && [ "$CI" != false ] && [ "$CI" != 0 ]; then
+    echo "ci-firmware: ENIGMA_CI_NO_DEFMT_PRINT=1 is for runs outside CI; with CI set the tests need defmt-print" >&2
+    exit 1
 fi
+bash scripts/ci-tools.sh firmware
 qemu-system-arm --version | head -1
-rustup target add thumbv7em-none-eabihf thumbv6m-none-eabi
 defmt_pid=""
 if [ "${ENIGMA_CI_NO_DEFMT_PRINT:-0}" != 1 ] && ! command -v defmt-print >/dev/null; then
-    cargo install defmt-print --locked --quiet >"${TMPDIR:-/tmp}/defmt-print-install.log" 2>&1 &
+    bash scripts/ci-tools.sh defmt-print >"${TMPDIR:-/tmp}/defmt-print-install.log" 2>&1 &
     defmt_pid=$!
 fi
 
@@ -65,8 +69,12 @@ if [ -n "$defmt_pid" ]; then
     wait "$defmt_pid" || { cat "${TMPDIR:-/tmp}/defmt-print-install.log"; exit 1; }
 fi
 
-step "tests: host-tools/cli/tests/firmware.rs"
-cargo test -p enigma-cli --test firmware
+if [ "${ENIGMA_CI_FIRMWARE_TESTED:-0}" = 1 ]; then
+    step "tests: host-tools/cli/tests/firmware.rs ran in this CI run's cargo test --workspace"
+else
+    step "tests: host-tools/cli/tests/firmware.rs"
+    cargo test -p enigma-cli --test firmware
+fi
 
 step "instructions per token on the Cortex-M4F (benches/firmware_insncount.sh)"
 TIERS=default bash benches/firmware_insncount.sh 64

@@ -4,16 +4,13 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
 use enigma_runtime::{HostSession, ModelFile};
-use enigma_testkit::shared_file;
+use enigma_testkit::shared_bytes;
 
 fn decode(c: &mut Criterion) {
     let (Some(ckpt), Some(tok)) = (
-        shared_file("models/stories260K.bin", "bench decode"),
-        shared_file("models/tok512.bin", "bench decode"),
+        shared_bytes("models/stories260K.bin", "bench decode"),
+        shared_bytes("models/tok512.bin", "bench decode"),
     ) else {
-        return;
-    };
-    let (Ok(ckpt), Ok(tok)) = (std::fs::read(ckpt), std::fs::read(tok)) else {
         return;
     };
     let bytes =

@@ -4,15 +4,7 @@
 /// shape's FFN (768x2048, 2048x768), and a 7B-class attention matrix (4096x4096).
 pub const MATVEC_SHAPES: [(usize, usize); 4] = [(288, 288), (2048, 768), (768, 2048), (4096, 4096)];
 
-/// Deterministic pseudo-random values in [-1, 1) (xorshift), so runs compare like with like.
+/// Deterministic pseudo-random values in [-1, 1), so runs compare like with like.
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    enigma_testkit::XorShift::new(seed).fill(n, -1.0, 1.0)
 }

@@ -1,6 +1,7 @@
 //! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, and writes models.
 pub mod backend;
 mod error;
+pub mod fsutil;
 pub mod hardware;
 pub mod load;
 pub mod lock;

@@ -18,6 +18,8 @@ pub fn remove_stale(dir: &Path, name: &OsStr) {
         let Some(pid) = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
+            // `PID` or `PID-N` (one process may have several writes going).
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -43,15 +45,20 @@ mod tests {
         let d = dir.path();
         // pid_max is at most 2^22 on Linux: this process cannot exist. Process 1 always does.
         let dead = d.join(".m.enigma.tmp-999999999");
+        let dead_numbered = d.join(".m.enigma.tmp-999999998-3");
         let alive = d.join(".m.enigma.tmp-1");
         let other = d.join(".n.enigma.tmp-999999999");
-        for p in [&dead, &alive, &other] {
+        for p in [&dead, &dead_numbered, &alive, &other] {
             std::fs::write(p, b"partial").unwrap();
         }
         crate::writer::atomic_write(&d.join("m.enigma"), b"whole").unwrap();
         assert_eq!(std::fs::read(d.join("m.enigma")).unwrap(), b"whole");
         if cfg!(target_os = "linux") {
             assert!(!dead.exists(), "the dead writer's file is gone");
+            assert!(
+                !dead_numbered.exists(),
+                "and so is one of its numbered writes"
+            );
         }
         assert!(alive.exists(), "a running writer's file stays");
         assert!(other.exists(), "another file's temporaries stay");

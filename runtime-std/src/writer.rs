@@ -8,8 +8,10 @@ use enigma_core::format::{
 };
 use enigma_core::kernels::DType;
 use std::borrow::Cow;
-use std::io::Write;
 use std::path::Path;
+
+/// Kept under this path too: the module manager calls it here.
+pub use crate::fsutil::atomic_write;
 
 /// A tokenizer's vocabulary held on the heap, before it is written into a model file.
 #[derive(Clone, Debug, PartialEq)]
@@ -264,39 +266,4 @@ impl<'a> ModelWriter<'a> {
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         atomic_write(path.as_ref(), &self.to_bytes()?)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, fsynced, then renamed over `path`.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    crate::tmpfiles::remove_stale(dir, name);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
 }

@@ -47,17 +47,9 @@ fn tiny_tokenizer() -> TokenizerData {
     }
 }
 
-/// A deterministic pseudo-random stream (xorshift), so failures reproduce.
+/// Deterministic weights in [-0.5, 0.5), so failures reproduce.
 fn weights(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    enigma_testkit::XorShift::new(seed).fill(n, -0.5, 0.5)
 }
 
 fn build(config: Config) -> Vec<u8> {

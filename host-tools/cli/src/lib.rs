@@ -282,7 +282,7 @@ fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &st
         .with_context(|| tokenizer.display().to_string())?;
     let bytes = llama2c::convert(&ckpt, tok, &name, dtype)
         .with_context(|| checkpoint.display().to_string())?;
-    enigma_runtime::writer::atomic_write(output, &bytes)?;
+    enigma_runtime::fsutil::atomic_write(output, &bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
 }
@@ -682,7 +682,7 @@ pub fn quantize(input: &Path, output: &Path, to: &str) -> Result<()> {
     let (bytes, kept) = enigma_runtime::quantize::requantize(&file.parse()?, to)?;
     // Check the result loads before it replaces anything.
     ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;
-    enigma_runtime::writer::atomic_write(output, &bytes)?;
+    enigma_runtime::fsutil::atomic_write(output, &bytes)?;
     if !kept.is_empty() {
         eprintln!(
             "note: {} stay f32: their rows are not whole blocks of 32",

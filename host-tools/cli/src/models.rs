@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use enigma_models::{
-    describe_shape, peek, ConvertTarget, CreateOptions, ModelStore, CHECKPOINTS, MODEL_FILE,
+    describe_shape, peek, ConvertTarget, CreateOptions, ModelStore, CHECKPOINT_FILE, MODEL_FILE,
 };
 use enigma_runtime::hardware::human_bytes;
 use enigma_runtime::{ModelFile, ModelLock};
@@ -16,7 +16,7 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One model: shape, files, metadata, checkpoints, and who holds its lock.
+    /// One model: shape, files, metadata, its training checkpoint, and who holds its lock.
     Info {
         name: String,
         #[arg(long)]
@@ -186,14 +186,7 @@ fn info(store: &ModelStore, name: &str, as_json: bool) -> Result<()> {
     let path = dir.join(MODEL_FILE);
     let meta = store.metadata(name)?;
     let lock = ModelLock::holder(&dir)?;
-    let mut checkpoints: Vec<String> = std::fs::read_dir(dir.join(CHECKPOINTS))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    checkpoints.sort();
+    let checkpoint = Some(dir.join(CHECKPOINT_FILE)).filter(|p| p.is_file());
     // The whole file is checked (checksum, shapes, tokenizer), as `run` would, under the same lock.
     let file = ModelFile::open_shared(&path, "info")?;
     let parsed = file.parse()?;
@@ -202,7 +195,7 @@ fn info(store: &ModelStore, name: &str, as_json: bool) -> Result<()> {
         .with_context(|| format!("model '{name}' does not load"))?;
     if as_json {
         let v = json!({"name": name, "dir": dir, "config": config, "file_bytes": parsed.len(),
-            "params": config.param_count(), "locked_by": lock, "metadata": meta, "checkpoints": checkpoints});
+            "params": config.param_count(), "locked_by": lock, "metadata": meta, "checkpoint": checkpoint});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -232,12 +225,12 @@ fn info(store: &ModelStore, name: &str, as_json: bool) -> Result<()> {
         );
     }
     println!(
-        "checkpoints: {}",
-        if checkpoints.is_empty() {
-            "none".to_string()
-        } else {
-            checkpoints.join(", ")
-        }
+        "checkpoint:  {}",
+        checkpoint.map_or("none".to_string(), |p| format!(
+            "{} (continue with: enigma train --resume --out {})",
+            p.display(),
+            dir.display()
+        ))
     );
     println!(
         "lock:        {}",

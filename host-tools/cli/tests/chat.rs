@@ -4,11 +4,11 @@ use assert_cmd::Command;
 use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
 use enigma_models::llama2c;
 use enigma_runtime::{HostSession, ModelFile};
-use enigma_testkit::shared_file;
+use enigma_testkit::shared_bytes;
 
 fn stories(test: &str) -> Option<Vec<u8>> {
-    let ckpt = std::fs::read(shared_file("models/stories260K.bin", test)?).ok()?;
-    let tok = std::fs::read(shared_file("models/tok512.bin", test)?).ok()?;
+    let ckpt = shared_bytes("models/stories260K.bin", test)?;
+    let tok = shared_bytes("models/tok512.bin", test)?;
     Some(llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import"))
 }
 

@@ -3,11 +3,11 @@
 //! a panic fails the run; a model too big for a board fails the build saying by how much; the real boards'
 //! images build with flash and RAM use reported.
 //!
-//! Needs qemu-system-arm and the thumbv7em/thumbv6m targets (scripts/ci-firmware.sh installs them); without
-//! them each test prints a loud SKIPPED line and returns. Decoding the defmt log needs defmt-print.
+//! Needs qemu-system-arm, the thumbv7em/thumbv6m targets and defmt-print (.ci/run installs them); without
+//! them each test fails under CI and is skipped, loudly, elsewhere (`enigma_testkit::skip_or_fail`).
 
 use assert_cmd::Command;
-use enigma_testkit::shared_file;
+use enigma_testkit::{on_path, require_target, require_tool, shared_file};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -20,47 +20,12 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     FIRMWARE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn has_target(target: &str) -> bool {
-    std::process::Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == target)
-        })
-        // Without rustup, assume the toolchain has what it was installed with; the build will say if not.
-        .unwrap_or(true)
-}
-
-fn skip(test: &str, why: &str) {
-    eprintln!("!!!!!!!! SKIPPED {test}: {why} !!!!!!!!");
-}
-
-/// The tools a test needs, or a loud skip.
+/// The tools a test needs (a failure under CI, a loud skip elsewhere).
 fn ready(test: &str, qemu: bool, targets: &[&str]) -> bool {
-    if qemu && !on_path("qemu-system-arm") {
-        skip(
-            test,
-            "qemu-system-arm is not installed (apt-get install qemu-system-arm)",
-        );
+    if qemu && !require_tool(test, "qemu-system-arm", "apt-get install qemu-system-arm") {
         return false;
     }
-    for t in targets {
-        if !has_target(t) {
-            skip(
-                test,
-                &format!("the {t} target is not installed (rustup target add {t})"),
-            );
-            return false;
-        }
-    }
-    true
+    targets.iter().all(|t| require_target(test, t))
 }
 
 fn enigma() -> Command {
@@ -70,7 +35,7 @@ fn enigma() -> Command {
     c
 }
 
-/// stories260K imported into `dir`, as f32 or quantized; `None` (after a loud skip) when that cannot be done.
+/// stories260K imported into `dir`, as f32 or quantized; `None` (after a loud skip) without ../shared.
 fn model(dir: &Path, quantize: Option<&str>, test: &str) -> Option<PathBuf> {
     let ckpt = shared_file("models/stories260K.bin", test)?;
     let tok = shared_file("models/tok512.bin", test)?;
@@ -83,14 +48,6 @@ fn model(dir: &Path, quantize: Option<&str>, test: &str) -> Option<PathBuf> {
         .arg("-o")
         .arg(&out);
     if let Some(q) = quantize {
-        let help = enigma()
-            .args(["import", "llama2c", "--help"])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&help.stdout).contains("--quantize") {
-            skip(test, "`enigma import llama2c` has no --quantize option yet");
-            return None;
-        }
         cmd.args(["--quantize", q]);
     }
     cmd.assert().success();
@@ -162,13 +119,13 @@ fn generate_args(n: usize) -> Vec<String> {
     .to_vec()
 }
 
-/// The decoded defmt log reached stderr (when defmt-print is installed; loud skip otherwise).
+/// The decoded defmt log reached stderr (needs defmt-print: a failure under CI, a loud skip elsewhere).
 fn check_defmt(test: &str, stderr: &str, expect: &str) {
-    if !on_path("defmt-print") {
-        skip(
-            &format!("{test} (defmt decoding)"),
-            "defmt-print is not installed (cargo install defmt-print)",
-        );
+    if !require_tool(
+        &format!("{test} (defmt decoding)"),
+        "defmt-print",
+        "cargo install defmt-print --locked",
+    ) {
         return;
     }
     assert!(

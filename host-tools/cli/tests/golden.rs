@@ -5,7 +5,7 @@ use enigma_core::generate::Stop;
 use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
 use enigma_models::llama2c;
 use enigma_runtime::{HostSession, ModelFile, Pool};
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_bytes, shared_text};
 
 const REF_TOKENS: &str = "reference/stories260K/greedy_n256_once_upon_a_time.tokens.json";
 const REF_TEXT: &str = "reference/stories260K/greedy_n256_once_upon_a_time.txt";
@@ -19,9 +19,9 @@ struct Fixture {
 }
 
 fn fixture(test: &str) -> Option<Fixture> {
-    let ckpt = std::fs::read(shared_file("models/stories260K.bin", test)?).ok()?;
-    let tok = std::fs::read(shared_file("models/tok512.bin", test)?).ok()?;
-    let json = std::fs::read_to_string(shared_file(REF_TOKENS, test)?).ok()?;
+    let ckpt = shared_bytes("models/stories260K.bin", test)?;
+    let tok = shared_bytes("models/tok512.bin", test)?;
+    let json = shared_text(REF_TOKENS, test)?;
     let tokens = json
         .trim()
         .trim_start_matches('[')
@@ -29,7 +29,7 @@ fn fixture(test: &str) -> Option<Fixture> {
         .split(',')
         .map(|s| s.trim().parse().expect("reference token"))
         .collect();
-    let text = std::fs::read(shared_file(REF_TEXT, test)?).ok()?;
+    let text = shared_bytes(REF_TEXT, test)?;
     Some(Fixture {
         ckpt,
         tok,

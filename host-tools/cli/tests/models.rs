@@ -45,12 +45,7 @@ fn create_list_info_copy_rename_convert_delete() {
         ],
     );
     assert!(err.starts_with("created model 'story' (nano, "), "{err}");
-    for f in [
-        "model.enigma",
-        "config.json",
-        "metadata.json",
-        "checkpoints",
-    ] {
+    for f in ["model.enigma", "config.json", "metadata.json"] {
         assert!(h.join("story").join(f).exists(), "{f}");
     }
     // The model runs (byte-level tokenizer, random weights: the text is noise, but it is produced).

@@ -3,7 +3,7 @@
 
 use assert_cmd::Command;
 use enigma_runtime::ModelLock;
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_file, shared_text};
 use enigma_train::checkpoint::{self, Checkpoint};
 use enigma_train::progress::LogEntry;
 use std::path::{Path, PathBuf};
@@ -21,14 +21,13 @@ struct Setup {
 
 /// The first `lines` lines of tinyshakespeare and the tiny config, in a temporary folder.
 fn setup(test: &str, lines: usize) -> Option<Setup> {
-    let src = shared_file("data/tinyshakespeare.txt", test)?;
-    let text = std::fs::read_to_string(src).ok()?;
-    let dir = tempfile::tempdir().ok()?;
+    let text = shared_text("data/tinyshakespeare.txt", test)?;
+    let dir = tempfile::tempdir().expect("a temporary folder");
     let data = dir.path().join("data.txt");
     let part: Vec<&str> = text.lines().take(lines).collect();
-    std::fs::write(&data, part.join("\n")).ok()?;
+    std::fs::write(&data, part.join("\n")).expect("the data file");
     let config = dir.path().join("tiny.json");
-    std::fs::write(&config, TINY).ok()?;
+    std::fs::write(&config, TINY).expect("the config file");
     Some(Setup { dir, data, config })
 }
 

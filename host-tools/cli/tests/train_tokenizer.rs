@@ -4,14 +4,13 @@
 use enigma_core::config::Preset;
 use enigma_core::Tokenizer;
 use enigma_runtime::{ModelFile, ModelWriter};
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_file, shared_text};
 use enigma_train::bpe::{Bpe, ASSISTANT, BOS, EOS, FIRST_MERGE, USER};
 use enigma_train::data::Encode;
 use enigma_train::vocab::Vocab;
 
 fn corpus(test: &str) -> Option<String> {
-    let p = shared_file("data/tinyshakespeare.txt", test)?;
-    let text = std::fs::read_to_string(p).ok()?;
+    let text = shared_text("data/tinyshakespeare.txt", test)?;
     // 300 KB keeps the test fast and still learns thousands of merges.
     Some(text[..floor(&text, 300_000)].to_string())
 }

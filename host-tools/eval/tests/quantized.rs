@@ -6,11 +6,11 @@ use enigma_core::{Sampler, SamplerConfig, Tokenizer};
 use enigma_eval::perplexity::{perplexity, tokens_of_file};
 use enigma_models::llama2c;
 use enigma_runtime::{Backend, HostSession, ModelFile};
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_bytes, shared_file};
 
 fn model(dtype: DType, test: &str) -> Option<ModelFile> {
-    let ckpt = std::fs::read(shared_file("models/stories260K.bin", test)?).ok()?;
-    let tok = std::fs::read(shared_file("models/tok512.bin", test)?).ok()?;
+    let ckpt = shared_bytes("models/stories260K.bin", test)?;
+    let tok = shared_bytes("models/tok512.bin", test)?;
     let bytes = llama2c::import_as(&ckpt, &tok, "stories260K.bin", dtype).expect("import");
     Some(ModelFile::from_bytes(&bytes, format!("stories260K-{}", dtype.name())).expect("valid"))
 }

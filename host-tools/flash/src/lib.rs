@@ -73,21 +73,15 @@ pub struct FlashArgs {
     pub insn_plugin: Option<PathBuf>,
 }
 
-/// A board the firmware is built for.
+/// A board the firmware is built for: what `enigma flash` knows beyond the board's crate. The rest (target,
+/// runner, bin, memory.x) is read from the crate's own files, the ones `cargo run` there uses ([`BoardCrate`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Board {
     pub name: &'static str,
     /// Its crate under firmware/boards/.
     pub dir: &'static str,
-    /// The bin target cargo builds.
-    pub bin: &'static str,
-    pub target: &'static str,
-    /// The memory.x in the crate's folder giving the budget.
-    pub memory_x: &'static str,
-    /// QEMU machine and CPU, for boards that run under emulation.
-    pub qemu: Option<(&'static str, &'static str)>,
-    /// probe-rs chip name, for real boards.
-    pub chip: Option<&'static str>,
+    /// A memory.x in the crate's folder to hold the build to instead of the crate's own.
+    pub memory_x: Option<&'static str>,
     /// UF2 family id, for boards flashed by copying a UF2 file.
     pub uf2_family: Option<u32>,
     pub about: &'static str,
@@ -97,48 +91,144 @@ pub const BOARDS: [Board; 4] = [
     Board {
         name: "mps2-an386",
         dir: "mps2-an386",
-        bin: "mps2-an386",
-        target: "thumbv7em-none-eabihf",
-        memory_x: "memory.x",
-        qemu: Some(("mps2-an386", "cortex-m4")),
-        chip: None,
+        memory_x: None,
         uf2_family: None,
         about: "Arm MPS2 AN386, Cortex-M4F, emulated by QEMU (4 MiB flash, 4 MiB RAM)",
     },
     Board {
         name: "mps2-an386-small",
         dir: "mps2-an386",
-        bin: "mps2-an386",
-        target: "thumbv7em-none-eabihf",
-        memory_x: "memory-small.x",
-        qemu: Some(("mps2-an386", "cortex-m4")),
-        chip: None,
+        memory_x: Some("memory-small.x"),
         uf2_family: None,
         about: "the same, held to a real Cortex-M4F part's budget (1 MiB flash, 256 KiB RAM)",
     },
     Board {
         name: "nucleo-f411re",
         dir: "nucleo-f411re",
-        bin: "nucleo-f411re",
-        target: "thumbv7em-none-eabihf",
-        memory_x: "memory.x",
-        qemu: None,
-        chip: Some("STM32F411RETx"),
+        memory_x: None,
         uf2_family: None,
         about: "ST Nucleo-F411RE, STM32F411RE Cortex-M4F at 100 MHz (512 KiB flash, 128 KiB RAM)",
     },
     Board {
         name: "rp-pico",
         dir: "rp-pico",
-        bin: "rp-pico",
-        target: "thumbv6m-none-eabi",
-        memory_x: "memory.x",
-        qemu: None,
-        chip: Some("RP2040"),
+        memory_x: None,
         uf2_family: Some(0xe48b_ff56),
         about: "Raspberry Pi Pico, RP2040 Cortex-M0+ at 125 MHz (2 MiB flash, 264 KiB RAM)",
     },
 ];
+
+/// How a board's image runs, from the runner in its `.cargo/config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runner {
+    /// `qemu-system-arm -machine MACHINE -cpu CPU ...`
+    Qemu { machine: String, cpu: String },
+    /// `probe-rs run --chip CHIP`
+    Probe { chip: String },
+}
+
+/// What a board's crate states about itself: `.cargo/config.toml`'s `[build] target`, the target's runner
+/// and `ENIGMA_MEMORY_X`, and the `[[bin]]` of its Cargo.toml. One source: `cargo run --release` in the
+/// board's folder and `enigma flash` both follow these files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoardCrate {
+    pub bin: String,
+    pub target: String,
+    pub runner: Runner,
+    /// The memory.x the crate builds against, relative to its folder.
+    pub memory_x: String,
+}
+
+impl Board {
+    /// Reads the facts of this board's crate under the firmware folder `fw`.
+    pub fn read_crate(&self, fw: &Path) -> Result<BoardCrate> {
+        let dir = fw.join("boards").join(self.dir);
+        let read = |rel: &str| {
+            let p = dir.join(rel);
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read {}", p.display()))
+                .map(|text| (text, p))
+        };
+        let (config, config_path) = read(".cargo/config.toml")?;
+        let (manifest, manifest_path) = read("Cargo.toml")?;
+        let (target, runner, memory_x) =
+            parse_cargo_config(&config).with_context(|| format!("{}", config_path.display()))?;
+        let bin = parse_bin(&manifest).with_context(|| format!("{}", manifest_path.display()))?;
+        Ok(BoardCrate {
+            bin,
+            target,
+            runner,
+            memory_x,
+        })
+    }
+}
+
+fn parse_toml(text: &str) -> Result<toml::Table> {
+    text.parse::<toml::Table>()
+        .map_err(|e| anyhow!("not valid TOML: {e}"))
+}
+
+/// `[build] target`, that target's runner and `[env] ENIGMA_MEMORY_X` of a board's `.cargo/config.toml`.
+pub fn parse_cargo_config(text: &str) -> Result<(String, Runner, String)> {
+    let t = parse_toml(text)?;
+    let target = t
+        .get("build")
+        .and_then(|b| b.get("target"))
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| anyhow!("no [build] target"))?;
+    let runner = t
+        .get("target")
+        .and_then(|ts| ts.get(target))
+        .and_then(|ts| ts.get("runner"))
+        .ok_or_else(|| anyhow!("no runner under [target.{target}]"))?;
+    // Cargo takes a runner as one string split at spaces, or as an array of words.
+    let words: Vec<&str> = match runner {
+        toml::Value::String(s) => s.split_whitespace().collect(),
+        toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_str).collect(),
+        _ => bail!("the runner of [target.{target}] is neither a string nor an array"),
+    };
+    let after = |flag: &str| {
+        words
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].to_string())
+            .ok_or_else(|| anyhow!("the runner {words:?} has no {flag}"))
+    };
+    let runner = match words.first().copied() {
+        Some("qemu-system-arm") => Runner::Qemu {
+            machine: after("-machine")?,
+            cpu: after("-cpu")?,
+        },
+        Some("probe-rs") => Runner::Probe {
+            chip: after("--chip")?,
+        },
+        _ => bail!("the runner {words:?} is neither qemu-system-arm nor probe-rs"),
+    };
+    // `[env]` takes a plain string or a table with `value` (and `relative`, which is how the boards say it).
+    let memory_x = t
+        .get("env")
+        .and_then(|e| e.get("ENIGMA_MEMORY_X"))
+        .and_then(|v| v.as_str().or_else(|| v.get("value")?.as_str()))
+        .ok_or_else(|| anyhow!("no [env] ENIGMA_MEMORY_X"))?;
+    Ok((target.to_string(), runner, memory_x.to_string()))
+}
+
+/// The one `[[bin]]` of a board's Cargo.toml.
+pub fn parse_bin(text: &str) -> Result<String> {
+    let t = parse_toml(text)?;
+    match t
+        .get("bin")
+        .and_then(toml::Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([b]) => b
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("its [[bin]] has no name")),
+        _ => bail!("a board's crate has exactly one [[bin]]"),
+    }
+}
 
 pub fn board(name: &str) -> Result<Board> {
     BOARDS
@@ -383,11 +473,17 @@ fn build_env(args: &FlashArgs, model: &Path, seed: u64) -> Vec<(&'static str, St
 
 /// Runs cargo in the board's folder; stderr is passed through, and on failure the build script's and the
 /// linker's own lines become the error.
-fn cargo_build(fw: &Path, board: &Board, env: &[(&str, String)]) -> Result<PathBuf> {
+fn cargo_build(
+    fw: &Path,
+    board: &Board,
+    krate: &BoardCrate,
+    memory_x: &Path,
+    env: &[(&str, String)],
+) -> Result<PathBuf> {
     let dir = fw.join("boards").join(board.dir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--bin", board.bin])
+    cmd.args(["build", "--release", "--bin", &krate.bin])
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -410,7 +506,7 @@ fn cargo_build(fw: &Path, board: &Board, env: &[(&str, String)]) -> Result<PathB
         }
     }
     cmd.env("CARGO_TARGET_DIR", fw.join("target"));
-    cmd.env("ENIGMA_MEMORY_X", dir.join(board.memory_x));
+    cmd.env("ENIGMA_MEMORY_X", memory_x);
     cmd.env("ENIGMA_BOARD", board.name);
     for (k, v) in env {
         cmd.env(k, v);
@@ -450,14 +546,16 @@ fn cargo_build(fw: &Path, board: &Board, env: &[(&str, String)]) -> Result<PathB
     }
     Ok(fw
         .join("target")
-        .join(board.target)
+        .join(&krate.target)
         .join("release")
-        .join(board.bin))
+        .join(&krate.bin))
 }
 
 /// What `flash` built: the image, its size and the board's budget.
 pub struct Built {
     pub elf: PathBuf,
+    /// How the image runs: QEMU or probe-rs, from the board's crate.
+    pub runner: Runner,
     pub size: ImageSize,
     pub flash: Region,
     pub ram: Region,
@@ -484,7 +582,18 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
         c.seq_len
     );
     let fw = firmware_dir(args.firmware_dir.as_deref())?;
-    let built = cargo_build(&fw, board, &build_env(args, &model, seed))?;
+    let krate = board.read_crate(&fw)?;
+    let memory_x = fw
+        .join("boards")
+        .join(board.dir)
+        .join(board.memory_x.unwrap_or(&krate.memory_x));
+    let built = cargo_build(
+        &fw,
+        board,
+        &krate,
+        &memory_x,
+        &build_env(args, &model, seed),
+    )?;
     let out_dir = args
         .out_dir
         .clone()
@@ -494,7 +603,6 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
     let elf_path = out_dir.join(format!("{}.elf", board.name));
     std::fs::copy(&built, &elf_path)
         .with_context(|| format!("cannot copy {} to {}", built.display(), elf_path.display()))?;
-    let memory_x = fw.join("boards").join(board.dir).join(board.memory_x);
     let text = std::fs::read_to_string(&memory_x)
         .with_context(|| format!("cannot read {}", memory_x.display()))?;
     let region = |name| {
@@ -521,6 +629,7 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
     );
     Ok(Built {
         elf: elf_path,
+        runner: krate.runner,
         size,
         flash,
         ram,
@@ -547,13 +656,13 @@ pub fn flash(args: FlashArgs) -> Result<()> {
     if args.build_only {
         return Ok(());
     }
-    match board.qemu {
-        Some(machine) => run_qemu(&args, &built, machine),
-        None => flash_probe(&board, &built),
+    match &built.runner {
+        Runner::Qemu { machine, cpu } => run_qemu(&args, &built, machine, cpu),
+        Runner::Probe { chip } => flash_probe(&board, &built, chip),
     }
 }
 
-fn run_qemu(args: &FlashArgs, built: &Built, (machine, cpu): (&str, &str)) -> Result<()> {
+fn run_qemu(args: &FlashArgs, built: &Built, machine: &str, cpu: &str) -> Result<()> {
     if which("qemu-system-arm").is_none() {
         bail!(
             "qemu-system-arm is not installed (Debian/Ubuntu: apt-get install qemu-system-arm); the image is {}",
@@ -708,8 +817,7 @@ fn report_instructions(plugin_log: &Path, model: &Path) -> Result<()> {
     Ok(())
 }
 
-fn flash_probe(board: &Board, built: &Built) -> Result<()> {
-    let chip = board.chip.unwrap_or(board.name);
+fn flash_probe(board: &Board, built: &Built, chip: &str) -> Result<()> {
     if let Some(family) = board.uf2_family {
         let elf = Elf::read(&built.elf)?;
         let segments: Vec<(u64, &[u8])> = elf
@@ -718,8 +826,7 @@ fn flash_probe(board: &Board, built: &Built) -> Result<()> {
             .filter(|(a, _)| !built.ram.contains(*a))
             .collect();
         let path = built.elf.with_extension("uf2");
-        std::fs::write(&path, uf2(&segments, family))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        enigma_runtime::fsutil::atomic_write(&path, &uf2(&segments, family))?;
         eprintln!(
             "UF2: {} (hold BOOTSEL, plug the board in, copy this file to the RPI-RP2 drive)",
             path.display()
@@ -782,13 +889,85 @@ mod tests {
     }
 
     #[test]
-    fn every_board_has_its_memory_x() {
-        let fw = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../firmware/boards");
+    fn every_board_crate_states_its_target_runner_bin_and_memory_x() {
+        let fw = firmware_dir(None).unwrap();
         for b in BOARDS {
-            let text = std::fs::read_to_string(fw.join(b.dir).join(b.memory_x)).unwrap();
+            let k = b
+                .read_crate(&fw)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", b.name));
+            assert!(k.target.starts_with("thumbv"), "{}: {}", b.name, k.target);
+            assert_eq!(k.bin, b.dir, "{}", b.name);
+            let memory_x = b.memory_x.unwrap_or(&k.memory_x);
+            let text =
+                std::fs::read_to_string(fw.join("boards").join(b.dir).join(memory_x)).unwrap();
             assert!(memory_region(&text, "FLASH").is_some(), "{}", b.name);
             assert!(memory_region(&text, "RAM").is_some(), "{}", b.name);
+            // A UF2 is for copying to a real board, never for QEMU.
+            if b.uf2_family.is_some() {
+                assert!(matches!(k.runner, Runner::Probe { .. }), "{}", b.name);
+            }
         }
+    }
+
+    #[test]
+    fn runners_give_the_qemu_machine_or_the_probe_chip() {
+        let qemu = r#"
+[build]
+target = "thumbv7em-none-eabihf"
+[target.thumbv7em-none-eabihf]
+runner = "qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -display none -kernel"
+[env]
+ENIGMA_MEMORY_X = { value = "memory.x", relative = true }
+"#;
+        assert_eq!(
+            parse_cargo_config(qemu).unwrap(),
+            (
+                "thumbv7em-none-eabihf".to_string(),
+                Runner::Qemu {
+                    machine: "mps2-an386".into(),
+                    cpu: "cortex-m4".into()
+                },
+                "memory.x".to_string()
+            )
+        );
+        let probe = r#"
+build.target = "thumbv6m-none-eabi"
+target.thumbv6m-none-eabi.runner = ["probe-rs", "run", "--chip", "RP2040"]
+env.ENIGMA_MEMORY_X = "m.x"
+"#;
+        let (target, runner, memory_x) = parse_cargo_config(probe).unwrap();
+        assert_eq!(target, "thumbv6m-none-eabi");
+        assert_eq!(
+            runner,
+            Runner::Probe {
+                chip: "RP2040".into()
+            }
+        );
+        assert_eq!(memory_x, "m.x");
+        for (bad, why) in [
+            (
+                "[build]\ntarget = \"t\"\n[env]\nENIGMA_MEMORY_X = \"m\"",
+                "no runner",
+            ),
+            (
+                "[build]\ntarget = \"t\"\n[target.t]\nrunner = \"gdb\"",
+                "neither",
+            ),
+            (
+                "[build]\ntarget = \"t\"\n[target.t]\nrunner = \"probe-rs run\"",
+                "no --chip",
+            ),
+            ("[target.t]\nrunner = \"probe-rs\"", "no [build] target"),
+            ("[build", "not valid TOML"),
+        ] {
+            let err = format!("{:#}", parse_cargo_config(bad).unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert_eq!(
+            parse_bin("[[bin]]\nname = \"rp-pico\"\npath = \"src/main.rs\"").unwrap(),
+            "rp-pico"
+        );
+        assert!(parse_bin("[package]\nname = \"x\"").is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!     model.enigma       the weights and tokenizer
 //!     config.json        the model's shape (and its preset, when it has one)
 //!     metadata.json      created, trained steps, data, losses, history
-//!     checkpoints/       written by `enigma train`
+//!     checkpoint.bin     when it was trained here (`enigma train --out` this folder, or the training
+//!                        module): what `--resume` continues; train_log.jsonl, loss.svg and the like beside it
 //!     .lock              the folder's OS lock (see `enigma_runtime::lock`)
 //! ```
 //!
@@ -34,7 +35,8 @@ use std::path::{Path, PathBuf};
 pub use enigma_runtime::lock::MODEL_FILE;
 pub const CONFIG_FILE: &str = "config.json";
 pub const META_FILE: &str = "metadata.json";
-pub const CHECKPOINTS: &str = "checkpoints";
+/// The training checkpoint `enigma train` writes into its output folder (here, when that is a model's folder).
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 pub const REGISTRY_FILE: &str = "models.json";
 const REGISTRY_LOCK: &str = ".models.lock";
 
@@ -260,7 +262,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         reason: e.to_string(),
     })?;
     text.push('\n');
-    Ok(enigma_runtime::writer::atomic_write(path, text.as_bytes())?)
+    Ok(enigma_runtime::fsutil::atomic_write(path, text.as_bytes())?)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -514,10 +516,7 @@ impl ModelStore {
         let _ = std::fs::remove_dir_all(&stage);
         let made = std::fs::create_dir(&stage)
             .map_err(io(&stage))
-            .and_then(|_| {
-                std::fs::create_dir(stage.join(CHECKPOINTS)).map_err(io(&stage))?;
-                build(&stage)
-            })
+            .and_then(|_| build(&stage))
             .and_then(|_| self.refuse_existing(name));
         let dir = self.dir(name);
         let result = made.and_then(|_| {
@@ -850,7 +849,9 @@ mod tests {
         let meta = s.metadata("m1").unwrap();
         assert_eq!(meta.preset.as_deref(), Some("nano"));
         assert!(meta.source.contains("seed 1"));
-        assert!(dir.join(CHECKPOINTS).is_dir());
+        // A fresh model has no training run, so no checkpoint and no empty folder waiting for one.
+        assert!(!dir.join(CHECKPOINT_FILE).exists());
+        assert!(!dir.join("checkpoints").exists());
         let peeked = peek(&dir.join(MODEL_FILE)).unwrap();
         assert_eq!(peeked.config, cfg.config);
         // Nothing is left behind by the staging folder.

@@ -4,12 +4,13 @@ use enigma_core::config::Config;
 use enigma_core::Tokenizer;
 use enigma_models::llama2c::read_tokenizer;
 use enigma_runtime::{ModelFile, ModelWriter};
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_bytes, shared_text};
 use proptest::prelude::*;
+use std::sync::OnceLock;
 
 /// A model file carrying the llama2.c tokenizer at `rel`, with a minimal random network around it.
 fn model_with_tokenizer(rel: &str, vocab: u32) -> Option<ModelFile> {
-    let bytes = std::fs::read(shared_file(rel, "encode_long")?).ok()?;
+    let bytes = shared_bytes(rel, "encode_long")?;
     let tok = read_tokenizer(&bytes, vocab).expect("llama2.c tokenizer");
     let config = Config {
         dim: 8,
@@ -27,6 +28,18 @@ fn model_with_tokenizer(rel: &str, vocab: u32) -> Option<ModelFile> {
     let mut w = ModelWriter::new(config, tok);
     w.f32_params(&vec![0.01; n]).expect("params");
     Some(ModelFile::from_bytes(&w.to_bytes().expect("write"), rel).expect("valid"))
+}
+
+/// The model files of the llama2.c tokenizers that are there, built once (the property test would otherwise
+/// rebuild, and report missing, each of them per case).
+fn models() -> &'static [ModelFile] {
+    static M: OnceLock<Vec<ModelFile>> = OnceLock::new();
+    M.get_or_init(|| {
+        [("models/tok512.bin", 512), ("models/tokenizer.bin", 32000)]
+            .into_iter()
+            .filter_map(|(rel, vocab)| model_with_tokenizer(rel, vocab))
+            .collect()
+    })
 }
 
 fn slow(tok: &Tokenizer<'_>, text: &str) -> Vec<u32> {
@@ -48,28 +61,23 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn fast_encode_equals_the_merge_loop(text in "(?s)[ a-zA-Z.,'\n]{0,80}|.{0,40}") {
-        for (rel, vocab) in [("models/tok512.bin", 512), ("models/tokenizer.bin", 32000)] {
-            if let Some(file) = model_with_tokenizer(rel, vocab) {
-                check(&file, &text)?;
-            }
+        for file in models() {
+            check(file, &text)?;
         }
     }
 }
 
 #[test]
 fn fast_encode_equals_the_merge_loop_on_a_long_story() {
-    let Some(path) = shared_file(
+    let Some(text) = shared_text(
         "data/tinystories_sample_197k.txt",
         "fast_encode_on_a_long_story",
     ) else {
         return;
     };
-    let text = std::fs::read_to_string(path).expect("text");
     // The quadratic loop is the reference; keep its input short enough for a test.
     let text: String = text.chars().take(3000).collect();
-    for (rel, vocab) in [("models/tok512.bin", 512), ("models/tokenizer.bin", 32000)] {
-        if let Some(file) = model_with_tokenizer(rel, vocab) {
-            check(&file, &text).expect("same ids");
-        }
+    for file in models() {
+        check(file, &text).expect("same ids");
     }
 }

@@ -7,7 +7,7 @@ use enigma_core::config::Config;
 use enigma_core::{EnigmaFile, Tokenizer};
 use enigma_models::llama2c;
 use enigma_runtime::{AlignedBytes, ModelWriter};
-use enigma_testkit::shared_file;
+use enigma_testkit::{shared_bytes, shared_text};
 use proptest::prelude::*;
 use std::sync::OnceLock;
 
@@ -23,15 +23,9 @@ fn leak_tokenizer(bytes: &[u8]) -> Tokenizer<'static> {
 fn stories260k() -> Option<&'static [u8]> {
     static B: OnceLock<Option<Vec<u8>>> = OnceLock::new();
     B.get_or_init(|| {
-        let ckpt = shared_file("models/stories260K.bin", "tok512")?;
-        let tok = shared_file("models/tok512.bin", "tok512")?;
-        let bytes = llama2c::import(
-            &std::fs::read(ckpt).unwrap(),
-            &std::fs::read(tok).unwrap(),
-            "stories260K.bin",
-        )
-        .unwrap();
-        Some(bytes)
+        let ckpt = shared_bytes("models/stories260K.bin", "tok512")?;
+        let tok = shared_bytes("models/tok512.bin", "tok512")?;
+        Some(llama2c::import(&ckpt, &tok, "stories260K.bin").expect("stories260K imports"))
     })
     .as_deref()
 }
@@ -47,8 +41,8 @@ fn tok512() -> Option<Tokenizer<'static>> {
 fn tok32k() -> Option<Tokenizer<'static>> {
     static T: OnceLock<Option<Tokenizer<'static>>> = OnceLock::new();
     *T.get_or_init(|| {
-        let path = shared_file("models/tokenizer.bin", "tok32k")?;
-        let data = llama2c::read_tokenizer(&std::fs::read(path).unwrap(), 32000).unwrap();
+        let bytes = shared_bytes("models/tokenizer.bin", "tok32k")?;
+        let data = llama2c::read_tokenizer(&bytes, 32000).expect("tokenizer.bin reads");
         let config = Config {
             dim: 2,
             hidden_dim: 2,
@@ -167,13 +161,13 @@ fn reference_tokens(text: &str) -> Vec<u32> {
 #[test]
 fn stories260k_prompt_matches_llama2c_run() {
     let Some(tok) = tok512() else { return };
-    let Some(path) = shared_file(
+    let Some(json) = shared_text(
         "reference/stories260K/greedy_n256_once_upon_a_time.tokens.json",
         "stories260k_prompt_matches_llama2c_run",
     ) else {
         return;
     };
-    let reference = reference_tokens(&std::fs::read_to_string(path).unwrap());
+    let reference = reference_tokens(&json);
     let prompt = "Once upon a time";
     let ids = encode(&tok, prompt, true, false);
     assert_eq!(ids[0], 1);
@@ -189,6 +183,12 @@ fn stories260k_prompt_matches_llama2c_run() {
 #[test]
 fn imported_file_starts_as_format_md_shows() {
     let Some(b) = stories260k() else { return };
+    let Some(ckpt) = shared_bytes(
+        "models/stories260K.bin",
+        "imported_file_starts_as_format_md_shows",
+    ) else {
+        return;
+    };
     let hex = |s: &str| -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
         (0..s.len())
@@ -205,7 +205,7 @@ fn imported_file_starts_as_format_md_shows() {
     assert!(b[450..512].iter().all(|&x| x == 0));
     assert_eq!(
         &b[512..516],
-        &std::fs::read(shared_file("models/stories260K.bin", "example").unwrap()).unwrap()[28..32],
+        &ckpt[28..32],
         "the embedding's first f32, copied from the checkpoint"
     );
 }

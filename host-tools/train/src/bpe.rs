@@ -360,7 +360,7 @@ impl Bpe {
             merges: self.merges.iter().map(|&(a, b)| [a, b]).collect(),
         };
         let json = serde_json::to_vec(&f)?;
-        enigma_runtime::writer::atomic_write(path, &json)?;
+        enigma_runtime::fsutil::atomic_write(path, &json)?;
         Ok(())
     }
 

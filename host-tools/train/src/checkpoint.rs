@@ -13,8 +13,9 @@
 //! `kill -9` in the middle of a save leaves the previous checkpoint whole.
 
 use super::options::TrainOptions;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use enigma_core::Config;
+use enigma_runtime::fsutil::atomic_write_with;
 use enigma_runtime::TokenizerData;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -24,8 +25,9 @@ const MAGIC: &[u8; 8] = b"ENGMCKPT";
 const VERSION: u32 = 1;
 const PRELUDE: usize = 20;
 
-/// The file name of the checkpoint inside a training folder.
-pub const FILE: &str = "checkpoint.bin";
+/// The file name of the checkpoint inside a training folder (the model store names it too, since a model's
+/// folder can be one).
+pub const FILE: &str = enigma_models::CHECKPOINT_FILE;
 
 /// A tokenizer in JSON: pieces as hex, since they need not be UTF-8.
 #[derive(Serialize, Deserialize)]
@@ -198,51 +200,25 @@ impl Checkpoint {
         Checkpoint::from_bytes(&b).with_context(|| format!("{}", path.display()))
     }
 
+    /// Saves atomically (`enigma_runtime::fsutil`).
+    ///
+    /// `ENIGMA_TEST_SLOW_SAVE_MS` (tests only) sleeps that long after each MiB, so a test can kill the
+    /// process while a save is under way.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes()?)
-    }
-}
-
-/// Writes `bytes` to a temporary file beside `path`, fsyncs it, renames it over `path` and fsyncs the
-/// folder: a reader (or a later run) sees the old file or the new one, never a mix.
-///
-/// `ENIGMA_TEST_SLOW_SAVE_MS` (tests only) sleeps that long after each MiB, so a test can kill the process
-/// while a save is under way.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Some(name) = path.file_name() else {
-        bail!("{}: not a file path", path.display())
-    };
-    enigma_runtime::tmpfiles::remove_stale(dir, name);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let pause = std::env::var("ENIGMA_TEST_SLOW_SAVE_MS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(std::time::Duration::from_millis);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        for chunk in bytes.chunks(1 << 20) {
-            f.write_all(chunk)?;
-            if let Some(p) = pause {
-                std::thread::sleep(p);
+        let bytes = self.to_bytes()?;
+        let pause = std::env::var("ENIGMA_TEST_SLOW_SAVE_MS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        atomic_write_with(path, |f| {
+            for chunk in bytes.chunks(1 << 20) {
+                f.write_all(chunk)?;
+                if let Some(p) = pause {
+                    std::thread::sleep(p);
+                }
             }
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+            Ok(())
+        })?;
         Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write {}: {e}", path.display())
-    })
+    }
 }

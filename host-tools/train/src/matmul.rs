@@ -193,17 +193,9 @@ pub fn mm_reference(out: &mut [f32], x: &[f32], w: &[f32], rows: usize) {
 pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1].
-    pub(crate) fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
+    /// Deterministic values in [-1, 1).
+    pub(crate) fn fill(n: usize, seed: u64) -> Vec<f32> {
+        enigma_testkit::XorShift::new(seed).fill(n, -1.0, 1.0)
     }
 
     fn close(a: &[f32], b: &[f32]) {

@@ -57,8 +57,8 @@ impl Progress {
             text.push_str(&serde_json::to_string(e)?);
             text.push('\n');
         }
-        std::fs::write(&log_path, text)
-            .with_context(|| format!("cannot write {}", log_path.display()))?;
+        // Atomically: a crash here must not lose the entries a resumed run keeps.
+        enigma_runtime::fsutil::atomic_write(&log_path, text.as_bytes())?;
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&log_path)
@@ -182,5 +182,5 @@ pub fn plot(path: &Path, entries: &[LogEntry]) -> Result<()> {
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    super::checkpoint::write_atomic(path, svg.as_bytes())
+    Ok(enigma_runtime::fsutil::atomic_write(path, svg.as_bytes())?)
 }

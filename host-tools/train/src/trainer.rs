@@ -11,6 +11,7 @@ use super::vocab::Vocab;
 use anyhow::{bail, ensure, Context, Result};
 use enigma_core::config::{Config, ParamLayout, Preset};
 use enigma_core::kernels::Kernels;
+use enigma_runtime::fsutil::atomic_write;
 use enigma_runtime::{ModelFile, ModelLock, ModelWriter, TokenizerData};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -450,7 +451,7 @@ fn run_state(
             per_step,
         );
         let meta = serde_json::json!({ "config": c, "options": &o, "steps": total, "lr": lr });
-        checkpoint::write_atomic(
+        atomic_write(
             &out.join(CONFIG_FILE),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
@@ -607,5 +608,5 @@ fn write_model(
     let mut w = ModelWriter::new(*config, tok);
     w.provenance(source, format!("enigma train, step {step}"));
     enigma_runtime::quantize::add_params(&mut w, config, params, dtype)?;
-    checkpoint::write_atomic(&out.join(MODEL_FILE), &w.to_bytes()?)
+    Ok(atomic_write(&out.join(MODEL_FILE), &w.to_bytes()?)?)
 }

@@ -27,13 +27,8 @@ fn tiny(tied: bool) -> Config {
 /// Deterministic values in [-scale, scale]; norms near 1 like a trained model's.
 fn params(c: &Config, seed: u64) -> Vec<f32> {
     let layout = ParamLayout::new(c);
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    };
+    let mut rng = enigma_testkit::XorShift::new(seed);
+    let mut next = move || rng.unit_f64() * 2.0 - 1.0;
     let mut out = Vec::new();
     for t in layout.iter() {
         for _ in 0..t.numel() {
