@@ -22,8 +22,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 gcc -O2 -shared -fPIC -o "$work/libinsncount.so" "$shared/tools/qemu-insncount.c"
-cargo build -q -p enigma-cli
-enigma="${CARGO_TARGET_DIR:-target}/debug/enigma"
+cargo build --release -q -p enigma-cli
+enigma="${CARGO_TARGET_DIR:-target}/release/enigma"
 
 "$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \
     -o "$work/stories260K-f32.enigma" 2>/dev/null
