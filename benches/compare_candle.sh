@@ -9,8 +9,12 @@
 # candle has no q4_0 path here, so enigma's q4_0 rows are set against candle's q8_0 (the issue's goal: both
 # quantized formats at 1.4x candle's q8_0). ENIGMA_BIN / CANDLE_PEER name prebuilt binaries and skip the builds
 # (the peer takes about 40 minutes to compile).
+#
+# Writes benches/results/compare_candle.md (commit, CPU, date, the command with every knob, the table, every
+# round), which README.md quotes; RESULTS_NOTE="..." adds a note line (e.g. what else ran on the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/results.sh
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 ROUNDS="${ROUNDS:-5}"
 STEPS="${STEPS:-128}"
@@ -35,6 +39,12 @@ for s in $SHAPES; do
     done
 done
 
+command="ROUNDS=$ROUNDS STEPS=$STEPS SHAPES=\"$SHAPES\" THREADS=\"$THREADS\" DTYPES=\"$DTYPES\" bash benches/compare_candle.sh"
+results_begin compare_candle "Decode speed: Enigma Engine against candle" "$command"
+candle_version=$(sed -n '/^name = "candle-core"$/{n;s/^version = "\(.*\)"$/\1/p}' benches/candle-peer/Cargo.lock)
+results_line "Random-weight llama2.c checkpoints (\`gen_llama2c_ckpt.py\`), $STEPS greedy tokens from BOS per run, engines alternating within each round; candle-core $candle_version (benches/candle-peer), which has no q4_0 path, so q4_0 rows are set against candle's q8_0. Medians over the rounds; ratio = enigma / candle."
+results_line ""
+
 results="$WORK/results.txt"
 : > "$results"
 for r in $(seq 1 "$ROUNDS"); do
@@ -54,7 +64,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$results" <<'PY'
+summary=$(python3 - "$results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(lambda: ([], []))
 for line in open(sys.argv[1]):
@@ -66,3 +76,10 @@ for (s, q, t), (e, c) in sorted(rows.items()):
     me, mc = statistics.median(e), statistics.median(c)
     print(f"{s:>6} {q:>5} {t:>3} {me:>13.1f} {mc:>13.1f} {me / mc:>6.2f}")
 PY
+)
+printf '%s\n' "$summary"
+printf '%s\n' "$summary" | sed '/^$/d' | results_block
+results_line "Every round (tok/s):"
+results_line ""
+results_block <"$results"
+results_end

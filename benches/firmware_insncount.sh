@@ -10,24 +10,33 @@
 #
 # Needs: qemu-system-arm, gcc, the thumbv7em-none-eabihf target.
 # Usage: benches/firmware_insncount.sh [N_TOKENS]; TIERS="default" skips the generic-kernel rows.
+#
+# Writes benches/results/firmware_insncount.md (commit, host CPU, date, QEMU version, the command, the table);
+# RESULTS_NOTE="..." adds a note line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/results.sh
 shared="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 n="${1:-64}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 gcc -O2 -shared -fPIC -o "$work/libinsncount.so" "$shared/tools/qemu-insncount.c"
-cargo build -q -p enigma-cli
-enigma="${CARGO_TARGET_DIR:-target}/debug/enigma"
+cargo build --release -q -p enigma-cli
+enigma="${CARGO_TARGET_DIR:-target}/release/enigma"
 
 "$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \
     -o "$work/stories260K-f32.enigma" 2>/dev/null
 "$enigma" import llama2c "$shared/models/stories260K.bin" --tokenizer "$shared/models/tok512.bin" \
     -o "$work/stories260K-q8_0.enigma" --quantize q8_0 2>/dev/null
 
+results_begin firmware_insncount "Firmware: instructions per token on the Cortex-M4F (QEMU)" \
+    "TIERS=\"${TIERS:-default generic}\" bash benches/firmware_insncount.sh $n"
+results_line "$(qemu-system-arm --version | head -n 1); instruction counts are exact and repeat from run to run (they do not depend on the host or its load). The tok/s column is an estimate at 100 MHz and 1 instruction per cycle, an upper bound for a real M4."
+results_line ""
+table="$work/table.txt"
 printf '\nstories260K on mps2-an386 (Cortex-M4F, QEMU), prompt "Once upon a time", %s tokens greedy\n' "$n"
-printf '%-6s %-10s %18s %14s %s\n' dtype kernels "instructions/token" "min..max" "estimated tok/s at 100 MHz, 1 IPC"
+printf '%-6s %-10s %18s %14s %s\n' dtype kernels "instructions/token" "min..max" "estimated tok/s at 100 MHz, 1 IPC" | tee "$table"
 for dtype in f32 q8_0; do
     for tier in ${TIERS:-default generic}; do
         args=()
@@ -40,6 +49,8 @@ for dtype in f32 q8_0; do
         mean=$(sed -n 's/^insn_per_token [^ ]* \([0-9]*\)$/\1/p' "$work/log")
         range=$(echo "$line" | sed -n 's/.*min \([0-9]*\), max \([0-9]*\);.*/\1..\2/p')
         rate=$(awk -v m="$mean" 'BEGIN { printf "%.1f", 100e6 / m }')
-        printf '%-6s %-10s %18s %14s %s (estimate)\n' "$dtype" "${used:-$tier}" "$mean" "$range" "$rate"
+        printf '%-6s %-10s %18s %14s %s (estimate)\n' "$dtype" "${used:-$tier}" "$mean" "$range" "$rate" | tee -a "$table"
     done
 done
+results_block <"$table"
+results_end

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference tensors for the trainer's golden test (host-tools/tests/train_golden_torch.rs).
+"""Reference tensors for the trainer's golden test (host-tools/train/tests/train_golden_torch.rs).
 
 A tiny Llama-family model written plainly in PyTorch, with the same definition as enigma's trainer and
 inference core: RMSNorm (eps inside the square root), RoPE on adjacent pairs (llama2.c's layout),
@@ -13,7 +13,7 @@ tolerances.
 
 Regenerate (CPU torch from PyPI is enough; CI never runs this):
     pip install torch
-    python3 scripts/torch_reference.py host-tools/tests/fixtures/torch_tiny.bin
+    python3 scripts/torch_reference.py host-tools/train/tests/fixtures/torch_tiny.bin
 
 File format (little-endian): b"ENGMFIX1", u32 count, then per tensor: u32 name length, name (UTF-8),
 u32 ndim, ndim x u32 dims, f32 data (row-major) -- int tensors are stored as f32 too (exact below 2^24).
@@ -154,7 +154,7 @@ out["adamw_losses"] = torch.tensor(losses)
 _, final = forward(params)
 out["adamw_final_loss"] = final.detach().reshape(1)
 
-path = sys.argv[1] if len(sys.argv) > 1 else "host-tools/tests/fixtures/torch_tiny.bin"
+path = sys.argv[1] if len(sys.argv) > 1 else "host-tools/train/tests/fixtures/torch_tiny.bin"
 with open(path, "wb") as f:
     f.write(b"ENGMFIX1")
     f.write(struct.pack("<I", len(out)))

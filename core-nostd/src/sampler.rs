@@ -401,7 +401,7 @@ mod tests {
             s.observe(rng.next_u32() % 8);
             let mut logits = [0f32; 7];
             for l in logits[..n].iter_mut() {
-                *l = if rng.next_u32() % 3 == 0 {
+                *l = if rng.next_u32().is_multiple_of(3) {
                     pick(&mut rng)
                 } else {
                     rng.next_f32() * 20.0 - 10.0
