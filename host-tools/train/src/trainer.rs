@@ -265,12 +265,8 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
         );
     }
     if !o.data.is_empty() && !same_files(&o.data, &ck.options.data) {
-        let stored: Vec<String> = ck
-            .options
-            .data
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let data = &ck.options.data;
+        let stored: Vec<String> = data.iter().map(|p| p.display().to_string()).collect();
         bail!(
             "--resume continues with the run's own data ({}); leave --data out, or start a new run for other data",
             stored.join(", ")
