@@ -124,9 +124,8 @@ fn load_init(path: &Path) -> Result<(Config, TokenizerData, Vec<f32>)> {
 
 /// A JSON config; a `vocab_size` of 0 means the tokenizer's.
 fn read_config(path: &Path, vocab: u32) -> Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut c: Config = serde_json::from_str(&text)
+    let bytes = enigma_runtime::load::read_file(path)?;
+    let mut c: Config = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a model config", path.display()))?;
     if c.vocab_size == 0 {
         c.vocab_size = vocab;
@@ -267,12 +266,8 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
         );
     }
     if !o.data.is_empty() && !same_files(&o.data, &ck.options.data) {
-        let stored: Vec<String> = ck
-            .options
-            .data
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let data = &ck.options.data;
+        let stored: Vec<String> = data.iter().map(|p| p.display().to_string()).collect();
         bail!(
             "--resume continues with the run's own data ({}); leave --data out, or start a new run for other data",
             stored.join(", ")
