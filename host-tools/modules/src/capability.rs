@@ -39,7 +39,9 @@ pub trait Tokenization: Send + Sync {
     /// The `.enigma` file the tokenizer is read from (it travels inside the model file).
     fn file(&self) -> &ModelFile;
     fn vocab_size(&self) -> usize;
-    fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, ModuleError>;
+    /// The ids of `text`, refused (before the work of encoding) when it cannot fit in `max` tokens: callers
+    /// pass what is left of a context, so an untrusted text costs nothing when it is far too long.
+    fn encode(&self, text: &str, bos: bool, max: usize) -> Result<Vec<u32>, ModuleError>;
     /// The bytes of `ids` (not necessarily UTF-8: a byte-fallback token is one byte of a character).
     fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, ModuleError>;
 }

@@ -184,7 +184,7 @@ fn inference_and_another_text_generator_are_interchangeable_and_exclusive() {
         stats.prompt_tokens,
         m.get::<dyn enigma_modules::capability::Tokenization>("tokenization")
             .unwrap()
-            .encode("Once upon a time", true)
+            .encode("Once upon a time", true, usize::MAX)
             .unwrap()
             .len()
     );
@@ -251,4 +251,34 @@ fn the_model_module_holds_its_folder_so_writers_are_refused_until_it_unloads() {
     assert!(store.delete("m").is_err());
     drop(held);
     store.delete("m").unwrap();
+}
+
+#[test]
+fn a_prompt_far_too_long_for_the_context_is_refused_before_it_is_encoded() {
+    let (_t, _store, m) = setup();
+    m.load("model", &set(&["model=m", "threads=1"])).unwrap();
+    m.load("tokenizer", &LoadOptions::default()).unwrap();
+    m.load("inference", &LoadOptions::default()).unwrap();
+    let generator = m.get::<dyn TextGeneration>("text_generation").unwrap();
+    let req = GenerateRequest {
+        prompt: "the ".repeat(10_000),
+        max_tokens: Some(1),
+        ..GenerateRequest::default()
+    };
+    let err = generator
+        .generate(&req, &AtomicBool::new(false), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    // Refused from its byte length (the message gives bytes), not after a full encode.
+    assert!(err.contains("40000 bytes"), "{err}");
+    let messages = [ChatMessage {
+        role: enigma_modules::capability::Role::User,
+        content: "the ".repeat(10_000),
+    }];
+    let err = generator
+        .chat(&messages, &req, &AtomicBool::new(false), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    // A model without chat markers gets the messages as lines of text: one newline more.
+    assert!(err.contains("40001 bytes"), "{err}");
 }

@@ -136,10 +136,11 @@ impl Inference {
             stats.finish = FinishReason::Cancelled;
             return Ok(stats);
         }
-        let mut bufs = HostSession::new(&model.transformer, DEFAULT_CHUNK);
-        let mut session = bufs
-            .session(model.transformer)
-            .map_err(ModuleError::failed)?;
+        // The cache holds this request, not the whole context a header may claim.
+        let transformer = model.transformer.with_context(ids.len() + n);
+        let mut bufs =
+            HostSession::try_new(&transformer, DEFAULT_CHUNK).map_err(ModuleError::failed)?;
+        let mut session = bufs.session(transformer).map_err(ModuleError::failed)?;
         let mut sampler = Sampler::new(cfg);
         let mut utf8 = Utf8Stream::new();
         let mut emitter = Emitter {
@@ -191,17 +192,19 @@ impl Inference {
     fn chat_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModuleError> {
         let parsed = self.tokenizer_file()?;
         let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
+        let room = self.context_length();
         let Some(markers) = tok.meta().chat else {
             let mut text = String::new();
             for m in messages {
                 text.push_str(&m.content);
                 text.push('\n');
             }
-            return self.tokenizer.encode(&text, true);
+            return self.tokenizer.encode(&text, true, room);
         };
         let mut ids = vec![tok.bos()];
         for m in messages {
-            let enc = self.tokenizer.encode(&m.content, false)?;
+            let left = room.saturating_sub(ids.len());
+            let enc = self.tokenizer.encode(&m.content, false, left)?;
             match m.role {
                 Role::System => ids.extend(enc),
                 Role::User => {
@@ -253,7 +256,9 @@ impl TextGeneration for Inference {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
-        let ids = self.tokenizer.encode(&req.prompt, true)?;
+        let ids = self
+            .tokenizer
+            .encode(&req.prompt, true, self.context_length())?;
         self.continue_ids(&ids, req, cancel, on_text)
     }
 

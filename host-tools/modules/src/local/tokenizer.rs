@@ -35,9 +35,10 @@ impl Tokenization for ModelTokenizer {
     fn vocab_size(&self) -> usize {
         self.with(|t| Ok(t.vocab_size())).unwrap_or(0)
     }
-    fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>, ModuleError> {
+    fn encode(&self, text: &str, bos: bool, max: usize) -> Result<Vec<u32>, ModuleError> {
         self.with(|t| {
-            enigma_runtime::tokenize::encode(t, text, bos, false).map_err(ModuleError::failed)
+            enigma_runtime::tokenize::encode_within(t, text, bos, false, max)
+                .map_err(ModuleError::failed)
         })
     }
     fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, ModuleError> {
@@ -133,7 +134,7 @@ impl Module for TokenizerModule {
         };
         let sample = "The quick brown fox, 42 times.";
         let check = || -> Result<String, ModuleError> {
-            let ids = t.encode(sample, true)?;
+            let ids = t.encode(sample, true, usize::MAX)?;
             // Decoding after BOS drops the dummy-prefix space the encoder added, as generation does.
             let back = t.decode(&ids[1..])?;
             if back == sample.as_bytes() {
