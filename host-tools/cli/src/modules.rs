@@ -159,10 +159,15 @@ pub fn registry(home: &Path) -> Registry {
     registry
 }
 
+/// The manager over this build's modules on this (or the simulated) machine; nothing read or loaded yet.
+fn manager(home: &Path) -> Result<ModuleManager> {
+    Ok(enigma_modules::open(home, machine()?, registry(home))?)
+}
+
 /// The manager with the wanted set read, nothing loaded: for commands that only look or only change
 /// the wanted set.
 fn read(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
-    let manager = enigma_modules::open(home, machine()?, registry(home))?;
+    let manager = manager(home)?;
     let report = manager.read_saved()?;
     for (id, why) in &report.failed {
         eprintln!("note: saved module {id} is not known to this build: {why}");
@@ -172,7 +177,7 @@ fn read(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
 
 /// The manager with the wanted set loaded: this command hosts the modules for its own length.
 fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
-    let manager = enigma_modules::open(home, machine()?, registry(home))?;
+    let manager = manager(home)?;
     let report = manager.restore()?;
     for (id, why) in &report.failed {
         eprintln!("note: saved module {id} did not load: {why}");
