@@ -42,6 +42,8 @@ def checkpoint(path, dim, hidden, layers, heads, kv, vocab, seq, legacy, tied):
 checkpoint(f"{out}/tiny.bin", 32, 64, 1, 2, 1, 48, 16, False, True)
 checkpoint(f"{out}/tiny-legacy.bin", 32, 64, 2, 4, 2, 48, 8, True, True)
 checkpoint(f"{out}/tiny-untied.bin", 8, 16, 1, 2, 2, 48, 4, False, False)
+# A context of 2^20 tokens: a KV cache for all of it would take 1.25 GiB (issue 12 point 5, regress-12.5-*).
+checkpoint(f"{out}/long-context.bin", 32, 8, 5, 2, 2, 48, 1 << 20, False, True)
 
 # 48 pieces: <unk> <s> </s>, the lowercase letters, space, then merges; llama2.c's layout.
 pieces = [b"<unk>", b"<s>", b"</s>"] + [bytes([c]) for c in range(ord("a"), ord("z") + 1)] + [b" "]
@@ -56,6 +58,7 @@ EOF
 # llama2c_checkpoint: the real stories260K and the tiny ones.
 install -m 0644 "$SHARED/models/stories260K.bin" "$C/llama2c_checkpoint/stories260K.bin"
 install -m 0644 "$TMP"/tiny*.bin "$C/llama2c_checkpoint/"
+install -m 0644 "$TMP/long-context.bin" "$C/llama2c_checkpoint/regress-12.5-long-context.bin"
 
 # llama2c_tokenizer: the vocabulary size (u32 LE), then the file.
 tok_seed() { { python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<I', $2))"; cat "$1"; } > "$3"; }
@@ -122,6 +125,8 @@ done
 for to in f16 bf16 q8_0 q4_0; do
     "$ENIGMA_BIN" quantize "$TMP/tiny.enigma" -o "$TMP/tiny-$to.enigma" --to "$to" >/dev/null
 done
+"$ENIGMA_BIN" import llama2c "$TMP/long-context.bin" --tokenizer "$TMP/tok48.bin" \
+    -o "$TMP/regress-12.5-long-context.enigma" >/dev/null
 for f in "$TMP"/*.enigma; do
     b="$(basename "$f" .enigma)"
     { printf '\x00'; cat "$f"; } > "$C/enigma_file/$b-0"

@@ -5,17 +5,9 @@
 //! Input: the file as it is.
 
 use enigma_core::Tokenizer;
-use enigma_train::bpe::{Bpe, FIRST_MERGE, SPECIALS};
-
-/// Pieces longer than this, or more piece bytes than [`MAX_TOTAL`] in all, are the merge-doubling memory
-/// bomb of issue 12 point 2 (being fixed on the `hardening` branch).
-const MAX_PIECE: u64 = 1 << 16;
-const MAX_TOTAL: u64 = 64 << 20;
+use enigma_train::bpe::Bpe;
 
 pub fn check(data: &[u8]) {
-    if crate::known_issue(piece_bomb(data), "tokenizer.json piece-length bomb (12.2)") {
-        return;
-    }
     let path = crate::scratch_file("tokenizer.json", data);
     let Ok(bpe) = Bpe::load(&path) else {
         return;
@@ -53,37 +45,4 @@ pub fn check(data: &[u8]) {
             Err(e) => panic!("the core cannot encode what Bpe encodes: {e}"),
         }
     }
-}
-
-/// Whether the merges build a piece longer than [`MAX_PIECE`] or more than [`MAX_TOTAL`] bytes of pieces,
-/// following `Bpe::load`'s rules as far as it would get (it stops at the first merge naming a token that
-/// does not exist yet).
-fn piece_bomb(data: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return false;
-    };
-    let Some(merges) = v.get("merges").and_then(|m| m.as_array()) else {
-        return false;
-    };
-    let mut lens: Vec<u64> = vec![1; 256];
-    lens.extend(SPECIALS.iter().map(|s| s.len() as u64));
-    let mut total = 0u64;
-    for m in merges {
-        let pair = m.as_array().and_then(|p| match p.as_slice() {
-            [a, b] => Some((a.as_u64()?, b.as_u64()?)),
-            _ => None,
-        });
-        let Some((a, b)) = pair else { return false };
-        let ok = |x: u64| x < lens.len() as u64 && !(256..FIRST_MERGE as u64).contains(&x);
-        if !ok(a) || !ok(b) {
-            return false;
-        }
-        let len = lens[a as usize] + lens[b as usize];
-        total += len;
-        if len > MAX_PIECE || total > MAX_TOTAL {
-            return true;
-        }
-        lens.push(len);
-    }
-    false
 }

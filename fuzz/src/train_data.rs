@@ -23,22 +23,6 @@ fn vocab() -> &'static Vocab {
     })
 }
 
-/// `Bpe::encode_word` is quadratic in a word's length (issue 12 point 4, not among the points of the
-/// `hardening` branch): a 20 KB word of random letters takes 12 to 14 s here, past libFuzzer's 10 s
-/// timeout. Inputs with a longer run between boundaries are skipped; at this length a word takes about half
-/// a second.
-const MAX_WORD: usize = 4096;
-
-/// The longest run of bytes without a space or newline: an upper bound on the longest word the trainer's
-/// tokenizer sees, in any of the formats (JSON escapes only lengthen the raw run).
-fn longest_word(bytes: &[u8]) -> usize {
-    bytes
-        .split(|&c| c == b' ' || c == b'\n')
-        .map(|w| w.len())
-        .max()
-        .unwrap_or(0)
-}
-
 pub fn check(data: &[u8]) {
     let mut b = Bytes::new(data);
     let sel = b.u8();
@@ -50,12 +34,6 @@ pub fn check(data: &[u8]) {
         2 => DataFormat::Jsonl,
         _ => DataFormat::Qa,
     };
-    if crate::known_issue(
-        longest_word(b.rest) > MAX_WORD,
-        "quadratic BPE encode_word on long words (12.4)",
-    ) {
-        return;
-    }
     let name = if sel & 4 != 0 {
         "data.jsonl"
     } else {
