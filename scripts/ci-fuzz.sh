@@ -3,18 +3,48 @@
 # fails if any target crashes: a panic, a hang past 10 s on one input, or an allocation past the caps.
 # `.ci/run` calls it after the tests; FUZZ_SECONDS=600 is the campaign of issue 12. Prints one line per
 # target: executions and outcome (libFuzzer's final stats).
+#
+# No cargo-fuzz: the targets are built with plain `cargo build --release` and the flags that
+# `cargo fuzz build --sanitizer none` passes (cargo-fuzz 0.13's src/project.rs), into their own target
+# folder, and the libFuzzer binaries are run directly. Needs a C++ compiler (libfuzzer-sys compiles
+# libFuzzer), python3 and ../shared (fuzz/seed.sh).
+#
+#   FUZZ_SECONDS=600        how long each target runs (default 30)
+#   FUZZ_TARGETS="a b"      only these targets (default: every file in fuzz/fuzz_targets/)
+#   FUZZ_NICE="nice -n 19"  prefix for the build and the runs, on a shared machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${FUZZ_SECONDS:-30}"
-# Where ci-fuzz runs by hand on a shared machine, FUZZ_NICE="nice -n 19" keeps it out of the way.
 NICE="${FUZZ_NICE:-}"
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
-fi
+bash scripts/ci-tools.sh fuzz
 bash fuzz/seed.sh
 
 cd fuzz
+targets=()
+for f in fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+[ -z "${FUZZ_TARGETS:-}" ] || read -r -a targets <<<"$FUZZ_TARGETS"
+
+# What cargo-fuzz passes for `--sanitizer none` in its default (optimized, debug-assertions) mode:
+# coverage instrumentation for libFuzzer, `--cfg fuzzing`, debug assertions and overflow checks, one
+# codegen unit. `--target` keeps RUSTFLAGS off build scripts and proc macros (they are not linked with
+# libFuzzer); the separate target folder keeps these flags from rebuilding a plain `cargo build` in fuzz/
+# (or `cargo fuzz`'s builds) and back.
+host="$(rustc -vV | sed -n 's/^host: //p')"
+export CARGO_TARGET_DIR="$PWD/target/ci-fuzz"
+export RUSTFLAGS="-Cpasses=sancov-module \
+ -Cllvm-args=-sanitizer-coverage-level=4 \
+ -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+ -Cllvm-args=-sanitizer-coverage-pc-table \
+ -Cllvm-args=-sanitizer-coverage-trace-compares \
+ -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
+ -Cllvm-args=-sanitizer-coverage-stack-depth \
+ --cfg fuzzing -Cdebug-assertions -Coverflow-checks -Ccodegen-units=1 ${RUSTFLAGS:-}"
+bins=()
+for t in "${targets[@]}"; do bins+=(--bin "$t"); done
+$NICE cargo build --release --locked --target "$host" "${bins[@]}"
+bindir="$CARGO_TARGET_DIR/$host/release"
+
 # libFuzzer's flags: one input may take 10 s and the process 2 GiB; single allocations are capped at
 # 512 MiB by the targets' own allocator (src/lib.rs), since -malloc_limit_mb needs a sanitizer.
 COMMON=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1)
@@ -27,19 +57,19 @@ max_len() {
     esac
 }
 
-$NICE cargo fuzz build --sanitizer none
 mkdir -p logs
 failed=()
 printf '%-20s %12s  %s\n' target executions result
-for t in $(cargo fuzz list); do
+for t in "${targets[@]}"; do
     dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
+    mkdir -p "corpus/$t" "artifacts/$t"
     log="logs/$t.log"
-    if $NICE cargo fuzz run --sanitizer none "$t" "${dirs[@]}" -- "${COMMON[@]}" \
+    if $NICE "$bindir/$t" "${dirs[@]}" "${COMMON[@]}" -artifact_prefix="artifacts/$t/" \
         -max_len="$(max_len "$t")" -max_total_time="$SECS" >"$log" 2>&1; then
         result=ok
     else
-        result="CRASH: $(grep -m1 -o 'Test unit written to .*' "$log" | sed 's/^Test unit written to //' || true)"
+        result="CRASH: $(grep -m1 -o 'Test unit written to .*' "$log" | sed 's/^Test unit written to /fuzz\//' || true)"
         failed+=("$t")
     fi
     execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
@@ -49,9 +79,8 @@ done
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "fuzz targets that crashed: ${failed[*]} (logs in fuzz/logs/, inputs in fuzz/artifacts/)" >&2
     for t in "${failed[@]}"; do
-        echo "---- fuzz/logs/$t.log: the failure, then how to reproduce it" >&2
+        echo "---- fuzz/logs/$t.log: the failure; reproduce with fuzz/target/ci-fuzz/$host/release/$t INPUT" >&2
         grep -E -A3 'panicked at|memory allocation of|ERROR: libFuzzer|Test unit written' "logs/$t.log" | head -n 24 >&2
-        grep -A2 'Reproduce with' "logs/$t.log" >&2 || true
     done
     exit 1
 fi
