@@ -12,9 +12,14 @@
 #   FUZZ_SECONDS=600        how long each target runs (default 30)
 #   FUZZ_TARGETS="a b"      only these targets (default: every file in fuzz/fuzz_targets/)
 #   FUZZ_NICE="nice -n 19"  prefix for the build and the runs, on a shared machine
+#   FUZZ_TIMEOUT=10         seconds one input may run (libFuzzer's -timeout, wall clock) before it counts as a
+#                           hang; inputs over 10 s are saved as artifacts/<target>/slow-unit-* either way. Raise
+#                           it only on a machine so loaded that wall time says nothing about the input's cost,
+#                           and measure the slow units afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${FUZZ_SECONDS:-30}"
+TIMEOUT="${FUZZ_TIMEOUT:-10}"
 NICE="${FUZZ_NICE:-}"
 
 bash scripts/ci-tools.sh fuzz
@@ -47,7 +52,7 @@ bindir="$CARGO_TARGET_DIR/$host/release"
 
 # libFuzzer's flags: one input may take 10 s and the process 2 GiB; single allocations are capped at
 # 512 MiB by the targets' own allocator (src/lib.rs), since -malloc_limit_mb needs a sanitizer.
-COMMON=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1)
+COMMON=(-timeout="$TIMEOUT" -report_slow_units=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1)
 max_len() {
     case "$1" in
         enigma_file | llama2c_checkpoint) echo 1100000 ;; # stories260K
@@ -69,9 +74,12 @@ for t in "${targets[@]}"; do
         -max_len="$(max_len "$t")" -max_total_time="$SECS" >"$log" 2>&1; then
         result=ok
     else
-        result="CRASH: $(grep -m1 -o 'Test unit written to .*' "$log" | sed 's/^Test unit written to /fuzz\//' || true)"
+        # The last input written: slow units (below) are written with the same words before it.
+        result="CRASH: $(grep -o 'Test unit written to .*' "$log" | tail -n1 | sed 's/^Test unit written to /fuzz\//' || true)"
         failed+=("$t")
     fi
+    slow="$(grep -c '^Slowest unit:' "$log" || true)"
+    [ "$slow" = 0 ] || result+=" ($slow slow units, over 10 s: fuzz/artifacts/$t/slow-unit-*)"
     execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
     printf '%-20s %12s  %s\n' "$t" "$execs" "$result"
 done
