@@ -652,6 +652,32 @@ fn the_loaded_set_and_configs_survive_a_restart() {
 }
 
 #[test]
+fn a_float_config_reads_back_to_the_bit_after_a_restart() {
+    // Found by the modules_json fuzz target (issue 12, point 8): serde_json's default float parser may land
+    // one ulp off, so 0.9333333333333333, written as the shortest text that names it, came back as
+    // 0.9333333333333332 and every restart could move a saved setting.
+    let (_dir, path) = state_file();
+    let log = Log::default();
+    let m = ModuleManager::new(stubs(&log, |_| {}), big(), Some(path.clone())).unwrap();
+    let opts = LoadOptions {
+        with_deps: true,
+        set: vec!["top_p=0.9333333333333333".into()],
+    };
+    m.load("inference", &opts).unwrap();
+    let saved = m.saved_state();
+    drop(m);
+
+    let m = ModuleManager::new(stubs(&Log::default(), |_| {}), big(), Some(path)).unwrap();
+    let report = m.restore().unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(
+        m.config("inference").unwrap()["top_p"],
+        Value::Float(0.9333333333333333)
+    );
+    assert_eq!(m.saved_state(), saved);
+}
+
+#[test]
 fn restore_follows_dependencies_not_file_order_and_reports_what_did_not_load() {
     let (_dir, path) = state_file();
     // Written by hand, needs last; plus a module that now fails, one that needs it, and an unknown id.
