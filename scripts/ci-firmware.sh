@@ -50,7 +50,7 @@ for board in nucleo-f411re rp-pico; do
 done
 
 step "mps2-an386 under QEMU: stories260K f32, greedy, 64 tokens"
-"$enigma" flash --board mps2-an386 --model "$models/stories260K.enigma" -i "Once upon a time" -n 64 -t 0 --seed 42
+"$enigma" flash --board mps2-an386 --model "$models/stories260K.enigma" -p "Once upon a time" -n 64 --temp 0 --seed 42
 
 step "clippy of the firmware (the library and the QEMU board; FIRMWARE_CLIPPY_ALL=1 adds the real boards)"
 # The real boards' clippy re-checks their HAL and PAC crates (several minutes); their images built above.

@@ -7,13 +7,13 @@ cd "$(dirname "$0")/.."
 SHARED="${ENIGMA_SHARED:-../shared}"
 cargo build --release -p enigma-cli
 enigma="${CARGO_TARGET_DIR:-target}/release/enigma"
-"$enigma" run -i "ROMEO:" -n 120 -t 0.8 --seed 42
+"$enigma" run -p "ROMEO:" -n 120 --temp 0.8 --seed 42
 if [ -f "$SHARED/models/stories260K.bin" ]; then
     mkdir -p models
     "$enigma" import llama2c "$SHARED/models/stories260K.bin" \
         --tokenizer "$SHARED/models/tok512.bin" -o models/stories260K.enigma
     "$enigma" info models/stories260K.enigma
-    "$enigma" run -m models/stories260K.enigma -i "Once upon a time" -n 200 -t 0.8 --seed 42
+    "$enigma" run -m models/stories260K.enigma -p "Once upon a time" -n 200 --temp 0.8 --seed 42
 else
     echo "($SHARED/models/stories260K.bin not found: skipping the llama2.c import)"
 fi

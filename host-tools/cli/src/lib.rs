@@ -1,16 +1,15 @@
 //! The `enigma` command line: clap types and dispatch over the host-tools crates.
 
+pub mod generate;
 pub mod models;
 pub mod modules;
 
+pub use generate::{ChatArgs, RunArgs, SamplingArgs};
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use enigma_core::generate::{Session, Stats, Stop};
 use enigma_core::kernels::DType;
-use enigma_core::{Sampler, SamplerConfig, Tokenizer};
-use enigma_runtime::session::DEFAULT_CHUNK;
-use enigma_runtime::{Backend, HostSession, ModelFile};
-use std::io::{BufRead, Write};
+use enigma_runtime::{Backend, ModelFile};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,6 +42,7 @@ pub enum Command {
     Quantize {
         /// The .enigma file to convert.
         input: PathBuf,
+        /// Where to write the quantized model.
         #[arg(short, long)]
         output: PathBuf,
         /// f32, f16, bf16, q8_0 or q4_0.
@@ -69,6 +69,7 @@ pub enum Command {
     Tokenizer(enigma_train::TokenizerCommand),
     /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
     Hardware {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -126,76 +127,12 @@ pub enum Import {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct SamplingArgs {
-    /// 0 is greedy.
-    #[arg(
-        short = 't',
-        long,
-        default_value_t = 1.0,
-        allow_negative_numbers = true
-    )]
-    pub temperature: f32,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(
-        short = 'p',
-        long,
-        default_value_t = 0.9,
-        allow_negative_numbers = true
-    )]
-    pub top_p: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(short = 'k', long, default_value_t = 0)]
-    pub top_k: u32,
-    /// Penalty for tokens among the last --repeat-last-n (1 = off).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repeat_penalty: f32,
-    #[arg(long, default_value_t = 64)]
-    pub repeat_last_n: u32,
-    /// Random seed (default: from the clock).
-    #[arg(short, long)]
-    pub seed: Option<u64>,
-}
-
-impl SamplingArgs {
-    fn config(&self) -> Result<SamplerConfig> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!(
-                "--temperature must be a number >= 0, not {}",
-                self.temperature
-            );
-        }
-        if !(0.0..=1.0).contains(&self.top_p) {
-            bail!("--top-p must be between 0 and 1, not {}", self.top_p);
-        }
-        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            bail!(
-                "--repeat-penalty must be a positive number, not {}",
-                self.repeat_penalty
-            );
-        }
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-        Ok(SamplerConfig {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repetition_penalty: self.repeat_penalty,
-            repeat_last_n: self.repeat_last_n,
-            seed,
-        })
-    }
-}
-
-#[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// The .enigma model file (default: the built-in nano model trained on tinyshakespeare).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Worker threads (default: all cores; one for models under 16 MiB, where threads cost more than they save).
-    #[arg(long)]
+    #[arg(short = 't', long)]
     pub threads: Option<usize>,
 }
 
@@ -209,33 +146,6 @@ impl EngineArgs {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[arg(short = 'i', long, default_value = "")]
-    pub prompt: String,
-    /// Tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub n_predict: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct ChatArgs {
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    /// An instruction placed before the first turn.
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub n_predict: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-}
-
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import(Import::Llama2c {
@@ -245,8 +155,8 @@ pub fn main(cli: Cli) -> Result<()> {
             quantize,
         }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize),
         Command::Quantize { input, output, to } => quantize(&input, &output, &to),
-        Command::Run(args) => run(args),
-        Command::Chat(args) => chat(args),
+        Command::Run(args) => generate::run(args),
+        Command::Chat(args) => generate::chat(args),
         Command::Info { model } => info(&model),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
@@ -287,67 +197,13 @@ fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &st
     Ok(())
 }
 
-/// Writes a token's bytes, dropping lone control bytes that would garble a terminal (as llama2.c does).
-fn emit(out: &mut impl Write, piece: &[u8]) -> bool {
-    if let [b] = piece {
-        if b.is_ascii_control() && !b.is_ascii_whitespace() {
-            return true;
-        }
-    }
-    out.write_all(piece).and_then(|_| out.flush()).is_ok()
-}
-
-/// Times one generation. Prefill ends when the first generated token arrives (after `echoed` echoed
-/// prompt tokens); decode speed counts the tokens after that one.
-struct Clock {
-    start: Instant,
-    first: Option<Instant>,
-    echoed: usize,
-    seen: usize,
-}
-
-impl Clock {
-    fn new(echoed: usize) -> Self {
-        Clock {
-            start: Instant::now(),
-            first: None,
-            echoed,
-            seen: 0,
-        }
-    }
-
-    fn tick(&mut self) {
-        self.seen += 1;
-        if self.seen == self.echoed + 1 {
-            self.first = Some(Instant::now());
-        }
-    }
-
-    fn report(&self, stats: &Stats) {
-        let first = self.first.unwrap_or(self.start);
-        let prefill = (first - self.start).as_secs_f64();
-        let decode = first.elapsed().as_secs_f64();
-        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        eprintln!(
-            "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s",
-            stats.prompt_tokens,
-            rate(stats.prompt_tokens, prefill),
-            stats.generated,
-            rate(stats.generated.saturating_sub(1), decode)
-        );
-        if stats.stop == Stop::ContextFull {
-            eprintln!("stopped: the context window is full");
-        }
-    }
-}
-
 /// Below this file size, a model runs on one thread unless `--threads` says otherwise.
 const SMALL_MODEL_BYTES: usize = 16 << 20;
 
 /// Opens the model and the backend. A model in a model folder (the store's, or a training run's) is held
 /// with the folder's reader lock for as long as the returned file lives, so it is never trained,
 /// converted, renamed or deleted while it runs, and never run while that happens.
-fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
+pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
     let file = match &engine.model {
         Some(path) => ModelFile::open_shared(path, purpose)?,
         None => ModelFile::from_bytes(
@@ -363,153 +219,6 @@ fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
         .or_else(|| (file.bytes().len() < SMALL_MODEL_BYTES).then_some(1));
     let backend = Backend::cpu(threads)?;
     Ok((file, backend))
-}
-
-/// Encodes a prompt that must fit in `max` tokens, in O(n log n) (the core's loop is quadratic).
-fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>> {
-    Ok(enigma_runtime::tokenize::encode_within(
-        tok, text, bos, false, max,
-    )?)
-}
-
-pub fn run(args: RunArgs) -> Result<()> {
-    let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine, "run")?;
-    let model = file.model(backend.kernels())?;
-    let max = model.transformer.config.seq_len as usize;
-    let prompt = encode(&model.tokenizer, &args.prompt, true, max)?;
-    // The cache holds what this run can reach, not the whole context the header declares.
-    let transformer = model
-        .transformer
-        .with_context(prompt.len().saturating_add(args.n_predict));
-    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
-    let mut session = bufs.session(transformer)?;
-    let mut sampler = Sampler::new(sampler_cfg);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    // A fresh session echoes every prompt token but the leading BOS.
-    let mut clock = Clock::new(prompt.len() - 1);
-    let stats = session.generate(
-        backend.exec(),
-        &model.tokenizer,
-        &mut sampler,
-        &prompt,
-        args.n_predict,
-        true,
-        &mut |_, piece| {
-            clock.tick();
-            emit(&mut out, piece)
-        },
-    )?;
-    let _ = writeln!(out);
-    clock.report(&stats);
-    Ok(())
-}
-
-/// How turns are wrapped: the model's own chat markers, or Llama 2's `[INST]` format. A turn of more than
-/// `max` tokens is an error.
-fn chat_turn(
-    tok: &Tokenizer<'_>,
-    system: Option<&str>,
-    user: &str,
-    first: bool,
-    max: usize,
-) -> Result<Vec<u32>> {
-    match tok.meta().chat {
-        Some(markers) => {
-            let mut ids = Vec::new();
-            if first {
-                ids.push(tok.bos());
-                if let Some(s) = system {
-                    ids.extend(encode(tok, s, false, max)?);
-                }
-            }
-            ids.push(markers.user);
-            ids.extend(encode(tok, user, false, max)?);
-            ids.push(markers.assistant);
-            if ids.len() > max {
-                bail!(enigma_core::Error::PromptTooLong {
-                    tokens: ids.len(),
-                    max
-                });
-            }
-            Ok(ids)
-        }
-        None => {
-            let text = match (first, system) {
-                (true, Some(s)) => format!("[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{user} [/INST]"),
-                _ => format!("[INST] {user} [/INST]"),
-            };
-            encode(tok, &text, true, max)
-        }
-    }
-}
-
-pub fn chat(args: ChatArgs) -> Result<()> {
-    let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine, "chat")?;
-    let model = file.model(backend.kernels())?;
-    let mut bufs = HostSession::try_new(&model.transformer, DEFAULT_CHUNK)?;
-    let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
-    let mut sampler = Sampler::new(sampler_cfg);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    let mut first = true;
-    eprintln!(
-        "chatting with {} (/reset forgets the conversation, /quit or end of input leaves)",
-        args.engine.model_name()
-    );
-    loop {
-        eprint!("> ");
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read standard input")?;
-        let text = line.trim();
-        match text {
-            "" => continue,
-            "/quit" | "/exit" => break,
-            "/reset" => {
-                session.reset();
-                sampler.clear_history();
-                first = true;
-                eprintln!("(conversation forgotten)");
-                continue;
-            }
-            _ => {}
-        }
-        // One slot stays free for the reply's first token.
-        let room = session.remaining().saturating_sub(1);
-        let ids = match chat_turn(&model.tokenizer, args.system.as_deref(), text, first, room) {
-            Ok(ids) => ids,
-            Err(e) => {
-                eprintln!(
-                    "error: that turn does not fit in the {room} tokens left in the context ({e:#}); /reset to start over"
-                );
-                continue;
-            }
-        };
-        first = false;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let mut clock = Clock::new(0);
-        let n = args
-            .n_predict
-            .min(session.remaining().saturating_sub(ids.len()));
-        let stats = session.generate(
-            backend.exec(),
-            &model.tokenizer,
-            &mut sampler,
-            &ids,
-            n,
-            false,
-            &mut |_, piece| {
-                clock.tick();
-                emit(&mut out, piece)
-            },
-        )?;
-        let _ = writeln!(out);
-        clock.report(&stats);
-    }
-    Ok(())
 }
 
 pub fn info(path: &Path) -> Result<()> {

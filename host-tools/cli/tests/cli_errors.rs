@@ -133,7 +133,7 @@ fn run(model: &Path, prompt: &str) -> Command {
     let mut c = enigma();
     c.args(["run", "-m"])
         .arg(model)
-        .args(["-i", prompt, "-n", "4", "-t", "0"]);
+        .args(["-p", prompt, "-n", "4", "--temp", "0"]);
     c
 }
 
@@ -305,7 +305,7 @@ fn prompt_longer_than_the_context() {
     let out = enigma()
         .args(["run", "-m"])
         .arg(&p)
-        .args(["-i", "aaa", "-n", "100", "-t", "0"])
+        .args(["-p", "aaa", "-n", "100", "--temp", "0"])
         .assert()
         .success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
@@ -316,26 +316,27 @@ fn prompt_longer_than_the_context() {
 fn bad_flag_values() {
     let dir = TempDir::new().unwrap();
     let p = write(&dir, "ok.enigma", valid());
-    let cases: [(&[&str], &str); 7] = [
-        (&["--temperature", "-1"], "--temperature"),
-        (&["-t", "-0.5"], "--temperature"),
-        (&["--temperature", "NaN"], "--temperature"),
+    let cases: [(&[&str], &str); 8] = [
+        (&["--temp", "-1"], "--temp"),
+        (&["--temperature", "-0.5"], "--temp"),
+        (&["--temp", "NaN"], "--temp"),
         (&["--top-p", "2"], "--top-p"),
         (&["--top-p", "-0.1"], "--top-p"),
         (&["--threads", "0"], "--threads"),
         (&["--repeat-penalty", "-1"], "--repeat-penalty"),
+        (&["--temp", "0", "-c", "0"], "-c/--ctx-size"),
     ];
     for (flags, want) in cases {
         let mut c = enigma();
-        c.args(["run", "-m"]).arg(&p).args(["-i", "a", "-n", "2"]);
+        c.args(["run", "-m"]).arg(&p).args(["-p", "a", "-n", "2"]);
         c.args(flags);
         let line = fails(&mut c);
         assert!(line.contains(want), "{flags:?}: {line}");
     }
     // Values clap cannot parse at all are clap's usage errors.
-    for flags in [&["--threads", "many"][..], &["-n", "-3"], &["--top-k", "x"]] {
+    for flags in [&["--threads", "many"][..], &["-n", "x"], &["--top-k", "x"]] {
         let mut c = enigma();
-        c.args(["run", "-m"]).arg(&p).args(["-i", "a"]).args(flags);
+        c.args(["run", "-m"]).arg(&p).args(["-p", "a"]).args(flags);
         usage_error(&mut c);
     }
     // Without --model, run uses the built-in default model; a --model without its value is a usage error.
@@ -581,7 +582,7 @@ fn nan_weights_with_valid_checksums_stop_generation_with_an_error_not_a_sampler_
             let mut c = enigma();
             c.args(["run", "-m"])
                 .arg(&p)
-                .args(["-i", "a", "-n", "4", "-t", t]);
+                .args(["-p", "a", "-n", "4", "--temp", t]);
             let line = fails(&mut c);
             assert!(
                 line.contains("logit") && line.contains("not finite"),
@@ -599,7 +600,7 @@ fn a_temperature_that_underflows_is_greedy_not_a_sampler_panic() {
         let a = enigma()
             .args(["run", "-m"])
             .arg(&p)
-            .args(["-i", "a", "-n", "6", "-t", t])
+            .args(["-p", "a", "-n", "6", "--temp", t])
             .assert()
             .success();
         a.get_output().stdout.clone()
@@ -607,7 +608,7 @@ fn a_temperature_that_underflows_is_greedy_not_a_sampler_panic() {
     // 1e-45 overflows every logit this model makes: greedy exactly. 1e-38 does not always, and then
     // samples among exactly tied logits; either way it must run.
     assert_eq!(out("1e-45"), out("0"));
-    assert_eq!(out("1e-38").len(), out("0").len());
+    assert!(String::from_utf8(out("1e-38")).is_ok_and(|s| s.starts_with('a')));
 }
 
 #[test]
@@ -632,7 +633,7 @@ fn writers_refuse_non_finite_weights_and_name_the_tensor() {
     let mut c = enigma();
     c.args(["run", "-m"])
         .arg(&huge)
-        .args(["-i", "a", "-n", "4"]);
+        .args(["-p", "a", "-n", "4"]);
     let out = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -684,7 +685,7 @@ fn a_header_context_of_a_million_tokens_sizes_the_cache_to_the_run() {
     let limited = |args: &str| {
         let mut c = std::process::Command::new("bash");
         c.arg("-c").arg(format!(
-            "ulimit -v 1048576; exec \"$0\" run -m \"$1\" -i Once -t 0 {args}"
+            "ulimit -v 1048576; exec \"$0\" run -m \"$1\" -p Once --temp 0 {args}"
         ));
         c.arg(assert_cmd::cargo::cargo_bin("enigma")).arg(&p);
         c.output().unwrap()
@@ -770,4 +771,87 @@ fn info_on_a_fifo_is_refused_instead_of_blocking_forever() {
         let line = fails(cmd.timeout(std::time::Duration::from_secs(20)));
         assert!(line.contains("not a regular file"), "{line}");
     }
+}
+
+#[test]
+fn n_predict_zero_and_a_context_past_the_models_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "m.enigma", valid());
+    let line = fails(
+        enigma()
+            .args(["run", "-m"])
+            .arg(&p)
+            .args(["-p", "a", "-n", "0"]),
+    );
+    assert!(line.contains("-n/--n-predict must be at least 1"), "{line}");
+    let line = fails(
+        enigma()
+            .args(["run", "-m"])
+            .arg(&p)
+            .args(["-p", "a", "-c", "9"]),
+    );
+    assert!(
+        line.contains("-c/--ctx-size 9 is more than this model's context of 8"),
+        "{line}"
+    );
+    let line = fails(enigma().args(["chat", "-m"]).arg(&p).args(["-n", "-3"]));
+    assert!(line.contains("-n/--n-predict"), "{line}");
+    let line = fails(
+        enigma()
+            .args(["run", "-m"])
+            .arg(&p)
+            .arg("-f")
+            .arg(dir.path().join("none.txt")),
+    );
+    assert!(line.contains("cannot read the prompt file"), "{line}");
+    let bad = write(&dir, "bad.txt", b"a\xFFb");
+    let line = fails(enigma().args(["run", "-m"]).arg(&p).arg("-f").arg(&bad));
+    assert!(line.contains("is not UTF-8 text"), "{line}");
+}
+
+/// The byte-level model emits arbitrary bytes when sampled hot: the bytes printed must still be UTF-8,
+/// with U+FFFD where the model's bytes never form a character.
+#[test]
+fn run_prints_valid_utf8_whatever_bytes_the_model_emits() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "m.enigma", valid());
+    let mut replaced = 0;
+    for seed in 1..=12 {
+        let out = enigma()
+            .args(["run", "-m"])
+            .arg(&p)
+            .args([
+                "-p", "é", "-n", "-1", "--temp", "30", "--top-k", "0", "--top-p", "1",
+            ])
+            .args(["-s", &seed.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+        assert!(text.starts_with("é"), "{text:?}");
+        replaced += text.matches('\u{FFFD}').count();
+    }
+    // Random bytes rarely form characters: the decoder had something to repair.
+    assert!(replaced > 0);
+}
+
+#[test]
+fn a_prompt_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "m.enigma", valid());
+    let f = write(&dir, "prompt.txt", "aé".as_bytes());
+    let out = enigma()
+        .args(["run", "-m"])
+        .arg(&p)
+        .arg("-f")
+        .arg(&f)
+        .args(["-n", "1", "--temp", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("aé"));
 }

@@ -60,11 +60,11 @@ fn host_run(model: &Path, n: usize) -> Vec<u8> {
         .args(["run", "-m"])
         .arg(model)
         .args([
-            "-i",
+            "-p",
             PROMPT,
             "-n",
             &n.to_string(),
-            "-t",
+            "--temp",
             "0",
             "--threads",
             "1",
@@ -106,11 +106,11 @@ fn flash(board: &str, model: &Path, out_dir: &Path, extra: &[&str]) -> Flashed {
 
 fn generate_args(n: usize) -> Vec<String> {
     [
-        "-i",
+        "-p",
         PROMPT,
         "-n",
         &n.to_string(),
-        "-t",
+        "--temp",
         "0",
         "--timeout",
         "300",
@@ -213,11 +213,11 @@ fn a_firmware_panic_fails_the_run() {
         .arg("--out-dir")
         .arg(dir.path())
         .args([
-            "-i",
+            "-p",
             PROMPT,
             "-n",
             "4",
-            "-t",
+            "--temp",
             "0",
             "--seed",
             "1",

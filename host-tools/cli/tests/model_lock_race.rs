@@ -163,7 +163,7 @@ fn run_and_train_of_one_model_folder_exclude_each_other() {
         .arg("run")
         .arg("-m")
         .arg(&model)
-        .args(["-i", "x", "-n", "2"])
+        .args(["-p", "x", "-n", "2"])
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -189,7 +189,7 @@ fn run_and_train_of_one_model_folder_exclude_each_other() {
         .arg("run")
         .arg("-m")
         .arg(&model)
-        .args(["-i", "x", "-n", "2", "-t", "0"])
+        .args(["-p", "x", "-n", "2", "--temp", "0"])
         .output()
         .expect("run");
     assert!(
@@ -213,7 +213,7 @@ fn a_running_model_cannot_be_deleted_converted_or_renamed() {
         "a fresh model folder has no lock file"
     );
     // The reader holds its lock for the hook's pause before it runs.
-    let run = enigma(h, &["run", "-i", "x", "-n", "2", "-t", "0", "-m"])
+    let run = enigma(h, &["run", "-p", "x", "-n", "2", "--temp", "0", "-m"])
         .env("ENIGMA_TEST_HOLD_LOCK_MS", "4000")
         .arg(dir.join("model.enigma"))
         .spawn()

@@ -56,11 +56,11 @@ fn create_list_info_copy_rename_convert_delete() {
             "run",
             "-m",
             model.to_str().unwrap(),
-            "-i",
+            "-p",
             "hi",
             "-n",
             "4",
-            "-t",
+            "--temp",
             "0",
         ],
     );

@@ -235,7 +235,7 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(p(&whole), p(&split));
     // The trained model runs under `enigma run`.
     enigma()
-        .args(["run", "-n", "8", "-t", "0", "-i", "ROMEO:", "-m"])
+        .args(["run", "-n", "8", "--temp", "0", "-p", "ROMEO:", "-m"])
         .arg(split.join("model.enigma"))
         .assert()
         .success();
@@ -370,7 +370,7 @@ fn conversations_fine_tune_an_existing_model_with_loss_on_replies() {
     assert_eq!(log(&ft).len(), 4);
     // The chat model keeps the base model's tokenizer, markers included, and talks in `enigma chat`.
     enigma()
-        .args(["chat", "-n", "4", "-t", "0", "-m"])
+        .args(["chat", "-n", "4", "--temp", "0", "-m"])
         .arg(ft.join("model.enigma"))
         .write_stdin("hello\n")
         .assert()

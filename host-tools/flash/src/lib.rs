@@ -26,30 +26,31 @@ pub struct FlashArgs {
     #[arg(short, long)]
     pub model: PathBuf,
     /// A prompt the firmware runs at boot. Empty: it reads prompts from its console (chat over the UART).
-    #[arg(short = 'i', long, default_value = "")]
+    #[arg(short = 'p', long, default_value = "")]
     pub prompt: String,
     /// Tokens to generate per prompt.
     #[arg(short = 'n', long, default_value_t = 256)]
     pub n_predict: usize,
-    /// 0 is greedy.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    /// Temperature: 0 is greedy (the flags are `enigma run`'s, named as llama.cpp names them).
+    #[arg(long = "temp", visible_alias = "temperature", default_value_t = 0.8)]
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(short = 'p', long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0 = off).
-    #[arg(short = 'k', long, default_value_t = 0)]
+    #[arg(long, default_value_t = 40)]
     pub top_k: u32,
     /// Penalty for tokens among the last --repeat-last-n (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// How many of the last tokens --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: u32,
     /// Random seed (default: from the clock).
     #[arg(short, long)]
     pub seed: Option<u64>,
     /// Context length in tokens the RAM buffers hold (default: the model's, or the longest that fits).
-    #[arg(long)]
+    #[arg(short = 'c', long = "ctx-size", visible_alias = "context")]
     pub context: Option<u32>,
     /// Kernel tier by name (default: the best the MCU has, e.g. cortex-m).
     #[arg(long)]

@@ -39,6 +39,7 @@ pub struct TrainOptions {
     /// Not needed with --resume, which continues with the run's own data.
     #[arg(long, required_unless_present = "resume", num_args = 1..)]
     pub data: Vec<PathBuf>,
+    /// How to read the data files (auto decides by extension and first line).
     #[arg(long, value_enum, default_value = "auto")]
     pub format: DataFormat,
     /// A tokenizer from `enigma tokenizer train`; without it one is trained on the data first.
@@ -77,6 +78,7 @@ pub struct TrainOptions {
     /// Linear warmup steps (default: a tenth of the steps, at most 100).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// Seed of the initial weights and of the order of the batches (a resumed run keeps its own).
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Fraction of the data held out for validation.
@@ -187,6 +189,7 @@ pub struct TokenizerTrainArgs {
     /// Text, JSONL conversations or Q:/A: files.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
+    /// How to read the data files (auto decides by extension and first line).
     #[arg(long, value_enum, default_value = "auto")]
     pub format: DataFormat,
     /// Tokens in all: 256 bytes, 5 specials, and the merges.
