@@ -90,3 +90,25 @@ fn llama_cpp_short_flags_parse_as_in_llama_cpp() {
     assert_eq!(r.sampling.top_p, 0.8);
     assert_eq!(r.sampling.repeat_penalty, 1.1);
 }
+
+/// A reader that stops early (`| head`) ends the program quietly, not in a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("enigma"))
+        .args(["modules", "list"])
+        .env(
+            "ENIGMA_HOME",
+            std::env::temp_dir().join("enigma-no-such-home"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before the program (still starting) writes its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

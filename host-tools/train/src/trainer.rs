@@ -187,6 +187,17 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
             Vocab::from_bpe(bpe)
         }
     };
+    let init_chat = init.as_ref().is_some_and(|(_, tok, _)| tok.chat.is_some());
+    let mut vocab = vocab;
+    if !corpus.chats.is_empty() {
+        // Conversations need the markers: ours are reserved in every vocabulary we train, also in a model
+        // trained on text until now.
+        if super::data::Encode::data(&vocab).chat.is_none() && vocab.bpe().is_some() {
+            vocab.set_chat(Some(super::bpe::reserved_chat_markers()));
+        }
+    } else if !init_chat {
+        vocab.set_chat(None);
+    }
     if let (Some(bpe), false) = (vocab.bpe(), out.join(TOKENIZER_FILE).exists()) {
         bpe.save(&out.join(TOKENIZER_FILE))?;
     }
