@@ -189,15 +189,7 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
     };
     let init_chat = init.as_ref().is_some_and(|(_, tok, _)| tok.chat.is_some());
     let mut vocab = vocab;
-    if !corpus.chats.is_empty() {
-        // Conversations need the markers: ours are reserved in every vocabulary we train, also in a model
-        // trained on text until now.
-        if super::data::Encode::data(&vocab).chat.is_none() && vocab.bpe().is_some() {
-            vocab.set_chat(Some(super::bpe::reserved_chat_markers()));
-        }
-    } else if !init_chat {
-        vocab.set_chat(None);
-    }
+    advertise_chat(&mut vocab, !corpus.chats.is_empty(), init_chat);
     if let (Some(bpe), false) = (vocab.bpe(), out.join(TOKENIZER_FILE).exists()) {
         bpe.save(&out.join(TOKENIZER_FILE))?;
     }
@@ -305,6 +297,19 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
     })
 }
 
+/// Whether the model file advertises chat markers: only once the model has learnt them, from this run's
+/// conversations or before (an `--init` chat model). Conversations need the markers, and ours are reserved
+/// in every vocabulary we train, so a model trained on text until now gets them back.
+fn advertise_chat(vocab: &mut Vocab, has_chats: bool, learnt_before: bool) {
+    if has_chats {
+        if super::data::Encode::data(vocab).chat.is_none() && vocab.bpe().is_some() {
+            vocab.set_chat(Some(super::bpe::reserved_chat_markers()));
+        }
+    } else if !learnt_before {
+        vocab.set_chat(None);
+    }
+}
+
 /// Whether two lists of paths name the same files, in order (however each was spelled).
 fn same_files(a: &[PathBuf], b: &[PathBuf]) -> bool {
     let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
@@ -396,6 +401,11 @@ fn run(o: &TrainOptions, out: &Path, kernels: &'static Kernels) -> Result<Summar
         return run_state(st, corpus, out, kernels, None);
     };
     let corpus = read_corpus(&st.options.data, st.options.format)?;
+    // Only a fine-tuned model can have learnt the markers before this run (checkpoints of earlier versions
+    // kept them on every vocabulary).
+    let learnt_before =
+        st.options.init.is_some() && super::data::Encode::data(&st.vocab).chat.is_some();
+    advertise_chat(&mut st.vocab, !corpus.chats.is_empty(), learnt_before);
     let resume_step = Some(st.step);
     st.options.resume = true;
     run_state(st, corpus, out, kernels, resume_step)
