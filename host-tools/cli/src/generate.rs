@@ -231,12 +231,44 @@ impl Clock {
 }
 
 /// What a reply is made of: the prompt's tokens, how many may follow, whether the prompt is echoed, and
-/// whether a line break ends it (a completion model in `chat` answers one line).
+/// whether a blank line ends it (a completion model in `chat` answers with one paragraph).
 struct Turn<'a> {
     ids: &'a [u32],
     max_new: usize,
     echo: bool,
-    until_newline: bool,
+    until_blank_line: bool,
+}
+
+/// Where a paragraph ends in the generated text: the first blank line after some text.
+#[derive(Default)]
+struct Paragraph {
+    text: bool,
+    newlines: u32,
+}
+
+impl Paragraph {
+    /// The bytes of `piece` that belong to the paragraph, and whether it ended in this piece. Line breaks
+    /// before any text are dropped.
+    fn cut<'p>(&mut self, piece: &'p [u8]) -> (&'p [u8], bool) {
+        let mut start = 0;
+        for (i, &b) in piece.iter().enumerate() {
+            if b == b'\n' {
+                if !self.text {
+                    start = i + 1;
+                    continue;
+                }
+                self.newlines += 1;
+                if self.newlines == 2 {
+                    // The paragraph keeps its last line break; the reply's own newline follows.
+                    return (&piece[start..i], true);
+                }
+            } else if !b.is_ascii_whitespace() {
+                self.text = true;
+                self.newlines = 0;
+            }
+        }
+        (&piece[start..], false)
+    }
 }
 
 /// Generates one reply, streaming it as text to stdout and its speed to stderr. `run` and `chat` both
@@ -257,7 +289,7 @@ fn reply(
         0
     };
     let mut clock = Clock::new(echoed);
-    let mut printed_text = false;
+    let mut paragraph = Paragraph::default();
     let stats = session.generate(
         exec,
         tok,
@@ -267,16 +299,10 @@ fn reply(
         turn.echo,
         &mut |_, piece| {
             clock.tick();
-            if turn.until_newline && clock.seen > echoed {
-                // The reply ends at the end of its first line of text; leading line breaks are skipped.
-                match piece.iter().position(|&b| b == b'\n') {
-                    Some(at) if printed_text => {
-                        printer.piece(&piece[..at]);
-                        return false;
-                    }
-                    Some(_) if piece.iter().all(|b| b.is_ascii_whitespace()) => return true,
-                    _ => printed_text |= piece.iter().any(|b| !b.is_ascii_whitespace()),
-                }
+            if turn.until_blank_line && clock.seen > echoed {
+                let (part, ended) = paragraph.cut(piece);
+                let ok = printer.piece(part);
+                return ok && !ended;
             }
             printer.piece(piece)
         },
@@ -321,7 +347,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ids: &prompt,
         max_new: predict.unwrap_or(usize::MAX),
         echo: true,
-        until_newline: false,
+        until_blank_line: false,
     };
     reply(
         &mut session,
@@ -412,7 +438,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         ),
         Mode::Completion => {
             eprintln!(
-                "{name} is a completion model, not trained on conversations: each line you type is continued as text, up to the end of a line ({ctx} tokens of context; /help lists commands)"
+                "{name} is a completion model, not trained on conversations: each line you type is continued as text, up to a blank line or -n tokens ({ctx} tokens of context; /help lists commands)"
             );
             if args.system.is_some() {
                 eprintln!("note: --system is ignored: a completion model has no system turn");
@@ -471,7 +497,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             ids: &ids,
             max_new: predict.map_or(left, |n| n.min(left)),
             echo: false,
-            until_newline: mode == Mode::Completion,
+            until_blank_line: mode == Mode::Completion,
         };
         reply(
             &mut session,
@@ -522,6 +548,16 @@ mod tests {
         }
         let mut p = Printer::new(Closed);
         assert!(!p.piece(b"text"));
+    }
+
+    #[test]
+    fn a_paragraph_ends_at_the_first_blank_line_after_text() {
+        let mut p = Paragraph::default();
+        assert_eq!(p.cut(b"\n\n"), (&b""[..], false));
+        assert_eq!(p.cut(b"\nAnd he"), (&b"And he"[..], false));
+        assert_eq!(p.cut(b" said.\n"), (&b" said.\n"[..], false));
+        assert_eq!(p.cut(b"Then\n"), (&b"Then\n"[..], false));
+        assert_eq!(p.cut(b" \nmore"), (&b" "[..], true));
     }
 
     #[test]
