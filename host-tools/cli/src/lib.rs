@@ -35,19 +35,22 @@ pub enum Command {
     Chat(ChatArgs),
     /// Show a model file's config, size, tensors and provenance.
     Info {
-        /// The .enigma file.
-        model: PathBuf,
+        /// A .enigma file, a model folder, a model of the models home, or `default` (the built-in model).
+        model: String,
     },
     /// Rewrite a model with its weight matrices as f16, bf16, q8_0 or q4_0 (norms stay f32).
     Quantize {
-        /// The .enigma file to convert.
-        input: PathBuf,
-        /// Where to write the quantized model.
+        /// The model to convert: a .enigma file, a model folder, a model of the models home, or `default`.
+        input: String,
+        /// The .enigma file to write; an existing file (above all the input) is refused without --force.
         #[arg(short, long)]
         output: PathBuf,
         /// f32, f16, bf16, q8_0 or q4_0.
         #[arg(long)]
         to: String,
+        /// Replace the output file when it exists, even when it is the input.
+        #[arg(long)]
+        force: bool,
     },
     /// Perplexity of a model on a text file.
     Eval(EvalArgs),
@@ -117,31 +120,36 @@ pub enum Import {
         /// llama2.c's tokenizer file (tokenizer.bin, tok512.bin, ...).
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Where to write the .enigma file.
+        /// Where to write the .enigma file; an existing file (above all an input) is refused without --force.
         #[arg(short, long)]
         output: PathBuf,
         /// Store the weight matrices as f32, f16, bf16, q8_0 or q4_0 (norms stay f32).
         #[arg(long, default_value = "f32")]
         quantize: String,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// The .enigma model file (default: the built-in nano model trained on tinyshakespeare).
+    /// The model: a .enigma file, a model folder, or a model of the models home (ENIGMA_HOME, default
+    /// ./models) by name, as `enigma models list` shows them (default: `default`, the built-in model: the
+    /// tiny preset trained on the King James Bible, a completion model).
     #[arg(short, long)]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// Worker threads (default: all cores; one for models under 16 MiB, where threads cost more than they save).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
 }
 
 impl EngineArgs {
-    /// The model's path, or how the built-in default model is named.
+    /// The model as it was named, or how the built-in default model is named.
     pub fn model_name(&self) -> String {
-        match &self.model {
-            Some(p) => p.display().to_string(),
-            None => enigma_models::DEFAULT_MODEL_NAME.to_string(),
+        match self.model.as_deref() {
+            Some(name) if name != enigma_models::BUILTIN_NAME => name.to_string(),
+            _ => enigma_models::DEFAULT_MODEL_NAME.to_string(),
         }
     }
 }
@@ -153,8 +161,14 @@ pub fn main(cli: Cli) -> Result<()> {
             tokenizer,
             output,
             quantize,
-        }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize),
-        Command::Quantize { input, output, to } => quantize(&input, &output, &to),
+            force,
+        }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize, force),
+        Command::Quantize {
+            input,
+            output,
+            to,
+            force,
+        } => quantize(&input, &output, &to, force),
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
         Command::Info { model } => info(&model),
@@ -180,16 +194,31 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(enigma_runtime::load::read_file(path)?)
 }
 
-fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &str) -> Result<()> {
+fn import_llama2c(
+    checkpoint: &Path,
+    tokenizer: &Path,
+    output: &Path,
+    dtype: &str,
+    force: bool,
+) -> Result<()> {
     let dtype = enigma_runtime::quantize::parse_dtype(dtype)?;
+    enigma_models::check_output(output, &[checkpoint, tokenizer], force)?;
     let name = checkpoint
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     use enigma_models::llama2c;
     let ckpt = llama2c::read_checkpoint(&read(checkpoint)?)
         .with_context(|| checkpoint.display().to_string())?;
-    let tok = llama2c::read_tokenizer(&read(tokenizer)?, ckpt.config.vocab_size)
-        .with_context(|| tokenizer.display().to_string())?;
+    // The tokenizer is blamed, and the checkpoint it was given for is named: a vocabulary that does not
+    // match is the pair's fault.
+    let tok =
+        llama2c::read_tokenizer(&read(tokenizer)?, ckpt.config.vocab_size).with_context(|| {
+            format!(
+                "{} (the tokenizer given for {})",
+                tokenizer.display(),
+                checkpoint.display()
+            )
+        })?;
     let bytes = llama2c::convert(&ckpt, tok, &name, dtype)
         .with_context(|| checkpoint.display().to_string())?;
     enigma_runtime::fsutil::atomic_write(output, &bytes)?;
@@ -204,13 +233,11 @@ const SMALL_MODEL_BYTES: usize = 16 << 20;
 /// with the folder's reader lock for as long as the returned file lives, so it is never trained,
 /// converted, renamed or deleted while it runs, and never run while that happens.
 pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
-    let file = match &engine.model {
-        Some(path) => ModelFile::open_shared(path, purpose)?,
-        None => ModelFile::from_bytes(
-            enigma_models::DEFAULT_MODEL,
-            enigma_models::DEFAULT_MODEL_NAME,
-        )?,
-    };
+    let name = engine
+        .model
+        .as_deref()
+        .unwrap_or(enigma_models::BUILTIN_NAME);
+    let file = enigma_models::resolve_model(name)?.open(purpose)?;
     // Splitting a small model's matrices over threads costs far more in synchronisation than it saves
     // (stories260K: ~34,000 tok/s on one thread, ~1,100 on two), so without --threads a model this small
     // runs on one thread.
@@ -221,12 +248,13 @@ pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Bac
     Ok((file, backend))
 }
 
-pub fn info(path: &Path) -> Result<()> {
-    let file = ModelFile::open_shared(path, "info")?;
+pub fn info(model: &str) -> Result<()> {
+    let resolved = enigma_models::resolve_model(model)?;
+    let file = resolved.open("info")?;
     let f = file.parse()?;
     let c = f.config();
     let h = f.header();
-    println!("file:        {} ({} bytes)", path.display(), f.len());
+    println!("file:        {} ({} bytes)", resolved.describe(), f.len());
     println!("format:      .enigma v{}", enigma_core::format::VERSION);
     println!("source:      {}", h.provenance.source);
     println!(
@@ -385,9 +413,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn quantize(input: &Path, output: &Path, to: &str) -> Result<()> {
+pub fn quantize(input: &str, output: &Path, to: &str, force: bool) -> Result<()> {
     let to = enigma_runtime::quantize::parse_dtype(to)?;
-    let file = ModelFile::open_shared(input, "quantize")?;
+    let resolved = enigma_models::resolve_model(input)?;
+    let inputs: Vec<&Path> = match &resolved {
+        enigma_models::ResolvedModel::File(path) => vec![path.as_path()],
+        enigma_models::ResolvedModel::BuiltIn => Vec::new(),
+    };
+    enigma_models::check_output(output, &inputs, force)?;
+    let file = resolved.open("quantize")?;
     let (bytes, kept) = enigma_runtime::quantize::requantize(&file.parse()?, to)?;
     // Check the result loads before it replaces anything.
     ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;

@@ -288,8 +288,18 @@ fn missing_file() {
 fn a_directory_instead_of_a_file() {
     let dir = TempDir::new().unwrap();
     for mut cmd in [run(dir.path(), "a"), info(dir.path())] {
-        fails(&mut cmd);
+        let line = fails(&mut cmd);
+        assert_eq!(
+            line,
+            format!(
+                "error: {} is a directory, not a model file (no model.enigma in it)",
+                dir.path().display()
+            )
+        );
     }
+    // A folder that holds a model.enigma names that model.
+    write(&dir, "model.enigma", valid());
+    run(dir.path(), "a").assert().success();
 }
 
 #[test]
@@ -404,10 +414,13 @@ fn a_llama2c_tokenizer_of_another_vocabulary_is_blamed_with_both_sizes() {
             .arg("-o")
             .arg(dir.path().join("out.enigma")),
     );
-    assert!(line.contains("tokenizer.bin"), "{line}");
+    // Both files and both sizes; the tokenizer is the one blamed, given for that checkpoint.
     assert!(
-        !line.contains("model.bin"),
-        "the checkpoint is not at fault: {line}"
+        line.contains(&format!(
+            "tokenizer.bin (the tokenizer given for {})",
+            ckpt.display()
+        )),
+        "{line}"
     );
     assert!(
         line.contains("512 tokens") && line.contains("vocabulary is 4"),
@@ -431,9 +444,10 @@ fn corrupt_llama2c_checkpoints() {
             .arg(&out);
         cmd
     };
-    // The good one imports.
+    // The good one imports (and its output goes, so the failures below are about their inputs).
     let good = write(&dir, "good.bin", &checkpoint(header, n));
     import(&good, &tok).assert().success();
+    std::fs::remove_file(&out).unwrap();
 
     let mut nan = checkpoint(header, n);
     nan[28 + 4 * 5..28 + 4 * 6].copy_from_slice(&f32::NAN.to_le_bytes());
@@ -854,4 +868,192 @@ fn a_prompt_can_come_from_a_file() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("aé"));
+}
+
+/// `quantize m.enigma -o m.enigma` and an import over its own checkpoint replaced their input.
+#[test]
+fn outputs_never_overwrite_inputs_or_existing_files_without_force() {
+    let dir = TempDir::new().unwrap();
+    let p = write(&dir, "ok.enigma", valid());
+    let quantize = |out: &Path, extra: &[&str]| {
+        let mut c = enigma();
+        c.arg("quantize")
+            .arg(&p)
+            .arg("-o")
+            .arg(out)
+            .args(["--to", "q8_0"])
+            .args(extra);
+        c
+    };
+    // The input itself, spelled differently.
+    let same = dir.path().join(".").join("ok.enigma");
+    let line = fails(&mut quantize(&same, &[]));
+    assert!(
+        line.contains("is the same file as the input") && line.contains("--force"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&p).unwrap(), valid());
+    let other = write(&dir, "other.enigma", b"keep me");
+    let line = fails(&mut quantize(&other, &[]));
+    assert!(
+        line.contains("other.enigma already exists") && line.contains("--force"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), b"keep me");
+    quantize(&other, &["--force"]).assert().success();
+    run(&other, "a").assert().success();
+
+    // An import whose -o names its own tokenizer or checkpoint.
+    let (header, n) = tiny_llama2c();
+    let ckpt = write(&dir, "model.bin", &checkpoint(header, n));
+    let tok = write(&dir, "tok.bin", &llama2c_tokenizer(4));
+    for target in [&tok, &ckpt] {
+        let line = fails(
+            enigma()
+                .args(["import", "llama2c"])
+                .arg(&ckpt)
+                .arg("--tokenizer")
+                .arg(&tok)
+                .arg("-o")
+                .arg(target),
+        );
+        assert!(line.contains("is the same file as the input"), "{line}");
+    }
+    assert_eq!(std::fs::read(&tok).unwrap(), llama2c_tokenizer(4));
+    assert_eq!(std::fs::read(&ckpt).unwrap(), checkpoint(header, n));
+}
+
+/// `train --resume` of a run that had done all its steps printed "loss NaN" and exited 0.
+#[test]
+fn resuming_a_finished_run_says_it_is_finished() {
+    let dir = TempDir::new().unwrap();
+    let text: String = (0..200)
+        .map(|i| format!("line {i}: the cat sat on the mat\n"))
+        .collect();
+    let data = write(&dir, "d.txt", text.as_bytes());
+    let config = write(
+        &dir,
+        "tiny.json",
+        br#"{"dim":16,"hidden_dim":32,"n_layers":1,"n_heads":2,"n_kv_heads":1,"vocab_size":0,
+"seq_len":16,"rope_theta":10000.0,"norm_eps":1e-5,"tied_classifier":true}"#,
+    );
+    let out = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut c = enigma();
+        c.arg("train")
+            .arg("--out")
+            .arg(&out)
+            .args(["--quiet", "--threads", "1"])
+            .args(extra);
+        c
+    };
+    train(&["--steps", "2", "--vocab-size", "270", "--batch-size", "2"])
+        .args(["--allow-small-data", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success();
+    let line = fails(&mut train(&["--resume"]));
+    assert_eq!(
+        line,
+        format!(
+            "error: the run in {} is finished: step 2 of 2; to continue it, resume with more steps (--resume --steps 4)",
+            out.display()
+        )
+    );
+    // More steps continue it.
+    train(&["--resume", "--steps", "3"]).assert().success();
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+}
+
+#[cfg(feature = "flash")]
+mod flash {
+    use super::*;
+
+    /// A folder holding only `programs`, each a shell script printing `output` (a stand-in for a tool).
+    fn path_with(dir: &TempDir, programs: &[(&str, &str)]) -> PathBuf {
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (name, output) in programs {
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\nprintf '%s\\n' {output}\n")).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        bin
+    }
+
+    fn flash(model: &Path, board: &str, path: &Path, extra: &[&str]) -> Command {
+        let mut c = enigma();
+        c.env("PATH", path)
+            .args(["flash", "--board", board, "--model"])
+            .arg(model)
+            .args(extra);
+        c
+    }
+
+    /// A missing target or QEMU was a compiler error after a 36 s build; now the command that installs it.
+    #[cfg(unix)]
+    #[test]
+    fn missing_targets_and_tools_are_named_before_building() {
+        let dir = TempDir::new().unwrap();
+        let m = write(&dir, "ok.enigma", valid());
+        // rustup knows only the host's target.
+        let bin = path_with(&dir, &[("rustup", "x86_64-unknown-linux-gnu")]);
+        let start = std::time::Instant::now();
+        let line = fails(&mut flash(&m, "mps2-an386", &bin, &["--build-only"]));
+        assert_eq!(
+            line,
+            "error: the Rust target thumbv7em-none-eabihf is not installed (the mps2-an386 firmware is built for it): run `rustup target add thumbv7em-none-eabihf`"
+        );
+        let line = fails(&mut flash(&m, "rp-pico", &bin, &["--build-only"]));
+        assert!(
+            line.contains("rustup target add thumbv6m-none-eabi"),
+            "{line}"
+        );
+        // The target is there; QEMU is not.
+        let bin = path_with(&dir, &[("rustup", "thumbv7em-none-eabihf")]);
+        let line = fails(&mut flash(&m, "mps2-an386", &bin, &["-p", "a"]));
+        assert!(
+            line.contains("qemu-system-arm is not installed")
+                && line.contains("apt-get install qemu-system-arm"),
+            "{line}"
+        );
+        assert!(start.elapsed().as_secs() < 30, "nothing was built");
+    }
+
+    /// The budget refusal came after a build, below cargo's output; a model larger than the whole flash is
+    /// refused first, in one line.
+    #[test]
+    fn a_model_larger_than_the_flash_is_refused_in_one_line() {
+        let dir = TempDir::new().unwrap();
+        let c = Config {
+            dim: 128,
+            hidden_dim: 384,
+            n_layers: 2,
+            ..config()
+        };
+        let params = vec![0.01f32; ParamLayout::new(&c).total_numel() as usize];
+        let mut w = ModelWriter::new(c, tokenizer());
+        w.f32_params(&params).unwrap();
+        let m = write(&dir, "big.enigma", &w.to_bytes().unwrap());
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let line = fails(&mut flash(
+            &m,
+            "nucleo-f411re",
+            Path::new(&path),
+            &["--build-only"],
+        ));
+        assert!(
+            line.contains("big.enigma does not fit the flash of nucleo-f411re")
+                && line.contains("the board has 512 KiB of flash, over by")
+                && line.contains("--to q8_0"),
+            "{line}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The firmware, end to end through `enigma flash`: stories260K boots on the emulated Cortex-M4F and prints
 //! what `enigma run` prints, f32 byte for byte and q8_0 too (on the board held to a real part's 1 MiB / 256 KiB);
-//! a panic fails the run; a model too big for a board fails the build saying by how much; the real boards'
+//! a panic fails the run; a model too big for a board is refused saying by how much; the real boards'
 //! images build with flash and RAM use reported.
 //!
 //! Needs qemu-system-arm, the thumbv7em/thumbv6m targets and defmt-print (.ci/run installs them); without
@@ -241,8 +241,8 @@ fn a_firmware_panic_fails_the_run() {
 }
 
 #[test]
-fn a_model_too_big_for_the_board_fails_the_build_saying_by_how_much() {
-    let test = "a_model_too_big_for_the_board_fails_the_build_saying_by_how_much";
+fn a_model_too_big_for_the_board_is_refused_before_building_saying_by_how_much() {
+    let test = "a_model_too_big_for_the_board_is_refused_before_building_saying_by_how_much";
     if !ready(test, false, &["thumbv7em-none-eabihf"]) {
         return;
     }
@@ -251,15 +251,17 @@ fn a_model_too_big_for_the_board_fails_the_build_saying_by_how_much() {
         return;
     };
     let _guard = lock();
-    // 1 MiB of f32 weights on a 512 KiB part.
+    // 1 MiB of f32 weights on a 512 KiB part: refused before any build, in one line.
     let fw = flash("nucleo-f411re", &m, dir.path(), &["--build-only"]);
     assert!(!fw.ok);
-    let last = fw.stderr.lines().last().unwrap_or("");
+    let lines: Vec<&str> = fw.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {}", fw.stderr);
     assert!(
-        last.starts_with("error: building the firmware for nucleo-f411re failed:")
-            && last.contains("does not fit the flash of nucleo-f411re")
-            && last.contains("over by"),
-        "unclear error: {last}"
+        lines[0].starts_with("error: ")
+            && lines[0].contains("does not fit the flash of nucleo-f411re")
+            && lines[0].contains("over by"),
+        "unclear error: {}",
+        lines[0]
     );
 }
 

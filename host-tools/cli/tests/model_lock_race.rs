@@ -42,7 +42,15 @@ fn two_writers_of_one_folder_exactly_one_wins() {
     let t = tempfile::tempdir().unwrap();
     let h = t.path();
     create(h, "m");
-    let args = ["models", "convert", "m", "--preset", "micro", "--in-place"];
+    let args = [
+        "models",
+        "convert",
+        "m",
+        "--preset",
+        "micro",
+        "--in-place",
+        "--yes",
+    ];
     let (a, b) = (spawn(h, &args), spawn(h, &args));
     let pids = [a.id(), b.id()];
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
@@ -93,7 +101,9 @@ fn delete_is_refused_while_another_process_works_on_the_model() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let out = enigma(h, &["models", "delete", "m"]).output().unwrap();
+    let out = enigma(h, &["models", "delete", "m", "--yes"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert_eq!(
         stderr(&out).trim_end(),
@@ -113,7 +123,7 @@ fn delete_is_refused_while_another_process_works_on_the_model() {
     let done = holder.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(h.join("m/model.enigma").is_file() && h.join("m2/model.enigma").is_file());
-    let out = enigma(h, &["models", "delete", "m"])
+    let out = enigma(h, &["models", "delete", "m", "--yes"])
         .env_remove("ENIGMA_TEST_HOLD_LOCK_MS")
         .output()
         .unwrap();
@@ -231,9 +241,17 @@ fn a_running_model_cannot_be_deleted_converted_or_renamed() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     for args in [
-        &["models", "delete", "m"][..],
-        &["models", "rename", "m", "n"],
-        &["models", "convert", "m", "--preset", "micro", "--in-place"],
+        &["models", "delete", "m", "--yes"][..],
+        &["models", "rename", "m", "n", "--yes"],
+        &[
+            "models",
+            "convert",
+            "m",
+            "--preset",
+            "micro",
+            "--in-place",
+            "--yes",
+        ],
     ] {
         let out = enigma(h, args)
             .env_remove("ENIGMA_TEST_HOLD_LOCK_MS")

@@ -60,7 +60,8 @@ pub struct TrainOptions {
     /// Tokens per sequence (default: the model's context, at most 256).
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Optimizer steps (default 1000, or what --epochs works out to).
+    /// Optimizer steps (default 1000, or what --epochs works out to). With --resume: a longer schedule, to
+    /// continue a run that finished.
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
     /// Passes over the training examples, instead of --steps.

@@ -282,6 +282,11 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
     options.quiet = o.quiet;
     options.stop_after = o.stop_after;
     options.resume = true;
+    // A longer schedule is how a finished run goes on (its learning rate then follows the new length).
+    if let Some(steps) = o.steps {
+        options.steps = Some(steps);
+        options.epochs = None;
+    }
     let mut adam = AdamW::new(&ck.config, AdamWConfig::default());
     adam.m = ck.m;
     adam.v = ck.v;
@@ -471,6 +476,14 @@ fn run_state(
             &out.join(CONFIG_FILE),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
+    } else if st.step >= total {
+        // Nothing would run: say so instead of reporting the loss of no steps (NaN).
+        bail!(
+            "the run in {} is finished: step {} of {total}; to continue it, resume with more steps (--resume --steps {})",
+            out.display(),
+            st.step,
+            st.step + total
+        );
     } else {
         eprintln!("resuming at step {} of {total}", st.step);
     }
@@ -581,10 +594,6 @@ fn run_state(
         }
     }
     progress.finish();
-    if resume_step == Some(st.step) {
-        // Nothing left to train: make sure the outputs exist.
-        save(&st, st.step)?;
-    }
     progress::plot(&out.join(progress::PLOT_FILE), progress.entries())?;
     let secs = run_start.elapsed().as_secs_f64();
     let rate = tokens_done as f64 / secs.max(1e-9);
@@ -622,7 +631,7 @@ fn write_model(
     step: u64,
 ) -> Result<()> {
     let mut w = ModelWriter::new(*config, tok);
-    w.provenance(source, format!("enigma train, step {step}"));
+    w.provenance(source, enigma_models::training_note(step));
     enigma_runtime::quantize::add_params(&mut w, config, params, dtype)?;
     Ok(atomic_write(&out.join(MODEL_FILE), &w.to_bytes()?)?)
 }
