@@ -353,63 +353,21 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    use enigma_eval::speed as bench;
-    if args.rounds == 0 {
-        bail!("--rounds must be at least 1 (the speeds reported are medians over the rounds)");
-    }
     let (file, backend) = open(&args.engine, "bench")?;
     let model = file.model(backend.kernels())?;
-    let threads = backend.threads();
-    let r = bench::run_model(
+    let report = enigma_eval::report::Report::measure(
         &model,
         &backend,
+        args.engine.model_name(),
         args.prompt_tokens,
         args.gen_tokens,
         args.rounds,
     )?;
-    let bw = bench::read_bandwidth(threads, 5);
-    let (fma, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
-    let peak = peak1 * threads as f64;
-    let bytes = bench::weight_bytes_per_token(&model) as f64;
-    let flops = bench::prefill_flops_per_token(&model, args.prompt_tokens);
-    let decode_frac = r.gen_tokens_per_s * bytes / bw;
-    let prefill_frac = r.prompt_tokens_per_s * flops / peak;
-    let dtype = bench::main_dtype(&model).name();
     if args.json {
-        println!(
-            "{{\"model\":{:?},\"dtype\":\"{dtype}\",\"threads\":{threads},\"kernels\":\"{}\",\"prompt_tokens_per_s\":{:.2},\"gen_tokens_per_s\":{:.2},\"read_bandwidth_gb_s\":{:.3},\"fma_peak_gflops\":{:.2},\"decode_bandwidth_fraction\":{:.4},\"prefill_fma_fraction\":{:.4}}}",
-            args.engine.model_name(),
-            backend.kernels().tier.name(),
-            r.prompt_tokens_per_s,
-            r.gen_tokens_per_s,
-            bw / 1e9,
-            peak / 1e9,
-            decode_frac,
-            prefill_frac
-        );
-        return Ok(());
+        println!("{}", report.json());
+    } else {
+        print!("{report}");
     }
-    println!(
-        "model      {} ({dtype}, {:.1} MB of weights read per token)",
-        args.engine.model_name(),
-        bytes / 1e6
-    );
-    println!("backend    {}", backend.describe());
-    println!(
-        "prefill    {:>10.1} tok/s  ({} tokens, median of {})",
-        r.prompt_tokens_per_s, args.prompt_tokens, args.rounds
-    );
-    println!(
-        "decode     {:>10.1} tok/s  ({} tokens, median of {})",
-        r.gen_tokens_per_s, args.gen_tokens, args.rounds
-    );
-    println!("machine    read bandwidth {:.1} GB/s, FMA peak {:.1} GFLOP/s ({fma}, {threads} threads), measured now", bw / 1e9, peak / 1e9);
-    println!(
-        "decode     {:.1}% of the bandwidth bound ({:.1} tok/s)",
-        100.0 * decode_frac,
-        bw / bytes
-    );
-    println!("prefill    {:.1}% of the FMA peak", 100.0 * prefill_frac);
     Ok(())
 }
 
