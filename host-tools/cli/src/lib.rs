@@ -6,7 +6,7 @@ pub mod modules;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use enigma_core::kernels::DType;
 use enigma_runtime::{Backend, ModelFile};
