@@ -41,8 +41,8 @@ for dtype in f32 q8_0; do
     for tier in ${TIERS:-default generic}; do
         args=()
         [ "$tier" = generic ] && args=(--kernels generic)
-        "$enigma" flash --board mps2-an386 --model "$work/stories260K-$dtype.enigma" -i "Once upon a time" \
-            -n "$n" -t 0 --seed 1 --out-dir "$work/out" --insn-plugin "$work/libinsncount.so" "${args[@]}" \
+        "$enigma" flash --board mps2-an386 --model "$work/stories260K-$dtype.enigma" -p "Once upon a time" \
+            -n "$n" --temp 0 --seed 1 --out-dir "$work/out" --insn-plugin "$work/libinsncount.so" "${args[@]}" \
             >"$work/text" 2>"$work/log" || { cat "$work/log" >&2; exit 1; }
         used=$(sed -n 's/.*INFO  buffers: .*; kernels \(.*\)$/\1/p' "$work/log")
         line=$(grep '^instructions per generated token' "$work/log")

@@ -67,7 +67,7 @@ tok_seed "$SHARED/models/tokenizer.bin" 32000 "$C/llama2c_tokenizer/llama2-32000
 tok_seed "$TMP/tok48.bin" 48 "$C/llama2c_tokenizer/tok48"
 
 # tokenizer_json: the bundled model's tokenizer (this project's own).
-install -m 0644 "$ROOT/models/default/tokenizer.json" "$C/tokenizer_json/default.json"
+install -m 0644 "$ROOT/host-tools/models/builtin/tokenizer.json" "$C/tokenizer_json/default.json"
 
 # train_data: [format, seq-len, val-split] then the file; 4 KB cuts of each text, and conversations
 # (JSONL, Q/A) built from the texts' lines.

@@ -23,8 +23,8 @@ cargo build -p enigma-cli
 cargo build -p enigma-cli --target aarch64-unknown-linux-gnu
 out="${CARGO_TARGET_DIR:-target}"
 model="$out/ci-stories260K.enigma"
-"$out/debug/enigma" import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model"
-args=(run -m "$model" -i "Once upon a time" -n 64 -t 0 --threads 2)
+"$out/debug/enigma" import llama2c "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$model" --force
+args=(run -m "$model" -p "Once upon a time" -n 64 --temp 0 --threads 2)
 host=$("$out/debug/enigma" "${args[@]}")
 pi=$(qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72 "$out/aarch64-unknown-linux-gnu/debug/enigma" "${args[@]}")
 if [ "$host" != "$pi" ]; then

@@ -2,8 +2,8 @@
 # CI for the firmware (firmware/, `enigma flash`): installs what it needs on a fresh Debian machine, builds the
 # real boards' images with stories260K q8_0 (printing flash and RAM use against each board's budget), boots the
 # emulated Cortex-M4F and compares its text with `enigma run` (f32 byte for byte, q8_0 on a 1 MiB / 256 KiB
-# budget), checks that a panic fails the run and that a model too big for a board fails the build, clippy's the
-# firmware for its targets, and prints instructions per token.
+# budget), runs the console's unit tests on the host, checks that a panic fails the run and that a model too big
+# for a board fails the build, clippy's the firmware for its targets, and prints instructions per token.
 #
 # Cost on 2 cores, cold: about 9 minutes of CPU for the firmware (images, QEMU runs, tests, bench) plus 2.5 for
 # defmt-print (cargo install, built in the background while the images build); about 4 minutes warm.
@@ -50,7 +50,11 @@ for board in nucleo-f411re rp-pico; do
 done
 
 step "mps2-an386 under QEMU: stories260K f32, greedy, 64 tokens"
-"$enigma" flash --board mps2-an386 --model "$models/stories260K.enigma" -i "Once upon a time" -n 64 -t 0 --seed 42
+"$enigma" flash --board mps2-an386 --model "$models/stories260K.enigma" -p "Once upon a time" -n 64 --temp 0 --seed 42
+
+step "the firmware's console on the host (cargo test --lib: valid UTF-8 from byte-fallback pieces)"
+# The host's own target: the library's unit tests need std; the model only sizes the static buffers.
+(cd firmware && ENIGMA_MODEL="$models/stories260K-q8_0.enigma" ENIGMA_PROMPT=x cargo test -p enigma-firmware --lib -q)
 
 step "clippy of the firmware (the library and the QEMU board; FIRMWARE_CLIPPY_ALL=1 adds the real boards)"
 # The real boards' clippy re-checks their HAL and PAC crates (several minutes); their images built above.

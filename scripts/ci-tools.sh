@@ -3,16 +3,17 @@
 # tests, since with CI set a test that finds a tool missing fails (enigma_testkit::skip_or_fail);
 # ci-aarch64.sh, ci-firmware.sh and ci-fuzz.sh install their parts, so each also works alone.
 #
-#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [fuzz]      (no argument: all four)
+#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [words] [fuzz]      (no argument: all five)
 #
 # aarch64: qemu-user, the aarch64 cross gcc and libc, the aarch64-unknown-linux-gnu target (the Pi path);
 # firmware: qemu-system-arm and the thumbv7em/thumbv6m targets; defmt-print: `cargo install defmt-print`
-# (about 2.5 minutes of CPU on 2 cores), to decode the firmware's defmt log; fuzz: a C++ compiler (g++), which
-# libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh.
+# (about 2.5 minutes of CPU on 2 cores), to decode the firmware's defmt log; words: /usr/share/dict/words
+# (wamerican), the dictionary the built-in model's readability test checks its words against; fuzz: a C++
+# compiler (g++), which libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print fuzz)
+[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print words fuzz)
 packages=()
 targets=()
 defmt_print=0
@@ -28,8 +29,9 @@ for part in "${parts[@]}"; do
         targets+=(thumbv7em-none-eabihf thumbv6m-none-eabi)
         ;;
     defmt-print) command -v defmt-print >/dev/null || defmt_print=1 ;;
+    words) [ -f /usr/share/dict/words ] || packages+=(wamerican) ;;
     fuzz) command -v c++ >/dev/null || packages+=(g++) ;;
-    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, fuzz)" >&2; exit 2 ;;
+    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, words, fuzz)" >&2; exit 2 ;;
     esac
 done
 if [ ${#packages[@]} -gt 0 ]; then

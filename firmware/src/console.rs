@@ -1,9 +1,58 @@
-//! Console plumbing over `embedded-io`, shared by every board: a line editor for prompts, an adapter from
-//! `embedded-hal-nb` serial ports (what most HALs' UARTs implement), and `\n` to `\r\n` for terminals.
+//! Console plumbing over `embedded-io`, shared by every board: the generated text as valid UTF-8, a line
+//! editor for prompts, an adapter from `embedded-hal-nb` serial ports (what most HALs' UARTs implement), and
+//! `\n` to `\r\n` for terminals.
 
 use embedded_hal_nb::nb;
 use embedded_hal_nb::serial;
 use embedded_io::{ErrorType, Read, Write};
+use enigma_core::Utf8Stream;
+
+/// Token pieces to the console as valid UTF-8. A byte-fallback tokenizer spells a character it has no piece
+/// for as one token per byte, and a sampled model can emit any bytes at all, so pieces go through the core's
+/// [`Utf8Stream`]: a character split over tokens is written when its last byte comes, and bytes that can
+/// never form one become U+FFFD, never raw bytes on the wire. A lone control byte, which would garble a
+/// terminal, is dropped, as `enigma run` does.
+#[derive(Default)]
+pub struct Text {
+    utf8: Utf8Stream,
+}
+
+impl Text {
+    pub const fn new() -> Self {
+        Text {
+            utf8: Utf8Stream::new(),
+        }
+    }
+
+    /// Writes the text that `piece` completes, and flushes.
+    pub fn piece<W: Write>(&mut self, out: &mut W, piece: &[u8]) -> Result<(), W::Error> {
+        if let [b] = piece {
+            if b.is_ascii_control() && !b.is_ascii_whitespace() {
+                return Ok(());
+            }
+        }
+        let mut res = Ok(());
+        self.utf8.push(piece, &mut |s| write_text(out, s, &mut res));
+        res?;
+        out.flush()
+    }
+
+    /// Ends the text: a character still unfinished becomes U+FFFD.
+    pub fn finish<W: Write>(&mut self, out: &mut W) -> Result<(), W::Error> {
+        let mut res = Ok(());
+        self.utf8.finish(&mut |s| write_text(out, s, &mut res));
+        res?;
+        out.flush()
+    }
+}
+
+fn write_text<W: Write>(out: &mut W, s: &str, res: &mut Result<(), W::Error>) -> bool {
+    // The decoder carries on through the rest of a piece after a `false`: keep the first error, write no more.
+    if res.is_ok() {
+        *res = out.write_all(s.as_bytes());
+    }
+    res.is_ok()
+}
 
 /// A prompt being typed: echoes what it reads, handles backspace, ends at CR or LF.
 pub struct Line {
@@ -137,5 +186,107 @@ impl<C: Write> Write for Crlf<C> {
 impl<C: Read> Read for Crlf<C> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, C::Error> {
         self.0.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// A console that records what is written, or fails every write after `fail_after` bytes.
+    struct Sink {
+        bytes: Vec<u8>,
+        fail_after: usize,
+    }
+
+    impl ErrorType for Sink {
+        type Error = SerialError;
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, SerialError> {
+            if self.bytes.len() + buf.len() > self.fail_after {
+                return Err(SerialError);
+            }
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> Result<(), SerialError> {
+            Ok(())
+        }
+    }
+
+    fn sink() -> Sink {
+        Sink {
+            bytes: Vec::new(),
+            fail_after: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn byte_fallback_pieces_reach_the_console_as_whole_characters() {
+        let mut out = sink();
+        let mut text = Text::new();
+        // "é" and "世" spelled as byte-fallback tokens, as tok512 does for characters it has no piece for.
+        for piece in [
+            &b"Caf"[..],
+            b"\xc3",
+            b"\xa9",
+            b" ",
+            b"\xe4",
+            b"\xb8",
+            b"\x96",
+            b"!",
+        ] {
+            let before = out.bytes.len();
+            text.piece(&mut out, piece).unwrap();
+            // Nothing is written while a character is unfinished, so the wire never carries half of one.
+            assert!(core::str::from_utf8(&out.bytes).is_ok(), "after {piece:?}");
+            if piece == b"\xc3" || piece == b"\xe4" || piece == b"\xb8" {
+                assert_eq!(out.bytes.len(), before);
+            }
+        }
+        text.finish(&mut out).unwrap();
+        assert_eq!(core::str::from_utf8(&out.bytes), Ok("Café 世!"));
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters_and_control_bytes_are_dropped() {
+        let mut out = sink();
+        let mut text = Text::new();
+        // A lead byte the model never finished, a stray continuation byte, a bell, and a character cut off
+        // by the end of the text.
+        for piece in [
+            &b"a"[..],
+            b"\xe2",
+            b"b",
+            b"\x80",
+            b"\x07",
+            b"\n",
+            b"c",
+            b"\xf0\x9f",
+        ] {
+            text.piece(&mut out, piece).unwrap();
+        }
+        text.finish(&mut out).unwrap();
+        assert_eq!(
+            core::str::from_utf8(&out.bytes),
+            Ok("a\u{FFFD}b\u{FFFD}\nc\u{FFFD}")
+        );
+    }
+
+    #[test]
+    fn a_console_error_is_reported() {
+        let mut out = Sink {
+            bytes: Vec::new(),
+            fail_after: 3,
+        };
+        let mut text = Text::new();
+        assert!(text.piece(&mut out, b"ab").is_ok());
+        // One run of text, one write: refused whole by this sink, and nothing after it is written.
+        assert_eq!(text.piece(&mut out, b"cd\xff"), Err(SerialError));
+        assert_eq!(out.bytes, b"ab");
     }
 }

@@ -4,8 +4,9 @@
 //! - the KV cache and activations in static buffers whose sizes `build.rs` computed from the model's config
 //!   (the build fails, saying by how much, when they or the model do not fit the board);
 //! - [`run`]: the token loop. It generates for the built-in prompt (`ENIGMA_PROMPT`) and/or prompts read
-//!   from the console, writing each token's bytes as it comes. The console is anything with
-//!   `embedded_io::{Read, Write}`: the QEMU board's UART, a HAL's UART through [`console::NbSerial`].
+//!   from the console, writing each token's text as it comes, as valid UTF-8 ([`console::Text`]). The
+//!   console is anything with `embedded_io::{Read, Write}`: the QEMU board's UART, a HAL's UART through
+//!   [`console::NbSerial`].
 //!
 //! The model code is all in enigma-core; this crate only wires it to buffers and a console. Logging is
 //! `defmt`: the board chooses the transport (semihosting under QEMU, RTT on real boards).
@@ -277,16 +278,6 @@ fn pick_kernels() -> &'static Kernels {
     kernels::kernels()
 }
 
-/// Writes a token's bytes, dropping lone control bytes that would garble a terminal (as `enigma run` does).
-fn emit<W: Write>(out: &mut W, piece: &[u8]) -> bool {
-    if let [b] = piece {
-        if b.is_ascii_control() && !b.is_ascii_whitespace() {
-            return true;
-        }
-    }
-    out.write_all(piece).and_then(|_| out.flush()).is_ok()
-}
-
 struct Engine {
     session: Session<'static, 'static>,
     tokenizer: Tokenizer<'static>,
@@ -337,8 +328,8 @@ impl Engine {
         })
     }
 
-    /// Generates for `prompt`, streaming the prompt then each new token to `out`, then a newline: the same
-    /// bytes `enigma run` prints.
+    /// Generates for `prompt`, streaming the prompt then each new token to `out` as valid UTF-8
+    /// ([`console::Text`]), then a newline: the same text `enigma run` prints.
     #[inline(never)]
     fn generate<W: Write>(&mut self, out: &mut W, prompt: &str) -> Result<(), Error> {
         self.session.reset();
@@ -353,6 +344,7 @@ impl Engine {
         let echoed = n.saturating_sub(1);
         let mut calls = 0usize;
         let mut io_ok = true;
+        let mut text = console::Text::new();
         defmt::info!(
             "prompt: {=usize} tokens; generating up to {=usize}",
             n,
@@ -367,7 +359,7 @@ impl Engine {
             true,
             &mut |_, piece| {
                 calls += 1;
-                io_ok = emit(out, piece);
+                io_ok = text.piece(out, piece).is_ok();
                 if calls > echoed {
                     perf_mark();
                 }
@@ -377,6 +369,7 @@ impl Engine {
         if !io_ok {
             return Err(Error::Console);
         }
+        text.finish(out).map_err(|_| Error::Console)?;
         out.write_all(b"\n").map_err(|_| Error::Console)?;
         out.flush().map_err(|_| Error::Console)?;
         defmt::info!(

@@ -12,14 +12,14 @@ use enigma_train::vocab::Vocab;
 use std::sync::OnceLock;
 
 /// The tokenizer of the model bundled in the repository: real merges, chat markers.
-const DEFAULT_TOKENIZER: &[u8] = include_bytes!("../../models/default/tokenizer.json");
+const DEFAULT_TOKENIZER: &[u8] = include_bytes!("../../host-tools/models/builtin/tokenizer.json");
 
 fn vocab() -> &'static Vocab {
     static V: OnceLock<Vocab> = OnceLock::new();
     V.get_or_init(|| {
         let path = crate::scratch_file("default-tokenizer.json", DEFAULT_TOKENIZER);
         // The bundled tokenizer is part of the repository: failing to read it is a broken checkout.
-        Vocab::from_bpe(Bpe::load(&path).expect("models/default/tokenizer.json"))
+        Vocab::from_bpe(Bpe::load(&path).expect("host-tools/models/builtin/tokenizer.json"))
     })
 }
 

@@ -1,16 +1,15 @@
 //! The `enigma` command line: clap types and dispatch over the host-tools crates.
 
+pub mod generate;
 pub mod models;
 pub mod modules;
 
-use anyhow::{bail, Context, Result};
+pub use generate::{ChatArgs, RunArgs, SamplingArgs};
+
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use enigma_core::generate::{Session, Stats, Stop};
 use enigma_core::kernels::DType;
-use enigma_core::{Sampler, SamplerConfig, Tokenizer};
-use enigma_runtime::session::DEFAULT_CHUNK;
-use enigma_runtime::{Backend, HostSession, ModelFile};
-use std::io::{BufRead, Write};
+use enigma_runtime::{Backend, ModelFile};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -36,18 +35,22 @@ pub enum Command {
     Chat(ChatArgs),
     /// Show a model file's config, size, tensors and provenance.
     Info {
-        /// The .enigma file.
-        model: PathBuf,
+        /// A .enigma file, a model folder, a model of the models home, or `default` (the built-in model).
+        model: String,
     },
     /// Rewrite a model with its weight matrices as f16, bf16, q8_0 or q4_0 (norms stay f32).
     Quantize {
-        /// The .enigma file to convert.
-        input: PathBuf,
+        /// The model to convert: a .enigma file, a model folder, a model of the models home, or `default`.
+        input: String,
+        /// The .enigma file to write; an existing file (above all the input) is refused without --force.
         #[arg(short, long)]
         output: PathBuf,
         /// f32, f16, bf16, q8_0 or q4_0.
         #[arg(long)]
         to: String,
+        /// Replace the output file when it exists, even when it is the input.
+        #[arg(long)]
+        force: bool,
     },
     /// Perplexity of a model on a text file.
     Eval(EvalArgs),
@@ -69,6 +72,7 @@ pub enum Command {
     Tokenizer(enigma_train::TokenizerCommand),
     /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
     Hardware {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -116,124 +120,38 @@ pub enum Import {
         /// llama2.c's tokenizer file (tokenizer.bin, tok512.bin, ...).
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Where to write the .enigma file.
+        /// Where to write the .enigma file; an existing file (above all an input) is refused without --force.
         #[arg(short, long)]
         output: PathBuf,
         /// Store the weight matrices as f32, f16, bf16, q8_0 or q4_0 (norms stay f32).
         #[arg(long, default_value = "f32")]
         quantize: String,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct SamplingArgs {
-    /// 0 is greedy.
-    #[arg(
-        short = 't',
-        long,
-        default_value_t = 1.0,
-        allow_negative_numbers = true
-    )]
-    pub temperature: f32,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(
-        short = 'p',
-        long,
-        default_value_t = 0.9,
-        allow_negative_numbers = true
-    )]
-    pub top_p: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(short = 'k', long, default_value_t = 0)]
-    pub top_k: u32,
-    /// Penalty for tokens among the last --repeat-last-n (1 = off).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repeat_penalty: f32,
-    #[arg(long, default_value_t = 64)]
-    pub repeat_last_n: u32,
-    /// Random seed (default: from the clock).
-    #[arg(short, long)]
-    pub seed: Option<u64>,
-}
-
-impl SamplingArgs {
-    fn config(&self) -> Result<SamplerConfig> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!(
-                "--temperature must be a number >= 0, not {}",
-                self.temperature
-            );
-        }
-        if !(0.0..=1.0).contains(&self.top_p) {
-            bail!("--top-p must be between 0 and 1, not {}", self.top_p);
-        }
-        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            bail!(
-                "--repeat-penalty must be a positive number, not {}",
-                self.repeat_penalty
-            );
-        }
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-        Ok(SamplerConfig {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repetition_penalty: self.repeat_penalty,
-            repeat_last_n: self.repeat_last_n,
-            seed,
-        })
-    }
-}
-
-#[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// The .enigma model file (default: the built-in nano model trained on tinyshakespeare).
+    /// The model: a .enigma file, a model folder, or a model of the models home (ENIGMA_HOME, default
+    /// ./models) by name, as `enigma models list` shows them (default: `default`, the built-in model: the
+    /// tiny preset trained on the King James Bible, a completion model).
     #[arg(short, long)]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// Worker threads (default: all cores; one for models under 16 MiB, where threads cost more than they save).
-    #[arg(long)]
+    #[arg(short = 't', long)]
     pub threads: Option<usize>,
 }
 
 impl EngineArgs {
-    /// The model's path, or how the built-in default model is named.
+    /// The model as it was named, or how the built-in default model is named.
     pub fn model_name(&self) -> String {
-        match &self.model {
-            Some(p) => p.display().to_string(),
-            None => enigma_models::DEFAULT_MODEL_NAME.to_string(),
+        match self.model.as_deref() {
+            Some(name) if name != enigma_models::BUILTIN_NAME => name.to_string(),
+            _ => enigma_models::DEFAULT_MODEL_NAME.to_string(),
         }
     }
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[arg(short = 'i', long, default_value = "")]
-    pub prompt: String,
-    /// Tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub n_predict: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct ChatArgs {
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    /// An instruction placed before the first turn.
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub n_predict: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
 }
 
 pub fn main(cli: Cli) -> Result<()> {
@@ -243,10 +161,16 @@ pub fn main(cli: Cli) -> Result<()> {
             tokenizer,
             output,
             quantize,
-        }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize),
-        Command::Quantize { input, output, to } => quantize(&input, &output, &to),
-        Command::Run(args) => run(args),
-        Command::Chat(args) => chat(args),
+            force,
+        }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize, force),
+        Command::Quantize {
+            input,
+            output,
+            to,
+            force,
+        } => quantize(&input, &output, &to, force),
+        Command::Run(args) => generate::run(args),
+        Command::Chat(args) => generate::chat(args),
         Command::Info { model } => info(&model),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
@@ -270,75 +194,36 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(enigma_runtime::load::read_file(path)?)
 }
 
-fn import_llama2c(checkpoint: &Path, tokenizer: &Path, output: &Path, dtype: &str) -> Result<()> {
+fn import_llama2c(
+    checkpoint: &Path,
+    tokenizer: &Path,
+    output: &Path,
+    dtype: &str,
+    force: bool,
+) -> Result<()> {
     let dtype = enigma_runtime::quantize::parse_dtype(dtype)?;
+    enigma_models::check_output(output, &[checkpoint, tokenizer], force)?;
     let name = checkpoint
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     use enigma_models::llama2c;
     let ckpt = llama2c::read_checkpoint(&read(checkpoint)?)
         .with_context(|| checkpoint.display().to_string())?;
-    let tok = llama2c::read_tokenizer(&read(tokenizer)?, ckpt.config.vocab_size)
-        .with_context(|| tokenizer.display().to_string())?;
+    // The tokenizer is blamed, and the checkpoint it was given for is named: a vocabulary that does not
+    // match is the pair's fault.
+    let tok =
+        llama2c::read_tokenizer(&read(tokenizer)?, ckpt.config.vocab_size).with_context(|| {
+            format!(
+                "{} (the tokenizer given for {})",
+                tokenizer.display(),
+                checkpoint.display()
+            )
+        })?;
     let bytes = llama2c::convert(&ckpt, tok, &name, dtype)
         .with_context(|| checkpoint.display().to_string())?;
     enigma_runtime::fsutil::atomic_write(output, &bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
-}
-
-/// Writes a token's bytes, dropping lone control bytes that would garble a terminal (as llama2.c does).
-fn emit(out: &mut impl Write, piece: &[u8]) -> bool {
-    if let [b] = piece {
-        if b.is_ascii_control() && !b.is_ascii_whitespace() {
-            return true;
-        }
-    }
-    out.write_all(piece).and_then(|_| out.flush()).is_ok()
-}
-
-/// Times one generation. Prefill ends when the first generated token arrives (after `echoed` echoed
-/// prompt tokens); decode speed counts the tokens after that one.
-struct Clock {
-    start: Instant,
-    first: Option<Instant>,
-    echoed: usize,
-    seen: usize,
-}
-
-impl Clock {
-    fn new(echoed: usize) -> Self {
-        Clock {
-            start: Instant::now(),
-            first: None,
-            echoed,
-            seen: 0,
-        }
-    }
-
-    fn tick(&mut self) {
-        self.seen += 1;
-        if self.seen == self.echoed + 1 {
-            self.first = Some(Instant::now());
-        }
-    }
-
-    fn report(&self, stats: &Stats) {
-        let first = self.first.unwrap_or(self.start);
-        let prefill = (first - self.start).as_secs_f64();
-        let decode = first.elapsed().as_secs_f64();
-        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        eprintln!(
-            "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s",
-            stats.prompt_tokens,
-            rate(stats.prompt_tokens, prefill),
-            stats.generated,
-            rate(stats.generated.saturating_sub(1), decode)
-        );
-        if stats.stop == Stop::ContextFull {
-            eprintln!("stopped: the context window is full");
-        }
-    }
 }
 
 /// Below this file size, a model runs on one thread unless `--threads` says otherwise.
@@ -347,14 +232,12 @@ const SMALL_MODEL_BYTES: usize = 16 << 20;
 /// Opens the model and the backend. A model in a model folder (the store's, or a training run's) is held
 /// with the folder's reader lock for as long as the returned file lives, so it is never trained,
 /// converted, renamed or deleted while it runs, and never run while that happens.
-fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
-    let file = match &engine.model {
-        Some(path) => ModelFile::open_shared(path, purpose)?,
-        None => ModelFile::from_bytes(
-            enigma_models::DEFAULT_MODEL,
-            enigma_models::DEFAULT_MODEL_NAME,
-        )?,
-    };
+pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
+    let name = engine
+        .model
+        .as_deref()
+        .unwrap_or(enigma_models::BUILTIN_NAME);
+    let file = enigma_models::resolve_model(name)?.open(purpose)?;
     // Splitting a small model's matrices over threads costs far more in synchronisation than it saves
     // (stories260K: ~34,000 tok/s on one thread, ~1,100 on two), so without --threads a model this small
     // runs on one thread.
@@ -365,159 +248,13 @@ fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Backend)> {
     Ok((file, backend))
 }
 
-/// Encodes a prompt that must fit in `max` tokens, in O(n log n) (the core's loop is quadratic).
-fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>> {
-    Ok(enigma_runtime::tokenize::encode_within(
-        tok, text, bos, false, max,
-    )?)
-}
-
-pub fn run(args: RunArgs) -> Result<()> {
-    let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine, "run")?;
-    let model = file.model(backend.kernels())?;
-    let max = model.transformer.config.seq_len as usize;
-    let prompt = encode(&model.tokenizer, &args.prompt, true, max)?;
-    // The cache holds what this run can reach, not the whole context the header declares.
-    let transformer = model
-        .transformer
-        .with_context(prompt.len().saturating_add(args.n_predict));
-    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
-    let mut session = bufs.session(transformer)?;
-    let mut sampler = Sampler::new(sampler_cfg);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    // A fresh session echoes every prompt token but the leading BOS.
-    let mut clock = Clock::new(prompt.len() - 1);
-    let stats = session.generate(
-        backend.exec(),
-        &model.tokenizer,
-        &mut sampler,
-        &prompt,
-        args.n_predict,
-        true,
-        &mut |_, piece| {
-            clock.tick();
-            emit(&mut out, piece)
-        },
-    )?;
-    let _ = writeln!(out);
-    clock.report(&stats);
-    Ok(())
-}
-
-/// How turns are wrapped: the model's own chat markers, or Llama 2's `[INST]` format. A turn of more than
-/// `max` tokens is an error.
-fn chat_turn(
-    tok: &Tokenizer<'_>,
-    system: Option<&str>,
-    user: &str,
-    first: bool,
-    max: usize,
-) -> Result<Vec<u32>> {
-    match tok.meta().chat {
-        Some(markers) => {
-            let mut ids = Vec::new();
-            if first {
-                ids.push(tok.bos());
-                if let Some(s) = system {
-                    ids.extend(encode(tok, s, false, max)?);
-                }
-            }
-            ids.push(markers.user);
-            ids.extend(encode(tok, user, false, max)?);
-            ids.push(markers.assistant);
-            if ids.len() > max {
-                bail!(enigma_core::Error::PromptTooLong {
-                    tokens: ids.len(),
-                    max
-                });
-            }
-            Ok(ids)
-        }
-        None => {
-            let text = match (first, system) {
-                (true, Some(s)) => format!("[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{user} [/INST]"),
-                _ => format!("[INST] {user} [/INST]"),
-            };
-            encode(tok, &text, true, max)
-        }
-    }
-}
-
-pub fn chat(args: ChatArgs) -> Result<()> {
-    let sampler_cfg = args.sampling.config()?;
-    let (file, backend) = open(&args.engine, "chat")?;
-    let model = file.model(backend.kernels())?;
-    let mut bufs = HostSession::try_new(&model.transformer, DEFAULT_CHUNK)?;
-    let mut session: Session<'_, '_> = bufs.session(model.transformer)?;
-    let mut sampler = Sampler::new(sampler_cfg);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    let mut first = true;
-    eprintln!(
-        "chatting with {} (/reset forgets the conversation, /quit or end of input leaves)",
-        args.engine.model_name()
-    );
-    loop {
-        eprint!("> ");
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read standard input")?;
-        let text = line.trim();
-        match text {
-            "" => continue,
-            "/quit" | "/exit" => break,
-            "/reset" => {
-                session.reset();
-                sampler.clear_history();
-                first = true;
-                eprintln!("(conversation forgotten)");
-                continue;
-            }
-            _ => {}
-        }
-        // One slot stays free for the reply's first token.
-        let room = session.remaining().saturating_sub(1);
-        let ids = match chat_turn(&model.tokenizer, args.system.as_deref(), text, first, room) {
-            Ok(ids) => ids,
-            Err(e) => {
-                eprintln!(
-                    "error: that turn does not fit in the {room} tokens left in the context ({e:#}); /reset to start over"
-                );
-                continue;
-            }
-        };
-        first = false;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let mut clock = Clock::new(0);
-        let n = args
-            .n_predict
-            .min(session.remaining().saturating_sub(ids.len()));
-        let stats = session.generate(
-            backend.exec(),
-            &model.tokenizer,
-            &mut sampler,
-            &ids,
-            n,
-            false,
-            &mut |_, piece| {
-                clock.tick();
-                emit(&mut out, piece)
-            },
-        )?;
-        let _ = writeln!(out);
-        clock.report(&stats);
-    }
-    Ok(())
-}
-
-pub fn info(path: &Path) -> Result<()> {
-    let file = ModelFile::open_shared(path, "info")?;
+pub fn info(model: &str) -> Result<()> {
+    let resolved = enigma_models::resolve_model(model)?;
+    let file = resolved.open("info")?;
     let f = file.parse()?;
     let c = f.config();
     let h = f.header();
-    println!("file:        {} ({} bytes)", path.display(), f.len());
+    println!("file:        {} ({} bytes)", resolved.describe(), f.len());
     println!("format:      .enigma v{}", enigma_core::format::VERSION);
     println!("source:      {}", h.provenance.source);
     println!(
@@ -616,69 +353,33 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    use enigma_eval::speed as bench;
-    if args.rounds == 0 {
-        bail!("--rounds must be at least 1 (the speeds reported are medians over the rounds)");
-    }
     let (file, backend) = open(&args.engine, "bench")?;
     let model = file.model(backend.kernels())?;
-    let threads = backend.threads();
-    let r = bench::run_model(
+    let report = enigma_eval::report::Report::measure(
         &model,
         &backend,
+        args.engine.model_name(),
         args.prompt_tokens,
         args.gen_tokens,
         args.rounds,
     )?;
-    let bw = bench::read_bandwidth(threads, 5);
-    let (fma, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
-    let peak = peak1 * threads as f64;
-    let bytes = bench::weight_bytes_per_token(&model) as f64;
-    let flops = bench::prefill_flops_per_token(&model, args.prompt_tokens);
-    let decode_frac = r.gen_tokens_per_s * bytes / bw;
-    let prefill_frac = r.prompt_tokens_per_s * flops / peak;
-    let dtype = bench::main_dtype(&model).name();
     if args.json {
-        println!(
-            "{{\"model\":{:?},\"dtype\":\"{dtype}\",\"threads\":{threads},\"kernels\":\"{}\",\"prompt_tokens_per_s\":{:.2},\"gen_tokens_per_s\":{:.2},\"read_bandwidth_gb_s\":{:.3},\"fma_peak_gflops\":{:.2},\"decode_bandwidth_fraction\":{:.4},\"prefill_fma_fraction\":{:.4}}}",
-            args.engine.model_name(),
-            backend.kernels().tier.name(),
-            r.prompt_tokens_per_s,
-            r.gen_tokens_per_s,
-            bw / 1e9,
-            peak / 1e9,
-            decode_frac,
-            prefill_frac
-        );
-        return Ok(());
+        println!("{}", report.json());
+    } else {
+        print!("{report}");
     }
-    println!(
-        "model      {} ({dtype}, {:.1} MB of weights read per token)",
-        args.engine.model_name(),
-        bytes / 1e6
-    );
-    println!("backend    {}", backend.describe());
-    println!(
-        "prefill    {:>10.1} tok/s  ({} tokens, median of {})",
-        r.prompt_tokens_per_s, args.prompt_tokens, args.rounds
-    );
-    println!(
-        "decode     {:>10.1} tok/s  ({} tokens, median of {})",
-        r.gen_tokens_per_s, args.gen_tokens, args.rounds
-    );
-    println!("machine    read bandwidth {:.1} GB/s, FMA peak {:.1} GFLOP/s ({fma}, {threads} threads), measured now", bw / 1e9, peak / 1e9);
-    println!(
-        "decode     {:.1}% of the bandwidth bound ({:.1} tok/s)",
-        100.0 * decode_frac,
-        bw / bytes
-    );
-    println!("prefill    {:.1}% of the FMA peak", 100.0 * prefill_frac);
     Ok(())
 }
 
-pub fn quantize(input: &Path, output: &Path, to: &str) -> Result<()> {
+pub fn quantize(input: &str, output: &Path, to: &str, force: bool) -> Result<()> {
     let to = enigma_runtime::quantize::parse_dtype(to)?;
-    let file = ModelFile::open_shared(input, "quantize")?;
+    let resolved = enigma_models::resolve_model(input)?;
+    let inputs: Vec<&Path> = match &resolved {
+        enigma_models::ResolvedModel::File(path) => vec![path.as_path()],
+        enigma_models::ResolvedModel::BuiltIn => Vec::new(),
+    };
+    enigma_models::check_output(output, &inputs, force)?;
+    let file = resolved.open("quantize")?;
     let (bytes, kept) = enigma_runtime::quantize::requantize(&file.parse()?, to)?;
     // Check the result loads before it replaces anything.
     ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;

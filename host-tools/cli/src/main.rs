@@ -1,6 +1,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so `enigma info m | head` would end in a "failed printing to stdout" panic
+    // when head stops reading. Like any Unix filter, end quietly instead.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = enigma_cli::Cli::parse();
     match enigma_cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

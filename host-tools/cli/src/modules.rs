@@ -24,17 +24,21 @@ pub const SIMULATE_ENV: &str = "ENIGMA_SIMULATE_HARDWARE";
 pub enum ModulesCommand {
     /// Every module: its state, what it provides, and why it cannot load if it cannot.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One module: what it provides, needs and conflicts with, its hardware needs and config keys.
     Info {
+        /// The module's id (`enigma modules list` shows them).
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Load a module (and save the loaded set to modules.json).
     Load {
+        /// The module's id (`enigma modules list` shows them).
         id: String,
         /// Load the modules it needs first, in dependency order.
         #[arg(long)]
@@ -45,6 +49,7 @@ pub enum ModulesCommand {
     },
     /// Unload a module (and save the loaded set).
     Unload {
+        /// The module's id.
         id: String,
         /// Unload the modules that need it first.
         #[arg(long)]
@@ -53,6 +58,7 @@ pub enum ModulesCommand {
     /// The wanted modules (modules.json) and their settings; with --check, loads them here and checks
     /// the health of each.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Load the wanted set in this process and run each module's health check (a model forward pass).
@@ -71,6 +77,7 @@ pub enum ModulesCommand {
     },
     /// Allow or refuse modules that send data off this machine.
     AllowCloud {
+        /// on or off.
         #[arg(value_parser = ["on", "off"])]
         setting: String,
     },

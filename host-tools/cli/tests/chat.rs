@@ -119,7 +119,7 @@ fn enigma_chat_answers_each_line_and_leaves_on_quit() {
         .arg("chat")
         .arg("-m")
         .arg(&model)
-        .args(["-t", "0", "-n", "12", "--threads", "1"])
+        .args(["--temp", "0", "-n", "12", "--threads", "1"])
         .write_stdin("Tell me a story.\nWhat happened next?\n/reset\nHello\n/quit\nnever read\n")
         .output()
         .expect("run");
@@ -131,4 +131,44 @@ fn enigma_chat_answers_each_line_and_leaves_on_quit() {
     assert!(stdout.lines().all(|l| !l.trim().is_empty()), "{stdout:?}");
     assert!(stderr.contains("(conversation forgotten)"), "{stderr}");
     assert_eq!(stderr.matches("generated:").count(), 3, "{stderr}");
+}
+
+#[test]
+fn chat_with_a_completion_model_says_so_and_help_lists_the_commands() {
+    let Some(bytes) = stories("chat_with_a_completion_model_says_so_and_help_lists_the_commands")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("s.enigma");
+    std::fs::write(&model, bytes).expect("write");
+    let out = Command::cargo_bin("enigma")
+        .expect("binary")
+        .arg("chat")
+        .arg("-m")
+        .arg(&model)
+        .args(["--temp", "0", "-n", "40", "-t", "1"])
+        .write_stdin("/help\n/nonsense\nOnce upon a time\n/quit\n")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("is a completion model"), "{stderr}");
+    assert!(
+        stderr.contains("/reset") && stderr.contains("/quit"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command /nonsense"), "{stderr}");
+    // Only the story line reached the model: one reply, a paragraph, with no chat markup.
+    assert!(
+        !stdout.trim().is_empty() && !stdout.contains("\n\n"),
+        "{stdout:?}"
+    );
+    assert!(
+        !stdout.contains("[INST]") && !stdout.contains("/help"),
+        "{stdout:?}"
+    );
+    assert_eq!(stderr.matches("generated:").count(), 1, "{stderr}");
 }

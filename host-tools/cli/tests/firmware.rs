@@ -1,6 +1,7 @@
 //! The firmware, end to end through `enigma flash`: stories260K boots on the emulated Cortex-M4F and prints
 //! what `enigma run` prints, f32 byte for byte and q8_0 too (on the board held to a real part's 1 MiB / 256 KiB);
-//! a panic fails the run; a model too big for a board fails the build saying by how much; the real boards'
+//! its console carries valid UTF-8 whatever bytes the model samples; a panic fails the run; a model too big
+//! for a board is refused saying by how much; the real boards'
 //! images build with flash and RAM use reported.
 //!
 //! Needs qemu-system-arm, the thumbv7em/thumbv6m targets and defmt-print (.ci/run installs them); without
@@ -60,11 +61,11 @@ fn host_run(model: &Path, n: usize) -> Vec<u8> {
         .args(["run", "-m"])
         .arg(model)
         .args([
-            "-i",
+            "-p",
             PROMPT,
             "-n",
             &n.to_string(),
-            "-t",
+            "--temp",
             "0",
             "--threads",
             "1",
@@ -104,13 +105,19 @@ fn flash(board: &str, model: &Path, out_dir: &Path, extra: &[&str]) -> Flashed {
     }
 }
 
-fn generate_args(n: usize) -> Vec<String> {
+/// `enigma flash` options to generate `n` tokens from `prompt` at `temperature` (0 greedy), every token
+/// eligible (no top-p cut).
+fn generate_args(prompt: &str, n: usize, temperature: &str) -> Vec<String> {
     [
-        "-i",
-        PROMPT,
+        "-p",
+        prompt,
         "-n",
         &n.to_string(),
-        "-t",
+        "--temp",
+        temperature,
+        "--top-p",
+        "1",
+        "--top-k",
         "0",
         "--timeout",
         "300",
@@ -149,7 +156,7 @@ fn qemu_f32_output_equals_enigma_run_byte_for_byte() {
     let n = 64;
     let host = host_run(&m, n);
     let _guard = lock();
-    let args = generate_args(n);
+    let args = generate_args(PROMPT, n, "0");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let fw = flash("mps2-an386", &m, dir.path(), &args);
     assert!(fw.ok, "enigma flash failed");
@@ -179,7 +186,7 @@ fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
     let n = 64;
     let host = host_run(&m, n);
     let _guard = lock();
-    let args = generate_args(n);
+    let args = generate_args(PROMPT, n, "0");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The real part's budget: the linker and build.rs prove the model, buffers and stack fit 1 MiB / 256 KiB.
     let fw = flash("mps2-an386-small", &m, dir.path(), &args);
@@ -193,6 +200,43 @@ fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
         "the q8_0 firmware's text differs from enigma run's"
     );
     check_defmt(test, &fw.stderr, "kernels");
+}
+
+/// A byte-fallback tokenizer spells a character it has no piece for as one token per byte, and a sampling
+/// model can emit bytes that form no character at all: the console must still carry valid UTF-8, characters
+/// whole and impossible bytes as U+FFFD. Half of tok512's tokens are bytes, and at temperature 50 sampling is
+/// near uniform, so any seed gives broken sequences (about 14 in 64 tokens on the host).
+#[test]
+fn qemu_console_text_is_valid_utf8_with_byte_fallback_tokens() {
+    let test = "qemu_console_text_is_valid_utf8_with_byte_fallback_tokens";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), None, test) else {
+        return;
+    };
+    // tok512 has no piece for "ë" or "世界": the prompt's echo is byte tokens too.
+    let prompt = "Once upon a time, Zoë saw 世界";
+    let _guard = lock();
+    let args = generate_args(prompt, 64, "50");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fw = flash("mps2-an386", &m, dir.path(), &args);
+    assert!(fw.ok, "enigma flash failed");
+    let text = match std::str::from_utf8(&fw.stdout) {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "the console sent invalid UTF-8 ({e}): {:?}",
+            String::from_utf8_lossy(&fw.stdout)
+        ),
+    };
+    assert!(text.starts_with(prompt), "the prompt's echo: {text:?}");
+    let generated = &text[prompt.len()..];
+    assert!(
+        generated.contains('\u{FFFD}'),
+        "no broken byte sequence came out, so nothing was tested: {generated:?}"
+    );
+    check_defmt(test, &fw.stderr, "generated");
 }
 
 #[test]
@@ -213,11 +257,11 @@ fn a_firmware_panic_fails_the_run() {
         .arg("--out-dir")
         .arg(dir.path())
         .args([
-            "-i",
+            "-p",
             PROMPT,
             "-n",
             "4",
-            "-t",
+            "--temp",
             "0",
             "--seed",
             "1",
@@ -241,8 +285,8 @@ fn a_firmware_panic_fails_the_run() {
 }
 
 #[test]
-fn a_model_too_big_for_the_board_fails_the_build_saying_by_how_much() {
-    let test = "a_model_too_big_for_the_board_fails_the_build_saying_by_how_much";
+fn a_model_too_big_for_the_board_is_refused_before_building_saying_by_how_much() {
+    let test = "a_model_too_big_for_the_board_is_refused_before_building_saying_by_how_much";
     if !ready(test, false, &["thumbv7em-none-eabihf"]) {
         return;
     }
@@ -251,15 +295,17 @@ fn a_model_too_big_for_the_board_fails_the_build_saying_by_how_much() {
         return;
     };
     let _guard = lock();
-    // 1 MiB of f32 weights on a 512 KiB part.
+    // 1 MiB of f32 weights on a 512 KiB part: refused before any build, in one line.
     let fw = flash("nucleo-f411re", &m, dir.path(), &["--build-only"]);
     assert!(!fw.ok);
-    let last = fw.stderr.lines().last().unwrap_or("");
+    let lines: Vec<&str> = fw.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {}", fw.stderr);
     assert!(
-        last.starts_with("error: building the firmware for nucleo-f411re failed:")
-            && last.contains("does not fit the flash of nucleo-f411re")
-            && last.contains("over by"),
-        "unclear error: {last}"
+        lines[0].starts_with("error: ")
+            && lines[0].contains("does not fit the flash of nucleo-f411re")
+            && lines[0].contains("over by"),
+        "unclear error: {}",
+        lines[0]
     );
 }
 

@@ -196,11 +196,11 @@ fn enigma_import_then_run_prints_llama2c_output_byte_for_byte() {
         .arg("-m")
         .arg(&model)
         .args([
-            "-i",
+            "-p",
             PROMPT,
             "-n",
             &(f.tokens.len() - 5).to_string(),
-            "-t",
+            "--temp",
             "0",
             "--threads",
             "1",

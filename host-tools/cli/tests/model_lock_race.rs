@@ -42,7 +42,15 @@ fn two_writers_of_one_folder_exactly_one_wins() {
     let t = tempfile::tempdir().unwrap();
     let h = t.path();
     create(h, "m");
-    let args = ["models", "convert", "m", "--preset", "micro", "--in-place"];
+    let args = [
+        "models",
+        "convert",
+        "m",
+        "--preset",
+        "micro",
+        "--in-place",
+        "--yes",
+    ];
     let (a, b) = (spawn(h, &args), spawn(h, &args));
     let pids = [a.id(), b.id()];
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
@@ -93,7 +101,9 @@ fn delete_is_refused_while_another_process_works_on_the_model() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let out = enigma(h, &["models", "delete", "m"]).output().unwrap();
+    let out = enigma(h, &["models", "delete", "m", "--yes"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert_eq!(
         stderr(&out).trim_end(),
@@ -113,7 +123,7 @@ fn delete_is_refused_while_another_process_works_on_the_model() {
     let done = holder.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(h.join("m/model.enigma").is_file() && h.join("m2/model.enigma").is_file());
-    let out = enigma(h, &["models", "delete", "m"])
+    let out = enigma(h, &["models", "delete", "m", "--yes"])
         .env_remove("ENIGMA_TEST_HOLD_LOCK_MS")
         .output()
         .unwrap();
@@ -163,7 +173,7 @@ fn run_and_train_of_one_model_folder_exclude_each_other() {
         .arg("run")
         .arg("-m")
         .arg(&model)
-        .args(["-i", "x", "-n", "2"])
+        .args(["-p", "x", "-n", "2"])
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -189,7 +199,7 @@ fn run_and_train_of_one_model_folder_exclude_each_other() {
         .arg("run")
         .arg("-m")
         .arg(&model)
-        .args(["-i", "x", "-n", "2", "-t", "0"])
+        .args(["-p", "x", "-n", "2", "--temp", "0"])
         .output()
         .expect("run");
     assert!(
@@ -213,7 +223,7 @@ fn a_running_model_cannot_be_deleted_converted_or_renamed() {
         "a fresh model folder has no lock file"
     );
     // The reader holds its lock for the hook's pause before it runs.
-    let run = enigma(h, &["run", "-i", "x", "-n", "2", "-t", "0", "-m"])
+    let run = enigma(h, &["run", "-p", "x", "-n", "2", "--temp", "0", "-m"])
         .env("ENIGMA_TEST_HOLD_LOCK_MS", "4000")
         .arg(dir.join("model.enigma"))
         .spawn()
@@ -231,9 +241,17 @@ fn a_running_model_cannot_be_deleted_converted_or_renamed() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     for args in [
-        &["models", "delete", "m"][..],
-        &["models", "rename", "m", "n"],
-        &["models", "convert", "m", "--preset", "micro", "--in-place"],
+        &["models", "delete", "m", "--yes"][..],
+        &["models", "rename", "m", "n", "--yes"],
+        &[
+            "models",
+            "convert",
+            "m",
+            "--preset",
+            "micro",
+            "--in-place",
+            "--yes",
+        ],
     ] {
         let out = enigma(h, args)
             .env_remove("ENIGMA_TEST_HOLD_LOCK_MS")

@@ -201,7 +201,7 @@ fn a_module_that_no_longer_loads_is_reported_at_start() {
     let t = home_with_model();
     let h = t.path();
     ok(h, &["modules", "load", "model", "--set", "model=m"]);
-    ok(h, &["models", "delete", "m"]);
+    ok(h, &["models", "delete", "m", "--yes"]);
     // Listing loads nothing, so it cannot tell; it shows what is wanted.
     let (success, out, err) = run(h, &["modules", "list"]);
     assert!(success && err.is_empty(), "{err}");
@@ -418,4 +418,43 @@ fn generate_streams_from_whatever_provides_text_generation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("generating with m (local"), "{err}");
     assert!(err.contains("generated in"), "{err}");
+}
+
+/// The module manager and `enigma run -m` resolve names one way: `default` is the built-in model, a
+/// loose `.enigma` file of the home is found by its name.
+#[test]
+fn the_model_module_resolves_names_as_run_does() {
+    for (name, setup) in [("default", false), ("loose", true)] {
+        let t = home_with_model();
+        let h = t.path();
+        if setup {
+            std::fs::copy(h.join("m/model.enigma"), h.join("loose.enigma")).unwrap();
+        }
+        ok(
+            h,
+            &[
+                "modules",
+                "load",
+                "model",
+                "--set",
+                &format!("model={name}"),
+            ],
+        );
+        let (success, out, err) = run(h, &["modules", "status", "--check"]);
+        assert!(success, "{err}");
+        assert!(
+            out.contains(&format!("model: loaded: {name} (")) && out.contains("health: ok"),
+            "{out}"
+        );
+    }
+    // A name that is nowhere is refused, saying where it looked.
+    let t = home_with_model();
+    let line = fails(
+        t.path(),
+        &["modules", "load", "model", "--set", "model=nothing"],
+    );
+    assert!(
+        line.contains("no model named 'nothing'") && line.contains("enigma models list"),
+        "{line}"
+    );
 }

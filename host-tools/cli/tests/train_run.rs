@@ -235,7 +235,7 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(p(&whole), p(&split));
     // The trained model runs under `enigma run`.
     enigma()
-        .args(["run", "-n", "8", "-t", "0", "-i", "ROMEO:", "-m"])
+        .args(["run", "-n", "8", "--temp", "0", "-p", "ROMEO:", "-m"])
         .arg(split.join("model.enigma"))
         .assert()
         .success();
@@ -368,13 +368,22 @@ fn conversations_fine_tune_an_existing_model_with_loss_on_replies() {
         .arg(&ft);
     c.assert().success();
     assert_eq!(log(&ft).len(), 4);
-    // The chat model keeps the base model's tokenizer, markers included, and talks in `enigma chat`.
-    enigma()
-        .args(["chat", "-n", "4", "-t", "0", "-m"])
-        .arg(ft.join("model.enigma"))
-        .write_stdin("hello\n")
-        .assert()
-        .success();
+    // The base model learnt plain text: `enigma chat` uses it as a completion model. The fine-tuned one
+    // keeps the base model's tokenizer, with the markers it has now learnt, and chats.
+    let first_line = |model: &std::path::Path| {
+        let out = enigma()
+            .args(["chat", "-n", "4", "--temp", "0", "-m"])
+            .arg(model)
+            .write_stdin("hello\n")
+            .assert()
+            .success();
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        stderr.lines().next().unwrap_or_default().to_string()
+    };
+    let base_line = first_line(&base.join("model.enigma"));
+    assert!(base_line.contains("is a completion model"), "{base_line}");
+    let chat_line = first_line(&ft.join("model.enigma"));
+    assert!(chat_line.contains("a chat model"), "{chat_line}");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 
 use anyhow::{bail, Result};
 use enigma_core::generate::Session;
-use enigma_core::kernels::DType;
 use enigma_core::{Sampler, SamplerConfig};
 use enigma_runtime::{Backend, HostSession, Model};
 use rayon::prelude::*;
@@ -78,7 +77,11 @@ pub fn prefill_flops_per_token(model: &Model<'_>, prompt_len: usize) -> f64 {
     2.0 * (layers + table as f64 / prompt_len.clamp(1, seq.max(2) - 1) as f64)
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BenchResult {
+    /// The lengths measured: those asked for, shortened to fit the model's context.
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
     pub prompt_tokens_per_s: f64,
     pub gen_tokens_per_s: f64,
 }
@@ -129,24 +132,9 @@ pub fn run_model(
         tg.push(n as f64 / t.elapsed().as_secs_f64());
     }
     Ok(BenchResult {
+        prompt_tokens: prompt_len,
+        gen_tokens: gen_len,
         prompt_tokens_per_s: median(&mut pp),
         gen_tokens_per_s: median(&mut tg),
     })
-}
-
-/// The dtype most of a model's weight bytes are stored in, for the report.
-pub fn main_dtype(model: &Model<'_>) -> DType {
-    let mut best = (DType::F32, 0usize);
-    for d in DType::ALL {
-        let n: usize = model
-            .file
-            .tensors()
-            .filter(|t| t.dtype == d && !t.name.starts_with("tokenizer."))
-            .map(|t| t.bytes.len())
-            .sum();
-        if n > best.1 {
-            best = (d, n);
-        }
-    }
-    best.0
 }

@@ -26,30 +26,31 @@ pub struct FlashArgs {
     #[arg(short, long)]
     pub model: PathBuf,
     /// A prompt the firmware runs at boot. Empty: it reads prompts from its console (chat over the UART).
-    #[arg(short = 'i', long, default_value = "")]
+    #[arg(short = 'p', long, default_value = "")]
     pub prompt: String,
     /// Tokens to generate per prompt.
     #[arg(short = 'n', long, default_value_t = 256)]
     pub n_predict: usize,
-    /// 0 is greedy.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    /// Temperature: 0 is greedy (the flags are `enigma run`'s, named as llama.cpp names them).
+    #[arg(long = "temp", visible_alias = "temperature", default_value_t = 0.8)]
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(short = 'p', long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0 = off).
-    #[arg(short = 'k', long, default_value_t = 0)]
+    #[arg(long, default_value_t = 40)]
     pub top_k: u32,
     /// Penalty for tokens among the last --repeat-last-n (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// How many of the last tokens --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: u32,
     /// Random seed (default: from the clock).
     #[arg(short, long)]
     pub seed: Option<u64>,
     /// Context length in tokens the RAM buffers hold (default: the model's, or the longest that fits).
-    #[arg(long)]
+    #[arg(short = 'c', long = "ctx-size", visible_alias = "context")]
     pub context: Option<u32>,
     /// Kernel tier by name (default: the best the MCU has, e.g. cortex-m).
     #[arg(long)]
@@ -551,6 +552,85 @@ fn cargo_build(
         .join(&krate.bin))
 }
 
+/// A model larger than the board's whole flash cannot fit whatever the code takes: refused before a build
+/// (the firmware's build.rs checks the exact budget, code included, when it is closer).
+fn check_fits_flash(model: &Path, len: u64, board: &Board, flash: Region) -> Result<()> {
+    use enigma_runtime::hardware::human_bytes;
+    if len > flash.length {
+        bail!(
+            "{} does not fit the flash of {}: the model alone is {} and the board has {} of flash, over by {}; \
+             quantize it (enigma quantize {} -o smaller.enigma --to q8_0, or q4_0) or choose a board with more flash",
+            model.display(),
+            board.name,
+            human_bytes(len),
+            human_bytes(flash.length),
+            human_bytes(len - flash.length),
+            model.display()
+        );
+    }
+    Ok(())
+}
+
+/// The Rust target and the tools a board needs, checked before a build that would otherwise fail after
+/// minutes with a compiler error, each with the command that installs it.
+fn check_tools(fw: &Path, board: &Board, krate: &BoardCrate, build_only: bool) -> Result<()> {
+    let target = &krate.target;
+    let dir = fw.join("boards").join(board.dir);
+    if let Some(rustup) = which("rustup") {
+        // Run in the board's folder, so a toolchain pinned there is the one asked.
+        let listed = Command::new(rustup)
+            .args(["target", "list", "--installed"])
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .output();
+        // A rustup that cannot answer (no default toolchain, say) leaves it to cargo to say what is wrong.
+        if let Some(out) = listed.ok().filter(|o| o.status.success()) {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !text.lines().any(|l| l.trim() == target) {
+                bail!(
+                    "the Rust target {target} is not installed (the {} firmware is built for it): run `rustup target add {target}`",
+                    board.name
+                );
+            }
+        }
+    } else if let Some(rustc) = which("rustc") {
+        let libdir = Command::new(rustc)
+            .args(["--print", "target-libdir", "--target", target])
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .output();
+        if let Some(out) = libdir.ok().filter(|o| o.status.success()) {
+            let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if !libdir.is_dir() {
+                bail!(
+                    "the Rust standard library for {target} is not installed ({} is missing; the {} firmware is built for it): \
+                     install it with your Rust distribution, or with rustup: `rustup target add {target}`",
+                    libdir.display(),
+                    board.name
+                );
+            }
+        }
+    }
+    if build_only {
+        return Ok(());
+    }
+    match &krate.runner {
+        Runner::Qemu { .. } if which("qemu-system-arm").is_none() => bail!(
+            "qemu-system-arm is not installed (it runs the {} image): run `sudo apt-get install qemu-system-arm` \
+             (Debian/Ubuntu; `brew install qemu` on macOS), or pass --build-only to build the image alone",
+            board.name
+        ),
+        Runner::Probe { .. } if which("probe-rs").is_none() => {
+            // Not an error: the image (and for the Pico its UF2) is still what a board is flashed from.
+            eprintln!(
+                "note: probe-rs is not installed (cargo install probe-rs-tools --locked), so the image will be built but not flashed"
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// What `flash` built: the image, its size and the board's budget.
 pub struct Built {
     pub elf: PathBuf,
@@ -570,6 +650,21 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
     // Validate on the host first: a clear error before a cross build.
     let file = enigma_runtime::ModelFile::open(&model)?;
     let c = *file.parse()?.config();
+    let fw = firmware_dir(args.firmware_dir.as_deref())?;
+    let krate = board.read_crate(&fw)?;
+    let memory_x = fw
+        .join("boards")
+        .join(board.dir)
+        .join(board.memory_x.unwrap_or(&krate.memory_x));
+    let text = std::fs::read_to_string(&memory_x)
+        .with_context(|| format!("cannot read {}", memory_x.display()))?;
+    let region = |name| {
+        memory_region(&text, name)
+            .ok_or_else(|| anyhow!("{}: no {name} region", memory_x.display()))
+    };
+    let (flash, ram) = (region("FLASH")?, region("RAM")?);
+    check_fits_flash(&args.model, file.bytes().len() as u64, board, flash)?;
+    check_tools(&fw, board, &krate, args.build_only)?;
     eprintln!(
         "building the firmware for {} ({}) with {} ({} bytes; dim {}, {} layers, vocab {}, context {})",
         board.name,
@@ -581,12 +676,6 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
         c.vocab_size,
         c.seq_len
     );
-    let fw = firmware_dir(args.firmware_dir.as_deref())?;
-    let krate = board.read_crate(&fw)?;
-    let memory_x = fw
-        .join("boards")
-        .join(board.dir)
-        .join(board.memory_x.unwrap_or(&krate.memory_x));
     let built = cargo_build(
         &fw,
         board,
@@ -603,13 +692,6 @@ pub fn build(args: &FlashArgs, board: &Board, seed: u64) -> Result<Built> {
     let elf_path = out_dir.join(format!("{}.elf", board.name));
     std::fs::copy(&built, &elf_path)
         .with_context(|| format!("cannot copy {} to {}", built.display(), elf_path.display()))?;
-    let text = std::fs::read_to_string(&memory_x)
-        .with_context(|| format!("cannot read {}", memory_x.display()))?;
-    let region = |name| {
-        memory_region(&text, name)
-            .ok_or_else(|| anyhow!("{}: no {name} region", memory_x.display()))
-    };
-    let (flash, ram) = (region("FLASH")?, region("RAM")?);
     let size = Elf::read(&elf_path)?.size(ram);
     let model_len = file.bytes().len() as u64;
     eprintln!("image: {}", elf_path.display());
@@ -663,12 +745,6 @@ pub fn flash(args: FlashArgs) -> Result<()> {
 }
 
 fn run_qemu(args: &FlashArgs, built: &Built, machine: &str, cpu: &str) -> Result<()> {
-    if which("qemu-system-arm").is_none() {
-        bail!(
-            "qemu-system-arm is not installed (Debian/Ubuntu: apt-get install qemu-system-arm); the image is {}",
-            built.elf.display()
-        );
-    }
     let dir = built
         .elf
         .parent()

@@ -18,11 +18,16 @@
 pub mod init;
 pub mod llama2c;
 
-/// The model `enigma run` and `enigma chat` use when no `--model` is given: a nano model trained by
-/// `enigma train` on tinyshakespeare (the command is in README.md), so the first command works anywhere.
-pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../../models/default/model.enigma");
+/// The model `enigma run` and `enigma chat` use when no `--model` is given: the tiny preset trained by
+/// `enigma train` on the King James Bible and stored as q8_0 (the commands are in README.md), so the
+/// first command works anywhere and prints English.
+/// Its files sit in this crate's `builtin/`, outside any models home, so no model command can touch them.
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../builtin/model.enigma");
 /// How errors and messages name [`DEFAULT_MODEL`].
-pub const DEFAULT_MODEL_NAME: &str = "the built-in default model (models/default/model.enigma)";
+pub const DEFAULT_MODEL_NAME: &str = "the built-in model 'default'";
+/// The name that means [`DEFAULT_MODEL`] wherever a model is named (`-m default`, `model=default`); no
+/// model of the store may take it.
+pub const BUILTIN_NAME: &str = "default";
 
 use enigma_core::config::{Config, Preset, PRESETS};
 use enigma_core::format::{Header, MAGIC, PRELUDE_LEN, VERSION};
@@ -65,6 +70,11 @@ pub enum ModelError {
     Runtime(#[from] enigma_runtime::Error),
     #[error("{0}")]
     Refused(String),
+    /// The built-in model was named where only a model of the store will do.
+    #[error("'{BUILTIN_NAME}' is the built-in model, built into the binary: {0}")]
+    BuiltIn(&'static str),
+    #[error("{} is a directory, not a model file (no {MODEL_FILE} in it)", .0.display())]
+    NotAModel(PathBuf),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -165,19 +175,53 @@ impl Metadata {
 pub struct Peek {
     pub config: Config,
     pub source: String,
+    /// The writer's notes (`enigma train` writes its step here: [`training_note`]).
+    pub notes: String,
     pub created_unix: u64,
     pub file_len: u64,
 }
 
+impl Peek {
+    /// The optimizer steps the file's writer recorded (`enigma train`), if it did.
+    pub fn trained_steps(&self) -> Option<u64> {
+        self.notes
+            .strip_prefix(TRAINING_NOTE)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+const TRAINING_NOTE: &str = "enigma train, step ";
+
+/// The provenance note `enigma train` writes into a model: [`Peek::trained_steps`] reads it back.
+pub fn training_note(step: u64) -> String {
+    format!("{TRAINING_NOTE}{step}")
+}
+
 /// Reads and checks the prelude and header of a model file (not its data): cheap for any size.
 pub fn peek(path: &Path) -> Result<Peek> {
+    enigma_runtime::load::ensure_regular_file(path)?;
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let file_len = f.metadata().map_err(io(path))?.len();
+    peek_from(&mut f, file_len, path)
+}
+
+/// [`peek`] of the built-in model.
+pub fn peek_builtin() -> Result<Peek> {
+    peek_from(
+        &mut std::io::Cursor::new(DEFAULT_MODEL),
+        DEFAULT_MODEL.len() as u64,
+        Path::new(DEFAULT_MODEL_NAME),
+    )
+}
+
+fn peek_from(f: &mut impl Read, file_len: u64, path: &Path) -> Result<Peek> {
     let corrupt = |reason: String| ModelError::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
-    enigma_runtime::load::ensure_regular_file(path)?;
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let file_len = f.metadata().map_err(io(path))?.len();
     let mut prelude = [0u8; PRELUDE_LEN];
     f.read_exact(&mut prelude)
         .map_err(|_| corrupt("too short to be a .enigma file".into()))?;
@@ -209,6 +253,7 @@ pub fn peek(path: &Path) -> Result<Peek> {
     Ok(Peek {
         config: h.config,
         source: h.provenance.source.to_string(),
+        notes: h.provenance.notes.to_string(),
         created_unix: h.provenance.created_unix,
         file_len,
     })
@@ -228,14 +273,19 @@ pub struct RegistryEntry {
     pub vocab_size: u32,
     pub file_bytes: u64,
     pub created_unix: u64,
-    pub trained_steps: u64,
+    /// `None` when nothing recorded them (an imported model, say).
+    pub trained_steps: Option<u64>,
 }
 
-/// One folder under the models directory, as found.
+/// One model under the models directory, as found: a folder, or a loose `.enigma` file.
 #[derive(Clone, Debug)]
 pub struct Found {
     pub name: String,
+    /// The model's folder; for a loose file, the file.
     pub dir: PathBuf,
+    /// A `.enigma` file lying in the home itself rather than a model folder; the model manager reads it
+    /// (`-m NAME` finds it) but does not manage it.
+    pub loose: bool,
     /// The registry entry, or why the folder is not a usable model.
     pub entry: Result<RegistryEntry, String>,
 }
@@ -244,6 +294,49 @@ pub struct Found {
 #[derive(Clone, Debug)]
 pub struct ModelStore {
     home: PathBuf,
+}
+
+/// A model named by a user, found: see [`ModelStore::resolve_model`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResolvedModel {
+    /// [`DEFAULT_MODEL`], built into the binary.
+    BuiltIn,
+    /// A `.enigma` file on disk.
+    File(PathBuf),
+}
+
+impl ResolvedModel {
+    /// Opens and validates the model. A file is held under its folder's reader lock for as long as the
+    /// returned value lives (`ModelFile::open_shared`), so it is never converted, renamed or deleted
+    /// while it is used.
+    pub fn open(&self, purpose: &str) -> Result<ModelFile> {
+        Ok(match self {
+            ResolvedModel::BuiltIn => ModelFile::from_bytes(DEFAULT_MODEL, DEFAULT_MODEL_NAME)?,
+            ResolvedModel::File(path) => ModelFile::open_shared(path, purpose)?,
+        })
+    }
+
+    /// The file, or how the built-in model is named.
+    pub fn describe(&self) -> String {
+        match self {
+            ResolvedModel::BuiltIn => DEFAULT_MODEL_NAME.to_string(),
+            ResolvedModel::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// [`ModelStore::resolve_model`] in the models home ([`home`]).
+pub fn resolve_model(spec: &str) -> Result<ResolvedModel> {
+    ModelStore::open_default().resolve_model(spec)
+}
+
+fn model_in_dir(dir: &Path) -> Result<ResolvedModel> {
+    let file = dir.join(MODEL_FILE);
+    if file.is_file() {
+        Ok(ResolvedModel::File(file))
+    } else {
+        Err(ModelError::NotAModel(dir.to_path_buf()))
+    }
 }
 
 /// The folder lock, and (in tests) the pause that lets another process meet it.
@@ -311,6 +404,7 @@ impl ModelStore {
 
     /// The folder of an existing model.
     pub fn existing(&self, name: &str) -> Result<PathBuf> {
+        not_builtin(name, BUILTIN_IS_READ_ONLY)?;
         check_name(name).map_err(|_| self.not_found(name))?;
         let dir = self.dir(name);
         if dir.is_dir() {
@@ -327,28 +421,40 @@ impl ModelStore {
         }
     }
 
-    /// A model's `.enigma` file: `name` is a model in this store, or a path to a `.enigma` file.
-    pub fn resolve(&self, name_or_path: &str) -> Result<PathBuf> {
-        let p = Path::new(name_or_path);
-        if name_or_path.ends_with(".enigma") || p.components().count() > 1 {
-            return if p.is_file() {
-                Ok(p.to_path_buf())
-            } else {
-                Err(ModelError::Io {
+    /// What a model named on a command line or in a module's settings is, the same way everywhere:
+    /// - `default`: the built-in model;
+    /// - an existing file: that file; an existing directory: its `model.enigma`, or an error;
+    /// - a name of this store: its folder's `model.enigma`, else a loose `NAME.enigma` or `NAME` file in
+    ///   the home (where `scripts/quickstart.sh` writes one);
+    /// - anything else: not found, naming the home (or, for a path, the missing file).
+    pub fn resolve_model(&self, spec: &str) -> Result<ResolvedModel> {
+        if spec == BUILTIN_NAME {
+            return Ok(ResolvedModel::BuiltIn);
+        }
+        let p = Path::new(spec);
+        match std::fs::metadata(p) {
+            Ok(meta) if meta.is_dir() => return model_in_dir(p),
+            // A FIFO or a device is the reader's to refuse, with its own reason.
+            Ok(_) => return Ok(ResolvedModel::File(p.to_path_buf())),
+            // A path (or something no model is called): what the OS says about it.
+            Err(source) if check_name(spec).is_err() => {
+                return Err(ModelError::Io {
                     path: p.to_path_buf(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file"),
+                    source,
                 })
-            };
+            }
+            Err(_) => {}
         }
-        let file = self.existing(name_or_path)?.join(MODEL_FILE);
-        if file.is_file() {
-            Ok(file)
-        } else {
-            Err(ModelError::Corrupt {
-                path: file,
-                reason: "the model folder has no model.enigma".into(),
-            })
+        let dir = self.dir(spec);
+        if dir.is_dir() {
+            return model_in_dir(&dir);
         }
+        for file in [self.home.join(format!("{spec}.enigma")), dir] {
+            if file.is_file() {
+                return Ok(ResolvedModel::File(file));
+            }
+        }
+        Err(self.not_found(spec))
     }
 
     pub fn metadata(&self, name: &str) -> Result<Metadata> {
@@ -371,12 +477,63 @@ impl ModelStore {
         for ent in rd {
             let ent = ent.map_err(io(&self.home))?;
             let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !ent.path().is_dir() {
+            // The built-in model's name is never a folder's: `-m default` would not reach it.
+            if name.starts_with('.') || name == BUILTIN_NAME || !ent.path().is_dir() {
                 continue;
             }
             let dir = ent.path();
             let entry = Self::entry(&dir).map_err(|e| e.to_string());
-            found.push(Found { name, dir, entry });
+            found.push(Found {
+                name,
+                dir,
+                loose: false,
+                entry,
+            });
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The `.enigma` files lying in the home itself, by name: `NAME.enigma` is model `NAME` (as
+    /// [`ModelStore::resolve_model`] finds it) unless a folder takes that name, when it goes by its file name.
+    pub fn loose_files(&self) -> Result<Vec<Found>> {
+        let rd = match std::fs::read_dir(&self.home) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.home)(e)),
+        };
+        let mut found = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(io(&self.home))?;
+            let file_name = ent.file_name().to_string_lossy().into_owned();
+            let path = ent.path();
+            let Some(stem) = file_name.strip_suffix(".enigma") else {
+                continue;
+            };
+            if file_name.starts_with('.') || !path.is_file() {
+                continue;
+            }
+            let name = if stem == BUILTIN_NAME || self.dir(stem).is_dir() {
+                file_name.clone()
+            } else {
+                stem.to_string()
+            };
+            let entry = peek(&path)
+                .map(|p| RegistryEntry {
+                    preset: preset_of(&p.config),
+                    params: p.config.param_count(),
+                    vocab_size: p.config.vocab_size,
+                    file_bytes: p.file_len,
+                    created_unix: p.created_unix,
+                    trained_steps: p.trained_steps(),
+                })
+                .map_err(|e| e.to_string());
+            found.push(Found {
+                name,
+                dir: path,
+                loose: true,
+                entry,
+            });
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
@@ -392,28 +549,30 @@ impl ModelStore {
         }
         let peek = peek(&file)?;
         let meta_path = dir.join(META_FILE);
-        let meta: Metadata = if meta_path.exists() {
-            read_json(&meta_path)?
+        let meta: Option<Metadata> = if meta_path.exists() {
+            Some(read_json(&meta_path)?)
         } else {
-            Metadata::default()
+            None
         };
-        let preset = meta.preset.clone().or_else(|| {
-            PRESETS
-                .iter()
-                .find(|p| p.config(peek.config.vocab_size) == peek.config)
-                .map(|p| p.name.to_string())
-        });
+        let m = meta.clone().unwrap_or_default();
+        // A model trained here by `enigma train --out` has no metadata.json, or one written before the
+        // training (by `models create`); the model file itself says how far training went. Fine-tuning
+        // through the training module adds the parent's steps in metadata.json.
+        let trained_steps = [meta.map(|m| m.trained_steps), peek.trained_steps()]
+            .into_iter()
+            .flatten()
+            .max();
         Ok(RegistryEntry {
-            preset,
+            preset: m.preset.clone().or_else(|| preset_of(&peek.config)),
             params: peek.config.param_count(),
             vocab_size: peek.config.vocab_size,
             file_bytes: peek.file_len,
-            created_unix: if meta.created_unix != 0 {
-                meta.created_unix
+            created_unix: if m.created_unix != 0 {
+                m.created_unix
             } else {
                 peek.created_unix
             },
-            trained_steps: meta.trained_steps,
+            trained_steps,
         })
     }
 
@@ -462,13 +621,13 @@ impl ModelStore {
 
     /// Makes a fresh, randomly initialised model of `preset_name` named `name`.
     pub fn create(&self, name: &str, preset_name: &str, opts: &CreateOptions) -> Result<PathBuf> {
-        check_name(name)?;
+        check_new_name(name)?;
         let preset = preset(preset_name)?;
         self.refuse_existing(name)?;
         let tokenizer = match &opts.tokenizer {
             None => init::byte_tokenizer(),
             Some(from) => {
-                let file = ModelFile::open(self.resolve(from)?)?;
+                let file = self.resolve_model(from)?.open("create")?;
                 let parsed = file.parse()?;
                 init::tokenizer_of(&parsed).map_err(enigma_runtime::Error::from)?
             }
@@ -489,7 +648,7 @@ impl ModelStore {
             ..Metadata::default()
         };
         meta.note(format!("created from preset {}", preset.name));
-        self.publish(name, |stage| {
+        self.publish(name, false, |stage| {
             writer.write(stage.join(MODEL_FILE))?;
             write_config(stage, Some(preset.name), &config)?;
             write_json(&stage.join(META_FILE), &meta)
@@ -507,36 +666,68 @@ impl ModelStore {
     }
 
     /// Builds a model folder out of sight (`.NAME.new-PID`) and moves it into place in one rename, so a
-    /// crash never leaves a half-made model and two makers of one name cannot both win.
-    fn publish(&self, name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    /// crash never leaves a half-made model and two makers of one name cannot both win. With `replace`, a
+    /// model already called `name` is replaced ([`ModelStore::replace_with`]).
+    fn publish(
+        &self,
+        name: &str,
+        replace: bool,
+        build: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.home).map_err(io(&self.home))?;
         let stage = self
             .home
             .join(format!(".{name}.new-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&stage);
-        let made = std::fs::create_dir(&stage)
+        let built = std::fs::create_dir(&stage)
             .map_err(io(&stage))
-            .and_then(|_| build(&stage))
-            .and_then(|_| self.refuse_existing(name));
-        let dir = self.dir(name);
-        let result = made.and_then(|_| {
-            // rename(2) onto an existing non-empty folder fails, so the loser of a race is refused here.
-            std::fs::rename(&stage, &dir).map_err(|e| {
-                if dir.exists() {
-                    ModelError::Exists {
-                        name: name.to_string(),
-                        home: self.home.clone(),
-                    }
-                } else {
-                    io(&dir)(e)
-                }
-            })
-        });
+            .and_then(|_| build(&stage));
+        let result = built.and_then(|_| self.move_into_place(&stage, name, replace));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&stage);
         }
-        result?;
+        let dir = result?;
         self.reconcile_quietly();
+        Ok(dir)
+    }
+
+    /// Renames the folder `from` to model `name`: refused when that exists, unless `replace`.
+    fn move_into_place(&self, from: &Path, name: &str, replace: bool) -> Result<PathBuf> {
+        let dir = self.dir(name);
+        if replace && dir.exists() {
+            return self.replace_with(from, name);
+        }
+        self.refuse_existing(name)?;
+        // rename(2) onto an existing non-empty folder fails, so the loser of a race is refused here.
+        std::fs::rename(from, &dir).map_err(|e| {
+            if dir.exists() {
+                ModelError::Exists {
+                    name: name.to_string(),
+                    home: self.home.clone(),
+                }
+            } else {
+                io(&dir)(e)
+            }
+        })?;
+        Ok(dir)
+    }
+
+    /// Puts the folder `from` in the place of the existing model `name`, under that model's lock (so a
+    /// model in use is never replaced): the old folder goes out of sight first, comes back if the move
+    /// fails, and is removed after.
+    fn replace_with(&self, from: &Path, name: &str) -> Result<PathBuf> {
+        let dir = self.dir(name);
+        let guard = lock(&dir, name, "replace")?;
+        let old = self
+            .home
+            .join(format!(".{name}.replaced-{}", std::process::id()));
+        std::fs::rename(&dir, &old).map_err(io(&dir))?;
+        if let Err(e) = std::fs::rename(from, &dir) {
+            let _ = std::fs::rename(&old, &dir);
+            return Err(io(&dir)(e));
+        }
+        drop(guard);
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
         Ok(dir)
     }
 
@@ -550,6 +741,7 @@ impl ModelStore {
 
     /// Deletes a model, refusing while anything (training, serving) holds its lock.
     pub fn delete(&self, name: &str) -> Result<()> {
+        not_builtin(name, BUILTIN_IS_READ_ONLY)?;
         let dir = self.existing(name)?;
         let guard = lock(&dir, name, "delete")?;
         // Out of sight first, in one rename: nobody sees a half-deleted model.
@@ -563,28 +755,59 @@ impl ModelStore {
         Ok(())
     }
 
-    pub fn rename(&self, from: &str, to: &str) -> Result<PathBuf> {
+    /// Renames a model; a model already called `to` is refused, or with `replace` replaced.
+    pub fn rename(&self, from: &str, to: &str, replace: bool) -> Result<PathBuf> {
+        not_builtin(from, BUILTIN_IS_READ_ONLY)?;
         let dir = self.existing(from)?;
-        check_name(to)?;
+        check_new_name(to)?;
+        not_onto_itself(from, to, "renamed")?;
         let _guard = lock(&dir, from, "rename")?;
-        self.refuse_existing(to)?;
-        let dest = self.dir(to);
-        std::fs::rename(&dir, &dest).map_err(io(&dir))?;
+        let dest = self.move_into_place(&dir, to, replace)?;
         self.add_history(&dest, format!("renamed from {from}"))?;
         self.reconcile_quietly();
         Ok(dest)
     }
 
-    /// Copies a model (weights, config, metadata, checkpoints) under a new name. The source is locked
-    /// meanwhile so a trainer cannot write half of what is copied.
-    pub fn copy(&self, from: &str, to: &str) -> Result<PathBuf> {
+    /// Copies a model (weights, config, metadata, checkpoints) under a new name; `from` may be the
+    /// built-in model. The source is locked meanwhile so a trainer cannot write half of what is copied. A
+    /// model already called `to` is refused, or with `replace` replaced.
+    pub fn copy(&self, from: &str, to: &str, replace: bool) -> Result<PathBuf> {
+        check_new_name(to)?;
+        if from == BUILTIN_NAME {
+            return self.copy_builtin(to, replace);
+        }
         let dir = self.existing(from)?;
-        check_name(to)?;
-        self.refuse_existing(to)?;
+        not_onto_itself(from, to, "copied")?;
+        if !replace {
+            self.refuse_existing(to)?;
+        }
         let _guard = lock(&dir, from, "copy")?;
-        self.publish(to, |stage| {
+        self.publish(to, replace, |stage| {
             copy_tree(&dir, stage)?;
             self.add_history(stage, format!("copied from {from}"))
+        })
+    }
+
+    /// The built-in model as a model of the store, to be fine-tuned, converted or replaced like any other.
+    fn copy_builtin(&self, to: &str, replace: bool) -> Result<PathBuf> {
+        if !replace {
+            self.refuse_existing(to)?;
+        }
+        let peeked = peek_builtin()?;
+        let preset = preset_of(&peeked.config);
+        let mut meta = Metadata {
+            created_unix: now_unix(),
+            preset: preset.clone(),
+            source: format!("copied from {DEFAULT_MODEL_NAME} ({})", peeked.source),
+            trained_steps: peeked.trained_steps().unwrap_or(0),
+            ..Metadata::default()
+        };
+        meta.note(format!("copied from {DEFAULT_MODEL_NAME}"));
+        self.publish(to, replace, |stage| {
+            let file = stage.join(MODEL_FILE);
+            std::fs::write(&file, DEFAULT_MODEL).map_err(io(&file))?;
+            write_config(stage, preset.as_deref(), &peeked.config)?;
+            write_json(&stage.join(META_FILE), &meta)
         })
     }
 
@@ -601,18 +824,24 @@ impl ModelStore {
 
     /// Resizes a model to another preset (docs/MODELS.md: the overlapping slices are copied, the rest
     /// initialised fresh). The vocabulary, tokenizer, RoPE theta, norm epsilon and classifier tying stay.
+    /// A model already called as a new target is refused, or with `replace` replaced.
     pub fn convert(
         &self,
         name: &str,
         preset_name: &str,
         target: &ConvertTarget,
         seed: Option<u64>,
+        replace: bool,
     ) -> Result<PathBuf> {
+        not_builtin(name, BUILTIN_IS_READ_ONLY)?;
         let dir = self.existing(name)?;
         let preset = preset(preset_name)?;
         if let ConvertTarget::New(to) = target {
-            check_name(to)?;
-            self.refuse_existing(to)?;
+            check_new_name(to)?;
+            not_onto_itself(name, to, "converted")?;
+            if !replace {
+                self.refuse_existing(to)?;
+            }
         }
         let _guard = lock(&dir, name, "convert")?;
         let file = ModelFile::open(dir.join(MODEL_FILE))?;
@@ -664,7 +893,7 @@ impl ModelStore {
             ConvertTarget::New(to) => {
                 meta.created_unix = now_unix();
                 meta.source = format!("converted from {name}");
-                self.publish(to, |stage| {
+                self.publish(to, replace, |stage| {
                     writer.write(stage.join(MODEL_FILE))?;
                     write_config(stage, Some(preset.name), &config)?;
                     write_json(&stage.join(META_FILE), &meta)
@@ -715,17 +944,41 @@ impl ModelStore {
             loss: loss as f32,
         });
         meta.note(format!("trained {steps} steps from {from}"));
-        let preset = meta.preset.clone().or_else(|| {
-            PRESETS
-                .iter()
-                .find(|p| p.config(peeked.config.vocab_size) == peeked.config)
-                .map(|p| p.name.to_string())
-        });
+        let preset = meta.preset.clone().or_else(|| preset_of(&peeked.config));
         write_config(&dir, preset.as_deref(), &peeked.config)?;
         write_json(&meta_path, &meta)?;
         self.reconcile_quietly();
         Ok(())
     }
+}
+
+/// Why the built-in model is not deleted, renamed or converted like a model of the store.
+const BUILTIN_IS_READ_ONLY: &str =
+    "it cannot be deleted, renamed or converted (to change it, copy it first: enigma models copy default NAME)";
+
+/// Refuses the built-in model's name where a model of the store is meant; `why` says what cannot be done.
+fn not_builtin(name: &str, why: &'static str) -> Result<()> {
+    if name == BUILTIN_NAME {
+        Err(ModelError::BuiltIn(why))
+    } else {
+        Ok(())
+    }
+}
+
+/// A name a model of the store can take: a portable folder name, and not the built-in model's.
+pub fn check_new_name(name: &str) -> Result<()> {
+    not_builtin(name, "choose another name")?;
+    check_name(name)
+}
+
+/// `--force` replaces a model other than the source; replacing the source with itself would destroy it.
+fn not_onto_itself(from: &str, to: &str, what: &str) -> Result<()> {
+    if from == to {
+        return Err(ModelError::Refused(format!(
+            "model '{from}' cannot be {what} onto itself"
+        )));
+    }
+    Ok(())
 }
 
 fn write_config(dir: &Path, preset: Option<&str>, config: &Config) -> Result<()> {
@@ -736,6 +989,56 @@ fn write_config(dir: &Path, preset: Option<&str>, config: &Config) -> Result<()>
             config: *config,
         },
     )
+}
+
+/// Refuses to write `output` when it already exists, above all when it is one of the `inputs` (however
+/// either is spelled: the same device and inode), unless `force`; the writer then replaces it atomically.
+pub fn check_output(output: &Path, inputs: &[&Path], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    let Ok(out_meta) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    let same = |input: &Path| {
+        std::fs::metadata(input).is_ok_and(|m| same_file(&out_meta, &m))
+            || matches!(
+                (output.canonicalize(), input.canonicalize()),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    let reason = match inputs.iter().find(|i| same(i)) {
+        Some(input) => format!(
+            "{} is the same file as the input {}: write to another file, or pass --force to replace it",
+            output.display(),
+            input.display()
+        ),
+        None => format!(
+            "{} already exists: write to another file, or pass --force to replace it",
+            output.display()
+        ),
+    };
+    Err(ModelError::Refused(reason))
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    // Canonical paths decide (see check_output).
+    false
+}
+
+/// The preset whose shape a model has, if any.
+pub fn preset_of(config: &Config) -> Option<String> {
+    PRESETS
+        .iter()
+        .find(|p| p.config(config.vocab_size) == *config)
+        .map(|p| p.name.to_string())
 }
 
 fn clock_seed() -> u64 {
@@ -921,9 +1224,9 @@ mod tests {
         let held = ModelLock::acquire(s.dir("a"), "training").unwrap();
         for err in [
             s.delete("a").unwrap_err(),
-            s.rename("a", "b").unwrap_err(),
-            s.copy("a", "c").unwrap_err(),
-            s.convert("a", "micro", &ConvertTarget::InPlace, Some(1))
+            s.rename("a", "b", false).unwrap_err(),
+            s.copy("a", "c", false).unwrap_err(),
+            s.convert("a", "micro", &ConvertTarget::InPlace, Some(1), false)
                 .unwrap_err(),
         ] {
             let msg = err.to_string();
@@ -932,7 +1235,7 @@ mod tests {
         }
         assert!(s.dir("a").join(MODEL_FILE).is_file());
         drop(held);
-        s.copy("a", "c").unwrap();
+        s.copy("a", "c", false).unwrap();
         assert!(s
             .metadata("c")
             .unwrap()
@@ -941,7 +1244,7 @@ mod tests {
             .unwrap()
             .contains("copied from a"));
         assert!(!s.dir("c").join(".lock").exists());
-        s.rename("a", "b").unwrap();
+        s.rename("a", "b", false).unwrap();
         assert!(!s.dir("a").exists());
         assert!(s
             .metadata("b")
@@ -950,7 +1253,10 @@ mod tests {
             .last()
             .unwrap()
             .contains("renamed from a"));
-        assert!(matches!(s.rename("b", "c"), Err(ModelError::Exists { .. })));
+        assert!(matches!(
+            s.rename("b", "c", false),
+            Err(ModelError::Exists { .. })
+        ));
         s.delete("b").unwrap();
         assert!(!s.dir("b").exists());
         assert!(matches!(s.delete("b"), Err(ModelError::NotFound { .. })));
@@ -963,7 +1269,7 @@ mod tests {
         let (_t, s) = store();
         s.create("a", "nano", &seeded()).unwrap();
         let to = ConvertTarget::New("a-micro".into());
-        let dir = s.convert("a", "micro", &to, Some(2)).unwrap();
+        let dir = s.convert("a", "micro", &to, Some(2), false).unwrap();
         let f = ModelFile::open(dir.join(MODEL_FILE)).unwrap();
         let c = *f.parse().unwrap().config();
         assert_eq!((c.dim, c.n_layers, c.vocab_size), (192, 4, 259));
@@ -974,10 +1280,10 @@ mod tests {
         // The original is untouched; converting to its own shape is refused.
         assert_eq!(peek(&s.dir("a").join(MODEL_FILE)).unwrap().config.dim, 128);
         let err = s
-            .convert("a", "nano", &ConvertTarget::InPlace, None)
+            .convert("a", "nano", &ConvertTarget::InPlace, None, false)
             .unwrap_err();
         assert!(err.to_string().contains("already has the shape"), "{err}");
-        s.convert("a", "tiny", &ConvertTarget::InPlace, Some(3))
+        s.convert("a", "tiny", &ConvertTarget::InPlace, Some(3), false)
             .unwrap();
         assert_eq!(peek(&s.dir("a").join(MODEL_FILE)).unwrap().config.dim, 256);
         let cfg: ConfigFile = read_json(&s.dir("a").join(CONFIG_FILE)).unwrap();
@@ -1002,6 +1308,228 @@ mod tests {
             s.create("c", "nano", &bad),
             Err(ModelError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn names_resolve_to_the_built_in_a_folder_a_loose_file_or_a_path() {
+        let (t, s) = store();
+        assert_eq!(s.resolve_model("default").unwrap(), ResolvedModel::BuiltIn);
+        let dir = s.create("story", "nano", &seeded()).unwrap();
+        let file = dir.join(MODEL_FILE);
+        assert_eq!(
+            s.resolve_model("story").unwrap(),
+            ResolvedModel::File(file.clone())
+        );
+        // A path to the file, or to its folder.
+        let as_path = file.to_str().unwrap();
+        assert_eq!(
+            s.resolve_model(as_path).unwrap(),
+            ResolvedModel::File(file.clone())
+        );
+        assert_eq!(
+            s.resolve_model(dir.to_str().unwrap()).unwrap(),
+            ResolvedModel::File(file.clone())
+        );
+        // Loose files in the home: NAME.enigma, or NAME itself.
+        std::fs::copy(&file, s.home().join("loose.enigma")).unwrap();
+        std::fs::copy(&file, s.home().join("bare")).unwrap();
+        for (spec, want) in [
+            ("loose", "loose.enigma"),
+            ("loose.enigma", "loose.enigma"),
+            ("bare", "bare"),
+        ] {
+            assert_eq!(
+                s.resolve_model(spec).unwrap(),
+                ResolvedModel::File(s.home().join(want)),
+                "{spec}"
+            );
+        }
+        // A folder that holds no model is said to be one, by path or by name.
+        let empty = t.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::create_dir_all(s.dir("half")).unwrap();
+        for (spec, dir) in [
+            (empty.to_str().unwrap(), empty.clone()),
+            ("half", s.dir("half")),
+        ] {
+            let err = s.resolve_model(spec).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} is a directory, not a model file (no model.enigma in it)",
+                    dir.display()
+                )
+            );
+        }
+        // Nothing of that name: the home is named; a path gets the OS's reason.
+        let err = s.resolve_model("nope").unwrap_err().to_string();
+        assert!(err.contains(&s.home().display().to_string()), "{err}");
+        assert!(err.contains("enigma models list"), "{err}");
+        let missing = t.path().join("nowhere.enigma");
+        let err = s.resolve_model(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, ModelError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("nowhere.enigma"), "{err}");
+    }
+
+    #[test]
+    fn the_built_in_name_is_reserved_and_the_built_in_can_be_copied() {
+        let (_t, s) = store();
+        s.create("a", "nano", &seeded()).unwrap();
+        let refused = [
+            s.delete("default").unwrap_err(),
+            s.rename("default", "b", false).unwrap_err(),
+            s.rename("a", "default", true).unwrap_err(),
+            s.copy("a", "default", true).unwrap_err(),
+            s.create("default", "nano", &seeded()).unwrap_err(),
+            s.convert("default", "micro", &ConvertTarget::InPlace, None, false)
+                .unwrap_err(),
+            s.convert(
+                "a",
+                "micro",
+                &ConvertTarget::New("default".into()),
+                None,
+                true,
+            )
+            .unwrap_err(),
+        ];
+        for err in refused {
+            assert!(matches!(err, ModelError::BuiltIn(_)), "{err}");
+            assert!(err.to_string().contains("built into the binary"), "{err}");
+        }
+        assert!(!s.dir("default").exists());
+        // Copied out, it is a model of the store with the built-in's training recorded.
+        let dir = s.copy("default", "mine", false).unwrap();
+        assert_eq!(std::fs::read(dir.join(MODEL_FILE)).unwrap(), DEFAULT_MODEL);
+        let steps = peek_builtin().unwrap().trained_steps();
+        assert!(steps.is_some_and(|n| n > 0), "{steps:?}");
+        let (found, _) = s.reconcile().unwrap();
+        let mine = found.iter().find(|f| f.name == "mine").unwrap();
+        assert_eq!(mine.entry.as_ref().unwrap().trained_steps, steps);
+        // A folder called `default` (an old checkout's) is not listed: the name means the built-in.
+        std::fs::create_dir_all(s.dir("default")).unwrap();
+        assert!(s.scan().unwrap().iter().all(|f| f.name != "default"));
+    }
+
+    #[test]
+    fn replacing_an_existing_model_is_explicit_and_respects_its_lock() {
+        let (_t, s) = store();
+        s.create("a", "nano", &seeded()).unwrap();
+        s.create("b", "micro", &seeded()).unwrap();
+        assert!(matches!(
+            s.copy("a", "b", false),
+            Err(ModelError::Exists { .. })
+        ));
+        assert!(matches!(
+            s.convert("a", "tiny", &ConvertTarget::New("b".into()), None, false),
+            Err(ModelError::Exists { .. })
+        ));
+        for err in [
+            s.copy("a", "a", true).unwrap_err(),
+            s.rename("a", "a", true).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("onto itself"), "{err}");
+        }
+        // A model in use is not replaced.
+        let held = ModelLock::acquire(s.dir("b"), "serving").unwrap();
+        assert!(matches!(
+            s.copy("a", "b", true),
+            Err(ModelError::Locked { .. })
+        ));
+        assert_eq!(peek(&s.dir("b").join(MODEL_FILE)).unwrap().config.dim, 192);
+        drop(held);
+        s.copy("a", "b", true).unwrap();
+        assert_eq!(peek(&s.dir("b").join(MODEL_FILE)).unwrap().config.dim, 128);
+        s.convert("a", "micro", &ConvertTarget::New("b".into()), Some(1), true)
+            .unwrap();
+        assert_eq!(peek(&s.dir("b").join(MODEL_FILE)).unwrap().config.dim, 192);
+        s.rename("b", "a", true).unwrap();
+        assert!(!s.dir("b").exists());
+        assert_eq!(peek(&s.dir("a").join(MODEL_FILE)).unwrap().config.dim, 192);
+        // Nothing is left out of sight.
+        let hidden: Vec<_> = std::fs::read_dir(s.home())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+    }
+
+    #[test]
+    fn loose_files_are_found_with_the_steps_their_writer_recorded() {
+        let (_t, s) = store();
+        let dir = s.create("a", "nano", &seeded()).unwrap();
+        std::fs::copy(dir.join(MODEL_FILE), s.home().join("random.enigma")).unwrap();
+        std::fs::write(s.home().join("trained.enigma"), DEFAULT_MODEL).unwrap();
+        // A loose file named like a folder goes by its file name.
+        std::fs::copy(dir.join(MODEL_FILE), s.home().join("a.enigma")).unwrap();
+        std::fs::write(s.home().join("junk.enigma"), b"no").unwrap();
+        let loose = s.loose_files().unwrap();
+        let names: Vec<&str> = loose.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.enigma", "junk", "random", "trained"]);
+        assert!(loose.iter().all(|f| f.loose));
+        let steps = |n: &str| {
+            let f = loose.iter().find(|f| f.name == n).unwrap();
+            f.entry
+                .as_ref()
+                .map(|e| e.trained_steps)
+                .map_err(String::clone)
+        };
+        // Created, not trained: nothing recorded in the file itself.
+        assert_eq!(steps("random"), Ok(None));
+        assert_eq!(
+            steps("trained"),
+            Ok(peek_builtin().unwrap().trained_steps())
+        );
+        assert!(steps("junk").unwrap_err().contains("too short"));
+        // In a folder, metadata.json records the 0 steps of a fresh model.
+        let (found, _) = s.reconcile().unwrap();
+        assert_eq!(found[0].entry.as_ref().unwrap().trained_steps, Some(0));
+        assert_eq!(
+            peek(&s.home().join("trained.enigma")).unwrap().notes,
+            peek_builtin().unwrap().notes
+        );
+        assert_eq!(
+            Peek {
+                notes: training_note(42),
+                ..peek_builtin().unwrap()
+            }
+            .trained_steps(),
+            Some(42)
+        );
+    }
+
+    #[test]
+    fn an_output_that_exists_or_is_an_input_needs_force() {
+        let (t, _s) = store();
+        let input = t.path().join("in.enigma");
+        std::fs::write(&input, b"x").unwrap();
+        let other = t.path().join("other.enigma");
+        check_output(&other, &[&input], false).unwrap();
+        std::fs::write(&other, b"y").unwrap();
+        let err = check_output(&other, &[&input], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already exists") && err.contains("--force"),
+            "{err}"
+        );
+        // The input, spelled another way.
+        let spelled = t.path().join(".").join("in.enigma");
+        let err = check_output(&spelled, &[&input], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is the same file as the input"), "{err}");
+        #[cfg(unix)]
+        {
+            let link = t.path().join("link.enigma");
+            std::fs::hard_link(&input, &link).unwrap();
+            let err = check_output(&link, &[&input], false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is the same file as the input"), "{err}");
+        }
+        check_output(&input, &[&input], true).unwrap();
     }
 
     #[test]

@@ -238,11 +238,11 @@ fn the_model_module_holds_its_folder_so_writers_are_refused_until_it_unloads() {
     refused(store.delete("m").unwrap_err().to_string());
     refused(
         store
-            .convert("m", "micro", &ConvertTarget::InPlace, Some(1))
+            .convert("m", "micro", &ConvertTarget::InPlace, Some(1), false)
             .unwrap_err()
             .to_string(),
     );
-    refused(store.rename("m", "n").unwrap_err().to_string());
+    refused(store.rename("m", "n", false).unwrap_err().to_string());
     // A caller still holding the model keeps the hold after the module unloads.
     let held = m
         .get::<dyn enigma_modules::capability::LanguageModel>("language_model")

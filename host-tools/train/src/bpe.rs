@@ -264,10 +264,7 @@ impl Bpe {
             eos: EOS,
             pad: Some(PAD),
             add_dummy_prefix: false,
-            chat: Some(ChatTokens {
-                user: USER,
-                assistant: ASSISTANT,
-            }),
+            chat: Some(reserved_chat_markers()),
         }
     }
 
@@ -422,7 +419,8 @@ impl Bpe {
         if data.pieces.len() < FIRST_MERGE as usize
             || data.pieces[..FIRST_MERGE as usize] != bpe.pieces[..]
             || (data.bos, data.eos, data.pad, data.add_dummy_prefix) != (BOS, EOS, Some(PAD), false)
-            || data.chat != bpe.data().chat
+            // The markers are reserved either way; a model trained on text only does not advertise them.
+            || data.chat.is_some_and(|c| c != reserved_chat_markers())
         {
             return None;
         }
@@ -446,6 +444,14 @@ impl Bpe {
 }
 
 /// Checks that a tokenizer has what chat data needs.
+/// The chat markers every vocabulary we train reserves.
+pub fn reserved_chat_markers() -> ChatTokens {
+    ChatTokens {
+        user: USER,
+        assistant: ASSISTANT,
+    }
+}
+
 pub fn chat_markers(data: &TokenizerData) -> Result<ChatTokens> {
     match data.chat {
         Some(c) => Ok(c),

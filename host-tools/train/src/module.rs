@@ -3,7 +3,7 @@
 //! whoever holds the handle (the server, a test) through [`Training::run`].
 
 use crate::{Summary, TrainOptions};
-use enigma_models::{check_name, ModelStore};
+use enigma_models::{check_new_name, ModelStore};
 use enigma_modules::capability::{LanguageModel, Provided, Tokenization, Training, TrainingReport};
 use enigma_modules::spec::{ModuleConfig, ModuleSpec, Value};
 use enigma_modules::{catalog, Deps, Health, Module, ModuleError, Registry};
@@ -123,11 +123,19 @@ impl TrainingModule {
             Some(o) if !o.is_empty() => o.to_string(),
             _ => format!("{}-tuned", model.name().trim_end_matches(".enigma")),
         };
-        check_name(&output).map_err(config_err)?;
+        check_new_name(&output).map_err(config_err)?;
         let out = self.store.dir(&output);
         if let Some(holder) = ModelLock::holder(&out).map_err(config_err)? {
             return Err(ModuleError::Failed(format!(
                 "the output model '{output}' is locked by {holder}"
+            )));
+        }
+        // The trainer starts from a file; the built-in model is bytes of the binary.
+        if !model.path().is_file() {
+            return Err(config_err(format!(
+                "the training module fine-tunes a model file, and {} has none: copy it into the models home first (enigma models copy {} NEW)",
+                model.name(),
+                model.name()
             )));
         }
         let mut options = TrainOptions::new(data, out);

@@ -39,6 +39,7 @@ pub struct TrainOptions {
     /// Not needed with --resume, which continues with the run's own data.
     #[arg(long, required_unless_present = "resume", num_args = 1..)]
     pub data: Vec<PathBuf>,
+    /// How to read the data files (auto decides by extension and first line).
     #[arg(long, value_enum, default_value = "auto")]
     pub format: DataFormat,
     /// A tokenizer from `enigma tokenizer train`; without it one is trained on the data first.
@@ -59,7 +60,8 @@ pub struct TrainOptions {
     /// Tokens per sequence (default: the model's context, at most 256).
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Optimizer steps (default 1000, or what --epochs works out to).
+    /// Optimizer steps (default 1000, or what --epochs works out to). With --resume: a longer schedule, to
+    /// continue a run that finished.
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
     /// Passes over the training examples, instead of --steps.
@@ -77,6 +79,7 @@ pub struct TrainOptions {
     /// Linear warmup steps (default: a tenth of the steps, at most 100).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// Seed of the initial weights and of the order of the batches (a resumed run keeps its own).
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Fraction of the data held out for validation.
@@ -187,6 +190,7 @@ pub struct TokenizerTrainArgs {
     /// Text, JSONL conversations or Q:/A: files.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
+    /// How to read the data files (auto decides by extension and first line).
     #[arg(long, value_enum, default_value = "auto")]
     pub format: DataFormat,
     /// Tokens in all: 256 bytes, 5 specials, and the merges.

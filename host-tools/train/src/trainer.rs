@@ -187,6 +187,9 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
             Vocab::from_bpe(bpe)
         }
     };
+    let init_chat = init.as_ref().is_some_and(|(_, tok, _)| tok.chat.is_some());
+    let mut vocab = vocab;
+    advertise_chat(&mut vocab, !corpus.chats.is_empty(), init_chat);
     if let (Some(bpe), false) = (vocab.bpe(), out.join(TOKENIZER_FILE).exists()) {
         bpe.save(&out.join(TOKENIZER_FILE))?;
     }
@@ -279,6 +282,11 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
     options.quiet = o.quiet;
     options.stop_after = o.stop_after;
     options.resume = true;
+    // A longer schedule is how a finished run goes on (its learning rate then follows the new length).
+    if let Some(steps) = o.steps {
+        options.steps = Some(steps);
+        options.epochs = None;
+    }
     let mut adam = AdamW::new(&ck.config, AdamWConfig::default());
     adam.m = ck.m;
     adam.v = ck.v;
@@ -292,6 +300,19 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
         params: ck.params,
         adam,
     })
+}
+
+/// Whether the model file advertises chat markers: only once the model has learnt them, from this run's
+/// conversations or before (an `--init` chat model). Conversations need the markers, and ours are reserved
+/// in every vocabulary we train, so a model trained on text until now gets them back.
+fn advertise_chat(vocab: &mut Vocab, has_chats: bool, learnt_before: bool) {
+    if has_chats {
+        if super::data::Encode::data(vocab).chat.is_none() && vocab.bpe().is_some() {
+            vocab.set_chat(Some(super::bpe::reserved_chat_markers()));
+        }
+    } else if !learnt_before {
+        vocab.set_chat(None);
+    }
 }
 
 /// Whether two lists of paths name the same files, in order (however each was spelled).
@@ -385,6 +406,11 @@ fn run(o: &TrainOptions, out: &Path, kernels: &'static Kernels) -> Result<Summar
         return run_state(st, corpus, out, kernels, None);
     };
     let corpus = read_corpus(&st.options.data, st.options.format)?;
+    // Only a fine-tuned model can have learnt the markers before this run (checkpoints of earlier versions
+    // kept them on every vocabulary).
+    let learnt_before =
+        st.options.init.is_some() && super::data::Encode::data(&st.vocab).chat.is_some();
+    advertise_chat(&mut st.vocab, !corpus.chats.is_empty(), learnt_before);
     let resume_step = Some(st.step);
     st.options.resume = true;
     run_state(st, corpus, out, kernels, resume_step)
@@ -450,6 +476,14 @@ fn run_state(
             &out.join(CONFIG_FILE),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
+    } else if st.step >= total {
+        // Nothing would run: say so instead of reporting the loss of no steps (NaN).
+        bail!(
+            "the run in {} is finished: step {} of {total}; to continue it, resume with more steps (--resume --steps {})",
+            out.display(),
+            st.step,
+            st.step + total
+        );
     } else {
         eprintln!("resuming at step {} of {total}", st.step);
     }
@@ -560,10 +594,6 @@ fn run_state(
         }
     }
     progress.finish();
-    if resume_step == Some(st.step) {
-        // Nothing left to train: make sure the outputs exist.
-        save(&st, st.step)?;
-    }
     progress::plot(&out.join(progress::PLOT_FILE), progress.entries())?;
     let secs = run_start.elapsed().as_secs_f64();
     let rate = tokens_done as f64 / secs.max(1e-9);
@@ -601,7 +631,7 @@ fn write_model(
     step: u64,
 ) -> Result<()> {
     let mut w = ModelWriter::new(*config, tok);
-    w.provenance(source, format!("enigma train, step {step}"));
+    w.provenance(source, enigma_models::training_note(step));
     enigma_runtime::quantize::add_params(&mut w, config, params, dtype)?;
     Ok(atomic_write(&out.join(MODEL_FILE), &w.to_bytes()?)?)
 }

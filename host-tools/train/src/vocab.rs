@@ -4,6 +4,7 @@
 use super::bpe::Bpe;
 use super::data::Encode;
 use anyhow::Result;
+use enigma_core::format::ChatTokens;
 use enigma_core::Tokenizer;
 use enigma_runtime::TokenizerData;
 
@@ -27,11 +28,14 @@ impl Vocab {
         }
     }
 
-    /// Any tokenizer; ours is recognised and gets the fast encoder.
+    /// Any tokenizer; ours is recognised and gets the fast encoder. Whether it advertises chat markers is
+    /// the given data's say (see [`Vocab::set_chat`]).
     pub fn from_data(data: TokenizerData) -> Result<Vocab> {
         data.check_limits()?;
         if let Some(bpe) = Bpe::from_data(&data) {
-            return Ok(Vocab::from_bpe(bpe));
+            let mut v = Vocab::from_bpe(bpe);
+            v.data.chat = data.chat;
+            return Ok(v);
         }
         let mut pieces = Vec::new();
         let mut offsets = vec![0u32];
@@ -60,6 +64,13 @@ impl Vocab {
             &self.data.scores,
             &self.sorted,
         )?)
+    }
+
+    /// Whether the model file says "this model knows the chat markers". Our tokenizer always reserves
+    /// them; a model only advertises them once it has been trained on conversations, so that `enigma chat`
+    /// treats a model trained on plain text as the completion model it is.
+    pub fn set_chat(&mut self, chat: Option<ChatTokens>) {
+        self.data.chat = chat;
     }
 
     pub fn bpe(&self) -> Option<&Bpe> {

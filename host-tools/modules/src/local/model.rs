@@ -3,7 +3,7 @@
 use crate::capability::{LanguageModel, Provided};
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
-use enigma_models::ModelStore;
+use enigma_models::{ModelStore, ResolvedModel};
 use enigma_runtime::session::HostSession;
 use enigma_runtime::{Backend, ModelFile};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// held with a reader's lock (`ModelFile::open_shared`): `models delete`, `convert --in-place` and training
 /// are refused, so a mapped file is never truncated under it.
 pub struct LoadedModel {
-    /// The model's name in the store, or the path it was given as.
+    /// The model's name in the store (`default`: the built-in model), or the path it was given as.
     pub name: String,
     pub path: PathBuf,
     pub file: ModelFile,
@@ -27,8 +27,12 @@ impl LoadedModel {
         threads: Option<usize>,
         purpose: &str,
     ) -> Result<Self, ModuleError> {
-        let path = store.resolve(name).map_err(ModuleError::failed)?;
-        let file = ModelFile::open_shared(&path, purpose).map_err(ModuleError::failed)?;
+        // Resolved as `enigma run -m NAME` resolves it: `default` is the built-in model.
+        let file = store
+            .resolve_model(name)
+            .and_then(|m| m.open(purpose))
+            .map_err(ModuleError::failed)?;
+        let path = file.path().to_path_buf();
         let backend = Backend::cpu(threads).map_err(ModuleError::failed)?;
         // Everything `run` would check: shapes, dtypes, the tokenizer.
         file.model(backend.kernels()).map_err(ModuleError::failed)?;
@@ -126,11 +130,12 @@ impl Module for ModelModule {
     /// RAM for the chosen model: its file plus a full-context KV cache and scratch.
     fn hardware_needs(&self, config: &ModuleConfig) -> Result<HardwareNeeds, ModuleError> {
         let name = Self::name(config)?;
-        let path = self
-            .store
-            .resolve(&name)
-            .map_err(|e| ModuleError::Config(e.to_string()))?;
-        let peek = enigma_models::peek(&path).map_err(|e| ModuleError::Config(e.to_string()))?;
+        let peek = match self.store.resolve_model(&name) {
+            Ok(ResolvedModel::BuiltIn) => enigma_models::peek_builtin(),
+            Ok(ResolvedModel::File(path)) => enigma_models::peek(&path),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| ModuleError::Config(e.to_string()))?;
         let est = peek
             .config
             .memory_estimate(enigma_core::kernels::DType::F32)

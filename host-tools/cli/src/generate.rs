@@ -1,0 +1,578 @@
+//! `enigma run` and `enigma chat`: the flags llama.cpp users know, and text that is always valid UTF-8.
+
+use crate::{open, EngineArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use enigma_core::generate::{Session, Stats, Stop};
+use enigma_core::utf8::Utf8Stream;
+use enigma_core::{Exec, Sampler, SamplerConfig, Tokenizer};
+use enigma_runtime::session::DEFAULT_CHUNK;
+use enigma_runtime::HostSession;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Sampling flags, named and defaulted as llama.cpp's (`--temp 0.8 --top-k 40 --top-p 0.9`).
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature: 0 picks the most likely token every time (greedy); higher is more random.
+    #[arg(
+        long = "temp",
+        visible_alias = "temperature",
+        default_value_t = 0.8,
+        allow_negative_numbers = true
+    )]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: u32,
+    /// Divide the odds of tokens seen among the last --repeat-last-n by this (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    /// How many of the last tokens --repeat-penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: u32,
+    /// Random seed, for a repeatable run (default: from the clock).
+    #[arg(short, long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<SamplerConfig> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("--temp must be a number >= 0, not {}", self.temperature);
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            bail!("--top-p must be between 0 and 1, not {}", self.top_p);
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            bail!(
+                "--repeat-penalty must be a positive number, not {}",
+                self.repeat_penalty
+            );
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+        Ok(SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        })
+    }
+}
+
+/// How long a run may go and how much context it may use: `-n` and `-c` as llama.cpp reads them.
+#[derive(Args, Debug, Clone)]
+pub struct LengthArgs {
+    /// Tokens to predict; -1 goes on until the context is full.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    pub n_predict: i64,
+    /// Context size in tokens: prompt and output together (default and maximum: the model's context).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+}
+
+impl LengthArgs {
+    /// Tokens to predict, or `None` for "until the context is full".
+    fn predict(&self) -> Result<Option<usize>> {
+        match self.n_predict {
+            -1 => Ok(None),
+            n if n >= 1 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            n => bail!(
+                "-n/--n-predict must be at least 1 (or -1: until the context is full), not {n}"
+            ),
+        }
+    }
+
+    /// The context this run may use: `-c`, which may not exceed what the model was made for.
+    fn context(&self, model_ctx: usize) -> Result<usize> {
+        match self.ctx_size {
+            None => Ok(model_ctx),
+            Some(0) => bail!("-c/--ctx-size must be at least 1 token"),
+            Some(c) if c > model_ctx => bail!(
+                "-c/--ctx-size {c} is more than this model's context of {model_ctx} tokens (its positions past that were never trained)"
+            ),
+            Some(c) => Ok(c),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The prompt to continue.
+    #[arg(short = 'p', long, default_value = "")]
+    pub prompt: String,
+    /// Read the prompt from this UTF-8 text file instead.
+    #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub length: LengthArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// An instruction placed before the first turn (chat models only).
+    #[arg(long, visible_alias = "system-prompt")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub length: LengthArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Writes generated pieces as text: bytes of a character split over byte-fallback tokens are held until
+/// the character is whole, and bytes that never form one become U+FFFD, so the output is always UTF-8.
+struct Printer<W: Write> {
+    out: W,
+    utf8: Utf8Stream,
+    ok: bool,
+}
+
+impl<W: Write> Printer<W> {
+    fn new(out: W) -> Self {
+        Printer {
+            out,
+            utf8: Utf8Stream::new(),
+            ok: true,
+        }
+    }
+
+    /// Prints one piece; `false` when the output is gone (a closed pipe), which ends the generation.
+    fn piece(&mut self, piece: &[u8]) -> bool {
+        // A lone control byte would garble a terminal (llama2.c drops them too); whitespace stays.
+        if let [b] = piece {
+            if b.is_ascii_control() && !b.is_ascii_whitespace() {
+                return self.ok;
+            }
+        }
+        let out = &mut self.out;
+        let ok = &mut self.ok;
+        self.utf8.push(piece, &mut |s| {
+            *ok = *ok && out.write_all(s.as_bytes()).is_ok();
+            *ok
+        });
+        self.ok = self.ok && self.out.flush().is_ok();
+        self.ok
+    }
+
+    /// Ends a reply: an unfinished character becomes U+FFFD, then a newline.
+    fn finish(&mut self) {
+        let out = &mut self.out;
+        self.utf8
+            .finish(&mut |s| out.write_all(s.as_bytes()).is_ok());
+        let _ = writeln!(self.out);
+        let _ = self.out.flush();
+    }
+}
+
+/// Times one generation. Prefill ends when the first generated token arrives (after `echoed` echoed
+/// prompt tokens); decode speed counts the tokens after that one.
+struct Clock {
+    start: Instant,
+    first: Option<Instant>,
+    echoed: usize,
+    seen: usize,
+}
+
+impl Clock {
+    fn new(echoed: usize) -> Self {
+        Clock {
+            start: Instant::now(),
+            first: None,
+            echoed,
+            seen: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.seen += 1;
+        if self.seen == self.echoed + 1 {
+            self.first = Some(Instant::now());
+        }
+    }
+
+    fn report(&self, stats: &Stats) {
+        let first = self.first.unwrap_or(self.start);
+        let prefill = (first - self.start).as_secs_f64();
+        let decode = first.elapsed().as_secs_f64();
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s",
+            stats.prompt_tokens,
+            rate(stats.prompt_tokens, prefill),
+            stats.generated,
+            rate(stats.generated.saturating_sub(1), decode)
+        );
+        if stats.stop == Stop::ContextFull {
+            eprintln!("stopped: the context window is full");
+        }
+    }
+}
+
+/// What a reply is made of: the prompt's tokens, how many may follow, whether the prompt is echoed, and
+/// whether a blank line ends it (a completion model in `chat` answers with one paragraph).
+struct Turn<'a> {
+    ids: &'a [u32],
+    max_new: usize,
+    echo: bool,
+    until_blank_line: bool,
+}
+
+/// Where a paragraph ends in the generated text: the first blank line after some text.
+#[derive(Default)]
+struct Paragraph {
+    text: bool,
+    newlines: u32,
+}
+
+impl Paragraph {
+    /// The bytes of `piece` that belong to the paragraph, and whether it ended in this piece. Line breaks
+    /// before any text are dropped.
+    fn cut<'p>(&mut self, piece: &'p [u8]) -> (&'p [u8], bool) {
+        let mut start = 0;
+        for (i, &b) in piece.iter().enumerate() {
+            if b == b'\n' {
+                if !self.text {
+                    start = i + 1;
+                    continue;
+                }
+                self.newlines += 1;
+                if self.newlines == 2 {
+                    // The paragraph keeps its last line break; the reply's own newline follows.
+                    return (&piece[start..i], true);
+                }
+            } else if !b.is_ascii_whitespace() {
+                self.text = true;
+                self.newlines = 0;
+            }
+        }
+        (&piece[start..], false)
+    }
+}
+
+/// Generates one reply, streaming it as text to stdout and its speed to stderr. `run` and `chat` both
+/// go through here.
+fn reply(
+    session: &mut Session<'_, '_>,
+    exec: &dyn Exec,
+    tok: &Tokenizer<'_>,
+    sampler: &mut Sampler,
+    turn: Turn<'_>,
+) -> Result<Stats> {
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(stdout.lock());
+    // A fresh session echoes every prompt token but the leading BOS.
+    let echoed = if turn.echo {
+        turn.ids.len().saturating_sub(1)
+    } else {
+        0
+    };
+    let mut clock = Clock::new(echoed);
+    let mut paragraph = Paragraph::default();
+    let stats = session.generate(
+        exec,
+        tok,
+        sampler,
+        turn.ids,
+        turn.max_new,
+        turn.echo,
+        &mut |_, piece| {
+            clock.tick();
+            if turn.until_blank_line && clock.seen > echoed {
+                let (part, ended) = paragraph.cut(piece);
+                let ok = printer.piece(part);
+                return ok && !ended;
+            }
+            printer.piece(piece)
+        },
+    )?;
+    printer.finish();
+    clock.report(&stats);
+    Ok(stats)
+}
+
+/// Encodes a prompt that must fit in `max` tokens, in O(n log n) (the core's loop is quadratic).
+fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>> {
+    Ok(enigma_runtime::tokenize::encode_within(
+        tok, text, bos, false, max,
+    )?)
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let sampler_cfg = args.sampling.config()?;
+    let predict = args.length.predict()?;
+    let prompt_text = match &args.file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
+            String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", path.display()))?
+        }
+        None => args.prompt.clone(),
+    };
+    let (file, backend) = open(&args.engine, "run")?;
+    let model = file.model(backend.kernels())?;
+    let ctx = args
+        .length
+        .context(model.transformer.config.seq_len as usize)?;
+    let prompt = encode(&model.tokenizer, &prompt_text, true, ctx)?;
+    // The cache holds what this run can reach, not the whole context the header declares.
+    let reach = predict.map_or(ctx, |n| prompt.len().saturating_add(n).min(ctx));
+    let transformer = model.transformer.with_context(reach);
+    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
+    let mut session = bufs.session(transformer)?;
+    let mut sampler = Sampler::new(sampler_cfg);
+    let turn = Turn {
+        ids: &prompt,
+        max_new: predict.unwrap_or(usize::MAX),
+        echo: true,
+        until_blank_line: false,
+    };
+    reply(
+        &mut session,
+        backend.exec(),
+        &model.tokenizer,
+        &mut sampler,
+        turn,
+    )?;
+    Ok(())
+}
+
+/// How `chat` feeds a turn to the model.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// The tokenizer has chat markers: the model was trained on conversations.
+    Chat { user: u32, assistant: u32 },
+    /// No markers: a completion model, which continues each line typed as text.
+    Completion,
+}
+
+const HELP: &str = "/help     this list\n\
+/reset    forget the conversation (the context starts empty again)\n\
+/quit     leave (so does /exit, or the end of input)";
+
+/// The tokens of one turn; more than `max` is an error.
+fn turn_ids(
+    tok: &Tokenizer<'_>,
+    mode: Mode,
+    system: Option<&str>,
+    user: &str,
+    first: bool,
+    max: usize,
+) -> Result<Vec<u32>> {
+    let ids = match mode {
+        Mode::Chat {
+            user: u,
+            assistant: a,
+        } => {
+            let mut ids = Vec::new();
+            if first {
+                ids.push(tok.bos());
+                if let Some(s) = system {
+                    ids.extend(encode(tok, s, false, max)?);
+                }
+            }
+            ids.push(u);
+            ids.extend(encode(tok, user, false, max)?);
+            ids.push(a);
+            ids
+        }
+        // A later line starts a new line of the text, as it would in the data the model learnt from.
+        Mode::Completion if first => encode(tok, user, true, max)?,
+        Mode::Completion => encode(tok, &format!("\n{user}"), false, max)?,
+    };
+    if ids.len() > max {
+        bail!(enigma_core::Error::PromptTooLong {
+            tokens: ids.len(),
+            max
+        });
+    }
+    Ok(ids)
+}
+
+pub fn chat(args: ChatArgs) -> Result<()> {
+    let sampler_cfg = args.sampling.config()?;
+    let predict = args.length.predict()?;
+    let (file, backend) = open(&args.engine, "chat")?;
+    let model = file.model(backend.kernels())?;
+    let ctx = args
+        .length
+        .context(model.transformer.config.seq_len as usize)?;
+    let transformer = model.transformer.with_context(ctx);
+    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
+    let mut session = bufs.session(transformer)?;
+    let mut sampler = Sampler::new(sampler_cfg);
+    let mode = match model.tokenizer.meta().chat {
+        Some(m) => Mode::Chat {
+            user: m.user,
+            assistant: m.assistant,
+        },
+        None => Mode::Completion,
+    };
+    let name = args.engine.model_name();
+    // The first line says what kind of conversation this can be.
+    match mode {
+        Mode::Chat { .. } => eprintln!(
+            "chatting with {name}, a chat model ({ctx} tokens of context; /help lists commands)"
+        ),
+        Mode::Completion => {
+            eprintln!(
+                "{name} is a completion model, not trained on conversations: each line you type is continued as text, up to a blank line or -n tokens ({ctx} tokens of context; /help lists commands)"
+            );
+            if args.system.is_some() {
+                eprintln!("note: --system is ignored: a completion model has no system turn");
+            }
+        }
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut first = true;
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read standard input")?;
+        let text = line.trim();
+        match text {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/help" | "/?" => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            "/reset" => {
+                session.reset();
+                sampler.clear_history();
+                first = true;
+                eprintln!("(conversation forgotten)");
+                continue;
+            }
+            t if t.starts_with('/') && !t.contains(char::is_whitespace) => {
+                eprintln!("unknown command {t}; /help lists the commands");
+                continue;
+            }
+            _ => {}
+        }
+        // One slot stays free for the reply's first token.
+        let room = session.remaining().saturating_sub(1);
+        let ids = match turn_ids(
+            &model.tokenizer,
+            mode,
+            args.system.as_deref(),
+            text,
+            first,
+            room,
+        ) {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!(
+                    "error: that turn does not fit in the {room} tokens left in the context ({e:#}); /reset to start over"
+                );
+                continue;
+            }
+        };
+        first = false;
+        let left = session.remaining().saturating_sub(ids.len());
+        let turn = Turn {
+            ids: &ids,
+            max_new: predict.map_or(left, |n| n.min(left)),
+            echo: false,
+            until_blank_line: mode == Mode::Completion,
+        };
+        reply(
+            &mut session,
+            backend.exec(),
+            &model.tokenizer,
+            &mut sampler,
+            turn,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_over_byte_tokens_is_printed_whole() {
+        let mut p = Printer::new(Vec::new());
+        // "é" (C3 A9) as two byte-fallback pieces, then "€" (E2 82 AC) as three.
+        for piece in [&b"caf"[..], b"\xC3", b"\xA9 ", b"\xE2", b"\x82", b"\xAC"] {
+            assert!(p.piece(piece));
+        }
+        p.finish();
+        assert_eq!(String::from_utf8(p.out).unwrap(), "café €\n");
+    }
+
+    #[test]
+    fn bytes_that_never_form_a_character_become_replacement_characters() {
+        let mut p = Printer::new(Vec::new());
+        for piece in [&b"a"[..], b"\xFF", b"b", b"\xE2\x82"] {
+            p.piece(piece);
+        }
+        p.finish();
+        assert_eq!(String::from_utf8(p.out).unwrap(), "a\u{FFFD}b\u{FFFD}\n");
+    }
+
+    #[test]
+    fn a_closed_output_stops_the_generation() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut p = Printer::new(Closed);
+        assert!(!p.piece(b"text"));
+    }
+
+    #[test]
+    fn a_paragraph_ends_at_the_first_blank_line_after_text() {
+        let mut p = Paragraph::default();
+        assert_eq!(p.cut(b"\n\n"), (&b""[..], false));
+        assert_eq!(p.cut(b"\nAnd he"), (&b"And he"[..], false));
+        assert_eq!(p.cut(b" said.\n"), (&b" said.\n"[..], false));
+        assert_eq!(p.cut(b"Then\n"), (&b"Then\n"[..], false));
+        assert_eq!(p.cut(b" \nmore"), (&b" "[..], true));
+    }
+
+    #[test]
+    fn n_predict_and_ctx_size_are_checked() {
+        let l = |n, c| LengthArgs {
+            n_predict: n,
+            ctx_size: c,
+        };
+        assert_eq!(l(5, None).predict().unwrap(), Some(5));
+        assert_eq!(l(-1, None).predict().unwrap(), None);
+        assert!(l(0, None).predict().is_err());
+        assert!(l(-2, None).predict().is_err());
+        assert_eq!(l(1, None).context(256).unwrap(), 256);
+        assert_eq!(l(1, Some(64)).context(256).unwrap(), 64);
+        assert!(l(1, Some(512)).context(256).is_err());
+        assert!(l(1, Some(0)).context(256).is_err());
+    }
+}
