@@ -97,8 +97,13 @@ fn ld_bf16(c: &[bf16]) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
 }
 
-/// Stamps out `out (n) = w (n, d) · x (d)` for one weight dtype: four rows at a time share each load of
-/// `x`, two accumulators per row hide FMA latency, and each row is prefetched `PF` ahead.
+/// f32/f16/bf16 rows at least this long are streamed one at a time in `matvec!`, as in the AVX-512 tier;
+/// shorter ones (stories260K's 64 and 172) go four rows at a time.
+const STREAM_D: usize = 256;
+
+/// Stamps out `out (n) = w (n, d) · x (d)` for one weight dtype. Long rows are read one at a time; short
+/// ones four at a time sharing each load of `x`, two accumulators per row hiding FMA latency, each row
+/// prefetched `PF` ahead.
 macro_rules! matvec {
     ($name:ident, $t:ty, $ld:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -110,6 +115,32 @@ macro_rules! matvec {
                 return;
             }
             let (main, rem) = (d / (2 * L) * (2 * L), d % L);
+            if d >= STREAM_D {
+                // One sequential stream that the hardware prefetchers follow (four interleaved rows are
+                // four short streams they lose track of), four accumulators to cover FMA latency.
+                for (o, row) in out.iter_mut().zip(w.chunks_exact(d)) {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let mut k = 0;
+                    while k + 4 * L <= d {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps($ld(&row[k + i * L..]), ld(&x[k + i * L..]), *a);
+                        }
+                        k += 4 * L;
+                    }
+                    while k + L <= d {
+                        acc[0] = _mm256_fmadd_ps($ld(&row[k..]), ld(&x[k..]), acc[0]);
+                        k += L;
+                    }
+                    let v =
+                        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                    let mut s = hsum(v);
+                    for (wv, xv) in row[k..].iter().zip(&x[k..]) {
+                        s += Weight::to_f32(*wv) * xv;
+                    }
+                    *o = s;
+                }
+                return;
+            }
             let mut o4 = out.chunks_exact_mut(4);
             let mut w4 = w.chunks_exact(4 * d);
             for (o, wr) in (&mut o4).zip(&mut w4) {
