@@ -108,8 +108,9 @@ fn tiles<B, const TT: usize>(
 }
 
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`, for a SIMD tier of `L`-lane vectors `V`: four vectors
-/// of columns stay in registers over all `t`, so each output is stored once. `load` and `store` take a whole or
-/// partial vector (`1..=L` values, zeros loaded past them); `fma(a, b, acc)` is `acc + a·b`.
+/// of columns stay in registers over all `t`, so each output is stored once. `load` (which widens the cache's
+/// element type `T`, f32 or f16, to f32 lanes) and `store` take a whole or partial vector (`1..=L` values,
+/// zeros loaded past them); `fma(a, b, acc)` is `acc + a·b`.
 ///
 /// Inlined into each tier's `#[target_feature]` `attn_accum`, whose closures inherit its features.
 #[cfg_attr(
@@ -117,13 +118,13 @@ fn tiles<B, const TT: usize>(
     allow(dead_code)
 )]
 #[inline(always)]
-pub(crate) fn attn_accum<V: Copy, const L: usize>(
+pub(crate) fn attn_accum<T, V: Copy, const L: usize>(
     out: &mut [f32],
     probs: &[f32],
-    values: &[f32],
+    values: &[T],
     splat: impl Fn(f32) -> V,
     fma: impl Fn(V, V, V) -> V,
-    load: impl Fn(&[f32]) -> V,
+    load: impl Fn(&[T]) -> V,
     store: impl Fn(&mut [f32], V),
 ) {
     let hs = out.len();
@@ -176,11 +177,8 @@ pub mod exp {
     ];
 }
 
-/// Scalar widening of one weight, for the tails of the SIMD matvecs (their vector loads widen 4-16 at once).
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
+/// Scalar widening of one weight (or KV cache element), for the tails of the SIMD matvecs (their vector loads
+/// widen 4-16 at once) and the scalar attention over an f16 cache.
 pub(crate) trait Weight: Copy {
     fn to_f32(self) -> f32;
 }
