@@ -10,45 +10,26 @@ pub(super) mod avx2 {
 
     const L: usize = 8;
 
-    /// `scores (t) = keys (t, hs) · q (hs) * scale`, f16 keys
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::x86_64) fn attn_scores_f16(
-        scores: &mut [f32],
-        q: &[f32],
-        keys: &[f16],
-        scale: f32,
-    ) {
-        matvec_f16(scores, &keys[..scores.len() * q.len()], q);
-        for s in scores.iter_mut() {
-            *s *= scale;
-        }
-    }
-
     /// Up to 8 f16s widened, zeros past `c.len()` (a short head's row goes through a stack copy).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn ld_any_f16(c: &[f16]) -> __m256 {
-        if c.len() >= L {
-            return ld_f16(c);
+        match c.len() >= L {
+            true => ld_f16(c),
+            false => ld_f16(&crate::frame::padded_f16::<L>(c)),
         }
-        let mut buf = [f16::ZERO; L];
-        buf[..c.len()].copy_from_slice(c);
-        ld_f16(&buf)
     }
 
-    /// `out (hs) = Σₜ probs[t] · values[t]`, f16 `values (t, hs)`: the f32 kernel's frame, widening loads.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::x86_64) fn attn_accum_f16(out: &mut [f32], probs: &[f32], values: &[f16]) {
-        crate::frame::attn_accum::<_, _, L>(
-            out,
-            probs,
-            values,
-            |p| _mm256_set1_ps(p),
-            |a, b, acc| _mm256_fmadd_ps(a, b, acc),
-            |c| ld_any_f16(c),
-            |c, v| st_tail_or_full(c, v),
-        )
-    }
+    crate::frame::attn_f16_pair!(
+        pub(in crate::x86_64),
+        feature = "avx2,fma,f16c",
+        lanes = L,
+        matvec = matvec_f16,
+        splat = _mm256_set1_ps,
+        fma = _mm256_fmadd_ps,
+        load = ld_any_f16,
+        store = st_tail_or_full,
+    );
 }
 
 /// AVX-512 F + BW + VL, 16 lanes; tails are masked loads (BW's 16-bit masks), never a stack copy.
@@ -56,22 +37,6 @@ pub(super) mod avx512 {
     use super::super::avx512::{mask, matvec_f16, st_any};
     use core::arch::x86_64::*;
     use half::f16;
-
-    const L: usize = 16;
-
-    /// `scores (t) = keys (t, hs) · q (hs) * scale`, f16 keys
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(in crate::x86_64) fn attn_scores_f16(
-        scores: &mut [f32],
-        q: &[f32],
-        keys: &[f16],
-        scale: f32,
-    ) {
-        matvec_f16(scores, &keys[..scores.len() * q.len()], q);
-        for s in scores.iter_mut() {
-            *s *= scale;
-        }
-    }
 
     /// Up to 16 f16s widened, zeros past `c.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -83,17 +48,14 @@ pub(super) mod avx512 {
         _mm512_cvtph_ps(h)
     }
 
-    /// `out (hs) = Σₜ probs[t] · values[t]`, f16 `values (t, hs)`: the f32 kernel's frame, widening loads.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub(in crate::x86_64) fn attn_accum_f16(out: &mut [f32], probs: &[f32], values: &[f16]) {
-        crate::frame::attn_accum::<_, _, L>(
-            out,
-            probs,
-            values,
-            |p| _mm512_set1_ps(p),
-            |a, b, acc| _mm512_fmadd_ps(a, b, acc),
-            |c| ld_any_f16(c),
-            |c, v| st_any(c, v),
-        )
-    }
+    crate::frame::attn_f16_pair!(
+        pub(in crate::x86_64),
+        feature = "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+        lanes = 16,
+        matvec = matvec_f16,
+        splat = _mm512_set1_ps,
+        fma = _mm512_fmadd_ps,
+        load = ld_any_f16,
+        store = st_any,
+    );
 }
