@@ -94,19 +94,54 @@ impl Config {
         })
     }
 
-    /// Elements of one f32 KV cache for a full context: keys and values, `2 * (L, NKV, S, HS)`.
+    /// Elements of one KV cache for a full context: keys and values, `2 * (L, NKV, S, HS)`; each is
+    /// [`KvType::bytes`] long.
     pub fn kv_cache_len(&self) -> usize {
         2 * self.n_layers as usize * self.seq_len as usize * self.kv_dim()
     }
 
-    /// What running this config needs in memory, by weight dtype: weights, KV cache for the full
-    /// context, and scratch for one-token decode.
-    pub fn memory_estimate(&self, dtype: DType) -> Option<MemoryEstimate> {
+    /// What running this config needs in memory, by weight dtype and KV cache type: weights, KV cache
+    /// for the full context, and scratch for one-token decode.
+    pub fn memory_estimate(&self, dtype: DType, kv: KvType) -> Option<MemoryEstimate> {
         Some(MemoryEstimate {
             weights: self.weight_bytes(dtype)?,
-            kv_cache: self.kv_cache_len() as u64 * 4,
+            kv_cache: self.kv_cache_len() as u64 * kv.bytes(),
             scratch: crate::model::Scratch::len(self, 1) as u64 * 4,
         })
+    }
+}
+
+/// The element type of a KV cache. f16 halves the cache's memory and the bytes attention reads per token;
+/// keys and values are rounded to f16 (11 significant bits) when stored, and everything computed from them
+/// stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+
+    /// The name flags use (llama.cpp's `--cache-type-k` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
@@ -331,9 +366,12 @@ mod tests {
         let q8 = c.weight_bytes(DType::Q8_0).unwrap();
         let norms = (2 * 4 * 128 + 128) as u64;
         assert_eq!(q8, (c.param_count() - norms) / 32 * 34 + norms * 4);
-        let est = c.memory_estimate(DType::F16).unwrap();
+        let est = c.memory_estimate(DType::F16, KvType::F32).unwrap();
         assert_eq!(est.kv_cache, 2 * 4 * 256 * 64 * 4);
         assert!(est.total() > est.weights);
+        let half = c.memory_estimate(DType::F16, KvType::F16).unwrap();
+        assert_eq!(half.kv_cache, 2 * 4 * 256 * 64 * 2);
+        assert_eq!((half.weights, half.scratch), (est.weights, est.scratch));
     }
 
     #[test]

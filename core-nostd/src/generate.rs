@@ -1,7 +1,7 @@
 //! The token loop shared by `enigma run`/`chat`, the server and the firmware: feed a prompt, sample, emit
 //! each token's bytes as it comes, keep the KV cache between turns.
 
-use crate::model::{Exec, KvCache, Scratch, Transformer};
+use crate::model::{Exec, KvBuf, KvCache, Scratch, Transformer};
 use crate::sampler::{ProbIndex, Sampler};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -40,11 +40,11 @@ pub struct Session<'m, 'b> {
 }
 
 impl<'m, 'b> Session<'m, 'b> {
-    /// `kv` needs [`KvCache::len`] elements, `scratch` [`Scratch::len`] for `chunk`, `probs` the vocabulary
-    /// size (or nothing, when top-k and top-p stay off).
+    /// `kv` (f32 or f16, see [`KvBuf`]) needs [`KvCache::len`] elements, `scratch` [`Scratch::len`] for
+    /// `chunk`, `probs` the vocabulary size (or nothing, when top-k and top-p stay off).
     pub fn new(
         model: Transformer<'m>,
-        kv: &'b mut [f32],
+        kv: impl Into<KvBuf<'b>>,
         scratch: &'b mut [f32],
         chunk: usize,
         probs: &'b mut [ProbIndex],

@@ -4,10 +4,11 @@
 //! RMSNorm → w1, w3 → SwiGLU → w2 → residual. Then the final norm and the classifier.
 //! A call processes a chunk of `T` tokens as matrix products (prefill); decode is the chunk of one.
 
-use crate::config::{self, Config, ParamLayout};
+use crate::config::{self, Config, KvType, ParamLayout};
 use crate::format::EnigmaFile;
 use crate::{Error, Result};
-use enigma_kernels::{generic, Kernels, WeightView};
+use core::ops::Range;
+use enigma_kernels::{f16, generic, quantize_f16, Kernels, WeightView};
 
 /// How the forward pass spreads independent work (matrix rows, attention heads, tokens) over threads.
 ///
@@ -128,31 +129,126 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// Caller-owned storage for a KV cache, in the element type the cache keeps: f32, or f16 at half the memory
+/// and half the bytes attention reads per token (products and sums stay f32; see docs/DESIGN.md).
+pub enum KvBuf<'c> {
+    F32(&'c mut [f32]),
+    F16(&'c mut [f16]),
+}
+
+impl<'c> From<&'c mut [f32]> for KvBuf<'c> {
+    fn from(buf: &'c mut [f32]) -> Self {
+        KvBuf::F32(buf)
+    }
+}
+
+impl<'c> From<&'c mut [f16]> for KvBuf<'c> {
+    fn from(buf: &'c mut [f16]) -> Self {
+        KvBuf::F16(buf)
+    }
+}
+
 /// Keys and values of one sequence, each `(L, NKV, S, HS)`: a head's history is contiguous, so attention
 /// streams it.
 pub struct KvCache<'c> {
-    k: &'c mut [f32],
-    v: &'c mut [f32],
+    kv: Kv<'c>,
+}
+
+/// Keys and values in one element type: an enum matched where attention writes and reads, so no generic
+/// reaches the forward pass.
+enum Kv<'c> {
+    F32 { k: &'c mut [f32], v: &'c mut [f32] },
+    F16 { k: &'c mut [f16], v: &'c mut [f16] },
+}
+
+/// The cache as attention reads it; shared by the heads that run in parallel.
+#[derive(Clone, Copy)]
+enum KvView<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    F16 { k: &'a [f16], v: &'a [f16] },
 }
 
 impl<'c> KvCache<'c> {
-    /// Elements the cache needs for `config` (keys and values together).
+    /// Elements the cache needs for `config` (keys and values together), whatever their type.
     pub fn len(config: &Config) -> usize {
         config.kv_cache_len()
     }
 
-    /// Carves the cache out of `buf`, which needs [`KvCache::len`] elements.
-    pub fn new(buf: &'c mut [f32], config: &Config) -> Result<Self> {
+    /// Carves the cache out of `buf` (`&mut [f32]`, `&mut [f16]` or a [`KvBuf`]), which needs
+    /// [`KvCache::len`] elements.
+    pub fn new(buf: impl Into<KvBuf<'c>>, config: &Config) -> Result<Self> {
         let need = Self::len(config);
-        if buf.len() < need {
+        let buf = buf.into();
+        let found = match &buf {
+            KvBuf::F32(b) => b.len(),
+            KvBuf::F16(b) => b.len(),
+        };
+        if found < need {
             return Err(Error::BufferTooSmall {
                 what: "KV cache",
                 needed: need,
-                found: buf.len(),
+                found,
             });
         }
-        let (k, rest) = buf[..need].split_at_mut(need / 2);
-        Ok(KvCache { k, v: rest })
+        let kv = match buf {
+            KvBuf::F32(b) => {
+                let (k, v) = b[..need].split_at_mut(need / 2);
+                Kv::F32 { k, v }
+            }
+            KvBuf::F16(b) => {
+                let (k, v) = b[..need].split_at_mut(need / 2);
+                Kv::F16 { k, v }
+            }
+        };
+        Ok(KvCache { kv })
+    }
+
+    /// The element type the cache keeps.
+    pub fn kv_type(&self) -> KvType {
+        match self.kv {
+            Kv::F32 { .. } => KvType::F32,
+            Kv::F16 { .. } => KvType::F16,
+        }
+    }
+
+    /// Stores one head's key and value `(HS)` at element `at` (rounded to nearest f16 in an f16 cache).
+    fn store(&mut self, at: usize, key: &[f32], value: &[f32]) {
+        let span = at..at + key.len();
+        match &mut self.kv {
+            Kv::F32 { k, v } => {
+                k[span.clone()].copy_from_slice(key);
+                v[span].copy_from_slice(value);
+            }
+            Kv::F16 { k, v } => {
+                quantize_f16(key, &mut k[span.clone()]);
+                quantize_f16(value, &mut v[span]);
+            }
+        }
+    }
+
+    fn view(&self) -> KvView<'_> {
+        match &self.kv {
+            Kv::F32 { k, v } => KvView::F32 { k, v },
+            Kv::F16 { k, v } => KvView::F16 { k, v },
+        }
+    }
+}
+
+impl KvView<'_> {
+    /// `scores (t) = keys[span] (t, hs) · q (hs) * scale`
+    fn scores(self, kn: &Kernels, scores: &mut [f32], q: &[f32], span: Range<usize>, scale: f32) {
+        match self {
+            KvView::F32 { k, .. } => (kn.attn_scores)(scores, q, &k[span], scale),
+            KvView::F16 { k, .. } => (kn.attn_scores_f16)(scores, q, &k[span], scale),
+        }
+    }
+
+    /// `out (hs) = probs (t) · values[span] (t, hs)`
+    fn accum(self, kn: &Kernels, out: &mut [f32], probs: &[f32], span: Range<usize>) {
+        match self {
+            KvView::F32 { v, .. } => (kn.attn_accum)(out, probs, &v[span]),
+            KvView::F16 { v, .. } => (kn.attn_accum_f16)(out, probs, &v[span]),
+        }
     }
 }
 
@@ -451,13 +547,12 @@ impl<'a> Transformer<'a> {
                 for kh in 0..n_kv {
                     let at = ((l * n_kv + kh) * seq + start + i) * hs;
                     let from = i * kv + kh * hs;
-                    cache.k[at..at + hs].copy_from_slice(&k[from..from + hs]);
-                    cache.v[at..at + hs].copy_from_slice(&v[from..from + hs]);
+                    cache.store(at, &k[from..from + hs], &v[from..from + hs]);
                 }
             }
 
             // Causal attention: token i sees positions 0..=start+i. Heads are independent, so they split.
-            let (ck, cv) = (&*cache.k, &*cache.v);
+            let view = cache.view();
             for i in 0..t {
                 let ctx = start + i + 1;
                 let qi = &q[i * q_dim..(i + 1) * q_dim];
@@ -468,14 +563,11 @@ impl<'a> Transformer<'a> {
                         let base = (l * n_kv + head / group) * seq * hs;
                         let (scores, out) = block.split_at_mut(seq);
                         let scores = &mut scores[..ctx];
-                        (kn.attn_scores)(
-                            scores,
-                            &qi[head * hs..(head + 1) * hs],
-                            &ck[base..base + ctx * hs],
-                            scale,
-                        );
+                        let span = base..base + ctx * hs;
+                        let qh = &qi[head * hs..(head + 1) * hs];
+                        view.scores(kn, scores, qh, span.clone(), scale);
                         (kn.softmax)(scores);
-                        (kn.attn_accum)(out, scores, &cv[base..base + ctx * hs]);
+                        view.accum(kn, out, scores, span);
                     }
                 });
                 for (head, o) in xb[i * q_dim..(i + 1) * q_dim]

@@ -126,6 +126,10 @@ pub struct Kernels {
     pub attn_scores: fn(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32),
     /// `out (hs) = probs (t) · values (t, hs)`
     pub attn_accum: fn(out: &mut [f32], probs: &[f32], values: &[f32]),
+    /// `attn_scores` over an f16 KV cache (`keys` widened to f32)
+    pub attn_scores_f16: fn(scores: &mut [f32], q: &[f32], keys: &[f16], scale: f32),
+    /// `attn_accum` over an f16 KV cache (`values` widened to f32)
+    pub attn_accum_f16: fn(out: &mut [f32], probs: &[f32], values: &[f16]),
     /// `acc (n) += x (n)`
     pub add: fn(acc: &mut [f32], x: &[f32]),
 }
@@ -196,6 +200,20 @@ macro_rules! simd_ops {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use simd_ops;
 
+/// [`simd_ops`] for the attention pair over an f16 KV cache, which each SIMD tier keeps in a file of its own
+/// (`attn_f16.rs`) rather than in its module of kernels.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! attn_f16_ops {
+    ($then:ident!($($pre:tt)*)) => {
+        $then! { $($pre)*
+            attn_scores_f16(scores: &mut [f32], q: &[f32], keys: &[f16], scale: f32);
+            attn_accum_f16(out: &mut [f32], probs: &[f32], values: &[f16]);
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use attn_f16_ops;
+
 /// Safe wrappers, one per `#[target_feature]` kernel of module `$m`, for a tier's static tables: only those
 /// tables point at them.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -217,7 +235,7 @@ macro_rules! wrappers {
 pub(crate) use wrappers;
 
 /// A SIMD tier's table from its module of wrappers `$w`: every op of [`simd_ops`] (whose list follows the
-/// `;`) and `gemm_f32`, with the streaming q8_0 kernel also as `qtile_q8_0` (a tier with a separate one for
+/// `;`), `gemm_f32` and the pair of [`attn_f16_ops`], with the streaming q8_0 kernel also as `qtile_q8_0` (a tier with a separate one for
 /// weights in cache overrides it).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! simd_table {
@@ -226,6 +244,8 @@ macro_rules! simd_table {
             tier: $tier,
             variant: $variant,
             gemm_f32: $w::gemm_f32,
+            attn_scores_f16: $w::attn_scores_f16,
+            attn_accum_f16: $w::attn_accum_f16,
             qtile_q8_0: $w::qmatvec_q8_0,
             $($op: $w::$op,)*
         }
@@ -251,6 +271,8 @@ pub(crate) static GENERIC: Kernels = Kernels {
     silu_mul: generic::silu_mul,
     attn_scores: generic::attn_scores,
     attn_accum: generic::attn_accum,
+    attn_scores_f16: generic::attn_scores_f16,
+    attn_accum_f16: generic::attn_accum_f16,
     add: generic::add,
 };
 

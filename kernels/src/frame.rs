@@ -108,8 +108,9 @@ fn tiles<B, const TT: usize>(
 }
 
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`, for a SIMD tier of `L`-lane vectors `V`: four vectors
-/// of columns stay in registers over all `t`, so each output is stored once. `load` and `store` take a whole or
-/// partial vector (`1..=L` values, zeros loaded past them); `fma(a, b, acc)` is `acc + a·b`.
+/// of columns stay in registers over all `t`, so each output is stored once. `load` (which widens the cache's
+/// element type `T`, f32 or f16, to f32 lanes) and `store` take a whole or partial vector (`1..=L` values,
+/// zeros loaded past them); `fma(a, b, acc)` is `acc + a·b`.
 ///
 /// Inlined into each tier's `#[target_feature]` `attn_accum`, whose closures inherit its features.
 #[cfg_attr(
@@ -117,13 +118,13 @@ fn tiles<B, const TT: usize>(
     allow(dead_code)
 )]
 #[inline(always)]
-pub(crate) fn attn_accum<V: Copy, const L: usize>(
+pub(crate) fn attn_accum<T, V: Copy, const L: usize>(
     out: &mut [f32],
     probs: &[f32],
-    values: &[f32],
+    values: &[T],
     splat: impl Fn(f32) -> V,
     fma: impl Fn(V, V, V) -> V,
-    load: impl Fn(&[f32]) -> V,
+    load: impl Fn(&[T]) -> V,
     store: impl Fn(&mut [f32], V),
 ) {
     let hs = out.len();
@@ -153,6 +154,60 @@ pub(crate) fn attn_accum<V: Copy, const L: usize>(
     }
 }
 
+/// Stamps out a SIMD tier's attention pair over an f16 KV cache from its own parts: `$matvec` its f16 matvec
+/// (keys are the rows, `q` the vector), `$ld` a whole-or-partial f16 load widening to f32 lanes, and the
+/// splat, FMA and whole-or-partial store its f32 `attn_accum` uses, so the f16 pair runs the f32 one's frames.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! attn_f16_pair {
+    (
+        $vis:vis,
+        feature = $feat:literal,
+        lanes = $l:expr,
+        matvec = $matvec:path,
+        splat = $splat:path,
+        fma = $fma:path,
+        load = $ld:path,
+        store = $st:path $(,)?
+    ) => {
+        /// `scores (t) = keys (t, hs) · q (hs) * scale`, f16 keys
+        #[target_feature(enable = $feat)]
+        $vis fn attn_scores_f16(scores: &mut [f32], q: &[f32], keys: &[half::f16], scale: f32) {
+            $matvec(scores, &keys[..scores.len() * q.len()], q);
+            for s in scores.iter_mut() {
+                *s *= scale;
+            }
+        }
+
+        /// `out (hs) = Σₜ probs[t] · values[t]`, f16 `values (t, hs)`
+        #[target_feature(enable = $feat)]
+        $vis fn attn_accum_f16(out: &mut [f32], probs: &[f32], values: &[half::f16]) {
+            $crate::frame::attn_accum::<_, _, { $l }>(
+                out,
+                probs,
+                values,
+                |p| $splat(p),
+                |a, b, acc| $fma(a, b, acc),
+                |c| $ld(c),
+                |c, v| $st(c, v),
+            )
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use attn_f16_pair;
+
+/// The first `c.len() < N` f16s, zero-padded to a whole vector's worth, for the tiers' partial f16 loads.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+pub(crate) fn padded_f16<const N: usize>(c: &[f16]) -> [f16; N] {
+    let mut buf = [f16::ZERO; N];
+    buf[..c.len()].copy_from_slice(c);
+    buf
+}
+
 /// Constants of the vectorised `exp` every SIMD tier uses (Cephes `expf`): `e^x = 2^n · e^r` with
 /// `n = round(x · log2 e)`, `r = x - n · ln 2` (ln 2 split in two so `r` is exact), and a degree-6
 /// polynomial for `e^r` on `[-ln2/2, ln2/2]`. Relative error at most about 2 ulp (measured ≤ 2.5e-7 against
@@ -176,11 +231,8 @@ pub mod exp {
     ];
 }
 
-/// Scalar widening of one weight, for the tails of the SIMD matvecs (their vector loads widen 4-16 at once).
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code)
-)]
+/// Scalar widening of one weight (or KV cache element), for the tails of the SIMD matvecs (their vector loads
+/// widen 4-16 at once) and the scalar attention over an f16 cache.
 pub(crate) trait Weight: Copy {
     fn to_f32(self) -> f32;
 }

@@ -4,6 +4,7 @@
 //! reproduces llama2.c's greedy output token for token. The quantized dot products are llama.cpp's
 //! `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q4_0_q8_0` reference loops.
 
+use crate::frame::Weight;
 use crate::gemm::Gemm;
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
 use half::{bf16, f16};
@@ -138,10 +139,30 @@ pub fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
 
 /// `out (head_size) = Σₜ probs[t] · values[t]`, `values (t, head_size)`.
 pub fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
+    accum(out, probs, values)
+}
+
+/// [`attn_scores`] over an f16 KV cache: each key widened exactly to f32, then the same dot product.
+pub fn attn_scores_f16(scores: &mut [f32], q: &[f32], keys: &[f16], scale: f32) {
+    matvec_f16(scores, &keys[..scores.len() * q.len()], q);
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+}
+
+/// [`attn_accum`] over an f16 KV cache: each value widened exactly to f32, then the same sums.
+pub fn attn_accum_f16(out: &mut [f32], probs: &[f32], values: &[f16]) {
+    accum(out, probs, values)
+}
+
+fn accum<T: Weight>(out: &mut [f32], probs: &[f32], values: &[T]) {
     out.fill(0.0);
+    if out.is_empty() {
+        return;
+    }
     for (p, v) in probs.iter().zip(values.chunks_exact(out.len())) {
         for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x;
+            *o += p * x.to_f32();
         }
     }
 }

@@ -322,6 +322,7 @@ fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<
 pub fn run(args: RunArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
     let predict = args.length.predict()?;
+    let kv = args.engine.kv_type()?;
     let prompt_text = match &args.file {
         Some(path) => {
             let bytes = std::fs::read(path)
@@ -340,7 +341,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // The cache holds what this run can reach, not the whole context the header declares.
     let reach = predict.map_or(ctx, |n| prompt.len().saturating_add(n).min(ctx));
     let transformer = model.transformer.with_context(reach);
-    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
+    let mut bufs = HostSession::try_with_kv(&transformer, DEFAULT_CHUNK, kv)?;
     let mut session = bufs.session(transformer)?;
     let mut sampler = Sampler::new(sampler_cfg);
     let turn = Turn {
@@ -414,13 +415,14 @@ fn turn_ids(
 pub fn chat(args: ChatArgs) -> Result<()> {
     let sampler_cfg = args.sampling.config()?;
     let predict = args.length.predict()?;
+    let kv = args.engine.kv_type()?;
     let (file, backend) = open(&args.engine, "chat")?;
     let model = file.model(backend.kernels())?;
     let ctx = args
         .length
         .context(model.transformer.config.seq_len as usize)?;
     let transformer = model.transformer.with_context(ctx);
-    let mut bufs = HostSession::try_new(&transformer, DEFAULT_CHUNK)?;
+    let mut bufs = HostSession::try_with_kv(&transformer, DEFAULT_CHUNK, kv)?;
     let mut session = bufs.session(transformer)?;
     let mut sampler = Sampler::new(sampler_cfg);
     let mode = match model.tokenizer.meta().chat {

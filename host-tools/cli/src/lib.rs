@@ -9,6 +9,7 @@ pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use enigma_core::kernels::DType;
+use enigma_core::KvType;
 use enigma_runtime::{Backend, ModelFile};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -142,9 +143,45 @@ pub struct EngineArgs {
     /// Worker threads (default: all cores; one for models under 16 MiB, where threads cost more than they save).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// KV cache element type: f32, or f16 (half the memory, and half the bytes attention reads per token at
+    /// long contexts; keys and values are rounded to f16, all arithmetic stays f32). Default f32.
+    #[arg(long = "kv-cache", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub kv_cache: Option<KvType>,
+    /// llama.cpp's name for the keys' cache type; keys and values share one type here (--kv-cache).
+    #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_k: Option<KvType>,
+    /// llama.cpp's name for the values' cache type; keys and values share one type here (--kv-cache).
+    #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_v: Option<KvType>,
+}
+
+fn parse_kv_type(name: &str) -> std::result::Result<KvType, String> {
+    KvType::from_name(name).ok_or_else(|| format!("unknown KV cache type {name:?} (f32 or f16)"))
 }
 
 impl EngineArgs {
+    /// The KV cache type the flags ask for: `--kv-cache`, or llama.cpp's `--cache-type-k`/`--cache-type-v`,
+    /// which must agree (one cache type holds both here; a split one would be silently half-honoured).
+    pub fn kv_type(&self) -> Result<KvType> {
+        let given = [
+            ("--kv-cache", self.kv_cache),
+            ("--cache-type-k", self.cache_type_k),
+            ("--cache-type-v", self.cache_type_v),
+        ];
+        let mut set = given.iter().filter_map(|(f, t)| t.map(|t| (*f, t)));
+        let Some((first, ty)) = set.next() else {
+            return Ok(KvType::F32);
+        };
+        if let Some((other, t)) = set.find(|(_, t)| *t != ty) {
+            anyhow::bail!(
+                "{first} {} and {other} {} differ: keys and values are kept in one type (f32 or f16)",
+                ty.name(),
+                t.name()
+            );
+        }
+        Ok(ty)
+    }
+
     /// The model as it was named, or how the built-in default model is named.
     pub fn model_name(&self) -> String {
         match self.model.as_deref() {
@@ -293,7 +330,7 @@ pub fn info(model: &str) -> Result<()> {
         t.add_dummy_prefix
     );
     for d in [DType::F32, DType::F16, DType::Q8_0] {
-        if let Some(m) = c.memory_estimate(d) {
+        if let Some(m) = c.memory_estimate(d, KvType::F32) {
             println!(
                 "memory {:<5} weights {} + KV cache {} + scratch {} = {} bytes",
                 d.name(),
@@ -303,6 +340,12 @@ pub fn info(model: &str) -> Result<()> {
                 m.total()
             );
         }
+    }
+    if let Some(m) = c.memory_estimate(DType::F32, KvType::F16) {
+        println!(
+            "             with --kv-cache f16 the KV cache takes {} bytes",
+            m.kv_cache
+        );
     }
     println!("tensors:");
     for t in f.tensors() {
@@ -334,8 +377,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .ctx
         .unwrap_or(model.transformer.config.seq_len as usize);
     let start = Instant::now();
-    let p =
-        enigma_eval::perplexity::perplexity(&model, backend.exec(), &tokens, ctx, args.max_tokens)?;
+    let p = enigma_eval::perplexity::perplexity(
+        &model,
+        backend.exec(),
+        &tokens,
+        ctx,
+        args.max_tokens,
+        args.engine.kv_type()?,
+    )?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "perplexity {:.4} (mean NLL {:.5} nats/token) over {} tokens of {}, windows of {ctx}",
@@ -353,6 +402,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    let kv = args.engine.kv_type()?;
     let (file, backend) = open(&args.engine, "bench")?;
     let model = file.model(backend.kernels())?;
     let report = enigma_eval::report::Report::measure(
@@ -362,6 +412,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompt_tokens,
         args.gen_tokens,
         args.rounds,
+        kv,
     )?;
     if args.json {
         println!("{}", report.json());

@@ -112,3 +112,43 @@ fn a_closed_pipe_ends_output_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--kv-cache f16`, or llama.cpp's `--cache-type-k`/`--cache-type-v` when they agree; f32 when none is given.
+#[test]
+fn kv_cache_type_flags_parse_and_must_agree() {
+    use clap::Parser;
+    use enigma_core::KvType;
+    let kv = |flags: &[&str]| {
+        let args = ["enigma", "bench", "-m", "x"].iter().chain(flags);
+        let enigma_cli::Command::Bench(b) = enigma_cli::Cli::try_parse_from(args).unwrap().command
+        else {
+            panic!("not bench")
+        };
+        b.engine.kv_type().map_err(|e| e.to_string())
+    };
+    assert_eq!(kv(&[]), Ok(KvType::F32));
+    assert_eq!(kv(&["--kv-cache", "f16"]), Ok(KvType::F16));
+    assert_eq!(
+        kv(&["--cache-type-k", "f16", "--cache-type-v", "f16"]),
+        Ok(KvType::F16)
+    );
+    let err = kv(&["--cache-type-k", "f16", "--cache-type-v", "f32"]).unwrap_err();
+    assert!(
+        err.contains("keys and values are kept in one type"),
+        "{err}"
+    );
+    let engine = |args: &[&str]| match enigma_cli::Cli::try_parse_from(args).unwrap().command {
+        enigma_cli::Command::Run(a) => a.engine,
+        enigma_cli::Command::Chat(a) => a.engine,
+        enigma_cli::Command::Eval(a) => a.engine,
+        _ => panic!("{args:?}"),
+    };
+    for args in [
+        &["enigma", "run", "--kv-cache", "f16"][..],
+        &["enigma", "chat", "--kv-cache", "f16"],
+        &["enigma", "eval", "--kv-cache", "f16", "--data", "t.txt"],
+    ] {
+        assert_eq!(engine(args).kv_type().ok(), Some(KvType::F16), "{args:?}");
+    }
+    assert!(enigma_cli::Cli::try_parse_from(["enigma", "run", "--kv-cache", "q8_0"]).is_err());
+}

@@ -1,8 +1,8 @@
 //! `enigma eval`: perplexity of a model on a text file.
 
 use anyhow::{bail, Context, Result};
-use enigma_core::{Exec, KvCache, Scratch};
-use enigma_runtime::Model;
+use enigma_core::{Exec, KvType};
+use enigma_runtime::{HostSession, Model};
 use std::path::Path;
 
 /// The mean negative log-likelihood of a text and its perplexity.
@@ -33,13 +33,14 @@ pub fn tokens_of_file(model: &Model<'_>, path: &Path) -> Result<Vec<u32>> {
 }
 
 /// Scores `tokens` in independent windows of `ctx` tokens: within a window, each token is predicted from
-/// the ones before it. `max_tokens` caps the tokens read (0 = all).
+/// the ones before it. `max_tokens` caps the tokens read (0 = all). The KV cache keeps `kv` elements.
 pub fn perplexity(
     model: &Model<'_>,
     exec: &dyn Exec,
     tokens: &[u32],
     ctx: usize,
     max_tokens: usize,
+    kv: KvType,
 ) -> Result<Perplexity> {
     let c = &model.transformer.config;
     if ctx < 2 || ctx > c.seq_len as usize {
@@ -59,18 +60,10 @@ pub fn perplexity(
     // Windows never reach past `ctx`: the cache and scratch are sized by it, not by the header's context.
     let transformer = model.transformer.with_context(ctx);
     let c = &transformer.config;
-    let chunk = 64.min(ctx);
-    let (kv_len, scratch_len) = (KvCache::len(c), Scratch::len(c, chunk));
-    enigma_runtime::hardware::ensure_available(
-        (kv_len as u64 + scratch_len as u64) * 4,
-        &format!("scoring windows of {ctx} tokens"),
-    )?;
-    let mut kv = enigma_runtime::hardware::try_zeroed(kv_len, "the KV cache")?;
-    let mut scratch = enigma_runtime::hardware::try_zeroed(scratch_len, "the scratch buffers")?;
+    let mut bufs = HostSession::try_with_kv(&transformer, 64, kv)?;
     let (mut sum, mut scored) = (0.0f64, 0usize);
     for window in tokens.chunks(ctx).filter(|w| w.len() >= 2) {
-        let mut cache = KvCache::new(&mut kv, c)?;
-        let mut s = Scratch::new(&mut scratch, c, chunk)?;
+        let (mut cache, mut s) = bufs.parts(c)?;
         transformer.forward_each(
             exec,
             &mut cache,

@@ -7,7 +7,7 @@ use crate::speed::{self, BenchResult};
 use anyhow::{bail, Result};
 use enigma_core::config::{W1, W2, W3, WK, WO, WQ, WV};
 use enigma_core::kernels::DType;
-use enigma_core::EnigmaFile;
+use enigma_core::{EnigmaFile, KvType};
 use enigma_runtime::hardware::human_bytes;
 use enigma_runtime::{Backend, Model};
 use serde_json::{json, Value};
@@ -204,12 +204,13 @@ impl Report {
         prompt_tokens: usize,
         gen_tokens: usize,
         rounds: usize,
+        kv: KvType,
     ) -> Result<Report> {
         if rounds == 0 {
             bail!("--rounds must be at least 1 (the speeds reported are medians over the rounds)");
         }
         let threads = backend.threads();
-        let speed = speed::run_model(model, backend, prompt_tokens, gen_tokens, rounds)?;
+        let speed = speed::run_model(model, backend, prompt_tokens, gen_tokens, rounds, kv)?;
         let read_bandwidth = speed::read_bandwidth(threads, 5);
         let (fma_unit, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
         Ok(Report {
@@ -276,6 +277,7 @@ impl Report {
             "prompt_tokens": self.speed.prompt_tokens,
             "gen_tokens": self.speed.gen_tokens,
             "rounds": self.rounds,
+            "kv_cache": self.speed.kv_cache.name(),
             "prompt_tokens_per_s": self.speed.prompt_tokens_per_s,
             "gen_tokens_per_s": self.speed.gen_tokens_per_s,
             "weight_bytes_per_token": self.weight_bytes_per_token,
@@ -308,8 +310,11 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "decode     {:>10.1} tok/s  ({} tokens, median of {})",
-            s.gen_tokens_per_s, s.gen_tokens, self.rounds
+            "decode     {:>10.1} tok/s  ({} tokens, median of {}; {} KV cache)",
+            s.gen_tokens_per_s,
+            s.gen_tokens,
+            self.rounds,
+            s.kv_cache.name()
         )?;
         let cache = self
             .cache_bytes
@@ -453,6 +458,7 @@ mod tests {
                 gen_tokens: 128,
                 prompt_tokens_per_s: 1000.0,
                 gen_tokens_per_s: 300.0,
+                kv_cache: KvType::F32,
             },
             weight_bytes_per_token: weight_bytes,
             prefill_flops_per_token: 1e6,

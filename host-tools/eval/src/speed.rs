@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use enigma_core::generate::Session;
-use enigma_core::{Sampler, SamplerConfig};
+use enigma_core::{KvType, Sampler, SamplerConfig};
 use enigma_runtime::{Backend, HostSession, Model};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -84,15 +84,19 @@ pub struct BenchResult {
     pub gen_tokens: usize,
     pub prompt_tokens_per_s: f64,
     pub gen_tokens_per_s: f64,
+    /// The element type of the KV cache both were measured with.
+    pub kv_cache: KvType,
 }
 
-/// Medians over `rounds` of prefilling `prompt_len` tokens and of generating `gen_len` tokens greedily.
+/// Medians over `rounds` of prefilling `prompt_len` tokens and of generating `gen_len` tokens greedily,
+/// with a KV cache of `kv` elements.
 pub fn run_model(
     model: &Model<'_>,
     backend: &Backend,
     prompt_len: usize,
     gen_len: usize,
     rounds: usize,
+    kv: KvType,
 ) -> Result<BenchResult> {
     let c = &model.transformer.config;
     let seq = c.seq_len as usize;
@@ -106,7 +110,7 @@ pub fn run_model(
     let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| 3 + (i * 7919) % (c.vocab_size - 3).max(1))
         .collect();
-    let mut bufs = HostSession::try_new(&transformer, 64)?;
+    let mut bufs = HostSession::try_with_kv(&transformer, 64, kv)?;
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
         let mut session: Session<'_, '_> = bufs.session(transformer)?;
@@ -136,5 +140,6 @@ pub fn run_model(
         gen_tokens: gen_len,
         prompt_tokens_per_s: median(&mut pp),
         gen_tokens_per_s: median(&mut tg),
+        kv_cache: kv,
     })
 }

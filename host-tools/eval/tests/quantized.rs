@@ -2,7 +2,7 @@
 //! format's error budget on the TinyStories sample (the domain the model was trained on).
 
 use enigma_core::kernels::DType;
-use enigma_core::{Sampler, SamplerConfig, Tokenizer};
+use enigma_core::{KvType, Sampler, SamplerConfig, Tokenizer};
 use enigma_eval::perplexity::{perplexity, tokens_of_file};
 use enigma_models::llama2c;
 use enigma_runtime::{Backend, HostSession, ModelFile};
@@ -78,7 +78,7 @@ fn perplexity_q8_0_within_2_percent_and_q4_0_within_10_percent_of_f32() {
         let m = file.model(backend.kernels()).expect("model");
         let tokens = tokens_of_file(&m, &data).expect("tokens");
         assert!(tokens.len() > 90_000, "{} tokens", tokens.len());
-        perplexity(&m, backend.exec(), &tokens, 512, 0)
+        perplexity(&m, backend.exec(), &tokens, 512, 0, KvType::F32)
             .expect("perplexity")
             .ppl()
     };

@@ -298,8 +298,8 @@ fn trainer_logits_equal_the_inference_forward() {
         let weights = Weights::from_flat(&c, &p).unwrap();
         let tf = Transformer::new(c, weights, kernels()).unwrap();
         for s in 0..batch.b {
-            let mut kv = vec![0.0; KvCache::len(&c)];
-            let mut cache = KvCache::new(&mut kv, &c).unwrap();
+            let mut kv = vec![0.0f32; KvCache::len(&c)];
+            let mut cache = KvCache::new(&mut kv[..], &c).unwrap();
             let mut sbuf = vec![0.0; Scratch::len(&c, 1)];
             let mut scratch = Scratch::new(&mut sbuf, &c, 1).unwrap();
             for pos in 0..t {

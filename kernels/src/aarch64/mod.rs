@@ -4,10 +4,11 @@
 //! `fn` for the static tables, which `dispatch::kernels_for` hands out only after `has_neon` (and `has_dotprod`
 //! for the dotprod table) confirmed the CPU runs them.
 
+mod attn_f16;
 mod gemm128;
 mod neon;
 
-use crate::dispatch::{simd_ops, simd_table, wrappers, Kernels, Tier};
+use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use half::{bf16, f16};
@@ -53,6 +54,7 @@ mod w {
     wrappers! { gemm128:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
+    attn_f16_ops!(wrappers!(attn_f16:));
     #[cfg(test)]
     wrappers! { neon:
         exp_slice(out: &mut [f32], x: &[f32]);

@@ -51,7 +51,7 @@ fn ld_any(c: &[f32]) -> float32x4_t {
 }
 
 #[inline]
-fn st_any(c: &mut [f32], v: float32x4_t) {
+pub(super) fn st_any(c: &mut [f32], v: float32x4_t) {
     if c.len() >= L {
         return st(c, v);
     }
@@ -74,7 +74,7 @@ fn ld_f32(c: &[f32]) -> float32x4_t {
 }
 
 #[inline]
-fn ld_f16(c: &[f16]) -> float32x4_t {
+pub(super) fn ld_f16(c: &[f16]) -> float32x4_t {
     assert!(c.len() >= L);
     // SAFETY: 4 f16s (8 bytes) are readable (checked above).
     let h = unsafe { vld1_u16(c.as_ptr() as *const u16) };
@@ -179,7 +179,7 @@ crate::matmul::matmul_tier!(
 feat! {
 /// `acc + a·b`, in the argument order of the shared frames (x86's).
 #[inline]
-fn fma(a: float32x4_t, b: float32x4_t, acc: float32x4_t) -> float32x4_t {
+pub(super) fn fma(a: float32x4_t, b: float32x4_t, acc: float32x4_t) -> float32x4_t {
     vfmaq_f32(acc, a, b)
 }
 
@@ -310,7 +310,7 @@ pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f3
 
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 16 columns at a time stay in registers over all `t`.
 pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
-    crate::frame::attn_accum::<_, L>(
+    crate::frame::attn_accum::<_, _, L>(
         out,
         probs,
         values,

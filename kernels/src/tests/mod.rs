@@ -14,6 +14,7 @@
 //! | rmsnorm, rope, attn_accum | 1e-6 | 1e-5 | a few roundings per element (FMA vs mul+add) |
 //! | softmax, silu_mul | 1e-6 | 1e-5 | vectorised exp: relative error ≤ 3e-7 (see `exp_sweep`) |
 
+mod attn_f16;
 mod cortex_m;
 mod gemm;
 mod ops;
@@ -75,7 +76,7 @@ pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rto
 macro_rules! tier_tests {
     ($m:ident, $table:expr, $supported:expr, props = $props:tt, $(#[$attr:meta])*) => {
         mod $m {
-            use super::{gemm, ops};
+            use super::{attn_f16, gemm, ops};
             use crate::Kernels;
 
             fn k() -> &'static Kernels {
@@ -88,6 +89,8 @@ macro_rules! tier_tests {
 
             ops::edge_tests!($(#[$attr])*);
             $(#[$attr])* #[test] fn gemm_edges() { gemm::edge_gemm(k()) }
+            $(#[$attr])* #[test] fn attention_f16_edges() { attn_f16::edge_attn_f16(k()) }
+            $(#[$attr])* #[test] fn attention_f16() { attn_f16::prop_attn_f16(k()) }
             ops::prop_tests!($props, $(#[$attr])*);
         }
     };

@@ -80,7 +80,7 @@ fn ld_f32(c: &[f32]) -> __m256 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn ld_f16(c: &[f16]) -> __m256 {
+pub(super) fn ld_f16(c: &[f16]) -> __m256 {
     assert!(c.len() >= L);
     // SAFETY: 8 f16s (16 bytes) are readable (checked above); `loadu` needs no alignment.
     let h = unsafe { _mm_loadu_si128(c.as_ptr() as *const __m128i) };
@@ -312,7 +312,7 @@ fn ld_any(c: &[f32]) -> __m256 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn st_tail_or_full(c: &mut [f32], v: __m256) {
+pub(super) fn st_tail_or_full(c: &mut [f32], v: __m256) {
     if c.len() >= L {
         st(c, v)
     } else {
@@ -397,7 +397,7 @@ pub(super) fn attn_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f3
 /// `out (hs) = Σₜ probs[t] · values[t]`, `values (t, hs)`: 32 columns at a time stay in registers over all `t`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
-    crate::frame::attn_accum::<_, L>(
+    crate::frame::attn_accum::<_, _, L>(
         out,
         probs,
         values,

@@ -37,7 +37,7 @@ fn ld(c: &[f32]) -> __m512 {
 
 /// Lane mask of the first `n ≤ 16` lanes.
 #[inline]
-fn mask(n: usize) -> __mmask16 {
+pub(super) fn mask(n: usize) -> __mmask16 {
     if n >= L { 0xffff } else { ((1u32 << n) - 1) as __mmask16 }
 }
 
@@ -50,7 +50,7 @@ fn ld_any(c: &[f32]) -> __m512 {
 }
 
 #[inline]
-fn st_any(c: &mut [f32], v: __m512) {
+pub(super) fn st_any(c: &mut [f32], v: __m512) {
     // SAFETY: the mask covers only the first `min(len, 16)` lanes, all inside `c`; masked-off lanes are not written.
     unsafe { _mm512_mask_storeu_ps(c.as_mut_ptr(), mask(c.len()), v) }
 }
@@ -382,7 +382,7 @@ pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
     if hs < L && hs > 0 && L.is_multiple_of(hs) {
         return attn_accum_small(out, probs, &values[..probs.len() * hs]);
     }
-    crate::frame::attn_accum::<_, L>(
+    crate::frame::attn_accum::<_, _, L>(
         out,
         probs,
         values,

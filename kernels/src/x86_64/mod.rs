@@ -5,14 +5,16 @@
 //! reachable through those tables, and `dispatch::kernels_for` hands a table out only after `has_*` confirmed
 //! the CPU runs it.
 
+mod attn_f16;
 mod avx2;
 mod avx512;
 mod gemm256;
 mod gemm512;
 
-use crate::dispatch::{simd_ops, simd_table, wrappers, Kernels, Tier};
+use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
+use attn_f16::{avx2 as avx2_f16, avx512 as avx512_f16};
 use half::{bf16, f16};
 
 /// AVX2, FMA and F16C (every AVX2 CPU also has the other two; the f16 weights need F16C).
@@ -79,6 +81,7 @@ mod avx2_w {
     wrappers! { gemm256:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
+    attn_f16_ops!(wrappers!(avx2_f16:));
     #[cfg(test)]
     wrappers! { avx2:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -96,6 +99,7 @@ mod avx512_w {
     wrappers! { gemm512:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
+    attn_f16_ops!(wrappers!(avx512_f16:));
     #[cfg(test)]
     wrappers! { avx512:
         exp_slice(out: &mut [f32], x: &[f32]);

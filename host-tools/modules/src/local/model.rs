@@ -138,7 +138,7 @@ impl Module for ModelModule {
         .map_err(|e| ModuleError::Config(e.to_string()))?;
         let est = peek
             .config
-            .memory_estimate(enigma_core::kernels::DType::F32)
+            .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
             .map_or(0, |m| m.kv_cache + m.scratch);
         Ok(HardwareNeeds {
             ram: peek.file_len + est,
