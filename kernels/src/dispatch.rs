@@ -5,6 +5,7 @@
 //! time (no_std), which is what makes those wrappers sound to call.
 
 use crate::gemm::Gemm;
+use crate::qgemm::{self, PackedFormat, QGemmMicro};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::{frame, generic, WeightView};
 use half::{bf16, f16};
@@ -128,6 +129,10 @@ pub struct Kernels {
     pub attn_accum: fn(out: &mut [f32], probs: &[f32], values: &[f32]),
     /// `acc (n) += x (n)`
     pub add: fn(acc: &mut [f32], x: &[f32]),
+    /// int8 GEMM micro-kernel of 16 packed q8_0 rows × tokens ([`qgemm`])
+    pub qgemm_q8_0: QGemmMicro,
+    /// int8 GEMM micro-kernel of 16 packed q4_0 rows × tokens ([`qgemm`])
+    pub qgemm_q4_0: QGemmMicro,
 }
 
 impl Kernels {
@@ -143,6 +148,7 @@ impl Kernels {
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matvec_quantized(out, blocks, x, self.qmatvec_q4_0)
             }
+            WeightView::Q8_0x16(_) | WeightView::Q4_0x16(_) => self.matmul(out, w, x, 1),
         }
     }
 
@@ -155,6 +161,12 @@ impl Kernels {
             }
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_0; 2])
+            }
+            WeightView::Q8_0x16(p) => {
+                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, self.qgemm_q8_0)
+            }
+            WeightView::Q4_0x16(p) => {
+                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, self.qgemm_q4_0)
             }
             // f16/bf16 are bound by widening weights, not by memory, so token by token loses little.
             _ => {
@@ -227,6 +239,9 @@ macro_rules! simd_table {
             variant: $variant,
             gemm_f32: $w::gemm_f32,
             qtile_q8_0: $w::qmatvec_q8_0,
+            // The scalar micro-kernels until the tier plugs its own in.
+            qgemm_q8_0: $crate::qgemm::micro_q8_0,
+            qgemm_q4_0: $crate::qgemm::micro_q4_0,
             $($op: $w::$op,)*
         }
     };
@@ -252,6 +267,8 @@ pub(crate) static GENERIC: Kernels = Kernels {
     attn_scores: generic::attn_scores,
     attn_accum: generic::attn_accum,
     add: generic::add,
+    qgemm_q8_0: qgemm::micro_q8_0,
+    qgemm_q4_0: qgemm::micro_q4_0,
 };
 
 /// The table of one tier, if this CPU supports it. Tests use this to run every tier the CPU has.
