@@ -129,10 +129,11 @@ pub struct Kernels {
     pub attn_accum: fn(out: &mut [f32], probs: &[f32], values: &[f32]),
     /// `acc (n) += x (n)`
     pub add: fn(acc: &mut [f32], x: &[f32]),
-    /// int8 GEMM micro-kernel of 16 packed q8_0 rows × tokens ([`qgemm`])
-    pub qgemm_q8_0: QGemmMicro,
-    /// int8 GEMM micro-kernel of 16 packed q4_0 rows × tokens ([`qgemm`])
-    pub qgemm_q4_0: QGemmMicro,
+    /// int8 GEMM micro-kernel of 16 packed q8_0 rows × tokens ([`qgemm`]); `None` where the tier has none,
+    /// which tells hosts not to pack (packed views still work, through the scalar reference)
+    pub qgemm_q8_0: Option<QGemmMicro>,
+    /// int8 GEMM micro-kernel of 16 packed q4_0 rows × tokens ([`qgemm`]), as `qgemm_q8_0`
+    pub qgemm_q4_0: Option<QGemmMicro>,
 }
 
 impl Kernels {
@@ -163,10 +164,12 @@ impl Kernels {
                 frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_0; 2])
             }
             WeightView::Q8_0x16(p) => {
-                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, self.qgemm_q8_0)
+                let micro = self.qgemm_q8_0.unwrap_or(qgemm::micro_q8_0);
+                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, micro)
             }
             WeightView::Q4_0x16(p) => {
-                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, self.qgemm_q4_0)
+                let micro = self.qgemm_q4_0.unwrap_or(qgemm::micro_q4_0);
+                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, micro)
             }
             // f16/bf16 are bound by widening weights, not by memory, so token by token loses little.
             _ => {
@@ -239,9 +242,8 @@ macro_rules! simd_table {
             variant: $variant,
             gemm_f32: $w::gemm_f32,
             qtile_q8_0: $w::qmatvec_q8_0,
-            // The scalar micro-kernels until the tier plugs its own in.
-            qgemm_q8_0: $crate::qgemm::micro_q8_0,
-            qgemm_q4_0: $crate::qgemm::micro_q4_0,
+            qgemm_q8_0: None,
+            qgemm_q4_0: None,
             $($op: $w::$op,)*
         }
     };
@@ -267,8 +269,8 @@ pub(crate) static GENERIC: Kernels = Kernels {
     attn_scores: generic::attn_scores,
     attn_accum: generic::attn_accum,
     add: generic::add,
-    qgemm_q8_0: qgemm::micro_q8_0,
-    qgemm_q4_0: qgemm::micro_q4_0,
+    qgemm_q8_0: None,
+    qgemm_q4_0: None,
 };
 
 /// The table of one tier, if this CPU supports it. Tests use this to run every tier the CPU has.

@@ -124,15 +124,15 @@ pub(crate) fn exp_slice(tier: Tier) -> Option<crate::tests::ExpFn> {
 }
 
 pub(crate) static AVX2: Kernels = Kernels {
-    qgemm_q8_0: avx2_w::qgemm_q8_0,
-    qgemm_q4_0: avx2_w::qgemm_q4_0,
+    qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
+    qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
     ..simd_ops!(simd_table!(Tier::Avx2, "avx2+fma+f16c", avx2_w;))
 };
 
 /// Without VNNI the AVX2 GEMM micro-kernels serve (AVX-512 BW's `vpmaddubsw` would only widen them).
 pub(crate) static AVX512: Kernels = Kernels {
-    qgemm_q8_0: avx2_w::qgemm_q8_0,
-    qgemm_q4_0: avx2_w::qgemm_q4_0,
+    qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
+    qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
     ..simd_ops!(simd_table!(Tier::Avx512, "avx512", avx512_w;))
 };
 
@@ -141,7 +141,7 @@ pub(crate) static AVX512_VNNI: Kernels = Kernels {
     qmatvec_q8_0: avx512_w::qmatvec_q8_0_vnni,
     qtile_q8_0: avx512_w::qtile_q8_0_vnni,
     qmatvec_q4_0: avx512_w::qmatvec_q4_0_vnni,
-    qgemm_q8_0: avx512_w::qgemm_q8_0_vnni,
-    qgemm_q4_0: avx512_w::qgemm_q4_0_vnni,
+    qgemm_q8_0: Some(avx512_w::qgemm_q8_0_vnni),
+    qgemm_q4_0: Some(avx512_w::qgemm_q4_0_vnni),
     ..AVX512
 };
