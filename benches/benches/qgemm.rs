@@ -30,6 +30,12 @@ fn copies<T: Clone>(m: Vec<T>) -> Vec<Vec<T>> {
     vec![m; n]
 }
 
+fn packed(f: DType, p: &[Vec<u8>], n: usize, d: usize) -> Vec<WeightView<'_>> {
+    p.iter()
+        .map(|p| WeightView::packed(f, p, n, d).expect("view"))
+        .collect()
+}
+
 fn qgemm(c: &mut Criterion) {
     let k = kernels();
     for (what, n, d) in SHAPES {
@@ -42,21 +48,22 @@ fn qgemm(c: &mut Criterion) {
         pack_q8_0(&q8, n, d, &mut p8);
         let mut p4 = vec![0u8; PackedFormat::Q4_0.packed_len(n, d).expect("size")];
         pack_q4_0(&q4, n, d, &mut p4);
+        let (p8, q8, p4, q4) = (copies(p8), copies(q8), copies(p4), copies(q4));
         let views = [
+            ("q8_0", "packed", packed(DType::Q8_0, &p8, n, d)),
             (
                 "q8_0",
-                "packed",
-                WeightView::packed(DType::Q8_0, &p8, n, d).expect("view"),
+                "rowmajor",
+                q8.iter().map(|q| WeightView::q8_0(q, d)).collect(),
             ),
-            ("q8_0", "rowmajor", WeightView::q8_0(&q8, d)),
+            ("q4_0", "packed", packed(DType::Q4_0, &p4, n, d)),
             (
                 "q4_0",
-                "packed",
-                WeightView::packed(DType::Q4_0, &p4, n, d).expect("view"),
+                "rowmajor",
+                q4.iter().map(|q| WeightView::q4_0(q, d)).collect(),
             ),
-            ("q4_0", "rowmajor", WeightView::q4_0(&q4, d)),
         ];
-        for (dtype, layout, view) in views {
+        for (dtype, layout, views) in views {
             let mut g = c.benchmark_group(format!("qgemm_{dtype}/{what}_{n}x{d}/{layout}"));
             g.sample_size(20)
                 .warm_up_time(Duration::from_millis(500))

@@ -44,21 +44,17 @@ pub(crate) fn pack(w: &Weights<'_>, kernels: &Kernels) -> PackedWeights {
         .into_iter()
         .map(|m| {
             let (rows, cols) = (m.rows(), m.cols());
-            let (f, fill): (PackedFormat, &dyn Fn(&mut [u8])) = match *m {
-                WeightView::Q8_0 { blocks, .. } if on && kernels.qgemm_q8_0.is_some() => {
-                    (PackedFormat::Q8_0, &move |out| {
-                        pack_q8_0(blocks, rows, cols, out)
-                    })
-                }
-                WeightView::Q4_0 { blocks, .. } if on && kernels.qgemm_q4_0.is_some() => {
-                    (PackedFormat::Q4_0, &move |out| {
-                        pack_q4_0(blocks, rows, cols, out)
-                    })
-                }
+            let f = match *m {
+                WeightView::Q8_0 { .. } if on && kernels.qgemm_q8_0.is_some() => PackedFormat::Q8_0,
+                WeightView::Q4_0 { .. } if on && kernels.qgemm_q4_0.is_some() => PackedFormat::Q4_0,
                 _ => return None,
             };
             let mut buf = huge_buffer(f.packed_len(rows, cols)?).ok()?;
-            fill(&mut buf);
+            match *m {
+                WeightView::Q8_0 { blocks, .. } => pack_q8_0(blocks, rows, cols, &mut buf),
+                WeightView::Q4_0 { blocks, .. } => pack_q4_0(blocks, rows, cols, &mut buf),
+                _ => return None,
+            }
             Some(buf)
         })
         .collect();

@@ -141,7 +141,7 @@ pub(crate) fn edge_qgemm_extremes(k: &Kernels) {
         (127, -127.0),
     ] {
         let x: Vec<f32> = (0..t * d)
-            .map(|j| if (j / QK) % 3 == 0 { -xv } else { xv })
+            .map(|j| if (j / QK).is_multiple_of(3) { -xv } else { xv })
             .collect();
         let w8 = vec![
             BlockQ8_0 {
