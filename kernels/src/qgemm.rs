@@ -229,6 +229,36 @@ fn weight(f: PackedFormat, gblk: &[u8], r: usize, j: usize) -> i32 {
 /// `x[t * xstride..][..nb]`. Overwrites `out`.
 pub type QGemmMicro = fn(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
 
+/// Stamps out a tier's micro-kernel ([`QGemmMicro`]) from `$tile::<M>(out (M), w, x, xstride, nb)`, a
+/// register tile of `M` tokens: the tokens go in tiles of the first `M` listed, then one tile of the rest, each
+/// a const-generic instance so that its accumulators stay in registers. `$feat`: the tile's target features.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! tiled_micro {
+    ($name:ident, $tile:ident, $feat:literal, [$mt:literal $(, $m:literal)*]) => {
+        #[target_feature(enable = $feat)]
+        pub(super) fn $name(
+            out: &mut [[f32; $crate::qgemm::QG]],
+            w: &[u8],
+            x: &[$crate::qgemm::XBlock],
+            xstride: usize,
+            nb: usize,
+        ) {
+            let mut t0 = 0;
+            while t0 < out.len() {
+                let m = (out.len() - t0).min($mt);
+                let (o, xs) = (&mut out[t0..t0 + m], &x[t0 * xstride..]);
+                match m {
+                    $($m => $tile::<$m>(o, w, xs, xstride, nb),)*
+                    _ => $tile::<$mt>(o, w, xs, xstride, nb),
+                }
+                t0 += m;
+            }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use tiled_micro;
+
 /// The scalar reference micro-kernel of packed q8_0 (integer block dots, one float multiply-add per block).
 pub fn micro_q8_0(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
     micro_ref(PackedFormat::Q8_0, out, w, x, xstride, nb)

@@ -4,12 +4,9 @@
 //! registers, loaded once per block. `sdot` is signed × signed, so q8_0 needs no correction; q4_0 nibbles
 //! (`0..16`, positive as signed bytes) start their accumulator at `-8 Σx`.
 
-use crate::qgemm::{XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
+use crate::qgemm::{tiled_micro, XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
 use core::arch::aarch64::*;
 use core::arch::asm;
-
-/// Tokens per register tile: 2 × (4 f32 + 4 i32) accumulators, 4 weight and 4 activation registers.
-const MT: usize = 2;
 
 macro_rules! feat {
     ($($item:item)*) => {
@@ -44,28 +41,8 @@ macro_rules! sdot_lane {
 }
 sdot_lane!(sdot0 = "0", sdot1 = "1", sdot2 = "2", sdot3 = "3");
 
-/// Stamps out a micro-kernel (`crate::qgemm::QGemmMicro`) over register tiles of up to [`MT`] tokens.
-macro_rules! micro {
-    ($name:ident, $tile:ident) => {
-        feat! {
-            pub(super) fn $name(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
-                let mut t0 = 0;
-                while t0 < out.len() {
-                    let m = (out.len() - t0).min(MT);
-                    let (o, xs) = (&mut out[t0..t0 + m], &x[t0 * xstride..]);
-                    match m {
-                        2 => $tile::<2>(o, w, xs, xstride, nb),
-                        _ => $tile::<1>(o, w, xs, xstride, nb),
-                    }
-                    t0 += m;
-                }
-            }
-        }
-    };
-}
-
-micro!(qgemm_q8_0_dotprod, tile_q8_0);
-micro!(qgemm_q4_0_dotprod, tile_q4_0);
+tiled_micro!(qgemm_q8_0_dotprod, tile_q8_0, "neon,dotprod", [2, 1]);
+tiled_micro!(qgemm_q4_0_dotprod, tile_q4_0, "neon,dotprod", [2, 1]);
 
 feat! {
 /// The 16 f16 scales of a group-block, widened (scalar: the f16 vector type is unstable), as 4 registers.

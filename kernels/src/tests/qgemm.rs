@@ -30,6 +30,20 @@ fn packed_q4(w: &[BlockQ4_0], rows: usize, cols: usize) -> Vec<u8> {
     p
 }
 
+/// `(packed, row-major)` views of the same q8_0 and q4_0 matrices `(rows, d)`.
+fn pairs<'a>(
+    (p8, w8): (&'a [u8], &'a [BlockQ8_0]),
+    (p4, w4): (&'a [u8], &'a [BlockQ4_0]),
+    rows: usize,
+    d: usize,
+) -> [(WeightView<'a>, WeightView<'a>); 2] {
+    let packed = |f, p| WeightView::packed(f, p, rows, d).expect("view");
+    [
+        (packed(DType::Q8_0, p8), WeightView::q8_0(w8, d)),
+        (packed(DType::Q4_0, p4), WeightView::q4_0(w4, d)),
+    ]
+}
+
 /// `k` on the packed window against the generic table on the same rows of the row-major matrix.
 fn case(
     k: &Kernels,
@@ -80,24 +94,11 @@ fn prop(k: &Kernels, cases: u32, max_rows: usize, nbs: core::ops::Range<usize>, 
     });
     check(cases, s, |((rows, nb, t, s, n), w8, w4, x)| {
         let d = nb * QK;
-        let p8 = packed_q8(&w8, rows, d);
-        let v8 = WeightView::packed(DType::Q8_0, &p8, rows, d).expect("view");
-        case(
-            k,
-            v8.slice_rows(s, n),
-            WeightView::q8_0(&w8, d).slice_rows(s, n),
-            &x,
-            t,
-        )?;
-        let p4 = packed_q4(&w4, rows, d);
-        let v4 = WeightView::packed(DType::Q4_0, &p4, rows, d).expect("view");
-        case(
-            k,
-            v4.slice_rows(s, n),
-            WeightView::q4_0(&w4, d).slice_rows(s, n),
-            &x,
-            t,
-        )
+        let (p8, p4) = (packed_q8(&w8, rows, d), packed_q4(&w4, rows, d));
+        for (p, rm) in pairs((&p8, &w8), (&p4, &w4), rows, d) {
+            case(k, p.slice_rows(s, n), rm.slice_rows(s, n), &x, t)?;
+        }
+        Ok(())
     });
 }
 
@@ -160,17 +161,7 @@ pub(crate) fn edge_qgemm_extremes(k: &Kernels) {
         ];
         let p8 = packed_q8(&w8, rows, d);
         let p4 = packed_q4(&w4, rows, d);
-        for (p, rm) in [
-            (
-                WeightView::packed(DType::Q8_0, &p8, rows, d),
-                WeightView::q8_0(&w8, d),
-            ),
-            (
-                WeightView::packed(DType::Q4_0, &p4, rows, d),
-                WeightView::q4_0(&w4, d),
-            ),
-        ] {
-            let p = p.expect("view");
+        for (p, rm) in pairs((&p8, &w8), (&p4, &w4), rows, d) {
             let (mut got, mut want) = (vec![0.0; t * rows], vec![0.0; t * rows]);
             k.matmul(&mut got, p, &x, t);
             G.matmul(&mut want, rm, &x, t);
@@ -190,17 +181,7 @@ fn pack_round_trip() {
         let p8 = packed_q8(&w8, rows, d);
         let p4 = packed_q4(&w4, rows, d);
         let (mut got, mut want) = (vec![0.0; d], vec![0.0; d]);
-        for (p, rm) in [
-            (
-                WeightView::packed(DType::Q8_0, &p8, rows, d),
-                WeightView::q8_0(&w8, d),
-            ),
-            (
-                WeightView::packed(DType::Q4_0, &p4, rows, d),
-                WeightView::q4_0(&w4, d),
-            ),
-        ] {
-            let p = p.expect("view");
+        for (p, rm) in pairs((&p8, &w8), (&p4, &w4), rows, d) {
             for r in 0..rows {
                 p.row_to_f32(r, &mut got);
                 rm.row_to_f32(r, &mut want);

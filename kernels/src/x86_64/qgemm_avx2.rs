@@ -1,6 +1,7 @@
 //! AVX2 micro-kernels of the packed int8 GEMM ([`crate::qgemm`]): a ymm of i32 lanes is 8 rows of a group,
-//! so a group is done as two halves (the second re-reads its group-blocks from L1), each over register tiles
-//! of up to [`MT`] tokens. Also the AVX-512 tier's kernels on CPUs without VNNI.
+//! so a group is done as two halves (the second re-reads its group-blocks from L1), over register tiles of
+//! up to 4 tokens (4 f32 and 4 i32 accumulators of the 16 ymm). Also the AVX-512 tier's kernels on CPUs
+//! without VNNI.
 //!
 //! `vpmaddubsw` (unsigned × signed bytes, pairs summed into saturating i16) then `vpmaddwd` by ones:
 //! - q8_0: the pair sums of `(w + 128) · x` could saturate, so the sign moves onto the activations
@@ -8,11 +9,9 @@
 //! - q4_0: nibbles `0..16` times `|x| ≤ 127` stay within ±3 810 a pair, so a block's 8 pair sums add up in
 //!   i16 (±30 480) before one `vpmaddwd`; the accumulator starts at `-8 Σx`, as in the VNNI kernel.
 
-use crate::qgemm::{XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
+use crate::qgemm::{tiled_micro, XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
 use core::arch::x86_64::*;
 
-/// Tokens per register tile: 4 f32 and 4 i32 accumulators of 16 ymm.
-const MT: usize = 4;
 /// Rows per ymm of i32 lanes.
 const H: usize = QG / 2;
 
@@ -25,33 +24,8 @@ macro_rules! feat {
     };
 }
 
-/// Stamps out a micro-kernel (`crate::qgemm::QGemmMicro`): each half of the group, over register tiles of
-/// up to [`MT`] tokens, each a const-generic instance so its accumulators stay in registers.
-macro_rules! micro {
-    ($name:ident, $tile:ident) => {
-        feat! {
-            pub(super) fn $name(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
-                for half in 0..2 {
-                    let mut t0 = 0;
-                    while t0 < out.len() {
-                        let m = (out.len() - t0).min(MT);
-                        let (o, xs) = (&mut out[t0..t0 + m], &x[t0 * xstride..]);
-                        match m {
-                            4 => $tile::<4>(o, w, xs, xstride, nb, half),
-                            3 => $tile::<3>(o, w, xs, xstride, nb, half),
-                            2 => $tile::<2>(o, w, xs, xstride, nb, half),
-                            _ => $tile::<1>(o, w, xs, xstride, nb, half),
-                        }
-                        t0 += m;
-                    }
-                }
-            }
-        }
-    };
-}
-
-micro!(qgemm_q8_0, tile_q8_0);
-micro!(qgemm_q4_0, tile_q4_0);
+tiled_micro!(qgemm_q8_0, tile_q8_0, "avx2,fma,f16c", [4, 1, 2, 3]);
+tiled_micro!(qgemm_q4_0, tile_q4_0, "avx2,fma,f16c", [4, 1, 2, 3]);
 
 feat! {
 /// The 8 f16 scales of half `h` of a group-block, widened.
@@ -88,8 +62,23 @@ fn store<const M: usize>(out: &mut [[f32; QG]], acc: &[__m256; M], h: usize) {
     }
 }
 
+/// Both halves of the group, the second reading its group-blocks from L1.
 #[inline]
-fn tile_q8_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize, h: usize) {
+fn tile_q8_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
+    for h in 0..2 {
+        half_q8_0::<M>(out, w, x, xstride, nb, h);
+    }
+}
+
+#[inline]
+fn tile_q4_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
+    for h in 0..2 {
+        half_q4_0::<M>(out, w, x, xstride, nb, h);
+    }
+}
+
+#[inline]
+fn half_q8_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize, h: usize) {
     assert!(out.len() == M && w.len() >= nb * Q8_0X16_BYTES && x.len() >= (M - 1) * xstride + nb);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); M];
@@ -110,7 +99,7 @@ fn tile_q8_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstr
 }
 
 #[inline]
-fn tile_q4_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize, h: usize) {
+fn half_q4_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize, h: usize) {
     assert!(out.len() == M && w.len() >= nb * Q4_0X16_BYTES && x.len() >= (M - 1) * xstride + nb);
     let (ones, low) = (_mm256_set1_epi16(1), _mm256_set1_epi8(0x0f));
     let mut acc = [_mm256_setzero_ps(); M];

@@ -2,15 +2,13 @@
 //! rows of a group, so `vpdpbusd` with 4 bytes of a token broadcast advances all 16 rows by 4 columns.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes. q8_0 weights are made unsigned by flipping their sign bit
-//! (`w + 128`) as they are loaded, once per register tile of up to [`MT`] tokens, and q4_0 nibbles are
+//! (`w + 128`) as they are loaded, once per register tile of up to 8 tokens (8 f32
+//! and 8 i32 accumulators, with room left for the weights and scales), and q4_0 nibbles are
 //! unsigned already; each token's accumulator starts at `-128 Σx` (or `-8 Σx`), which makes the block's
 //! integer dot exact. Then one f32 multiply-add per (token, block) applies both scales to the 16 rows.
 
-use crate::qgemm::{XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
+use crate::qgemm::{tiled_micro, XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
 use core::arch::x86_64::*;
-
-/// Tokens per register tile: 8 f32 and 8 i32 accumulators, with room left for the weights and scales.
-const MT: usize = 8;
 
 macro_rules! feat {
     ($($item:item)*) => {
@@ -21,35 +19,18 @@ macro_rules! feat {
     };
 }
 
-/// Stamps out a micro-kernel (`crate::qgemm::QGemmMicro`) that splits the tokens into register tiles of up
-/// to [`MT`], each a const-generic instance so its accumulators stay in registers.
-macro_rules! micro {
-    ($name:ident, $tile:ident) => {
-        feat! {
-            pub(super) fn $name(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize) {
-                let mut t0 = 0;
-                while t0 < out.len() {
-                    let m = (out.len() - t0).min(MT);
-                    let (o, xs) = (&mut out[t0..t0 + m], &x[t0 * xstride..]);
-                    match m {
-                        8 => $tile::<8>(o, w, xs, xstride, nb),
-                        7 => $tile::<7>(o, w, xs, xstride, nb),
-                        6 => $tile::<6>(o, w, xs, xstride, nb),
-                        5 => $tile::<5>(o, w, xs, xstride, nb),
-                        4 => $tile::<4>(o, w, xs, xstride, nb),
-                        3 => $tile::<3>(o, w, xs, xstride, nb),
-                        2 => $tile::<2>(o, w, xs, xstride, nb),
-                        _ => $tile::<1>(o, w, xs, xstride, nb),
-                    }
-                    t0 += m;
-                }
-            }
-        }
-    };
-}
-
-micro!(qgemm_q8_0_vnni, tile_q8_0);
-micro!(qgemm_q4_0_vnni, tile_q4_0);
+tiled_micro!(
+    qgemm_q8_0_vnni,
+    tile_q8_0,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    [8, 1, 2, 3, 4, 5, 6, 7]
+);
+tiled_micro!(
+    qgemm_q4_0_vnni,
+    tile_q4_0,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    [8, 1, 2, 3, 4, 5, 6, 7]
+);
 
 feat! {
 /// The 16 f16 scales at the start of a group-block, widened.
