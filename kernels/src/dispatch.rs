@@ -5,6 +5,7 @@
 //! time (no_std), which is what makes those wrappers sound to call.
 
 use crate::gemm::Gemm;
+use crate::qgemm::{self, PackedFormat, QGemmMicro};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::{frame, generic, WeightView};
 use half::{bf16, f16};
@@ -132,6 +133,11 @@ pub struct Kernels {
     pub attn_accum_f16: fn(out: &mut [f32], probs: &[f32], values: &[f16]),
     /// `acc (n) += x (n)`
     pub add: fn(acc: &mut [f32], x: &[f32]),
+    /// int8 GEMM micro-kernel of 16 packed q8_0 rows × tokens ([`qgemm`]); `None` where the tier has none,
+    /// which tells hosts not to pack (packed views still work, through the scalar reference)
+    pub qgemm_q8_0: Option<QGemmMicro>,
+    /// int8 GEMM micro-kernel of 16 packed q4_0 rows × tokens ([`qgemm`]), as `qgemm_q8_0`
+    pub qgemm_q4_0: Option<QGemmMicro>,
 }
 
 impl Kernels {
@@ -147,6 +153,7 @@ impl Kernels {
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matvec_quantized(out, blocks, x, self.qmatvec_q4_0)
             }
+            WeightView::Q8_0x16(_) | WeightView::Q4_0x16(_) => self.matmul(out, w, x, 1),
         }
     }
 
@@ -159,6 +166,14 @@ impl Kernels {
             }
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_0; 2])
+            }
+            WeightView::Q8_0x16(p) => {
+                let micro = self.qgemm_q8_0.unwrap_or(qgemm::micro_q8_0);
+                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, micro)
+            }
+            WeightView::Q4_0x16(p) => {
+                let micro = self.qgemm_q4_0.unwrap_or(qgemm::micro_q4_0);
+                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, micro)
             }
             // f16/bf16 are bound by widening weights, not by memory, so token by token loses little.
             _ => {
@@ -247,6 +262,8 @@ macro_rules! simd_table {
             attn_scores_f16: $w::attn_scores_f16,
             attn_accum_f16: $w::attn_accum_f16,
             qtile_q8_0: $w::qmatvec_q8_0,
+            qgemm_q8_0: None,
+            qgemm_q4_0: None,
             $($op: $w::$op,)*
         }
     };
@@ -274,6 +291,8 @@ pub(crate) static GENERIC: Kernels = Kernels {
     attn_scores_f16: generic::attn_scores_f16,
     attn_accum_f16: generic::attn_accum_f16,
     add: generic::add,
+    qgemm_q8_0: None,
+    qgemm_q4_0: None,
 };
 
 /// The table of one tier, if this CPU supports it. Tests use this to run every tier the CPU has.

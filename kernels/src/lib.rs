@@ -21,6 +21,7 @@ pub mod generic;
 mod matmul;
 #[cfg(feature = "std")]
 pub mod probe;
+pub mod qgemm;
 mod quant;
 mod weights;
 

@@ -1,5 +1,6 @@
 //! The one view of a weight matrix that the forward pass reads through, whatever its storage dtype.
 
+use crate::qgemm::{Packed, PackedFormat};
 use crate::quant::{dequantize_q4_0, dequantize_q8_0, BlockQ4_0, BlockQ8_0, QK};
 use half::{bf16, f16};
 
@@ -94,6 +95,11 @@ pub enum WeightView<'a> {
         blocks: &'a [BlockQ4_0],
         cols: usize,
     },
+    /// q8_0 repacked in groups of 16 rows for the int8 GEMM ([`crate::qgemm`]); built at load time by std
+    /// hosts, never stored in a file
+    Q8_0x16(Packed<'a>),
+    /// q4_0 repacked in groups of 16 rows ([`crate::qgemm`])
+    Q4_0x16(Packed<'a>),
 }
 
 /// Why bytes could not be viewed as a weight matrix.
@@ -181,13 +187,42 @@ impl<'a> WeightView<'a> {
         WeightView::Q4_0 { blocks, cols }
     }
 
+    /// `data`, the packed copy of a whole `(rows, cols)` matrix ([`crate::qgemm::pack_q8_0`] or `pack_q4_0`)
+    /// of `dtype` q8_0 or q4_0.
+    pub fn packed(
+        dtype: DType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, ViewError> {
+        let f = match dtype {
+            DType::Q8_0 => PackedFormat::Q8_0,
+            DType::Q4_0 => PackedFormat::Q4_0,
+            other => return Err(ViewError::UnsupportedDType(other)),
+        };
+        if f.packed_len(rows, cols) != Some(data.len()) {
+            return Err(ViewError::Length);
+        }
+        let p = Packed {
+            data,
+            cols,
+            row0: 0,
+            rows,
+        };
+        Ok(match f {
+            PackedFormat::Q8_0 => WeightView::Q8_0x16(p),
+            PackedFormat::Q4_0 => WeightView::Q4_0x16(p),
+        })
+    }
+
+    /// The storage dtype; a packed matrix reports the dtype it was packed from.
     pub fn dtype(&self) -> DType {
         match self {
             WeightView::F32 { .. } => DType::F32,
             WeightView::F16 { .. } => DType::F16,
             WeightView::BF16 { .. } => DType::BF16,
-            WeightView::Q8_0 { .. } => DType::Q8_0,
-            WeightView::Q4_0 { .. } => DType::Q4_0,
+            WeightView::Q8_0 { .. } | WeightView::Q8_0x16(_) => DType::Q8_0,
+            WeightView::Q4_0 { .. } | WeightView::Q4_0x16(_) => DType::Q4_0,
         }
     }
 
@@ -198,6 +233,7 @@ impl<'a> WeightView<'a> {
             | WeightView::BF16 { cols, .. }
             | WeightView::Q8_0 { cols, .. }
             | WeightView::Q4_0 { cols, .. } => cols,
+            WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.cols,
         }
     }
 
@@ -208,6 +244,7 @@ impl<'a> WeightView<'a> {
             WeightView::BF16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
             WeightView::Q8_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
             WeightView::Q4_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
+            WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.rows,
         }
     }
 
@@ -241,6 +278,8 @@ impl<'a> WeightView<'a> {
                     cols,
                 }
             }
+            WeightView::Q8_0x16(p) => WeightView::Q8_0x16(window(p, start, n)),
+            WeightView::Q4_0x16(p) => WeightView::Q4_0x16(window(p, start, n)),
         }
     }
 
@@ -262,6 +301,18 @@ impl<'a> WeightView<'a> {
                 let nb = cols / QK;
                 dequantize_q4_0(&blocks[r * nb..(r + 1) * nb], out)
             }
+            WeightView::Q8_0x16(p) => crate::qgemm::unpack_row(PackedFormat::Q8_0, &p, r, out),
+            WeightView::Q4_0x16(p) => crate::qgemm::unpack_row(PackedFormat::Q4_0, &p, r, out),
         }
+    }
+}
+
+/// Rows `[start, start + n)` of a packed window, checked as `slice_rows` checks the row-major views.
+fn window(p: Packed<'_>, start: usize, n: usize) -> Packed<'_> {
+    assert!(start + n <= p.rows, "rows out of range");
+    Packed {
+        row0: p.row0 + start,
+        rows: n,
+        ..p
     }
 }

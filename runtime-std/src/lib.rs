@@ -5,6 +5,7 @@ pub mod fsutil;
 pub mod hardware;
 pub mod load;
 pub mod lock;
+mod packed;
 pub mod quantize;
 pub mod session;
 pub mod tmpfiles;

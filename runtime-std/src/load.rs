@@ -113,6 +113,8 @@ enum Storage {
 pub struct ModelFile {
     storage: Storage,
     path: PathBuf,
+    /// Packed copies of the quantized matrices, made by the first [`ModelFile::model`] call.
+    packed: std::sync::OnceLock<crate::packed::PackedWeights>,
     /// The folder's reader lock, when opened with [`ModelFile::open_shared`]. Declared after the storage so
     /// the mapping is gone before the lock is released.
     _lock: Option<ModelLock>,
@@ -158,6 +160,7 @@ impl ModelFile {
         let f = ModelFile {
             storage,
             path,
+            packed: std::sync::OnceLock::new(),
             _lock: None,
         };
         f.parse()?.verify_checksum().map_err(|e| f.err(e))?;
@@ -186,10 +189,15 @@ impl ModelFile {
         EnigmaFile::parse(self.bytes()).map_err(|e| self.err(e))
     }
 
-    /// The model and tokenizer, viewing the file in place.
+    /// The model and tokenizer, viewing the file in place, with its quantized matrices repacked for the int8
+    /// GEMM where `kernels` has micro-kernels for them (`packed.rs`; the first call packs).
     pub fn model(&self, kernels: &'static Kernels) -> Result<Model<'_>> {
         let file = self.parse()?;
-        let transformer = Transformer::from_file(&file, kernels).map_err(|e| self.err(e))?;
+        let mut transformer = Transformer::from_file(&file, kernels).map_err(|e| self.err(e))?;
+        let packed = self
+            .packed
+            .get_or_init(|| crate::packed::pack(&transformer.weights, kernels));
+        crate::packed::view(&mut transformer.weights, packed);
         let tokenizer = Tokenizer::from_file(&file).map_err(|e| self.err(e))?;
         Ok(Model {
             file,

@@ -7,8 +7,10 @@
 mod attn_f16;
 mod gemm128;
 mod neon;
+mod qgemm_neon;
 
 use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
+use crate::qgemm::{XBlock, QG};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use half::{bf16, f16};
@@ -55,6 +57,10 @@ mod w {
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
     attn_f16_ops!(wrappers!(attn_f16:));
+    wrappers! { qgemm_neon:
+        qgemm_q8_0_dotprod(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+        qgemm_q4_0_dotprod(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+    }
     #[cfg(test)]
     wrappers! { neon:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -71,5 +77,7 @@ pub(crate) static NEON_DOTPROD: Kernels = Kernels {
     qmatvec_q8_0: w::qmatvec_q8_0_dotprod,
     qtile_q8_0: w::qmatvec_q8_0_dotprod,
     qmatvec_q4_0: w::qmatvec_q4_0_dotprod,
+    qgemm_q8_0: Some(w::qgemm_q8_0_dotprod),
+    qgemm_q4_0: Some(w::qgemm_q4_0_dotprod),
     ..NEON
 };

@@ -11,6 +11,7 @@
 //! | matvec/matmul f32, f16, bf16; attn_scores | 1e-4 | 1e-5 | summation order only (widening is exact), d < 300 |
 //! | gemm f32 | 1e-5 | 1e-5 | same summation order; FMA rounding only (see `gemm.rs`) |
 //! | q8_0 / q4_0 matvec | 1e-4 | 1e-5 | same quantized x, exact integer block sums; only float order differs |
+//! | packed q8_0 / q4_0 GEMM | (nb+4)·2ε·Σ\|w·x\| | 1e-5 | the same, per output (`qgemm.rs`) |
 //! | rmsnorm, rope, attn_accum | 1e-6 | 1e-5 | a few roundings per element (FMA vs mul+add) |
 //! | softmax, silu_mul | 1e-6 | 1e-5 | vectorised exp: relative error ≤ 3e-7 (see `exp_sweep`) |
 
@@ -18,6 +19,7 @@ mod attn_f16;
 mod cortex_m;
 mod gemm;
 mod ops;
+mod qgemm;
 mod quant;
 
 use crate::Kernels;
@@ -76,7 +78,7 @@ pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rto
 macro_rules! tier_tests {
     ($m:ident, $table:expr, $supported:expr, props = $props:tt, $(#[$attr:meta])*) => {
         mod $m {
-            use super::{attn_f16, gemm, ops};
+            use super::{attn_f16, gemm, ops, qgemm};
             use crate::Kernels;
 
             fn k() -> &'static Kernels {
@@ -91,6 +93,10 @@ macro_rules! tier_tests {
             $(#[$attr])* #[test] fn gemm_edges() { gemm::edge_gemm(k()) }
             $(#[$attr])* #[test] fn attention_f16_edges() { attn_f16::edge_attn_f16(k()) }
             $(#[$attr])* #[test] fn attention_f16() { attn_f16::prop_attn_f16(k()) }
+            $(#[$attr])* #[test] fn qgemm_extremes() { qgemm::edge_qgemm_extremes(k()) }
+            $(#[$attr])* #[test] fn qgemm() { qgemm::prop_qgemm(k()) }
+            $(#[$attr])* #[test] fn qgemm_chunks() { qgemm::prop_qgemm_chunks(k()) }
+            $(#[$attr])* #[test] fn qgemm_matvec() { qgemm::prop_qgemm_matvec(k()) }
             ops::prop_tests!($props, $(#[$attr])*);
         }
     };

@@ -12,7 +12,7 @@ use std::{vec, vec::Vec};
 
 const CASES: u32 = 48;
 
-fn data(n: usize) -> impl Strategy<Value = Vec<f32>> {
+pub(crate) fn data(n: usize) -> impl Strategy<Value = Vec<f32>> {
     pvec(-1.0f32..1.0, n)
 }
 
@@ -61,7 +61,7 @@ pub(crate) fn prop_matvec_half(k: &Kernels) {
 
 /// Raw q8_0 weight blocks over the whole i8 range (a hostile file may hold -128, which llama.cpp's
 /// quantizer never writes) with scales from 2^-10 to 2.
-fn q8_blocks(n: usize) -> impl Strategy<Value = Vec<BlockQ8_0>> {
+pub(crate) fn q8_blocks(n: usize) -> impl Strategy<Value = Vec<BlockQ8_0>> {
     pvec(
         (any::<[i8; QK]>(), -10i32..2).prop_map(|(qs, e)| BlockQ8_0 {
             d: f16::from_f32(libm::exp2f(e as f32) * 0.77).to_bits(),
@@ -71,7 +71,7 @@ fn q8_blocks(n: usize) -> impl Strategy<Value = Vec<BlockQ8_0>> {
     )
 }
 
-fn q4_blocks(n: usize) -> impl Strategy<Value = Vec<BlockQ4_0>> {
+pub(crate) fn q4_blocks(n: usize) -> impl Strategy<Value = Vec<BlockQ4_0>> {
     pvec(
         (any::<[u8; QK / 2]>(), -10i32..2).prop_map(|(qs, e)| BlockQ4_0 {
             d: f16::from_f32(-libm::exp2f(e as f32) * 0.61).to_bits(),

@@ -254,6 +254,7 @@ fn views_from_bytes() {
             WeightView::BF16 { data, .. } => data.as_ptr() as *const u8,
             WeightView::Q8_0 { blocks, .. } => blocks.as_ptr() as *const u8,
             WeightView::Q4_0 { blocks, .. } => blocks.as_ptr() as *const u8,
+            WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.data.as_ptr(),
         };
         assert_eq!(first, at0.as_ptr());
         // Row 1 through slice_rows equals row 1 directly, and equals the format's own dequantization.

@@ -10,8 +10,11 @@ mod avx2;
 mod avx512;
 mod gemm256;
 mod gemm512;
+mod qgemm_avx2;
+mod qgemm_avx512;
 
 use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
+use crate::qgemm::{XBlock, QG};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use attn_f16::{avx2 as avx2_f16, avx512 as avx512_f16};
@@ -82,6 +85,10 @@ mod avx2_w {
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
     attn_f16_ops!(wrappers!(avx2_f16:));
+    wrappers! { qgemm_avx2:
+        qgemm_q8_0(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+        qgemm_q4_0(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+    }
     #[cfg(test)]
     wrappers! { avx2:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -100,6 +107,10 @@ mod avx512_w {
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
     attn_f16_ops!(wrappers!(avx512_f16:));
+    wrappers! { qgemm_avx512:
+        qgemm_q8_0_vnni(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+        qgemm_q4_0_vnni(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+    }
     #[cfg(test)]
     wrappers! { avx512:
         exp_slice(out: &mut [f32], x: &[f32]);
@@ -116,14 +127,25 @@ pub(crate) fn exp_slice(tier: Tier) -> Option<crate::tests::ExpFn> {
     }
 }
 
-pub(crate) static AVX2: Kernels = simd_ops!(simd_table!(Tier::Avx2, "avx2+fma+f16c", avx2_w;));
+pub(crate) static AVX2: Kernels = Kernels {
+    qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
+    qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
+    ..simd_ops!(simd_table!(Tier::Avx2, "avx2+fma+f16c", avx2_w;))
+};
 
-pub(crate) static AVX512: Kernels = simd_ops!(simd_table!(Tier::Avx512, "avx512", avx512_w;));
+/// Without VNNI the AVX2 GEMM micro-kernels serve (AVX-512 BW's `vpmaddubsw` would only widen them).
+pub(crate) static AVX512: Kernels = Kernels {
+    qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
+    qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
+    ..simd_ops!(simd_table!(Tier::Avx512, "avx512", avx512_w;))
+};
 
 pub(crate) static AVX512_VNNI: Kernels = Kernels {
     variant: "avx512+vnni",
     qmatvec_q8_0: avx512_w::qmatvec_q8_0_vnni,
     qtile_q8_0: avx512_w::qtile_q8_0_vnni,
     qmatvec_q4_0: avx512_w::qmatvec_q4_0_vnni,
+    qgemm_q8_0: Some(avx512_w::qgemm_q8_0_vnni),
+    qgemm_q4_0: Some(avx512_w::qgemm_q4_0_vnni),
     ..AVX512
 };
