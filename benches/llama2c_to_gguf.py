@@ -4,6 +4,7 @@ benches/compare_llamacpp.sh runs both engines on the same weights.
 
     python3 benches/llama2c_to_gguf.py MODEL.bin TOKENIZER.bin OUT.gguf [--type f32|q8_0|q4_0]
     python3 benches/llama2c_to_gguf.py --self-test      # a tiny random checkpoint through the converter and back
+    python3 benches/llama2c_to_gguf.py --same-bytes OUT.gguf MODEL.enigma   # every tensor stored identically?
 
 Needs numpy and the pip `gguf` package (the one compare_llamacpp.sh pins). Only llama2.c's legacy layout is
 read (a header of 7 int32, then f32 weights: what export.py's legacy_export, run.c and gen_llama2c_ckpt.py use);
@@ -175,6 +176,21 @@ def convert(ckpt, tokenizer, out_path, want):
     return cfg, counts
 
 
+def same_bytes(gguf_path, enigma_path):
+    """Whether every tensor of the GGUF file appears byte for byte in the .enigma file: then both engines
+    read the very same weights (quantized blocks included) and only their kernels differ. A plain search is
+    enough: a tensor's bytes are far too long to appear by chance."""
+    blob = open(enigma_path, "rb").read()
+    tensors = gguf.GGUFReader(gguf_path).tensors
+    missing = [t.name for t in tensors if blob.find(t.data.tobytes()) < 0]
+    if missing:
+        sys.exit(f"{gguf_path}: {len(missing)} of {len(tensors)} tensors are not stored as in {enigma_path}: "
+                 + ", ".join(missing[:5]))
+    types = sorted({t.tensor_type.name.lower() for t in tensors})
+    print(f"{os.path.basename(gguf_path)}: all {len(tensors)} tensors ({', '.join(types)}) byte-identical "
+          f"to {os.path.basename(enigma_path)}'s")
+
+
 def self_test():
     """Writes a tiny random checkpoint (unshared classifier, GQA, a hidden size that is not whole blocks) and
     its tokenizer, converts it at every type and reads the GGUF back: names, shapes, types, tokenizer and
@@ -229,9 +245,12 @@ def main():
     ap.add_argument("output", nargs="?")
     ap.add_argument("--type", choices=sorted(FILE_TYPE), default="f32")
     ap.add_argument("--self-test", action="store_true")
+    ap.add_argument("--same-bytes", nargs=2, metavar=("GGUF", "ENIGMA"))
     a = ap.parse_args()
     if a.self_test:
         return self_test()
+    if a.same_bytes:
+        return same_bytes(*a.same_bytes)
     if not (a.checkpoint and a.tokenizer and a.output):
         ap.error("CHECKPOINT TOKENIZER OUTPUT are required (or --self-test)")
     tmp = a.output + ".part"  # a crash leaves no half-written file where the bench script looks
