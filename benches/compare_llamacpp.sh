@@ -16,13 +16,15 @@
 #   ENIGMA_BIN=/other/enigma LLAMACPP_DIR=target/llamacpp/build/bin bash benches/compare_llamacpp.sh
 #
 # llama.cpp comes from the pip llama-cpp-python sdist (its vendored llama.cpp), pinned below, built with cmake
-# from PyPI into target/llamacpp/build (TIER=avx2: build-avx2; about 40 minutes on a busy 2-core machine; reused afterwards).
-# TIER=native (default) builds with -march=native like llama.cpp's own default; TIER=avx2 builds llama.cpp
-# without AVX-512 and runs enigma with ENIGMA_KERNELS=avx2, for the machines of the AVX2 tier.
+# from PyPI into target/llamacpp/build, and reused afterwards (the build took 22 minutes on a 2-core machine
+# busy with other builds). TIER=native (default) builds it with -march=native, llama.cpp's own default;
+# TIER=avx2 builds it without AVX-512 (in target/llamacpp/build-avx2) and runs enigma with
+# ENIGMA_KERNELS=avx2: the AVX2 tier's figures, written to compare_llamacpp_avx2.md.
 # ENIGMA_BIN / LLAMACPP_DIR (the folder holding llama-bench and llama-simple) name prebuilt binaries and skip
-# the builds (llama.cpp's tools find their shared libraries in the build folder, by absolute path: point
-# LLAMACPP_DIR at the build's bin/ where it was built, or set LD_LIBRARY_PATH for a copy). A 15M model's context is 256 tokens, so its pp512 is not run (it would run past the positions
-# the model has; enigma refuses to).
+# the builds. llama.cpp's tools find their shared libraries in the build folder by absolute path: point
+# LLAMACPP_DIR at the bin/ of a build where it was built, or set LD_LIBRARY_PATH for a copy.
+# A 15M model's context is 256 tokens, so its pp512 is not run: it would run past the positions the model
+# has (enigma refuses to).
 #
 # Writes benches/results/compare_llamacpp.md (commit, CPU, date, the command with every knob, both builds,
 # the table, every round), which README.md quotes; RESULTS_NOTE="..." adds a note line (e.g. the load).
@@ -48,11 +50,11 @@ WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
 case "$TIER" in
-    native) cmake_tier=(-DGGML_NATIVE=ON); LLAMACPP_BUILD=target/llamacpp/build ;;
+    native) cmake_tier=(-DGGML_NATIVE=ON); LLAMACPP_BUILD=target/llamacpp/build; RESULTS_NAME=compare_llamacpp ;;
     # GGML_NATIVE=OFF alone would build a generic binary; name the AVX2 tier's features explicitly.
     avx2) cmake_tier=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
                       -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX_VNNI=OFF)
-          LLAMACPP_BUILD=target/llamacpp/build-avx2
+          LLAMACPP_BUILD=target/llamacpp/build-avx2; RESULTS_NAME=compare_llamacpp_avx2
           export ENIGMA_KERNELS=avx2 ;;
     *) echo "TIER must be native or avx2, not $TIER" >&2; exit 2 ;;
 esac
@@ -141,7 +143,7 @@ prompts_for() {
 }
 
 command="ROUNDS=$ROUNDS SHAPES=\"$SHAPES\" THREADS=\"$THREADS\" DTYPES=\"$DTYPES\" PROMPTS=\"$PROMPTS\" GEN=$GEN TIER=$TIER bash benches/compare_llamacpp.sh"
-results_begin compare_llamacpp "Prefill and decode speed: Enigma Engine against llama.cpp" "$command"
+results_begin "$RESULTS_NAME" "Prefill and decode speed: Enigma Engine against llama.cpp" "$command"
 
 results="$WORK/results-llamacpp.txt"
 : > "$results"
