@@ -16,8 +16,8 @@
 #   ENIGMA_BIN=/other/enigma LLAMACPP_DIR=target/llamacpp/build/bin bash benches/compare_llamacpp.sh
 #
 # llama.cpp comes from the pip llama-cpp-python sdist (its vendored llama.cpp), pinned below, built with cmake
-# from PyPI into target/llamacpp/build, and reused afterwards (the build took 22 minutes on a 2-core machine
-# busy with other builds). TIER=native (default) builds it with -march=native, llama.cpp's own default;
+# from PyPI into target/llamacpp/build, and reused afterwards (the builds took 10 to 22 minutes on a 2-core
+# machine busy with other builds). TIER=native (default) builds it with -march=native, llama.cpp's own default;
 # TIER=avx2 builds it without AVX-512 (in target/llamacpp/build-avx2) and runs enigma with
 # ENIGMA_KERNELS=avx2: the AVX2 tier's figures, written to compare_llamacpp_avx2.md.
 # ENIGMA_BIN / LLAMACPP_DIR (the folder holding llama-bench and llama-simple) name prebuilt binaries and skip
