@@ -78,6 +78,13 @@ pub fn words(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether a piece holds a boundary of [`words`] inside it (at any byte but its first). Training merges only
+/// within words, so it never makes one; a file that has one would make `Bpe::encode` (word by word) and the
+/// core's encoder (whole text) disagree, training a model on other tokens than it is run with.
+fn spans_words(p: &[u8]) -> bool {
+    (1..p.len()).any(|i| p[i] == b' ' || p[i] == b'\n' || p[i - 1] == b'\n')
+}
+
 impl Bpe {
     /// The 256 bytes and the specials, no merges.
     fn base() -> Bpe {
@@ -405,6 +412,13 @@ impl Bpe {
                     String::from_utf8_lossy(&joined)
                 )));
             }
+            if spans_words(&joined) {
+                return Err(bad(format!(
+                    "merge {i} joins across a word boundary (a space or a newline inside the piece {:?}), \
+                     which training never does",
+                    String::from_utf8_lossy(&joined)
+                )));
+            }
             bpe.ids.insert(joined.clone(), n);
             bpe.pieces.push(joined);
             bpe.merges.push((a, b));
@@ -425,6 +439,10 @@ impl Bpe {
             return None;
         }
         for p in &data.pieces[FIRST_MERGE as usize..] {
+            // Not one of ours: the core's encoder, not the word-by-word one, is its reference.
+            if spans_words(p) {
+                return None;
+            }
             // The split into two earlier pieces; the left one as long as possible, as training made it.
             let split = (1..p.len()).rev().find_map(|k| {
                 let a = bpe.ids.get(&p[..k])?;
@@ -572,6 +590,39 @@ mod tests {
             err.contains("merge 10"),
             "the first merge past 1024 bytes: {err}"
         );
+    }
+
+    /// Found by the `tokenizer_json` fuzz target: `[44, " the"]` made ", the", which the core's encoder
+    /// merged in "time, there" and `Bpe::encode` (word by word) could not.
+    #[test]
+    fn a_merge_across_a_word_boundary_is_refused() {
+        let merges = [[32u32, 116], [104, 101], [261, 262], [44, 263]];
+        let json = serde_json::json!({
+            "format": FORMAT, "version": 1, "specials": SPECIALS, "merges": merges
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let err = format!("{:#}", Bpe::load(&path).unwrap_err());
+        assert!(
+            err.contains("merge 3") && err.contains("word boundary"),
+            "{err}"
+        );
+        // Without the last merge the file is one training could write, and both encoders agree.
+        let json = serde_json::json!({
+            "format": FORMAT, "version": 1, "specials": SPECIALS, "merges": &merges[..3]
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        let bpe = Bpe::load(&path).unwrap();
+        assert_eq!(
+            bpe.encode("a time, there"),
+            [97, 261, 105, 109, 101, 44, 263, 114, 101]
+        );
+        // A .enigma vocabulary with such a piece is left to the core's encoder.
+        let mut data = bpe.data();
+        data.pieces.push(b", the".to_vec());
+        data.scores.push(-1.0);
+        assert!(Bpe::from_data(&data).is_none());
     }
 
     #[test]
