@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
+. benches/random_models.sh
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 SHAPE="${SHAPE:-15M}"
 THREADS="${THREADS:-1}"
@@ -18,14 +19,10 @@ ROUNDS="${ROUNDS:-5}"
 WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
-python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
-(cd "$WORK" && { [ -f "models/r$SHAPE.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$SHAPE"; })
-E="${ENIGMA_BIN:-target/release/enigma}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
+random_checkpoints "$SHAPE"
+enigma_binary
 for dtype in f32 q8_0; do
-    m="$WORK/r$SHAPE-$dtype.enigma"
-    [ -f "$m" ] || "$E" import llama2c "$WORK/models/r$SHAPE.bin" --tokenizer "$SHARED/models/tokenizer.bin" \
-        -o "$m" --quantize "$dtype"
+    random_model "$SHAPE" "$dtype" "$WORK/r$SHAPE-$dtype.enigma"
 done
 
 results_begin bench_report "enigma bench on a model larger and a model smaller than the last-level cache" \

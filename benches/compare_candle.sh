@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
+. benches/random_models.sh
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 ROUNDS="${ROUNDS:-5}"
 STEPS="${STEPS:-128}"
@@ -24,18 +25,15 @@ DTYPES="${DTYPES:-f32 q8_0 q4_0}"
 WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
-python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
-(cd "$WORK" && for s in $SHAPES; do [ -f "models/r$s.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$s"; done)
+random_checkpoints "$SHAPES"
 
-E="${ENIGMA_BIN:-target/release/enigma}"
 C="${CANDLE_PEER:-target/candle-peer/release/candle-peer}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
+enigma_binary
 [ -n "${CANDLE_PEER:-}" ] || CARGO_TARGET_DIR=target/candle-peer cargo build --release --manifest-path benches/candle-peer/Cargo.toml
 
 for s in $SHAPES; do
     for q in $DTYPES; do
-        m="$WORK/r$s-$q.enigma"
-        [ -f "$m" ] || "$E" import llama2c "$WORK/models/r$s.bin" --tokenizer "$SHARED/models/tokenizer.bin" -o "$m" --quantize "$q"
+        random_model "$s" "$q" "$WORK/r$s-$q.enigma"
     done
 done
 

@@ -31,6 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
+. benches/random_models.sh
 
 # Pinned so that a rerun measures the same llama.cpp (llama-cpp-python vendors one llama.cpp commit).
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -63,8 +64,7 @@ python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
 python3 -c "from importlib.metadata import version; import sys; sys.exit(version('gguf') != '$GGUF_VERSION')" 2>/dev/null \
     || pip install --quiet "gguf==$GGUF_VERSION"
 
-E="${ENIGMA_BIN:-target/release/enigma}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
+enigma_binary
 
 build_llamacpp() {
     local root=target/llamacpp src build start
@@ -121,12 +121,11 @@ echo "stories260K greedy parity, $PARITY_N tokens from \"$PARITY_PROMPT\": $pari
 [ "$CHECK_ONLY" = 1 ] && exit 0
 
 # --- The benchmark models. ---
-(cd "$WORK" && for s in $SHAPES; do [ -f "models/r$s.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$s"; done)
+random_checkpoints "$SHAPES"
 for s in $SHAPES; do
     for q in $DTYPES; do
         m="$WORK/r$s-$q"
-        [ -f "$m.enigma" ] || "$E" import llama2c "$WORK/models/r$s.bin" --tokenizer "$SHARED/models/tokenizer.bin" \
-            -o "$m.enigma" --quantize "$q"
+        random_model "$s" "$q" "$m.enigma"
         [ -f "$m.gguf" ] || python3 benches/llama2c_to_gguf.py "$WORK/models/r$s.bin" "$SHARED/models/tokenizer.bin" \
             "$m.gguf" --type "$q"
         # The fairness claim of the results file, checked: both engines read the same bytes of weights.

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
+. benches/random_models.sh
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 ROUNDS="${ROUNDS:-5}"
 STEPS="${STEPS:-128}"
@@ -20,12 +21,10 @@ THREADS="${THREADS:-1}"
 WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
-python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
-(cd "$WORK" && { [ -f "models/r$SHAPE.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$SHAPE"; })
-E="${ENIGMA_BIN:-target/release/enigma}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
+random_checkpoints "$SHAPE"
+enigma_binary
 m="$WORK/r$SHAPE-$DTYPE.enigma"
-[ -f "$m" ] || "$E" import llama2c "$WORK/models/r$SHAPE.bin" --tokenizer "$SHARED/models/tokenizer.bin" -o "$m" --quantize "$DTYPE"
+random_model "$SHAPE" "$DTYPE" "$m"
 
 results_begin hugepages_vs_mmap "Decode speed: weights in transparent huge pages against a mapped file" \
     "ROUNDS=$ROUNDS STEPS=$STEPS SHAPE=$SHAPE DTYPE=$DTYPE THREADS=$THREADS bash benches/hugepages_vs_mmap.sh"

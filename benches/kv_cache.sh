@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
+. benches/random_models.sh
 SHARED="${ENIGMA_SHARED:-$(cd .. && pwd)/shared}"
 ROUNDS="${ROUNDS:-5}"
 STEPS="${STEPS:-300}"
@@ -23,12 +24,10 @@ DTYPE="${DTYPE:-q8_0}"
 WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
-python3 -c 'import numpy' 2>/dev/null || pip install --quiet numpy
-(cd "$WORK" && { [ -f "models/r$SHAPE.bin" ] || python3 "$SHARED/tools/gen_llama2c_ckpt.py" "$SHAPE"; })
-E="${ENIGMA_BIN:-target/release/enigma}"
-[ -n "${ENIGMA_BIN:-}" ] || cargo build --release -p enigma-cli
+random_checkpoints "$SHAPE"
+enigma_binary
 m="$WORK/r$SHAPE-$DTYPE.enigma"
-[ -f "$m" ] || "$E" import llama2c "$WORK/models/r$SHAPE.bin" --tokenizer "$SHARED/models/tokenizer.bin" -o "$m" --quantize "$DTYPE"
+random_model "$SHAPE" "$DTYPE" "$m"
 prompt="$WORK/kv_cache_prompt.txt"
 head -c 2500 "$SHARED/data/tinystories_sample_197k.txt" >"$prompt"
 
