@@ -603,9 +603,9 @@ fn generate(home: &Path, prompt: String, n_predict: Option<usize>) -> Result<()>
         max_tokens: n_predict,
         ..GenerateRequest::default()
     };
-    let stats = generator.generate(&req, &AtomicBool::new(false), &mut |text| {
+    let stats = generator.generate(&req, &AtomicBool::new(false), &mut |piece| {
         // A closed pipe (`| head`) ends generation quietly.
-        out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+        out.write_all(piece.text.as_bytes()).is_ok() && out.flush().is_ok()
     })?;
     let _ = writeln!(out);
     eprintln!(

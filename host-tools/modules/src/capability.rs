@@ -80,6 +80,58 @@ pub struct GenerateRequest {
     pub sampling: Sampling,
     /// Generation stops before the first of these strings would be emitted.
     pub stop: Vec<String>,
+    /// `Some(n)`: each [`Piece`] carries the log-probabilities of the tokens that made it, each with the
+    /// `n` most likely alternatives (`0..=20`, OpenAI's range); `None`: none are computed.
+    pub logprobs: Option<usize>,
+}
+
+/// A token's log-probability under the distribution it was sampled from (before temperature and
+/// truncation, as OpenAI reports it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TopLogprob {
+    pub token: u32,
+    /// The token's bytes; not necessarily UTF-8 (a byte-fallback token is part of a character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and, when asked for, the most likely alternatives at its step.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub chosen: TopLogprob,
+    /// Most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// What a generation hands its caller as it goes: valid UTF-8, and the tokens whose text it completes
+/// (their log-probabilities, empty unless [`GenerateRequest::logprobs`] asked for them).
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub logprobs: &'a [TokenLogprob],
+}
+
+impl<'a> Piece<'a> {
+    /// Text alone.
+    pub fn text(text: &'a str) -> Self {
+        Piece {
+            text,
+            logprobs: &[],
+        }
+    }
+}
+
+/// What a generator is doing now, for a server's metrics; a generator that runs one request at a time
+/// per call reports the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineLoad {
+    /// Sequences being prefilled or decoded.
+    pub active: usize,
+    /// Requests waiting for room.
+    pub queued: usize,
+    /// KV cache blocks in use (cached prefixes included), and all there are.
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
 }
 
 /// Why a generation ended.
@@ -99,6 +151,8 @@ pub enum FinishReason {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
+    /// Of the prompt's tokens, those whose keys and values were reused from a cached prefix.
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     pub finish: FinishReason,
     /// Wall time to the first generated token (prompt processing included).
@@ -117,12 +171,15 @@ pub trait TextGeneration: Send + Sync {
     /// messages are laid out as plain text and the model continues it.
     fn trained_for_chat(&self) -> bool;
     /// Continues `req.prompt`, calling `on_text` with each piece of valid UTF-8 as it is produced; `on_text`
-    /// returns `false` to stop. `cancel` is polled between tokens (another thread may set it).
+    /// returns `false` to stop. `cancel` is polled between tokens (another thread may set it). A request the
+    /// provider cannot take (a prompt longer than the context, a field out of range) is
+    /// [`ModuleError::Invalid`]; one it has no room for now is [`ModuleError::Busy`]. Many threads may call
+    /// at once: a batching provider decodes their sequences together.
     fn generate(
         &self,
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError>;
     /// The assistant's next reply to `messages` (`req.prompt` is ignored).
     fn chat(
@@ -130,8 +187,12 @@ pub trait TextGeneration: Send + Sync {
         messages: &[ChatMessage],
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError>;
+    /// Sequences running and waiting, and the KV cache in use.
+    fn load(&self) -> EngineLoad {
+        EngineLoad::default()
+    }
 }
 
 /// Code from a request in words.
@@ -144,7 +205,7 @@ pub trait CodeGeneration: Send + Sync {
         request: &str,
         language: Option<&str>,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError>;
 }
 

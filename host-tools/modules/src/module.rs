@@ -15,6 +15,13 @@ pub enum ModuleError {
     Config(String),
     #[error("{0}")]
     Failed(String),
+    /// A request the module cannot take as it is (a prompt longer than the context, a field out of range):
+    /// the caller's to fix; a server answers 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// No room now (a full queue); the same request may succeed later: a server answers 503.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ModuleError {

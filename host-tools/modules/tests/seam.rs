@@ -3,7 +3,7 @@
 
 use enigma_models::{ConvertTarget, CreateOptions, ModelStore};
 use enigma_modules::capability::{
-    ChatMessage, FinishReason, GenerateRequest, GenerationStats, Provided, TextGeneration,
+    ChatMessage, FinishReason, GenerateRequest, GenerationStats, Piece, Provided, TextGeneration,
 };
 use enigma_modules::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
 use enigma_modules::{
@@ -44,18 +44,19 @@ impl TextGeneration for Canned {
         &self,
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let max = req.max_tokens.unwrap_or(WORDS.len());
         let mut stats = GenerationStats {
             prompt_tokens: req.prompt.split_whitespace().count(),
+            cached_tokens: 0,
             generated_tokens: 0,
             finish: FinishReason::EndOfText,
             first_token_secs: 0.0,
             total_secs: 0.0,
         };
         for w in WORDS.iter().take(max) {
-            if cancel.load(Ordering::Relaxed) || !on_text(w) {
+            if cancel.load(Ordering::Relaxed) || !on_text(&Piece::text(w)) {
                 stats.finish = FinishReason::Cancelled;
                 return Ok(stats);
             }
@@ -71,7 +72,7 @@ impl TextGeneration for Canned {
         _messages: &[ChatMessage],
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         self.generate(req, cancel, on_text)
     }
@@ -137,7 +138,7 @@ fn stream(m: &ModuleManager, max_tokens: usize) -> (String, String, GenerationSt
     };
     let stats = generator
         .generate(&req, &AtomicBool::new(false), &mut |piece| {
-            text.push_str(piece);
+            text.push_str(piece.text);
             true
         })
         .unwrap();

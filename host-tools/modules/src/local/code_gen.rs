@@ -1,7 +1,7 @@
 //! `code_gen_local`: code by prompting whatever provides text generation.
 
 use crate::capability::{
-    CodeGeneration, GenerateRequest, GenerationStats, Provided, Sampling, TextGeneration,
+    CodeGeneration, GenerateRequest, GenerationStats, Piece, Provided, Sampling, TextGeneration,
 };
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{ModuleConfig, ModuleSpec};
@@ -35,7 +35,7 @@ impl CodeGeneration for CodeGen {
         request: &str,
         language: Option<&str>,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let req = GenerateRequest {
             prompt: self.prompt(request, language),
@@ -45,6 +45,7 @@ impl CodeGeneration for CodeGen {
                 ..Sampling::default()
             },
             stop: Vec::new(),
+            logprobs: None,
         };
         self.generator.generate(&req, cancel, on_text)
     }
@@ -104,6 +105,7 @@ impl Module for CodeGenModule {
                 ..Sampling::default()
             },
             stop: Vec::new(),
+            logprobs: None,
         };
         match c
             .generator

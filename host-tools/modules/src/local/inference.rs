@@ -1,8 +1,8 @@
 //! `inference`: streaming text generation and chat over the loaded model and tokenizer.
 
 use crate::capability::{
-    ChatMessage, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Provided, Role,
-    TextGeneration, Tokenization,
+    ChatMessage, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Piece, Provided,
+    Role, TextGeneration, Tokenization,
 };
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{ModuleConfig, ModuleSpec};
@@ -28,12 +28,12 @@ struct Emitter<'a> {
     held: String,
     hit_stop: bool,
     refused: bool,
-    on_text: &'a mut dyn FnMut(&str) -> bool,
+    on_text: &'a mut dyn FnMut(&Piece<'_>) -> bool,
 }
 
 impl Emitter<'_> {
     fn say(&mut self, s: &str) -> bool {
-        if !s.is_empty() && !(self.on_text)(s) {
+        if !s.is_empty() && !(self.on_text)(&Piece::text(s)) {
             self.refused = true;
         }
         !self.refused
@@ -91,7 +91,7 @@ impl Inference {
         ids: &[u32],
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let start = Instant::now();
         let backend = self.model.backend();
@@ -104,7 +104,7 @@ impl Inference {
         let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
         let room = model.transformer.config.seq_len as usize;
         if ids.len() >= room {
-            return Err(ModuleError::Failed(format!(
+            return Err(ModuleError::Invalid(format!(
                 "the prompt is {} tokens and the model's context holds {room}",
                 ids.len()
             )));
@@ -127,6 +127,7 @@ impl Inference {
             .min(room - ids.len());
         let mut stats = GenerationStats {
             prompt_tokens: ids.len(),
+            cached_tokens: 0,
             generated_tokens: 0,
             finish: FinishReason::Length,
             first_token_secs: 0.0,
@@ -254,7 +255,7 @@ impl TextGeneration for Inference {
         &self,
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let ids = self
             .tokenizer
@@ -267,7 +268,7 @@ impl TextGeneration for Inference {
         messages: &[ChatMessage],
         req: &GenerateRequest,
         cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let ids = self.chat_ids(messages)?;
         self.continue_ids(&ids, req, cancel, on_text)
@@ -367,12 +368,13 @@ impl Module for InferenceModule {
 #[cfg(test)]
 mod tests {
     use super::Emitter;
+    use crate::capability::Piece;
 
     fn emit(stop: &[&str], pieces: &[&str]) -> (String, bool) {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
         let mut out = String::new();
-        let mut on_text = |s: &str| {
-            out.push_str(s);
+        let mut on_text = |p: &Piece<'_>| {
+            out.push_str(p.text);
             true
         };
         let mut e = Emitter {
