@@ -2,7 +2,8 @@
 # What `enigma bench` reports for one model shape stored two ways: a random-weight llama2.c checkpoint of
 # stories15M's shape as f32 (about 61 MB of weights read per token, more than most last-level caches: decode is
 # bound by DRAM bandwidth) and as q8_0 (about 16 MB, which a 32 MiB L3 holds: the DRAM bound does not apply, and
-# the report says so instead of a percentage above 100).
+# the report says so instead of a percentage above 100; its prefill runs int8 products, which the f32 FMA peak does
+# not bound either, and the report says that too).
 #
 #   bash benches/bench_report.sh     # SHAPE=15M THREADS=1 ROUNDS=5
 #

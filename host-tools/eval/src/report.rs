@@ -239,8 +239,38 @@ impl Report {
         )
     }
 
-    pub fn prefill_fma_fraction(&self) -> f64 {
-        self.speed.prompt_tokens_per_s * self.prefill_flops_per_token / self.fma_peak
+    /// Multiply-add operations per second (2 per weight per token) during prefill.
+    pub fn prefill_ops_per_s(&self) -> f64 {
+        self.speed.prompt_tokens_per_s * self.prefill_flops_per_token
+    }
+
+    /// Prefill's rate against the f32 FMA peak, when that peak bounds it: block-quantized matrices are
+    /// multiplied as int8 (`vpdpbusd`, `sdot`), several times the f32 FMA rate, so a q8_0 model's prefill
+    /// would read as more than 100% of a peak that does not apply to it.
+    pub fn prefill_fma_fraction(&self) -> Option<f64> {
+        match self.int8_dtype() {
+            Some(_) => None,
+            None => Some(self.prefill_ops_per_s() / self.fma_peak),
+        }
+    }
+
+    /// A block-quantized dtype among the weight matrices (whose products run as int8).
+    fn int8_dtype(&self) -> Option<DType> {
+        self.dtypes
+            .0
+            .iter()
+            .map(|g| g.dtype)
+            .find(|d| d.block_elems() > 1)
+    }
+
+    /// Why prefill has no FMA fraction, in words; `None` when it has one.
+    fn no_prefill_fraction_because(&self) -> Option<String> {
+        self.int8_dtype().map(|d| {
+            format!(
+                "the {} matrices are multiplied as int8, which the f32 FMA peak does not bound",
+                d.name()
+            )
+        })
     }
 
     /// Why the decode fraction is missing, in words; `None` when there is one.
@@ -287,7 +317,9 @@ impl Report {
             "decode_bandwidth_bound_tokens_per_s": bound,
             "decode_bandwidth_fraction": fraction,
             "decode_bandwidth_note": self.no_fraction_because(),
+            "prefill_gops": self.prefill_ops_per_s() / 1e9,
             "prefill_fma_fraction": self.prefill_fma_fraction(),
+            "prefill_fma_note": self.no_prefill_fraction_because(),
         })
     }
 }
@@ -351,11 +383,22 @@ impl fmt::Display for Report {
                 writeln!(f, "decode     {why}")?;
             }
         }
-        writeln!(
-            f,
-            "prefill    {:.1}% of the FMA peak",
-            100.0 * self.prefill_fma_fraction()
-        )
+        let gops = self.prefill_ops_per_s() / 1e9;
+        match (
+            self.prefill_fma_fraction(),
+            self.no_prefill_fraction_because(),
+        ) {
+            (Some(fraction), _) => writeln!(
+                f,
+                "prefill    {gops:.1} GFLOP/s, {:.1}% of the FMA peak",
+                100.0 * fraction
+            ),
+            (None, why) => writeln!(
+                f,
+                "prefill    {gops:.1} Gop/s (2 per multiply-add); {}",
+                why.unwrap_or_default()
+            ),
+        }
     }
 }
 
@@ -505,5 +548,30 @@ mod tests {
         assert!(report(52_000_000, None)
             .to_string()
             .contains("last-level cache unknown"));
+    }
+
+    #[test]
+    fn a_quantized_model_gets_no_fma_percentage_for_prefill() {
+        // 1000 tok/s x 1e6 flops/token = 1 GFLOP/s.
+        let q = report(52_000_000, None);
+        assert!(q.prefill_fma_fraction().is_none());
+        let text = q.to_string();
+        assert!(!text.contains("of the FMA peak"), "{text}");
+        assert!(
+            text.contains(
+                "the q8_0 matrices are multiplied as int8, which the f32 FMA peak does not bound"
+            ),
+            "{text}"
+        );
+        let j = q.json();
+        assert!(j["prefill_fma_fraction"].is_null());
+        assert!((j["prefill_gops"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9);
+
+        let mut f = report(52_000_000, None);
+        f.dtypes.0[0].dtype = DType::F32;
+        let fraction = f.prefill_fma_fraction().unwrap_or(0.0);
+        assert!((fraction - 0.1).abs() < 1e-9, "{fraction}");
+        assert!(f.to_string().contains("1.0 GFLOP/s, 10.0% of the FMA peak"));
+        assert!(f.json()["prefill_fma_note"].is_null());
     }
 }
