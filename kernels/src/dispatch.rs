@@ -5,7 +5,7 @@
 //! time (no_std), which is what makes those wrappers sound to call.
 
 use crate::gemm::Gemm;
-use crate::qgemm::{self, PackedFormat, QGemmMicro};
+use crate::qgemm::{self, PackedFormat, QGemmMicro, QuantizeX};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::{frame, generic, WeightView};
 use half::{bf16, f16};
@@ -138,6 +138,8 @@ pub struct Kernels {
     pub qgemm_q8_0: Option<QGemmMicro>,
     /// int8 GEMM micro-kernel of 16 packed q4_0 rows × tokens ([`qgemm`]), as `qgemm_q8_0`
     pub qgemm_q4_0: Option<QGemmMicro>,
+    /// The GEMM's activation quantizer, bit for bit [`qgemm::quantize_x`]; `None`: that scalar one
+    pub qgemm_quantize: Option<QuantizeX>,
 }
 
 impl Kernels {
@@ -157,6 +159,11 @@ impl Kernels {
         }
     }
 
+    /// The packed GEMM's activation quantizer.
+    pub fn quantize_x(&self) -> QuantizeX {
+        self.qgemm_quantize.unwrap_or(qgemm::quantize_x)
+    }
+
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ` for any weight dtype.
     pub fn matmul(&self, out: &mut [f32], w: WeightView<'_>, x: &[f32], t: usize) {
         match w {
@@ -169,11 +176,11 @@ impl Kernels {
             }
             WeightView::Q8_0x16(p) => {
                 let micro = self.qgemm_q8_0.unwrap_or(qgemm::micro_q8_0);
-                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, micro)
+                qgemm::qgemm(out, p, PackedFormat::Q8_0, x, t, micro, self.quantize_x())
             }
             WeightView::Q4_0x16(p) => {
                 let micro = self.qgemm_q4_0.unwrap_or(qgemm::micro_q4_0);
-                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, micro)
+                qgemm::qgemm(out, p, PackedFormat::Q4_0, x, t, micro, self.quantize_x())
             }
             // f16/bf16 are bound by widening weights, not by memory, so token by token loses little.
             _ => {
@@ -264,6 +271,7 @@ macro_rules! simd_table {
             qtile_q8_0: $w::qmatvec_q8_0,
             qgemm_q8_0: None,
             qgemm_q4_0: None,
+            qgemm_quantize: None,
             $($op: $w::$op,)*
         }
     };
@@ -293,6 +301,7 @@ pub(crate) static GENERIC: Kernels = Kernels {
     add: generic::add,
     qgemm_q8_0: None,
     qgemm_q4_0: None,
+    qgemm_quantize: None,
 };
 
 /// The table of one tier, if this CPU supports it. Tests use this to run every tier the CPU has.

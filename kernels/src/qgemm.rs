@@ -229,6 +229,9 @@ fn weight(f: PackedFormat, gblk: &[u8], r: usize, j: usize) -> i32 {
 /// `x[t * xstride..][..nb]`. Overwrites `out`.
 pub type QGemmMicro = fn(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
 
+/// Quantizes activations for the micro-kernels: [`quantize_x`], or a tier's version giving the same blocks.
+pub type QuantizeX = fn(x: &[f32], out: &mut [XBlock]);
+
 /// Stamps out a tier's micro-kernel ([`QGemmMicro`]) from `$tile::<M>(out (M), w, x, xstride, nb)`, a
 /// register tile of `M` tokens: the tokens go in tiles of the first `M` listed, then one tile of the rest, each
 /// a const-generic instance so that its accumulators stay in registers. `$feat`: the tile's target features.
@@ -306,7 +309,7 @@ const C_TILE: usize = 128;
 const C_TILE: usize = 8;
 
 /// `out (t, n) = x (t, d) · w (n, d)ᵀ` for a packed matrix window `w` (`n = w.rows`, `d = w.cols`): quantizes
-/// `x` once per tile of tokens and columns and runs `micro` on every group the window touches.
+/// `x` with `quantize` once per tile of tokens and columns and runs `micro` on every group the window touches.
 ///
 /// Each output is summed over the same column chunks in the same order for every tier, so tiers differ
 /// only in float summation order inside the micro-kernel. Panics when `d` is not a multiple of 32, the
@@ -318,6 +321,7 @@ pub fn qgemm(
     x: &[f32],
     t: usize,
     micro: QGemmMicro,
+    quantize: QuantizeX,
 ) {
     out.fill(0.0);
     let (n, d) = (w.rows, w.cols);
@@ -336,13 +340,20 @@ pub fn qgemm(
     );
     // Decode gets a one-token buffer: it is zeroed on every call.
     if t == 1 {
-        tiles::<1>(out, w, gb, x, micro)
+        tiles::<1>(out, w, gb, x, micro, quantize)
     } else {
-        tiles::<T_TILE>(out, w, gb, x, micro)
+        tiles::<T_TILE>(out, w, gb, x, micro, quantize)
     }
 }
 
-fn tiles<const TT: usize>(out: &mut [f32], w: Packed<'_>, gb: usize, x: &[f32], micro: QGemmMicro) {
+fn tiles<const TT: usize>(
+    out: &mut [f32],
+    w: Packed<'_>,
+    gb: usize,
+    x: &[f32],
+    micro: QGemmMicro,
+    quantize: QuantizeX,
+) {
     let (n, d) = (w.rows, w.cols);
     let nbr = d / QK;
     let (g0, g1) = (w.row0 / QG, (w.row0 + n).div_ceil(QG));
@@ -353,7 +364,7 @@ fn tiles<const TT: usize>(out: &mut [f32], w: Packed<'_>, gb: usize, x: &[f32], 
         for c0 in (0..nbr).step_by(C_TILE) {
             let nb = (nbr - c0).min(C_TILE);
             for (q, xt) in xq.iter_mut().zip(xs.chunks_exact(d)) {
-                quantize_x(&xt[c0 * QK..(c0 + nb) * QK], &mut q[..nb]);
+                quantize(&xt[c0 * QK..(c0 + nb) * QK], &mut q[..nb]);
             }
             for g in g0..g1 {
                 let at = (g * nbr + c0) * gb;

@@ -191,6 +191,9 @@ pub struct Report {
     pub fma_unit: &'static str,
     /// Flop/s over all threads.
     pub fma_peak: f64,
+    /// The int8 dot's instructions and peak operations/s over all threads (2 per multiply-add); `None`
+    /// without a SIMD int8 dot.
+    pub int8_peak: Option<(&'static str, f64)>,
     pub cache_bytes: Option<u64>,
 }
 
@@ -213,6 +216,8 @@ impl Report {
         let speed = speed::run_model(model, backend, prompt_tokens, gen_tokens, rounds, kv)?;
         let read_bandwidth = speed::read_bandwidth(threads, 5);
         let (fma_unit, peak1) = enigma_core::kernels::probe::fma_peak_flops(0.2);
+        let int8_peak = enigma_core::kernels::probe::int8_peak_ops(0.2)
+            .map(|(unit, ops)| (unit, ops * threads as f64));
         Ok(Report {
             model: name,
             dtypes: WeightDtypes::of(&model.file),
@@ -226,6 +231,7 @@ impl Report {
             read_bandwidth,
             fma_unit,
             fma_peak: peak1 * threads as f64,
+            int8_peak,
             cache_bytes: last_level_cache_bytes(),
         })
     }
@@ -244,14 +250,20 @@ impl Report {
         self.speed.prompt_tokens_per_s * self.prefill_flops_per_token
     }
 
-    /// Prefill's rate against the f32 FMA peak, when that peak bounds it: block-quantized matrices are
-    /// multiplied as int8 (`vpdpbusd`, `sdot`), several times the f32 FMA rate, so a q8_0 model's prefill
-    /// would read as more than 100% of a peak that does not apply to it.
-    pub fn prefill_fma_fraction(&self) -> Option<f64> {
+    /// The peak that bounds prefill, in words, and its rate: the f32 FMA peak for float matrices; for
+    /// block-quantized ones the int8 dot peak (`vpdpbusd`, `sdot`), several times the FMA rate, against
+    /// which a q8_0 model's prefill would read as more than 100%. `None` when that peak was not measured.
+    pub fn prefill_bound(&self) -> Option<(&'static str, f64)> {
         match self.int8_dtype() {
-            Some(_) => None,
-            None => Some(self.prefill_ops_per_s() / self.fma_peak),
+            None => Some(("FMA peak", self.fma_peak)),
+            Some(_) => self.int8_peak.map(|(_, ops)| ("int8 dot peak", ops)),
         }
+    }
+
+    /// Prefill's rate as a fraction of [`Report::prefill_bound`].
+    pub fn prefill_fraction(&self) -> Option<f64> {
+        self.prefill_bound()
+            .map(|(_, peak)| self.prefill_ops_per_s() / peak)
     }
 
     /// A block-quantized dtype among the weight matrices (whose products run as int8).
@@ -261,16 +273,6 @@ impl Report {
             .iter()
             .map(|g| g.dtype)
             .find(|d| d.block_elems() > 1)
-    }
-
-    /// Why prefill has no FMA fraction, in words; `None` when it has one.
-    fn no_prefill_fraction_because(&self) -> Option<String> {
-        self.int8_dtype().map(|d| {
-            format!(
-                "the {} matrices are multiplied as int8, which the f32 FMA peak does not bound",
-                d.name()
-            )
-        })
     }
 
     /// Why the decode fraction is missing, in words; `None` when there is one.
@@ -317,9 +319,10 @@ impl Report {
             "decode_bandwidth_bound_tokens_per_s": bound,
             "decode_bandwidth_fraction": fraction,
             "decode_bandwidth_note": self.no_fraction_because(),
+            "int8_peak_gops": self.int8_peak.map(|(_, ops)| ops / 1e9),
             "prefill_gops": self.prefill_ops_per_s() / 1e9,
-            "prefill_fma_fraction": self.prefill_fma_fraction(),
-            "prefill_fma_note": self.no_prefill_fraction_because(),
+            "prefill_bound": self.prefill_bound().map(|(name, _)| name),
+            "prefill_fraction": self.prefill_fraction(),
         })
     }
 }
@@ -353,11 +356,15 @@ impl fmt::Display for Report {
             .map_or_else(|| "unknown".into(), human_bytes);
         writeln!(
             f,
-            "machine    read bandwidth {:.1} GB/s, FMA peak {:.1} GFLOP/s ({}, {} threads), measured now; last-level cache {cache}",
+            "machine    read bandwidth {:.1} GB/s, FMA peak {:.1} GFLOP/s ({}, {} threads){}, measured now; last-level cache {cache}",
             self.read_bandwidth / 1e9,
             self.fma_peak / 1e9,
             self.fma_unit,
-            self.threads
+            self.threads,
+            self.int8_peak.map_or_else(String::new, |(unit, ops)| format!(
+                ", int8 dot peak {:.1} Gop/s ({unit})",
+                ops / 1e9
+            ))
         )?;
         match self.decode_bound() {
             DecodeBound::Dram {
@@ -384,19 +391,20 @@ impl fmt::Display for Report {
             }
         }
         let gops = self.prefill_ops_per_s() / 1e9;
-        match (
-            self.prefill_fma_fraction(),
-            self.no_prefill_fraction_because(),
-        ) {
-            (Some(fraction), _) => writeln!(
+        let unit = if self.int8_dtype().is_some() {
+            "Gop/s"
+        } else {
+            "GFLOP/s"
+        };
+        match (self.prefill_bound(), self.prefill_fraction()) {
+            (Some((bound, _)), Some(fraction)) => writeln!(
                 f,
-                "prefill    {gops:.1} GFLOP/s, {:.1}% of the FMA peak",
+                "prefill    {gops:.1} {unit}, {:.1}% of the {bound}",
                 100.0 * fraction
             ),
-            (None, why) => writeln!(
+            _ => writeln!(
                 f,
-                "prefill    {gops:.1} Gop/s (2 per multiply-add); {}",
-                why.unwrap_or_default()
+                "prefill    {gops:.1} {unit}; int8 products, which the f32 FMA peak does not bound (no int8 dot peak measured)"
             ),
         }
     }
@@ -508,6 +516,7 @@ mod tests {
             read_bandwidth: 10e9,
             fma_unit: "avx2",
             fma_peak: 1e10,
+            int8_peak: Some(("avx512 vnni", 4e10)),
             cache_bytes,
         }
     }
@@ -551,27 +560,38 @@ mod tests {
     }
 
     #[test]
-    fn a_quantized_model_gets_no_fma_percentage_for_prefill() {
-        // 1000 tok/s x 1e6 flops/token = 1 GFLOP/s.
+    fn a_quantized_model_s_prefill_is_measured_against_the_int8_peak_not_the_fma_peak() {
+        // 1000 tok/s x 1e6 ops/token = 1 Gop/s: 10% of a 10 GFLOP/s FMA peak, 2.5% of a 40 Gop/s int8 peak.
         let q = report(52_000_000, None);
-        assert!(q.prefill_fma_fraction().is_none());
         let text = q.to_string();
         assert!(!text.contains("of the FMA peak"), "{text}");
         assert!(
-            text.contains(
-                "the q8_0 matrices are multiplied as int8, which the f32 FMA peak does not bound"
-            ),
+            text.contains("prefill    1.0 Gop/s, 2.5% of the int8 dot peak"),
+            "{text}"
+        );
+        assert!(
+            text.contains("int8 dot peak 40.0 Gop/s (avx512 vnni)"),
             "{text}"
         );
         let j = q.json();
-        assert!(j["prefill_fma_fraction"].is_null());
+        assert_eq!(j["prefill_bound"], "int8 dot peak");
+        assert!((j["prefill_fraction"].as_f64().unwrap_or(0.0) - 0.025).abs() < 1e-9);
         assert!((j["prefill_gops"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9);
+
+        // Without a SIMD int8 dot there is no peak to compare with, and no percentage.
+        let mut none = report(52_000_000, None);
+        none.int8_peak = None;
+        assert!(none.prefill_fraction().is_none());
+        assert!(none
+            .to_string()
+            .contains("which the f32 FMA peak does not bound"));
+        assert!(none.json()["prefill_fraction"].is_null());
 
         let mut f = report(52_000_000, None);
         f.dtypes.0[0].dtype = DType::F32;
-        let fraction = f.prefill_fma_fraction().unwrap_or(0.0);
-        assert!((fraction - 0.1).abs() < 1e-9, "{fraction}");
-        assert!(f.to_string().contains("1.0 GFLOP/s, 10.0% of the FMA peak"));
-        assert!(f.json()["prefill_fma_note"].is_null());
+        assert!(f
+            .to_string()
+            .contains("prefill    1.0 GFLOP/s, 10.0% of the FMA peak"));
+        assert_eq!(f.json()["prefill_bound"], "FMA peak");
     }
 }

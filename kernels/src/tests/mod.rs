@@ -97,6 +97,7 @@ macro_rules! tier_tests {
             $(#[$attr])* #[test] fn qgemm() { qgemm::prop_qgemm(k()) }
             $(#[$attr])* #[test] fn qgemm_chunks() { qgemm::prop_qgemm_chunks(k()) }
             $(#[$attr])* #[test] fn qgemm_matvec() { qgemm::prop_qgemm_matvec(k()) }
+            $(#[$attr])* #[test] fn qgemm_quantize_x() { qgemm::prop_quantize_x(k()) }
             ops::prop_tests!($props, $(#[$attr])*);
         }
     };

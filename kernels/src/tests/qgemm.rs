@@ -203,3 +203,39 @@ fn packed_view_checks() {
     assert_eq!(PackedFormat::Q4_0.packed_len(1, 33), None);
     assert_eq!(PackedFormat::Q8_0.packed_len(usize::MAX, 64), None);
 }
+
+/// The tier's activation quantizer against [`crate::qgemm::quantize_x`], bit for bit (it must be: the
+/// packed and row-major paths see the same quants), on blocks of ordinary, tiny, huge, zero, infinite and
+/// NaN values, with ties at `.5` after scaling.
+pub(crate) fn prop_quantize_x(k: &Kernels) {
+    let special = prop_oneof![
+        4 => -4.0f32..4.0,
+        1 => Just(0.0f32),
+        1 => Just(-0.0f32),
+        1 => Just(f32::INFINITY),
+        1 => Just(f32::NEG_INFINITY),
+        1 => Just(f32::NAN),
+        1 => Just(1e-40f32),
+        1 => Just(-3e38f32),
+    ];
+    let block = proptest::collection::vec(special, QK);
+    // A 127 makes the scale exactly 1, so values `i + 0.5` stay ties for the rounding.
+    let ties = proptest::collection::vec((-126i32..126).prop_map(|i| i as f32 + 0.5), QK - 1)
+        .prop_map(|mut b| {
+            b.insert(0, 127.0);
+            b
+        });
+    let s = proptest::collection::vec(prop_oneof![block, ties], 1..6);
+    check(256, s, |blocks| {
+        let x: Vec<f32> = blocks.concat();
+        let nb = x.len() / QK;
+        let (mut got, mut want) = (
+            vec![crate::qgemm::XBlock::ZERO; nb],
+            vec![crate::qgemm::XBlock::ZERO; nb],
+        );
+        (k.quantize_x())(&x, &mut got);
+        crate::qgemm::quantize_x(&x, &mut want);
+        prop_assert_eq!(got, want);
+        Ok(())
+    });
+}

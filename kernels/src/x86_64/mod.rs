@@ -88,6 +88,7 @@ mod avx2_w {
     wrappers! { qgemm_avx2:
         qgemm_q8_0(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
         qgemm_q4_0(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+        quantize_x_avx2(x: &[f32], out: &mut [XBlock]);
     }
     #[cfg(test)]
     wrappers! { avx2:
@@ -110,6 +111,7 @@ mod avx512_w {
     wrappers! { qgemm_avx512:
         qgemm_q8_0_vnni(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
         qgemm_q4_0_vnni(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstride: usize, nb: usize);
+        quantize_x_avx512(x: &[f32], out: &mut [XBlock]);
     }
     #[cfg(test)]
     wrappers! { avx512:
@@ -130,6 +132,7 @@ pub(crate) fn exp_slice(tier: Tier) -> Option<crate::tests::ExpFn> {
 pub(crate) static AVX2: Kernels = Kernels {
     qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
     qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
+    qgemm_quantize: Some(avx2_w::quantize_x_avx2),
     ..simd_ops!(simd_table!(Tier::Avx2, "avx2+fma+f16c", avx2_w;))
 };
 
@@ -137,6 +140,7 @@ pub(crate) static AVX2: Kernels = Kernels {
 pub(crate) static AVX512: Kernels = Kernels {
     qgemm_q8_0: Some(avx2_w::qgemm_q8_0),
     qgemm_q4_0: Some(avx2_w::qgemm_q4_0),
+    qgemm_quantize: Some(avx512_w::quantize_x_avx512),
     ..simd_ops!(simd_table!(Tier::Avx512, "avx512", avx512_w;))
 };
 

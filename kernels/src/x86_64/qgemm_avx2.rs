@@ -10,6 +10,7 @@
 //!   i16 (±30 480) before one `vpmaddwd`; the accumulator starts at `-8 Σx`, as in the VNNI kernel.
 
 use crate::qgemm::{tiled_micro, XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
+use crate::quant::QK;
 use core::arch::x86_64::*;
 
 /// Rows per ymm of i32 lanes.
@@ -126,5 +127,68 @@ fn half_q4_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstr
         scale_acc(&mut acc, &dot, scales(gblk, h), x, xstride, b);
     }
     store(out, &acc, h);
+}
+}
+
+feat! {
+/// The largest lane of `v`.
+#[inline]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))
+}
+
+/// The sum of the lanes of `v`.
+#[inline]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b00_00_00_01>(s)))
+}
+
+/// `v` with its NaN lanes set to 0.
+#[inline]
+fn nan_to_zero(v: __m256) -> __m256 {
+    _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v))
+}
+
+/// [`crate::qgemm::quantize_x`] 8 lanes at a time, bit for bit, as the AVX-512 version
+/// (`quantize_x_avx512`) does with 16.
+pub(crate) fn quantize_x_avx2(x: &[f32], out: &mut [XBlock]) {
+    assert_eq!(x.len(), out.len() * QK, "activations are whole blocks of 32");
+    let magnitude = _mm256_set1_epi32(i32::MAX);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(128.0));
+    let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let (qmin, qmax) = (_mm256_set1_epi32(-128), _mm256_set1_epi32(127));
+    // `packs` interleaves 128-bit halves; this puts the 4-byte groups back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (o, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` is 32 readable f32s; `loadu` needs no alignment.
+        let v: [__m256; 4] = core::array::from_fn(|i| unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * i)) });
+        let a = v.map(|v| nan_to_zero(_mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), magnitude))));
+        let amax = hmax(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|v| {
+            let y = nan_to_zero(_mm256_mul_ps(v, idv));
+            let y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+            let t = _mm256_cvttps_epi32(y);
+            let f = _mm256_sub_ps(y, _mm256_cvtepi32_ps(t));
+            // A true compare is -1 as an integer: subtracting it adds 1.
+            let t = _mm256_sub_epi32(t, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half)));
+            let t = _mm256_add_epi32(t, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(f, neg_half)));
+            _mm256_min_epi32(_mm256_max_epi32(t, qmin), qmax)
+        });
+        o.s = hsum(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        // SAFETY: `q4` is 32 writable bytes; `storeu` needs no alignment. Lane order is byte order, the
+        // little-endian packing of `q4`.
+        unsafe { _mm256_storeu_si256(o.q4.as_mut_ptr() as *mut __m256i, bytes) };
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d));
+        o.d = _mm_cvtss_f32(_mm_cvtph_ps(h)).to_bits();
+    }
 }
 }

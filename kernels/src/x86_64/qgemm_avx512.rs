@@ -8,6 +8,7 @@
 //! integer dot exact. Then one f32 multiply-add per (token, block) applies both scales to the 16 rows.
 
 use crate::qgemm::{tiled_micro, XBlock, Q4_0X16_BYTES, Q8_0X16_BYTES, QG};
+use crate::quant::QK;
 use core::arch::x86_64::*;
 
 macro_rules! feat {
@@ -110,5 +111,52 @@ fn tile_q4_0<const M: usize>(out: &mut [[f32; QG]], w: &[u8], x: &[XBlock], xstr
         scale_acc(&mut acc, &dot, scales(gblk), x, xstride, b);
     }
     store(out, &acc);
+}
+}
+
+feat! {
+/// [`crate::qgemm::quantize_x`] 16 lanes at a time, bit for bit: the same `amax / 127` and `1 / d` in
+/// scalar f32, the same products, the same rounding (halves away from zero, NaN to 0), and the scale
+/// through F16C, which rounds to nearest even as the `half` crate does. The scalar version converts f16 in
+/// software and packs bytes one at a time: it was an eighth of a 32-token product's time.
+pub(crate) fn quantize_x_avx512(x: &[f32], out: &mut [XBlock]) {
+    assert_eq!(x.len(), out.len() * QK, "activations are whole blocks of 32");
+    let magnitude = _mm512_set1_epi32(i32::MAX);
+    let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(128.0));
+    let (half, neg_half) = (_mm512_set1_ps(0.5), _mm512_set1_ps(-0.5));
+    let one = _mm512_set1_epi32(1);
+    for (o, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` is 32 readable f32s; `loadu` needs no alignment.
+        let v = unsafe { [_mm512_loadu_ps(xs.as_ptr()), _mm512_loadu_ps(xs.as_ptr().add(16))] };
+        // NaN lanes count as 0 in the maximum, as `f32::max` skips them.
+        let a = v.map(|v| {
+            let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), magnitude));
+            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(a, a), a)
+        });
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(a[0], a[1]));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm512_set1_ps(id);
+        let q = v.map(|v| {
+            let y = _mm512_mul_ps(v, idv);
+            let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y), y);
+            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+            let t = _mm512_cvttps_epi32(y);
+            let f = _mm512_sub_ps(y, _mm512_cvtepi32_ps(t));
+            let t = _mm512_mask_add_epi32(t, _mm512_cmp_ps_mask::<_CMP_GE_OQ>(f, half), t, one);
+            let t = _mm512_mask_sub_epi32(t, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(f, neg_half), t, one);
+            _mm512_min_epi32(_mm512_max_epi32(t, _mm512_set1_epi32(-128)), _mm512_set1_epi32(127))
+        });
+        o.s = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+        let bytes = o.q4.as_mut_ptr() as *mut __m128i;
+        // SAFETY: `q4` is 32 writable bytes; `storeu` needs no alignment. Lane order is byte order, the
+        // little-endian packing of `q4`.
+        unsafe {
+            _mm_storeu_si128(bytes, _mm512_cvtepi32_epi8(q[0]));
+            _mm_storeu_si128(bytes.add(1), _mm512_cvtepi32_epi8(q[1]));
+        }
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d));
+        o.d = _mm_cvtss_f32(_mm_cvtph_ps(h)).to_bits();
+    }
 }
 }
