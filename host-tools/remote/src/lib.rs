@@ -56,6 +56,13 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// The server has no such route (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Status { status: 404, .. })
+    }
+}
+
 /// Sampling and length settings of one request; `None` leaves the server's default.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Params {
@@ -106,9 +113,9 @@ impl Message {
     }
 }
 
-/// Which route answered a generation.
+/// The two generation routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+enum Route {
     Completions,
     Chat,
 }
@@ -183,17 +190,18 @@ fn timeout_from_env() -> Result<u64> {
 pub fn normalize_url(url: &str) -> Result<String> {
     let url = url.trim();
     let lower = url.to_ascii_lowercase();
-    let rest = if let Some(rest) = lower.strip_prefix("http://") {
-        rest
-    } else if lower.starts_with("https://") {
-        if !cfg!(feature = "tls") {
+    let rest = match (
+        lower.strip_prefix("http://"),
+        lower.strip_prefix("https://"),
+    ) {
+        (Some(rest), _) => rest,
+        (None, Some(_)) if !cfg!(feature = "tls") => {
             return Err(Error::TlsUnsupported {
                 url: url.to_string(),
-            });
+            })
         }
-        &lower["https://".len()..]
-    } else {
-        return Err(Error::BadUrl(url.to_string()));
+        (None, Some(rest)) => rest,
+        (None, None) => return Err(Error::BadUrl(url.to_string())),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
@@ -403,24 +411,17 @@ impl Client {
     }
 
     /// Continues `prompt` through `POST /v1/completions`, streaming each piece to `on_text` (which returns
-    /// `false` to stop). A server without that route (404) is asked through chat completions instead, with
-    /// the prompt as one user message; the route that answered is returned beside the reply.
+    /// `false` to stop). A server without that route answers [`Error::is_not_found`]; chat-only servers
+    /// are then asked through [`Client::chat`] with the prompt as one user message.
     pub fn complete(
         &self,
         prompt: &str,
         params: &Params,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<(Route, Reply)> {
+    ) -> Result<Reply> {
         let mut body = params.body();
         body.insert("prompt".into(), json!(prompt));
-        match self.generate(Route::Completions, Value::Object(body), on_text) {
-            Err(Error::Status { status: 404, .. }) => {
-                let messages = [Message::new("user", prompt)];
-                let reply = self.chat(&messages, params, on_text)?;
-                Ok((Route::Chat, reply))
-            }
-            other => other.map(|r| (Route::Completions, r)),
-        }
+        self.generate(Route::Completions, Value::Object(body), on_text)
     }
 
     /// The assistant's next message after `messages`, through `POST /v1/chat/completions`, streamed to
