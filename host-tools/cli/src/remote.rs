@@ -160,7 +160,14 @@ pub fn run(args: &RunArgs, client: &Client) -> Result<()> {
             );
             client.chat(&[Message::new("user", prompt)], &params, &mut print_piece)?
         }
-        other => other?,
+        other => {
+            let reply = other?;
+            // A reply with no text still shows the prompt it continued, as a local run does.
+            if !echoed {
+                print_piece(&prompt);
+            }
+            reply
+        }
     };
     report(&reply, start, &params.model, client);
     Ok(())

@@ -193,33 +193,18 @@ fn http_errors_are_one_line_with_the_servers_message() {
         Some("Bearer right") => error_answer("400 Bad Request", "temperature must be <= 2"),
         _ => error_answer("401 Unauthorized", "Invalid API key"),
     });
-    let e = fails(&[
-        "run",
-        "--remote",
-        &s.url,
-        "-m",
-        "m",
-        "-p",
-        "x",
-        "--api-key",
-        "wrong",
-    ]);
+    let with_key = |key: &str, more: &[&str]| {
+        let mut args = vec!["run", "--remote", &s.url, "-m", "m", "--api-key", key];
+        args.extend(more);
+        fails(&args)
+    };
+    let e = with_key("wrong", &[]);
     assert!(
         e.contains("HTTP 401") && e.contains("Invalid API key"),
         "{e}"
     );
     assert!(!e.contains("wrong"), "the key is never shown: {e}");
-    let e = fails(&[
-        "run",
-        "--remote",
-        &s.url,
-        "-m",
-        "m",
-        "--api-key",
-        "right",
-        "--temp",
-        "3",
-    ]);
+    let e = with_key("right", &["--temp", "3"]);
     assert!(
         e.contains("HTTP 400") && e.contains("temperature must be <= 2"),
         "{e}"
