@@ -3,17 +3,18 @@
 # tests, since with CI set a test that finds a tool missing fails (enigma_testkit::skip_or_fail);
 # ci-aarch64.sh, ci-firmware.sh and ci-fuzz.sh install their parts, so each also works alone.
 #
-#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [words] [fuzz]      (no argument: all five)
+#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [words] [fuzz] [netns]      (no argument: all six)
 #
 # aarch64: qemu-user, the aarch64 cross gcc and libc, the aarch64-unknown-linux-gnu target (the Pi path);
 # firmware: qemu-system-arm and the thumbv7em/thumbv6m targets; defmt-print: `cargo install defmt-print`
 # (about 2.5 minutes of CPU on 2 cores), to decode the firmware's defmt log; words: /usr/share/dict/words
 # (wamerican), the dictionary the built-in model's readability test checks its words against; fuzz: a C++
-# compiler (g++), which libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh.
+# compiler (g++), which libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh; netns: iproute2's `ip`,
+# with which host-tools/cli/tests/devices.rs joins two network namespaces by veth to test mDNS discovery (as root).
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print words fuzz)
+[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print words fuzz netns)
 packages=()
 targets=()
 defmt_print=0
@@ -31,7 +32,8 @@ for part in "${parts[@]}"; do
     defmt-print) command -v defmt-print >/dev/null || defmt_print=1 ;;
     words) [ -f /usr/share/dict/words ] || packages+=(wamerican) ;;
     fuzz) command -v c++ >/dev/null || packages+=(g++) ;;
-    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, words, fuzz)" >&2; exit 2 ;;
+    netns) command -v ip >/dev/null || packages+=(iproute2) ;;
+    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, words, fuzz, netns)" >&2; exit 2 ;;
     esac
 done
 if [ ${#packages[@]} -gt 0 ]; then

@@ -1,5 +1,6 @@
 //! `enigma run` and `enigma chat`: the flags llama.cpp users know, and text that is always valid UTF-8.
 
+use crate::remote::RemoteArgs;
 use crate::{open, EngineArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -89,7 +90,7 @@ pub struct LengthArgs {
 
 impl LengthArgs {
     /// Tokens to predict, or `None` for "until the context is full".
-    fn predict(&self) -> Result<Option<usize>> {
+    pub(crate) fn predict(&self) -> Result<Option<usize>> {
         match self.n_predict {
             -1 => Ok(None),
             n if n >= 1 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
@@ -126,6 +127,23 @@ pub struct RunArgs {
     pub length: LengthArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+impl RunArgs {
+    /// The prompt: `-p`, or the UTF-8 text of `-f`.
+    pub(crate) fn prompt_text(&self) -> Result<String> {
+        match &self.file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
+                String::from_utf8(bytes)
+                    .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", path.display()))
+            }
+            None => Ok(self.prompt.clone()),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +157,8 @@ pub struct ChatArgs {
     pub length: LengthArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Writes generated pieces as text: bytes of a character split over byte-fallback tokens are held until
@@ -320,18 +340,13 @@ fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    if let Some(client) = args.remote.client()? {
+        return crate::remote::run(&args, &client);
+    }
     let sampler_cfg = args.sampling.config()?;
     let predict = args.length.predict()?;
     let kv = args.engine.kv_type()?;
-    let prompt_text = match &args.file {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
-            String::from_utf8(bytes)
-                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", path.display()))?
-        }
-        None => args.prompt.clone(),
-    };
+    let prompt_text = args.prompt_text()?;
     let (file, backend) = open(&args.engine, "run")?;
     let model = file.model(backend.kernels())?;
     let ctx = args
@@ -373,6 +388,37 @@ const HELP: &str = "/help     this list\n\
 /reset    forget the conversation (the context starts empty again)\n\
 /quit     leave (so does /exit, or the end of input)";
 
+/// One line of `chat`'s input, once its commands are handled.
+pub(crate) enum Input {
+    Text(String),
+    Reset,
+    Quit,
+}
+
+/// Prompts for and reads the next turn; answers `/help` and unknown commands itself and skips blank lines.
+/// The local and the `--remote` chat read their input through here.
+pub(crate) fn next_input(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> Result<Input> {
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else {
+            return Ok(Input::Quit);
+        };
+        let line = line.context("cannot read standard input")?;
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(Input::Quit),
+            "/help" | "/?" => eprintln!("{HELP}"),
+            "/reset" => return Ok(Input::Reset),
+            t if t.starts_with('/') && !t.contains(char::is_whitespace) => {
+                eprintln!("unknown command {t}; /help lists the commands");
+            }
+            t => return Ok(Input::Text(t.to_string())),
+        }
+    }
+}
+
 /// The tokens of one turn; more than `max` is an error.
 fn turn_ids(
     tok: &Tokenizer<'_>,
@@ -413,6 +459,9 @@ fn turn_ids(
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
+    if let Some(client) = args.remote.client()? {
+        return crate::remote::chat(&args, &client);
+    }
     let sampler_cfg = args.sampling.config()?;
     let predict = args.length.predict()?;
     let kv = args.engine.kv_type()?;
@@ -451,37 +500,24 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let mut lines = stdin.lock().lines();
     let mut first = true;
     loop {
-        eprint!("> ");
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read standard input")?;
-        let text = line.trim();
-        match text {
-            "" => continue,
-            "/quit" | "/exit" => break,
-            "/help" | "/?" => {
-                eprintln!("{HELP}");
-                continue;
-            }
-            "/reset" => {
+        let text = match next_input(&mut lines)? {
+            Input::Quit => break,
+            Input::Reset => {
                 session.reset();
                 sampler.clear_history();
                 first = true;
                 eprintln!("(conversation forgotten)");
                 continue;
             }
-            t if t.starts_with('/') && !t.contains(char::is_whitespace) => {
-                eprintln!("unknown command {t}; /help lists the commands");
-                continue;
-            }
-            _ => {}
-        }
+            Input::Text(t) => t,
+        };
         // One slot stays free for the reply's first token.
         let room = session.remaining().saturating_sub(1);
         let ids = match turn_ids(
             &model.tokenizer,
             mode,
             args.system.as_deref(),
-            text,
+            &text,
             first,
             room,
         ) {

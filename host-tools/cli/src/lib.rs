@@ -3,6 +3,7 @@
 pub mod generate;
 pub mod models;
 pub mod modules;
+pub mod remote;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 
@@ -74,6 +75,15 @@ pub enum Command {
     /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
     Hardware {
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Engines on this LAN that advertise themselves (`enigma serve --advertise`), found over mDNS.
+    Devices {
+        /// Seconds to listen for answers.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -216,6 +226,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Modules(cmd) => crate::modules::main(cmd),
         Command::Models(cmd) => crate::models::main(cmd),
         Command::Hardware { json } => crate::modules::hardware(json),
+        Command::Devices { timeout, json } => crate::remote::devices(timeout, json),
         Command::Train(opts) => {
             let kernels = enigma_core::kernels::kernels_from_env()
                 .map_err(|e| anyhow::anyhow!("ENIGMA_KERNELS: {e}"))?;

@@ -1,5 +1,6 @@
 //! `enigma modules ...` and `enigma hardware`.
 
+use crate::remote::RemoteArgs;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use enigma_models::ModelStore;
@@ -27,6 +28,8 @@ pub enum ModulesCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// One module: what it provides, needs and conflicts with, its hardware needs and config keys.
     Info {
@@ -46,6 +49,8 @@ pub enum ModulesCommand {
         /// A config setting, checked against the module's schema (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Unload a module (and save the loaded set).
     Unload {
@@ -54,6 +59,8 @@ pub enum ModulesCommand {
         /// Unload the modules that need it first.
         #[arg(long)]
         cascade: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// The wanted modules (modules.json) and their settings; with --check, loads them here and checks
     /// the health of each.
@@ -64,6 +71,8 @@ pub enum ModulesCommand {
         /// Load the wanted set in this process and run each module's health check (a model forward pass).
         #[arg(long)]
         check: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Generate text with whichever wanted module provides text_generation (inference, or later a cloud
     /// API), streaming it to stdout.
@@ -154,7 +163,36 @@ pub fn machine() -> Result<Hardware> {
 }
 
 pub fn main(cmd: ModulesCommand) -> Result<()> {
+    if let Some(done) = remote(&cmd) {
+        return done;
+    }
     main_in(&enigma_models::home(), cmd)
+}
+
+/// The command run against the `--remote` server, or `None` when it runs here.
+fn remote(cmd: &ModulesCommand) -> Option<Result<()>> {
+    use crate::remote as r;
+    let args = match cmd {
+        ModulesCommand::List { remote, .. }
+        | ModulesCommand::Load { remote, .. }
+        | ModulesCommand::Unload { remote, .. }
+        | ModulesCommand::Status { remote, .. } => remote,
+        _ => return None,
+    };
+    let client = match args.client() {
+        Ok(Some(c)) => c,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(match cmd {
+        ModulesCommand::List { json, .. } => r::modules_list(&client, *json),
+        ModulesCommand::Load {
+            id, with_deps, set, ..
+        } => r::modules_load(&client, id, set, *with_deps),
+        ModulesCommand::Unload { id, cascade, .. } => r::modules_unload(&client, id, *cascade),
+        ModulesCommand::Status { json, check, .. } => r::modules_status(&client, *json, *check),
+        _ => return None,
+    })
 }
 
 /// Every module this build has, registered by the crates that implement them.
@@ -205,9 +243,11 @@ fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
 
 pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
     match cmd {
-        ModulesCommand::List { json } => list(home, json),
+        ModulesCommand::List { json, .. } => list(home, json),
         ModulesCommand::Info { id, json } => info(home, &id, json),
-        ModulesCommand::Load { id, with_deps, set } => {
+        ModulesCommand::Load {
+            id, with_deps, set, ..
+        } => {
             let _lock = state_lock(home, "modules load")?;
             // Its needs must really load (they hand it what it builds on), so the wanted set is hosted.
             let (m, _) = host(home)?;
@@ -217,7 +257,7 @@ pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
             }
             Ok(())
         }
-        ModulesCommand::Unload { id, cascade } => {
+        ModulesCommand::Unload { id, cascade, .. } => {
             let _lock = state_lock(home, "modules unload")?;
             // Nothing is loaded in this process: unloading takes modules out of the wanted set.
             let (m, _) = read(home)?;
@@ -226,7 +266,7 @@ pub fn main_in(home: &Path, cmd: ModulesCommand) -> Result<()> {
             }
             Ok(())
         }
-        ModulesCommand::Status { json, check } => status(home, json, check),
+        ModulesCommand::Status { json, check, .. } => status(home, json, check),
         ModulesCommand::Generate { prompt, n_predict } => generate(home, prompt, n_predict),
         ModulesCommand::AllowCloud { setting } => {
             let _lock = state_lock(home, "modules allow-cloud")?;
@@ -333,64 +373,20 @@ fn wanted_note(m: &ModuleManager, id: &str) -> Result<String> {
 fn list(home: &Path, as_json: bool) -> Result<()> {
     let (m, _) = read(home)?;
     let rows = rows(&m)?;
+    let items: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "category": r.spec.category, "state": r.state,
+                "provides": r.spec.provides, "needs": r.spec.needs, "optional": r.spec.optional,
+                "conflicts": r.spec.conflicts, "cloud": r.spec.cloud, "can_load": r.can_load,
+                "note": r.note})
+        })
+        .collect();
     if as_json {
-        let items: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"id": r.id, "category": r.spec.category, "state": r.state,
-                    "provides": r.spec.provides, "needs": r.spec.needs, "optional": r.spec.optional,
-                    "conflicts": r.spec.conflicts, "cloud": r.spec.cloud, "can_load": r.can_load,
-                    "note": r.note})
-            })
-            .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    let provides: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let p = r.spec.provides.join(", ");
-            if r.spec.cloud {
-                p + " (cloud)"
-            } else {
-                p
-            }
-        })
-        .collect();
-    let width = |col: &mut dyn Iterator<Item = usize>, title: &str| {
-        col.max().unwrap_or(0).max(title.len()) + 2
-    };
-    let w = [
-        width(&mut rows.iter().map(|r| r.id.len()), "ID"),
-        width(&mut rows.iter().map(|r| r.spec.category.len()), "CATEGORY"),
-        width(&mut rows.iter().map(|r| r.state.len()), "STATE"),
-        width(&mut provides.iter().map(String::len), "PROVIDES"),
-    ];
-    println!(
-        "{:<w0$}{:<w1$}{:<w2$}{:<w3$}NOTE",
-        "ID",
-        "CATEGORY",
-        "STATE",
-        "PROVIDES",
-        w0 = w[0],
-        w1 = w[1],
-        w2 = w[2],
-        w3 = w[3]
-    );
-    for (r, p) in rows.iter().zip(&provides) {
-        println!(
-            "{:<w0$}{:<w1$}{:<w2$}{:<w3$}{}",
-            r.id,
-            r.spec.category,
-            r.state,
-            p,
-            r.note,
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
-    }
+    print_table(&items);
     let wanted = rows.iter().filter(|r| r.state == "wanted").count();
     let unavailable = rows.iter().filter(|r| r.state == "unavailable").count();
     println!(
@@ -399,6 +395,60 @@ fn list(home: &Path, as_json: bool) -> Result<()> {
         if m.allow_cloud() { "allowed" } else { "refused" }
     );
     Ok(())
+}
+
+/// The modules table from the objects `modules list --json` prints, so a server's list (`--remote`), which
+/// sends the same objects, shows the same way. A server may name the capabilities `capabilities`.
+pub(crate) fn print_table(items: &[serde_json::Value]) {
+    use serde_json::Value;
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let rows: Vec<[String; 5]> = items
+        .iter()
+        .map(|v| {
+            let names: Vec<&str> = v
+                .get("provides")
+                .or_else(|| v.get("capabilities"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut provides = names.join(", ");
+            if v.get("cloud").and_then(Value::as_bool) == Some(true) {
+                provides.push_str(" (cloud)");
+            }
+            [
+                text(v, "id"),
+                text(v, "category"),
+                text(v, "state"),
+                provides,
+                text(v, "note"),
+            ]
+        })
+        .collect();
+    let titles = ["ID", "CATEGORY", "STATE", "PROVIDES", "NOTE"];
+    let w: Vec<usize> = (0..4)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .max()
+                .unwrap_or(0)
+                .max(titles[c].len())
+                + 2
+        })
+        .collect();
+    for r in std::iter::once(titles.map(String::from)).chain(rows) {
+        println!(
+            "{:<w0$}{:<w1$}{:<w2$}{:<w3$}{}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
 }
 
 fn kind_text(k: &Kind) -> String {

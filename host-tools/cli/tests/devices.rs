@@ -1,0 +1,198 @@
+//! `enigma devices` and `--remote auto` find an engine advertised from another host. Loopback carries no
+//! multicast, so two network namespaces joined by a veth link stand in for two machines on a LAN; nothing
+//! here touches a real network. Needs root and iproute2's `ip` (scripts/ci-tools.sh installs it); without
+//! them the test fails under CI and is skipped, saying why, elsewhere.
+
+mod common;
+
+use common::{done, models, serve_on, sse, text_chunk, Answer};
+use serde_json::Value;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The advertiser's settings, passed to the re-executed test binary.
+const ADVERTISE_ENV: &str = "ENIGMA_TEST_ADVERTISE";
+const PORT: u16 = 8765;
+const MODEL: &str = "story-q8";
+/// Addresses inside the test's own namespaces; no packet to them leaves this machine.
+const ADDR_A: &str = "10.231.7.1";
+const ADDR_B: &str = "10.231.7.2";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Two namespaces with a veth pair between them, deleted (with the pair) when dropped.
+struct Link {
+    a: String,
+    b: String,
+}
+
+impl Link {
+    fn new() -> Result<Link, String> {
+        let id = std::process::id();
+        let link = Link {
+            a: format!("enigma-a-{id}"),
+            b: format!("enigma-b-{id}"),
+        };
+        // Interface names are at most 15 bytes.
+        let (va, vb) = (
+            format!("ena{}", id % 1_000_000),
+            format!("enb{}", id % 1_000_000),
+        );
+        ip(&["netns", "add", &link.a])?;
+        ip(&["netns", "add", &link.b])?;
+        ip(&[
+            "link", "add", &va, "netns", &link.a, "type", "veth", "peer", "name", &vb, "netns",
+            &link.b,
+        ])?;
+        for (ns, dev, addr) in [(&link.a, &va, ADDR_A), (&link.b, &vb, ADDR_B)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(link)
+    }
+
+    fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// The advertiser, ended when dropped.
+struct Advertiser(Child);
+
+impl Drop for Advertiser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn enigma_in(link: &Link, ns: &str, args: &[&str]) -> Output {
+    link.exec(ns, env!("CARGO_BIN_EXE_enigma"))
+        .args(args)
+        .env_remove("ENIGMA_API_KEY")
+        .output()
+        .unwrap()
+}
+
+/// `enigma devices --json` from namespace B until the advertised engine shows (its first announcements
+/// may go out before B listens), for at most 20 s.
+fn find_device(link: &Link, name: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let out = enigma_in(link, &link.b, &["devices", "--json", "--timeout", "3"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "enigma devices failed: {stderr}");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["name"] == name) {
+            return d.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} not found from the other namespace; found {list}"
+        );
+    }
+}
+
+#[test]
+fn an_engine_advertised_in_one_namespace_is_found_from_another() {
+    const TEST: &str = "an_engine_advertised_in_one_namespace_is_found_from_another";
+    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+        return;
+    }
+    let link = match Link::new() {
+        Ok(l) => l,
+        Err(e) => {
+            enigma_testkit::skip_or_fail(
+                TEST,
+                &format!("cannot make network namespaces ({e}): needs root"),
+            );
+            return;
+        }
+    };
+    let name = format!("enigma-test-{}", std::process::id());
+    let exe = std::env::current_exe().unwrap();
+    let _advertiser = Advertiser(
+        link.exec(&link.a, exe.to_str().unwrap())
+            .args(["--exact", "advertiser", "--ignored", "--nocapture"])
+            .env(ADVERTISE_ENV, &name)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let device = find_device(&link, &name);
+    assert_eq!(device["model"], MODEL, "{device}");
+    assert_eq!(device["port"], PORT, "{device}");
+    assert_eq!(device["api"], "/v1", "{device}");
+    assert_eq!(device["version"], env!("CARGO_PKG_VERSION"), "{device}");
+    assert_eq!(device["url"], format!("http://{ADDR_A}:{PORT}"), "{device}");
+
+    // The table says the same.
+    let out = enigma_in(&link, &link.b, &["devices", "--timeout", "3"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains(MODEL)),
+        "{table}"
+    );
+
+    // --remote auto talks to it: the advertiser also answers the completion routes.
+    let out = enigma_in(
+        &link,
+        &link.b,
+        &["run", "--remote", "auto", "-p", "Once", "-n", "3"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Once upon a time\n");
+    assert!(
+        stderr.contains(&format!("using {name} ({MODEL}) at http://{ADDR_A}:{PORT}")),
+        "{stderr}"
+    );
+}
+
+/// Not a test: the advertiser the test above runs inside namespace A (re-executing this binary), serving
+/// the completion routes on [`PORT`] and advertising them until it is killed, at most 60 s.
+#[test]
+#[ignore = "run by an_engine_advertised_in_one_namespace_is_found_from_another inside a network namespace"]
+fn advertiser() {
+    let Ok(name) = std::env::var(ADVERTISE_ENV) else {
+        return;
+    };
+    let _server = serve_on(&format!("0.0.0.0:{PORT}"), |req| match req.path.as_str() {
+        "/v1/models" => models(),
+        "/v1/completions" => sse(&[
+            text_chunk(" upon", None),
+            text_chunk(" a time", Some("stop")),
+            done(),
+        ]),
+        _ => Answer::Bytes(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()),
+    });
+    let _ad = enigma_discover::advertise(&name, PORT, MODEL).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
