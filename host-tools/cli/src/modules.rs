@@ -167,7 +167,7 @@ pub fn registry(home: &Path) -> Registry {
 }
 
 /// The manager over this build's modules on this (or the simulated) machine; nothing read or loaded yet.
-fn manager(home: &Path) -> Result<ModuleManager> {
+pub(crate) fn manager(home: &Path) -> Result<ModuleManager> {
     Ok(enigma_modules::open(home, machine()?, registry(home))?)
 }
 
@@ -194,7 +194,7 @@ fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
 
 /// Commands that change the saved state hold a lock beside it, so two at once cannot lose each other's
 /// change (each restores, changes and saves the whole set).
-fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
+pub(crate) fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
     std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
     Ok(ModelLock::acquire_file(
         &home.join(".modules.lock"),
@@ -330,22 +330,27 @@ fn wanted_note(m: &ModuleManager, id: &str) -> Result<String> {
     })
 }
 
+/// Every module as `modules list --json` prints it (and the server's `GET /v1/modules` answers).
+pub fn list_json(m: &ModuleManager) -> Result<serde_json::Value> {
+    let items: Vec<_> = rows(m)?
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "category": r.spec.category, "state": r.state,
+                "provides": r.spec.provides, "needs": r.spec.needs, "optional": r.spec.optional,
+                "conflicts": r.spec.conflicts, "cloud": r.spec.cloud, "can_load": r.can_load,
+                "note": r.note})
+        })
+        .collect();
+    Ok(serde_json::Value::Array(items))
+}
+
 fn list(home: &Path, as_json: bool) -> Result<()> {
     let (m, _) = read(home)?;
-    let rows = rows(&m)?;
     if as_json {
-        let items: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"id": r.id, "category": r.spec.category, "state": r.state,
-                    "provides": r.spec.provides, "needs": r.spec.needs, "optional": r.spec.optional,
-                    "conflicts": r.spec.conflicts, "cloud": r.spec.cloud, "can_load": r.can_load,
-                    "note": r.note})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        println!("{}", serde_json::to_string_pretty(&list_json(&m)?)?);
         return Ok(());
     }
+    let rows = rows(&m)?;
     let provides: Vec<String> = rows
         .iter()
         .map(|r| {

@@ -1,0 +1,211 @@
+//! What the OpenAI and Ollama routes share: the served model, chat messages, sampling fields, timestamps.
+
+use crate::error::{ApiError, ApiResult, Dialect};
+use crate::fields::Fields;
+use crate::AppState;
+use enigma_modules::capability::{ChatMessage, LanguageModel, Role, Sampling, TextGeneration};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The generator serving now, and the name clients address it by: the loaded model's name, or (for a
+/// provider without a local model) the providing module's id.
+pub fn served(state: &AppState) -> ApiResult<(String, Arc<dyn TextGeneration>)> {
+    let m = &state.manager;
+    let generator = m
+        .get::<dyn TextGeneration>("text_generation")
+        .map_err(ApiError::from_manager)?;
+    Ok((served_name(state).unwrap_or_default(), generator))
+}
+
+pub fn served_name(state: &AppState) -> Option<String> {
+    let m = &state.manager;
+    m.get::<dyn LanguageModel>("language_model")
+        .ok()
+        .map(|l| l.name().to_string())
+        .or_else(|| m.provider("text_generation").map(str::to_string))
+}
+
+/// The generator, after checking the request's `model` against the served one. Absent or empty means the
+/// served model; Ollama's `:latest` tag is accepted on it.
+pub fn generator_for(
+    state: &AppState,
+    f: &Fields<'_>,
+) -> ApiResult<(String, Arc<dyn TextGeneration>)> {
+    let (name, generator) = served(state).map_err(|e| e.dialect(f.dialect))?;
+    match f.string("model")? {
+        None | Some("") => {}
+        Some(asked) if asked == name || asked.strip_suffix(":latest") == Some(&name) => {}
+        Some(asked) => {
+            return Err(f
+                .err(
+                    "model",
+                    format!("names '{asked}', which this server does not serve; it serves '{name}' (see /v1/models)"),
+                )
+                .code("model_not_found"))
+        }
+    }
+    Ok((name, generator))
+}
+
+/// Chat messages: `role` system (or OpenAI's `developer`), user or assistant; `content` a string (or, for
+/// OpenAI, a list of text parts). Tool messages and images are refused by name.
+pub fn messages(f: &Fields<'_>) -> ApiResult<Vec<ChatMessage>> {
+    let Some(Value::Array(list)) = f.get("messages") else {
+        return Err(f.err("messages", "is required: a list of {role, content} objects"));
+    };
+    if list.is_empty() {
+        return Err(f.err("messages", "must hold at least one message"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Value::Object(m) = v else {
+            return Err(f.err(&at, "must be an object with role and content"));
+        };
+        let name = |k: &str| format!("{at}.{k}");
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("system") | Some("developer") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some(other) => {
+                return Err(f.err(
+                    &name("role"),
+                    format!("is '{other}': only system, user and assistant messages are supported (no tool calls)"),
+                ))
+            }
+            None => return Err(f.err(&name("role"), "is required: system, user or assistant")),
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            // An assistant turn that only called tools has none; there are no tools here.
+            None | Some(Value::Null) if role == Role::Assistant => String::new(),
+            Some(Value::Array(parts)) if f.dialect == Dialect::OpenAi => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        _ => {
+                            return Err(f.err(
+                                &format!("{at}.content[{j}]"),
+                                "is not a text part: only text content is supported",
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            _ => return Err(f.err(&name("content"), "must be a string")),
+        };
+        if m.get("images")
+            .is_some_and(|i| !i.is_null() && i.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            return Err(f.err(
+                &name("images"),
+                "is not supported: the served model reads text only",
+            ));
+        }
+        if m.get("tool_calls").is_some_and(|t| !t.is_null()) {
+            return Err(f.err(
+                &name("tool_calls"),
+                "is not supported: this server offers no tools",
+            ));
+        }
+        out.push(ChatMessage { role, content });
+    }
+    Ok(out)
+}
+
+/// The sampling fields both APIs name alike: `temperature` (0 to 2; 0 is greedy), `top_p` (0 to 1),
+/// `top_k` (0 is off), `seed`, `repeat_penalty` (Ollama's).
+pub fn sampling(f: &Fields<'_>) -> ApiResult<Sampling> {
+    Ok(Sampling {
+        temperature: f.number("temperature", 0.0, 2.0)?.map(|x| x as f32),
+        top_p: f.number("top_p", 0.0, 1.0)?.map(|x| x as f32),
+        top_k: f.int("top_k", 0, u32::MAX as i64)?.map(|x| x as u32),
+        repeat_penalty: match f.number("repeat_penalty", 0.0, 100.0)? {
+            Some(x) if x <= 0.0 => return Err(f.err("repeat_penalty", "must be above 0")),
+            x => x.map(|x| x as f32),
+        },
+        seed: f.u64("seed")?,
+    })
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Now as RFC 3339 in UTC with nanoseconds, as Ollama writes `created_at`.
+pub fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_nanos())
+}
+
+/// Civil date from days since 1970 (Howard Hinnant's algorithm): one function does not need a date crate.
+fn rfc3339(secs: u64, nanos: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_798_761_599, 0), "2026-12-31T23:59:59.000000000Z");
+    }
+
+    #[test]
+    fn messages_are_checked_and_named() {
+        let body = json!({"messages": [{"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        let m = body.as_object().unwrap();
+        let got = messages(&Fields::new(m, Dialect::OpenAi)).unwrap();
+        assert_eq!(got[1].content, "hi");
+        assert_eq!(got[0].role, Role::System);
+        for (bad, param) in [
+            (json!({"messages": []}), "messages"),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 3}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]}),
+                "messages[0].images",
+            ),
+        ] {
+            let e = messages(&Fields::new(bad.as_object().unwrap(), Dialect::OpenAi)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+}
