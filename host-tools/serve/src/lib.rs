@@ -53,10 +53,15 @@ pub type StateLock = Box<dyn std::any::Any + Send>;
 /// What the host supplies that the server does not own: the module list as `enigma modules list --json`
 /// prints it, and the lock around changes of the saved state.
 pub struct Hooks {
-    pub list_modules:
-        Box<dyn Fn(&ModuleManager) -> Result<serde_json::Value, String> + Send + Sync>,
-    pub state_lock: Box<dyn Fn(&str) -> Result<StateLock, String> + Send + Sync>,
+    pub list_modules: ListModules,
+    pub state_lock: LockState,
 }
+
+pub type ListModules =
+    Box<dyn Fn(&ModuleManager) -> Result<serde_json::Value, String> + Send + Sync>;
+pub type LockState = Box<dyn Fn(&str) -> Result<StateLock, String> + Send + Sync>;
+/// Restores the modules (and loads `-m`) while `/health` answers 503; an error stops the server.
+pub type Startup = Box<dyn FnOnce(&ModuleManager) -> Result<(), String> + Send>;
 
 pub struct AppState {
     pub manager: Arc<ModuleManager>,
@@ -230,7 +235,7 @@ pub fn run(
     options: Options,
     manager: Arc<ModuleManager>,
     hooks: Hooks,
-    startup: Box<dyn FnOnce(&ModuleManager) -> Result<(), String> + Send>,
+    startup: Startup,
 ) -> Result<(), ServeError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -252,11 +257,7 @@ pub fn run(
     result
 }
 
-async fn serve(
-    state: Arc<AppState>,
-    options: Options,
-    startup: Box<dyn FnOnce(&ModuleManager) -> Result<(), String> + Send>,
-) -> Result<(), ServeError> {
+async fn serve(state: Arc<AppState>, options: Options, startup: Startup) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| ServeError::Bind {
