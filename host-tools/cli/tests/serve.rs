@@ -666,6 +666,9 @@ fn sigterm_finishes_the_streams_under_way_and_exits_zero() {
         .unwrap();
     let mut first = [0u8; 64];
     assert!(s.read(&mut first).unwrap() > 0);
+    // An open event stream never ends by itself: shutdown must end it.
+    let mut events = server.send("GET", "/v1/modules/events", &[], b"").unwrap();
+    assert!(events.read(&mut first).unwrap() > 0);
     let pid = server.child.id() as i32;
     // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

@@ -70,6 +70,7 @@ pub struct AppState {
     metrics: metrics::Metrics,
     /// Set once the modules are restored: `/health` answers 200 from then on.
     ready: AtomicBool,
+    /// Set on SIGTERM/SIGINT: new generations are refused, event streams end.
     shutting_down: AtomicBool,
     /// Generations admitted and not yet ended (their threads may still be running after a cancel).
     admitted: AtomicUsize,

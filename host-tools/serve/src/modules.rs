@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use enigma_modules::LoadOptions;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,8 +102,10 @@ pub async fn unload(
 pub async fn events(State(state): State<Arc<AppState>>) -> Response {
     let rx = state.manager.subscribe();
     let (tx, out) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    // The manager's channel is a blocking one: a thread forwards it, and notices a client that left
-    // within a second even when no event comes.
+    // The manager's channel is a blocking one: a thread forwards it, and notices within a second a client
+    // that left or a server shutting down (whose graceful end waits for this stream) even when no event
+    // comes.
+    let st = state.clone();
     std::thread::spawn(move || {
         let _ = tx.send(Bytes::from_static(b": subscribed\n\n"));
         loop {
@@ -113,7 +116,8 @@ pub async fn events(State(state): State<Arc<AppState>>) -> Response {
                         return;
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !tx.is_closed() => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if !tx.is_closed() && !st.shutting_down.load(Ordering::Relaxed) => {}
                 Err(_) => return,
             }
         }
