@@ -58,6 +58,8 @@ defaults
     timeout connect 5s
     timeout client 300s
     timeout server 300s
+    # Streams are many small chunks: without this, HAProxy waits to fill packets and tokens arrive in bursts.
+    option http-no-delay
 frontend enigma
     bind 127.0.0.1:$port
     default_backend replicas
