@@ -15,6 +15,8 @@ mod metrics;
 mod modules;
 mod ollama;
 mod openai;
+#[cfg(test)]
+mod route_tests;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
