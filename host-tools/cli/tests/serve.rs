@@ -735,3 +735,41 @@ fn module_routes_follow_the_cli_rules_and_publish_events() {
         200
     );
 }
+
+#[test]
+fn tokenize_pieces_add_up_to_the_detokenized_text() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let text = "In the beginning God created the heaven";
+    let v = server
+        .post(
+            "/tokenize",
+            &format!(r#"{{"content": "{text}", "with_pieces": true}}"#),
+        )
+        .json();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(tokens.len() > 3, "{v}");
+    let pieces: String = tokens
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap())
+        .collect();
+    let ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let back = server
+        .post(
+            "/detokenize",
+            &serde_json::json!({ "tokens": ids }).to_string(),
+        )
+        .json();
+    assert_eq!(back["content"].as_str().unwrap(), pieces);
+    assert!(pieces.contains(text), "{pieces}");
+    let plain = server
+        .post(
+            "/tokenize",
+            &format!(r#"{{"content": "{text}", "add_special": true}}"#),
+        )
+        .json();
+    assert_eq!(
+        plain["tokens"].as_array().unwrap().len(),
+        ids.len() + 1,
+        "{plain}"
+    );
+}

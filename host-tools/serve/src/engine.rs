@@ -68,12 +68,23 @@ pub async fn tokenize(
         if !pieces {
             return Ok(json!({"tokens": ids}));
         }
+        // A token's text depends on the one before it (a leading space is dropped after BOS), so each
+        // piece is what decoding it after its predecessor adds.
+        let decode = |ids: &[u32]| {
+            tok.decode(ids)
+                .map_err(|e| ApiError::from_module(e, "content"))
+        };
         let mut list = Vec::with_capacity(ids.len());
-        for id in ids {
-            let bytes = tok
-                .decode(&[id])
-                .map_err(|e| ApiError::from_module(e, "content"))?;
-            list.push(json!({"id": id, "piece": String::from_utf8_lossy(&bytes)}));
+        for (i, &id) in ids.iter().enumerate() {
+            let start = i.saturating_sub(1);
+            let before = if i == 0 {
+                0
+            } else {
+                decode(&ids[start..i])?.len()
+            };
+            let bytes = decode(&ids[start..=i])?;
+            let piece = String::from_utf8_lossy(bytes.get(before..).unwrap_or_default());
+            list.push(json!({"id": id, "piece": piece}));
         }
         Ok(json!({"tokens": list}))
     })
