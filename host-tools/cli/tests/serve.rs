@@ -773,3 +773,25 @@ fn tokenize_pieces_add_up_to_the_detokenized_text() {
         "{plain}"
     );
 }
+
+#[test]
+fn a_model_that_does_not_load_stops_the_server_with_one_error_line() {
+    let home = TempDir::new().unwrap();
+    let out = Command::new(enigma())
+        .args(["serve", "--port", "0", "-m", "no-such-model"])
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("no model named 'no-such-model'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
