@@ -653,6 +653,7 @@ fn a_client_that_goes_away_mid_prefill_frees_its_sequence_within_a_second() {
     server.wait_idle(Duration::from_secs(1));
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_finishes_the_streams_under_way_and_exits_zero() {
     let mut server = slow_server(&[]);
