@@ -5,11 +5,11 @@ use crate::fields::Fields;
 use crate::AppState;
 use enigma_modules::capability::{ChatMessage, LanguageModel, Role, Sampling, TextGeneration};
 use serde_json::Value;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The generator serving now, and the name clients address it by: the loaded model's name, or (for a
-/// provider without a local model) the providing module's id.
+/// The generator serving now, and the name clients address it by.
 pub fn served(state: &AppState) -> ApiResult<(String, Arc<dyn TextGeneration>)> {
     let m = &state.manager;
     let generator = m
@@ -18,24 +18,55 @@ pub fn served(state: &AppState) -> ApiResult<(String, Arc<dyn TextGeneration>)> 
     Ok((served_name(state).unwrap_or_default(), generator))
 }
 
+/// The loaded model's name (as [`public_name`] shows it), or, for a provider without a local model, the
+/// providing module's id.
 pub fn served_name(state: &AppState) -> Option<String> {
+    names(state).map(|(public, _)| public)
+}
+
+/// The public name and the name the model was loaded as (a path, perhaps): requests may use either.
+fn names(state: &AppState) -> Option<(String, String)> {
     let m = &state.manager;
-    m.get::<dyn LanguageModel>("language_model")
-        .ok()
-        .map(|l| l.name().to_string())
-        .or_else(|| m.provider("text_generation").map(str::to_string))
+    match m.get::<dyn LanguageModel>("language_model") {
+        Ok(l) => Some((public_name(l.name(), l.path()), l.name().to_string())),
+        Err(_) => m
+            .provider("text_generation")
+            .map(|p| (p.to_string(), p.to_string())),
+    }
+}
+
+/// A model loaded by name keeps it; one loaded by path is called by its file's stem (a model folder's
+/// `model.enigma` by the folder's name), as `enigma models list` calls it, so clients are not told the
+/// server's file system.
+pub fn public_name(loaded_as: &str, path: &Path) -> String {
+    if !loaded_as.contains(['/', '\\']) && !loaded_as.ends_with(".enigma") {
+        return loaded_as.to_string();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("model") => path
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(|| "model".to_string(), |d| d.to_string_lossy().into_owned()),
+        Some(s) => s.to_string(),
+        None => loaded_as.to_string(),
+    }
 }
 
 /// The generator, after checking the request's `model` against the served one. Absent or empty means the
-/// served model; Ollama's `:latest` tag is accepted on it.
+/// served model; the name it was loaded as and Ollama's `:latest` tag are accepted too.
 pub fn generator_for(
     state: &AppState,
     f: &Fields<'_>,
 ) -> ApiResult<(String, Arc<dyn TextGeneration>)> {
     let (name, generator) = served(state).map_err(|e| e.dialect(f.dialect))?;
+    let loaded_as = names(state).map(|(_, l)| l).unwrap_or_default();
     match f.string("model")? {
         None | Some("") => {}
-        Some(asked) if asked == name || asked.strip_suffix(":latest") == Some(&name) => {}
+        Some(asked)
+            if [asked, asked.strip_suffix(":latest").unwrap_or(asked)]
+                .iter()
+                .any(|a| *a == name || *a == loaded_as) => {}
         Some(asked) => {
             return Err(f
                 .err(
@@ -173,6 +204,19 @@ fn rfc3339(secs: u64, nanos: u32) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn models_loaded_by_path_are_called_by_their_stem() {
+        let p = Path::new;
+        assert_eq!(public_name("story", p("/m/story/model.enigma")), "story");
+        assert_eq!(
+            public_name("/tmp/x/s260K.enigma", p("/tmp/x/s260K.enigma")),
+            "s260K"
+        );
+        assert_eq!(public_name("s260K.enigma", p("s260K.enigma")), "s260K");
+        assert_eq!(public_name("/m/story", p("/m/story/model.enigma")), "story");
+        assert_eq!(public_name("default", p("")), "default");
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {
