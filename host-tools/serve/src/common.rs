@@ -3,8 +3,10 @@
 use crate::error::{ApiError, ApiResult, Dialect};
 use crate::fields::Fields;
 use crate::AppState;
-use enigma_modules::capability::{ChatMessage, LanguageModel, Role, Sampling, TextGeneration};
-use serde_json::Value;
+use enigma_modules::capability::{
+    ChatMessage, LanguageModel, Role, Sampling, TextGeneration, TokenLogprob, TopLogprob,
+};
+use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -163,6 +165,30 @@ pub fn sampling(f: &Fields<'_>) -> ApiResult<Sampling> {
         },
         seed: f.u64("seed")?,
     })
+}
+
+/// Log-probabilities as OpenAI's chat and Ollama both list them: `{token, logprob, bytes, top_logprobs:
+/// [{token, logprob, bytes}]}` per generated token.
+pub fn logprob_entries(lps: &[TokenLogprob]) -> Vec<Value> {
+    let entry = |t: &TopLogprob| json!({"token": String::from_utf8_lossy(&t.bytes), "logprob": t.logprob, "bytes": t.bytes});
+    lps.iter()
+        .map(|l| {
+            let mut e = entry(&l.chosen);
+            e["top_logprobs"] = l.top.iter().map(entry).collect();
+            e
+        })
+        .collect()
+}
+
+/// `logprobs: true` and `top_logprobs` (0 to 20), as OpenAI's chat and Ollama name them: what
+/// `GenerateRequest::logprobs` asks of the provider.
+pub fn logprobs_asked(f: &Fields<'_>) -> ApiResult<Option<usize>> {
+    let on = f.bool("logprobs")?.unwrap_or(false);
+    let top = f.int("top_logprobs", 0, 20)?;
+    if top.is_some() && !on {
+        return Err(f.err("top_logprobs", "needs \"logprobs\": true"));
+    }
+    Ok(on.then(|| top.unwrap_or(0) as usize))
 }
 
 pub fn unix_now() -> u64 {

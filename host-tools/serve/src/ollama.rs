@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use enigma_modules::capability::{FinishReason, GenerateRequest, GenerationStats};
+use enigma_modules::capability::{FinishReason, GenerateRequest, GenerationStats, TokenLogprob};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -104,7 +104,7 @@ fn request(f: &Fields<'_>) -> ApiResult<(GenerateRequest, bool)> {
         max_tokens,
         sampling: common::sampling(&o)?,
         stop: o.stop("stop", 16)?,
-        logprobs: None,
+        logprobs: common::logprobs_asked(f)?,
     };
     Ok((req, f.bool("stream")?.unwrap_or(true)))
 }
@@ -165,20 +165,24 @@ async fn run(
 ) -> ApiResult<Response> {
     let chat = messages.is_some();
     let field = if chat { "messages" } else { "prompt" };
+    let with_logprobs = req.logprobs.is_some();
     let (name, generator) = generator_for(&state, f)?;
     let mut g =
         generation::start(&state, generator, messages, req, started).map_err(|e| e.dialect(D))?;
-    let piece = move |name: &str, text: &str| {
+    let piece = move |name: &str, text: &str, lps: &[TokenLogprob]| {
         let mut v = json!({"model": name, "created_at": rfc3339_now(), "done": false});
         if chat {
             v["message"] = json!({"role": "assistant", "content": text});
         } else {
             v["response"] = json!(text);
         }
+        if with_logprobs {
+            v["logprobs"] = json!(common::logprob_entries(lps));
+        }
         v
     };
-    let last = move |name: &str, text: &str, s: &GenerationStats| {
-        let mut v = piece(name, text);
+    let last = move |name: &str, text: &str, lps: &[TokenLogprob], s: &GenerationStats| {
+        let mut v = piece(name, text, lps);
         let ns = |secs: f64| (secs.max(0.0) * 1e9) as u64;
         let fields = json!({
             "done": true,
@@ -201,8 +205,8 @@ async fn run(
         v
     };
     if !stream {
-        let (text, _, stats) = g.collect(field).await.map_err(|e| e.dialect(D))?;
-        return Ok(Json(last(&name, &text, &stats)).into_response());
+        let (text, lps, stats) = g.collect(field).await.map_err(|e| e.dialect(D))?;
+        return Ok(Json(last(&name, &text, &lps, &stats)).into_response());
     }
     let first = g.first(field).await.map_err(|e| e.dialect(D))?;
     Ok(piece_stream(
@@ -210,8 +214,10 @@ async fn run(
         first,
         "application/x-ndjson",
         move |msg| match msg {
-            Msg::Piece { text, .. } => (format!("{}\n", piece(&name, &text)), false),
-            Msg::Done(Ok(stats)) => (format!("{}\n", last(&name, "", &stats)), true),
+            Msg::Piece { text, logprobs } => {
+                (format!("{}\n", piece(&name, &text, &logprobs)), false)
+            }
+            Msg::Done(Ok(stats)) => (format!("{}\n", last(&name, "", &[], &stats)), true),
             Msg::Done(Err(e)) => (format!("{}\n", json!({"error": e.to_string()})), true),
         },
     ))

@@ -131,14 +131,7 @@ fn parse(f: &Fields<'_>, kind: Kind) -> ApiResult<(GenerateRequest, Options)> {
         .int("max_completion_tokens", 1, i64::MAX)?
         .or(f.int("max_tokens", 1, i64::MAX)?);
     let logprobs = match kind {
-        Kind::Chat => {
-            let on = f.bool("logprobs")?.unwrap_or(false);
-            let top = f.int("top_logprobs", 0, 20)?;
-            if top.is_some() && !on {
-                return Err(f.err("top_logprobs", "needs \"logprobs\": true"));
-            }
-            on.then(|| top.unwrap_or(0) as usize)
-        }
+        Kind::Chat => common::logprobs_asked(f)?,
         Kind::Completion => f.int("logprobs", 0, 5)?.map(|n| n as usize),
     };
     let stream = f.bool("stream")?.unwrap_or(false);
@@ -290,18 +283,7 @@ impl Reply {
     fn logprobs(&self, lps: &[TokenLogprob], offset: usize) -> Value {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match self.kind {
-            Kind::Chat => {
-                let entry = |t: &enigma_modules::capability::TopLogprob| json!({"token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes});
-                let content: Vec<Value> = lps
-                    .iter()
-                    .map(|l| {
-                        let mut e = entry(&l.chosen);
-                        e["top_logprobs"] = l.top.iter().map(entry).collect();
-                        e
-                    })
-                    .collect();
-                json!({"content": content})
-            }
+            Kind::Chat => json!({"content": common::logprob_entries(lps)}),
             Kind::Completion => {
                 let mut at = offset;
                 let mut offsets = Vec::new();

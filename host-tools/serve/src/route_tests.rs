@@ -349,3 +349,40 @@ async fn health_is_503_until_ready() {
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["text_generation"], "gguf_loader");
 }
+
+#[tokio::test]
+async fn ollama_logprobs_take_its_shape_streamed_or_not() {
+    let s = state(true);
+    let mut body = chat("hi");
+    body["stream"] = json!(false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(1);
+    let v = call(&s, "POST", "/api/chat", body.clone()).await.json();
+    let lps = v["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), 2, "{v}");
+    assert_eq!(lps[1]["token"], " world");
+    assert_eq!(lps[1]["logprob"], -0.5);
+    assert_eq!(lps[1]["top_logprobs"].as_array().unwrap().len(), 1);
+    body["stream"] = json!(true);
+    let a = call(&s, "POST", "/api/chat", body).await;
+    let first: Value = serde_json::from_str(a.body.lines().next().unwrap()).unwrap();
+    assert_eq!(first["logprobs"][0]["token"], "Hello", "{}", a.body);
+    // Without asking, no field.
+    let v = call(
+        &s,
+        "POST",
+        "/api/generate",
+        json!({"prompt": "hi", "stream": false}),
+    )
+    .await
+    .json();
+    assert!(v.get("logprobs").is_none(), "{v}");
+    let a = call(
+        &s,
+        "POST",
+        "/api/generate",
+        json!({"prompt": "hi", "top_logprobs": 2}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+}

@@ -83,6 +83,10 @@ content = (lp.choices[0].logprobs.content or []) if lp.choices[0].logprobs else 
 for t in content:
     assert t.logprob <= 0 and len(t.top_logprobs) <= 2, t
 out["logprobs_given"] = len(content)
+olp = ol.chat(model=model, messages=msgs, stream=False, options={"temperature": 0, "num_predict": 4},
+              logprobs=True, top_logprobs=2).logprobs or []
+for t in olp:
+    assert t.logprob <= 0 and len(t.top_logprobs or []) <= 2, t
 
 # Errors reach the clients as their own exception types.
 try:
