@@ -37,6 +37,14 @@ streamed = "".join(
 )
 assert streamed == text, (streamed, text)
 out["completion"] = text
+
+# A stop string ends the text before it, with finish_reason "stop", through both clients.
+word = text.split()[3]
+stopped = oa.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0, stop=[word])
+assert stopped.choices[0].text == text[:text.index(word)], (stopped.choices[0].text, word, text)
+assert stopped.choices[0].finish_reason == "stop", stopped
+og_stop = ol.generate(model=model, prompt=prompt, stream=False, options={"temperature": 0, "num_predict": n, "stop": [word]})
+assert og_stop.response == text[:text.index(word)] and og_stop.done_reason == "stop", og_stop
 out["completion_usage"] = u.model_dump()
 
 # Chat, whole and streamed (with the usage chunk).
