@@ -17,6 +17,9 @@ use tower::ServiceExt;
 /// "Hello" and " world" (with log-probabilities when asked).
 struct Fake;
 
+/// Set when the fake's long prefill saw its cancel flag.
+static PREFILL_CANCELLED: AtomicBool = AtomicBool::new(false);
+
 fn lp(token: u32, text: &str, logprob: f32, top: usize) -> TokenLogprob {
     let t = |token, text: &str, logprob| TopLogprob {
         token,
@@ -36,9 +39,20 @@ impl Fake {
         &self,
         prompt: &str,
         req: &GenerateRequest,
+        cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         match prompt {
+            // A prompt that takes long to read, polling the flag as a batching provider does.
+            "long prefill" => {
+                let start = std::time::Instant::now();
+                while !cancel.load(Ordering::Relaxed) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "never cancelled");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                PREFILL_CANCELLED.store(true, Ordering::Relaxed);
+                return Err(ModuleError::Failed("cancelled".into()));
+            }
             "busy" => return Err(ModuleError::Busy("no room for another sequence".into())),
             "invalid" => {
                 return Err(ModuleError::Invalid(
@@ -83,20 +97,20 @@ impl TextGeneration for Fake {
     fn generate(
         &self,
         req: &GenerateRequest,
-        _cancel: &AtomicBool,
+        cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
-        self.run(&req.prompt, req, on_text)
+        self.run(&req.prompt, req, cancel, on_text)
     }
     fn chat(
         &self,
         messages: &[ChatMessage],
         req: &GenerateRequest,
-        _cancel: &AtomicBool,
+        cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let last = messages.last().map_or("", |m| m.content.as_str());
-        self.run(last, req, on_text)
+        self.run(last, req, cancel, on_text)
     }
     fn load(&self) -> EngineLoad {
         EngineLoad {
@@ -385,4 +399,29 @@ async fn ollama_logprobs_take_its_shape_streamed_or_not() {
     )
     .await;
     assert_eq!(a.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_before_its_first_token_cancels_its_prefill() {
+    let s = state(true);
+    let mut body = chat("long prefill");
+    body["stream"] = json!(true);
+    // The client gives up while the prompt is still being read: its request future is dropped.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        call(&s, "POST", "/v1/chat/completions", body),
+    )
+    .await;
+    assert!(gave_up.is_err(), "answered before its first token");
+    let start = std::time::Instant::now();
+    while s.metrics.running.load(Ordering::Relaxed) != 0
+        || !PREFILL_CANCELLED.load(Ordering::Relaxed)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the prefill was not cancelled within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(s.admitted.load(Ordering::Relaxed), 0);
 }
