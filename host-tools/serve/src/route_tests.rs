@@ -425,3 +425,120 @@ async fn a_request_dropped_before_its_first_token_cancels_its_prefill() {
     }
     assert_eq!(s.admitted.load(Ordering::Relaxed), 0);
 }
+
+mod any_input {
+    //! Whatever a client sends, the answer is a status and a body: never a panic, never a 500 that the
+    //! provider did not cause.
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "model",
+        "prompt",
+        "messages",
+        "role",
+        "content",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "stream_options",
+        "include_usage",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "options",
+        "num_predict",
+        "repeat_penalty",
+        "input",
+        "tokens",
+        "with_pieces",
+        "add_special",
+        "images",
+        "tools",
+        "response_format",
+        "type",
+        "text",
+        "system",
+        "context",
+        "format",
+    ];
+    const ROUTES: &[&str] = &[
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/show",
+        "/tokenize",
+        "/detokenize",
+        "/v1/modules/gguf_loader/unload",
+    ];
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|x| json!(x)),
+            (-1e3f64..1e3).prop_map(|x| json!(x)),
+            prop_oneof![Just(0.0), Just(1.0), Just(2.0), Just(-1.0)].prop_map(|x: f64| json!(x)),
+            "[a-z ]{0,6}".prop_map(Value::String),
+            prop::sample::select(vec!["user", "system", "assistant", "tool", "text", "float"])
+                .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(prop::sample::select(KEYS), inner, 0..5).prop_map(
+                    |m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                ),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(prop::sample::select(KEYS), value(), 0..8)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    fn answered(a: &Answer) -> Result<(), TestCaseError> {
+        prop_assert!(
+            matches!(a.status, 200 | 400 | 404 | 409 | 413 | 501 | 503)
+                || (a.status == 500 && a.body.contains("the device went away")),
+            "{} {}",
+            a.status,
+            a.body
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn any_json_body_gets_an_answer(route in prop::sample::select(ROUTES), body in body()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let s = state(true);
+            let a = rt.block_on(call(&s, "POST", route, body));
+            answered(&a)?;
+        }
+
+        #[test]
+        fn any_bytes_get_an_answer(route in prop::sample::select(ROUTES), bytes in prop::collection::vec(any::<u8>(), 0..48)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let s = state(true);
+            let req = HttpRequest::builder().method("POST").uri(route).body(Body::from(bytes)).unwrap();
+            let r = rt.block_on(router(s).oneshot(req)).unwrap();
+            let status = r.status().as_u16();
+            let body = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
+            answered(&Answer { status, retry_after: None, body: String::from_utf8_lossy(&body).into_owned() })?;
+        }
+    }
+}
