@@ -56,9 +56,10 @@ impl Server {
             }
         });
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read the listening line");
+        // Whatever else it prints is read too: a closed pipe would fail the server's next print.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let url = line
             .trim()
             .strip_prefix("listening on http://")
