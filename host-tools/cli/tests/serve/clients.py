@@ -66,6 +66,15 @@ assert usage is not None and usage.completion_tokens == r.usage.completion_token
 assert finish == r.choices[0].finish_reason, finish
 out["chat"] = reply
 
+# A second turn: a longer prompt; whatever the provider reuses from the first is reported as cached (a
+# provider without a prompt cache reports 0; the batching engine reports the first turn's tokens).
+turn2 = msgs + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
+r2 = oa.chat.completions.create(model=model, messages=turn2, max_tokens=4, temperature=0)
+assert r2.usage.prompt_tokens > r.usage.prompt_tokens, (r2.usage, r.usage)
+cached = r2.usage.prompt_tokens_details.cached_tokens
+assert 0 <= cached < r2.usage.prompt_tokens, r2.usage
+out["second_turn_cached"] = cached
+
 # Ollama chat and generate: the same greedy reply, counters on the last chunk.
 oc = ol.chat(model=model, messages=msgs, stream=False, options={"temperature": 0, "num_predict": n})
 assert oc.message.content == reply, (oc.message.content, reply)
