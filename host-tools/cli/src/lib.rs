@@ -4,6 +4,8 @@ pub mod generate;
 pub mod models;
 pub mod modules;
 pub mod remote;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 
@@ -72,6 +74,9 @@ pub enum Command {
     /// Train a byte-level BPE tokenizer.
     #[command(subcommand)]
     Tokenizer(enigma_train::TokenizerCommand),
+    /// Serve the model over HTTP: OpenAI and Ollama APIs, metrics, module control (docs/SERVE.md).
+    #[cfg(feature = "serve")]
+    Serve(crate::serve::ServeArgs),
     /// What this machine has (RAM, cores, CUDA GPUs) and which modules it cannot run.
     Hardware {
         /// Print JSON instead of text.
@@ -225,6 +230,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Flash(args) => enigma_flash::flash(args),
         Command::Modules(cmd) => crate::modules::main(cmd),
         Command::Models(cmd) => crate::models::main(cmd),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => crate::serve::serve(args),
         Command::Hardware { json } => crate::modules::hardware(json),
         Command::Devices { timeout, json } => crate::remote::devices(timeout, json),
         Command::Train(opts) => {
@@ -275,7 +282,7 @@ fn import_llama2c(
 }
 
 /// Below this file size, a model runs on one thread unless `--threads` says otherwise.
-const SMALL_MODEL_BYTES: usize = 16 << 20;
+pub(crate) const SMALL_MODEL_BYTES: usize = 16 << 20;
 
 /// Opens the model and the backend. A model in a model folder (the store's, or a training run's) is held
 /// with the folder's reader lock for as long as the returned file lives, so it is never trained,

@@ -205,7 +205,7 @@ pub fn registry(home: &Path) -> Registry {
 }
 
 /// The manager over this build's modules on this (or the simulated) machine; nothing read or loaded yet.
-fn manager(home: &Path) -> Result<ModuleManager> {
+pub(crate) fn manager(home: &Path) -> Result<ModuleManager> {
     Ok(enigma_modules::open(home, machine()?, registry(home))?)
 }
 
@@ -232,7 +232,7 @@ fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
 
 /// Commands that change the saved state hold a lock beside it, so two at once cannot lose each other's
 /// change (each restores, changes and saves the whole set).
-fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
+pub(crate) fn state_lock(home: &Path, purpose: &str) -> Result<ModelLock> {
     std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
     Ok(ModelLock::acquire_file(
         &home.join(".modules.lock"),
@@ -370,10 +370,9 @@ fn wanted_note(m: &ModuleManager, id: &str) -> Result<String> {
     })
 }
 
-fn list(home: &Path, as_json: bool) -> Result<()> {
-    let (m, _) = read(home)?;
-    let rows = rows(&m)?;
-    let items: Vec<_> = rows
+/// Every module as `modules list --json` prints it (and the server's `GET /v1/modules` answers).
+pub fn list_json(m: &ModuleManager) -> Result<serde_json::Value> {
+    let items: Vec<_> = rows(m)?
         .iter()
         .map(|r| {
             json!({"id": r.id, "category": r.spec.category, "state": r.state,
@@ -382,16 +381,23 @@ fn list(home: &Path, as_json: bool) -> Result<()> {
                 "note": r.note})
         })
         .collect();
+    Ok(serde_json::Value::Array(items))
+}
+
+fn list(home: &Path, as_json: bool) -> Result<()> {
+    let (m, _) = read(home)?;
+    let items = list_json(&m)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    print_table(&items);
-    let wanted = rows.iter().filter(|r| r.state == "wanted").count();
-    let unavailable = rows.iter().filter(|r| r.state == "unavailable").count();
+    let items = items.as_array().map(Vec::as_slice).unwrap_or_default();
+    print_table(items);
+    let count = |state: &str| items.iter().filter(|v| v["state"] == state).count();
+    let (wanted, unavailable) = (count("wanted"), count("unavailable"));
     println!(
         "\n{} modules: {wanted} wanted (loaded by whichever process hosts modules), {unavailable} not available in this build; cloud modules {}",
-        rows.len(),
+        items.len(),
         if m.allow_cloud() { "allowed" } else { "refused" }
     );
     Ok(())

@@ -41,16 +41,17 @@ struct Link {
 }
 
 impl Link {
-    fn new() -> Result<Link, String> {
+    /// `tag` (one letter) keeps the links of tests running at once in this process apart.
+    fn new(tag: char) -> Result<Link, String> {
         let id = std::process::id();
         let link = Link {
-            a: format!("enigma-a-{id}"),
-            b: format!("enigma-b-{id}"),
+            a: format!("enigma-{tag}a-{id}"),
+            b: format!("enigma-{tag}b-{id}"),
         };
         // Interface names are at most 15 bytes.
         let (va, vb) = (
-            format!("ena{}", id % 1_000_000),
-            format!("enb{}", id % 1_000_000),
+            format!("e{tag}a{}", id % 1_000_000),
+            format!("e{tag}b{}", id % 1_000_000),
         );
         ip(&["netns", "add", &link.a])?;
         ip(&["netns", "add", &link.b])?;
@@ -101,18 +102,22 @@ fn enigma_in(link: &Link, ns: &str, args: &[&str]) -> Output {
 /// `enigma devices --json` from namespace B until the advertised engine shows (its first announcements
 /// may go out before B listens), for at most 20 s.
 fn find_device(link: &Link, name: &str) -> Value {
+    find_device_where(link, name, |d| d["name"] == name)
+}
+
+fn find_device_where(link: &Link, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let out = enigma_in(link, &link.b, &["devices", "--json", "--timeout", "3"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "enigma devices failed: {stderr}");
         let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["name"] == name) {
+        if let Some(d) = list.as_array().unwrap().iter().find(|d| wanted(d)) {
             return d.clone();
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "{name} not found from the other namespace; found {list}"
+            "{what} not found from the other namespace; found {list}"
         );
     }
 }
@@ -123,7 +128,7 @@ fn an_engine_advertised_in_one_namespace_is_found_from_another() {
     if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
         return;
     }
-    let link = match Link::new() {
+    let link = match Link::new('d') {
         Ok(l) => l,
         Err(e) => {
             enigma_testkit::skip_or_fail(
@@ -195,4 +200,87 @@ fn advertiser() {
     });
     let _ad = enigma_discover::advertise(&name, PORT, MODEL).unwrap();
     std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `enigma serve --advertise` (the built-in model, in a fresh models home) in namespace A is listed by
+/// `enigma devices` in namespace B, and `--remote auto` gets the same greedy text from it as a local run.
+#[test]
+fn enigma_serve_advertise_is_found_and_answers_from_another_namespace() {
+    const TEST: &str = "enigma_serve_advertise_is_found_and_answers_from_another_namespace";
+    const SERVE_PORT: u16 = 8766;
+    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+        return;
+    }
+    let link = match Link::new('s') {
+        Ok(l) => l,
+        Err(e) => {
+            enigma_testkit::skip_or_fail(
+                TEST,
+                &format!("cannot make network namespaces ({e}): needs root"),
+            );
+            return;
+        }
+    };
+    let home = tempfile::tempdir().unwrap();
+    let port = SERVE_PORT.to_string();
+    let _server = Advertiser(
+        link.exec(&link.a, env!("CARGO_BIN_EXE_enigma"))
+            .args([
+                "serve",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                &port,
+                "--advertise",
+                "--api-key",
+                "k",
+            ])
+            .env("ENIGMA_HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let device = find_device_where(&link, "enigma serve --advertise", |d| {
+        d["port"] == SERVE_PORT
+    });
+    assert_eq!(
+        device["url"],
+        format!("http://{ADDR_A}:{SERVE_PORT}"),
+        "{device}"
+    );
+    assert_eq!(device["api"], "/v1", "{device}");
+    let model = device["model"].as_str().unwrap_or_default().to_string();
+    assert!(!model.is_empty(), "{device}");
+
+    let args = ["-p", "In the beginning", "-n", "12", "--temp", "0"];
+    let remote = enigma_in(
+        &link,
+        &link.b,
+        &[
+            &["run", "--remote", "auto", "--api-key", "k"][..],
+            &args[..],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&remote.stderr);
+    assert!(remote.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("({model}) at http://{ADDR_A}:{SERVE_PORT}")),
+        "{stderr}"
+    );
+    let local = Command::new(env!("CARGO_BIN_EXE_enigma"))
+        .args([&["run"][..], &args[..]].concat())
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&remote.stdout).trim_end(),
+        String::from_utf8_lossy(&local.stdout).trim_end()
+    );
 }

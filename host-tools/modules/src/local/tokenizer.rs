@@ -36,9 +36,11 @@ impl Tokenization for ModelTokenizer {
         self.with(|t| Ok(t.vocab_size())).unwrap_or(0)
     }
     fn encode(&self, text: &str, bos: bool, max: usize) -> Result<Vec<u32>, ModuleError> {
+        // Encoding fails only on the text itself (longer than `max`, a character the vocabulary cannot
+        // spell): the caller's to fix, so a server answers 400, not 500.
         self.with(|t| {
             enigma_runtime::tokenize::encode_within(t, text, bos, false, max)
-                .map_err(ModuleError::failed)
+                .map_err(|e| ModuleError::Invalid(e.to_string()))
         })
     }
     fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, ModuleError> {

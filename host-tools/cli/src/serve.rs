@@ -1,0 +1,171 @@
+//! `enigma serve`: hosts the module manager for the server's life and hands it to `enigma-serve`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use enigma_modules::{LoadOptions, ModuleManager, State};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The variable `--api-key` falls back to, so a key need not appear in a process list.
+pub const API_KEY_ENV: &str = "ENIGMA_API_KEY";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The model to serve, named as `enigma run -m` names one; loaded with the tokenizer and inference
+    /// modules (and saved as wanted). Without it the saved modules (modules.json) are served, or the
+    /// built-in model when nothing saved provides text generation.
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Worker threads of the model (default: all cores; one for models under 16 MiB).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Address to listen on. Anything but a loopback address is reachable from other machines: set a key.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// TCP port (0: any free one; the line `listening on http://...` says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require this key (`Authorization: Bearer KEY` or `X-Api-Key: KEY`) on every route but /health
+    /// (default: $ENIGMA_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Generation requests admitted at once (running or waiting); more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest request body in bytes; larger gets 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// Announce the server on the local network (mDNS/DNS-SD, `_enigma._tcp`) once it is ready, so
+    /// `enigma devices` and `--remote auto` on other machines find it.
+    #[arg(long)]
+    pub advertise: bool,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let home = enigma_models::home();
+    let manager = Arc::new(crate::modules::manager(&home)?);
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var(API_KEY_ENV).ok())
+        .filter(|k| !k.is_empty());
+    if args.max_queue == 0 {
+        bail!("--max-queue must be at least 1");
+    }
+    let threads = match (args.threads, &args.model) {
+        (Some(t), _) => Some(t),
+        (None, Some(name)) => small_model_threads(name),
+        (None, None) => None,
+    };
+    let options = enigma_serve::Options {
+        addr: SocketAddr::new(args.host, args.port),
+        api_key,
+        max_queue: args.max_queue,
+        max_body: args.max_body,
+    };
+    let lock_home = home.clone();
+    let hooks = enigma_serve::Hooks {
+        list_modules: Box::new(|m| crate::modules::list_json(m).map_err(|e| format!("{e:#}"))),
+        state_lock: Box::new(move |purpose| {
+            crate::modules::state_lock(&lock_home, purpose)
+                .map(|l| Box::new(l) as enigma_serve::StateLock)
+                .map_err(|e| format!("{e:#}"))
+        }),
+        on_ready: args
+            .advertise
+            .then(|| Box::new(advertise) as enigma_serve::OnReady),
+    };
+    let model = args.model.clone();
+    let startup = Box::new(move |m: &ModuleManager| {
+        start(m, &home, model.as_deref(), threads).map_err(|e| format!("{e:#}"))
+    });
+    enigma_serve::run(options, manager, hooks, startup)?;
+    Ok(())
+}
+
+/// Publishes the ready server over mDNS under this host's name; the advertisement lasts as long as the
+/// returned value.
+fn advertise(addr: SocketAddr, model: &str) -> Result<Box<dyn Send>, String> {
+    let name = enigma_discover::default_name();
+    let ad = enigma_discover::advertise(&name, addr.port(), model)
+        .map_err(|e| format!("--advertise: {e:#}"))?;
+    eprintln!(
+        "advertising {name} (model {model}, port {}) over mDNS",
+        addr.port()
+    );
+    Ok(Box::new(ad))
+}
+
+/// A model under 16 MiB runs on one thread, as `enigma run` runs it, unless `-t` says otherwise.
+fn small_model_threads(name: &str) -> Option<usize> {
+    match enigma_models::resolve_model(name).ok()? {
+        enigma_models::ResolvedModel::BuiltIn => Some(1),
+        enigma_models::ResolvedModel::File(p) => {
+            let len = std::fs::metadata(p).ok()?.len();
+            (len < crate::SMALL_MODEL_BYTES as u64).then_some(1)
+        }
+    }
+}
+
+/// Restores the wanted modules, then makes sure something generates: `-m`'s model, or the built-in one.
+fn start(
+    m: &ModuleManager,
+    home: &std::path::Path,
+    model: Option<&str>,
+    threads: Option<usize>,
+) -> Result<()> {
+    let _lock = crate::modules::state_lock(home, "serve")?;
+    let report = m.restore()?;
+    for (id, why) in &report.failed {
+        eprintln!("note: saved module {id} did not load: {why}");
+    }
+    if let Some(name) = model {
+        if m.state("model")? != State::Unloaded {
+            let saved = m.config("model")?;
+            let running = saved.get("model").and_then(|v| v.as_str()).unwrap_or("");
+            if running != name {
+                bail!(
+                    "the saved modules already serve model '{running}'; unload it first (`enigma modules unload model --cascade`) or leave out -m"
+                );
+            }
+        } else {
+            let mut set = vec![format!("model={name}")];
+            if let Some(t) = threads {
+                set.push(format!("threads={t}"));
+            }
+            m.load(
+                "model",
+                &LoadOptions {
+                    with_deps: false,
+                    set,
+                },
+            )
+            .with_context(|| format!("cannot serve model '{name}'"))?;
+        }
+    }
+    if m.provider("text_generation").is_none() {
+        if m.state("model")? == State::Unloaded {
+            let set = vec![
+                format!("model={}", enigma_models::BUILTIN_NAME),
+                "threads=1".into(),
+            ];
+            m.load(
+                "model",
+                &LoadOptions {
+                    with_deps: false,
+                    set,
+                },
+            )?;
+        }
+        m.load(
+            "inference",
+            &LoadOptions {
+                with_deps: true,
+                set: Vec::new(),
+            },
+        )?;
+    }
+    let generator = m.get::<dyn enigma_modules::capability::TextGeneration>("text_generation")?;
+    eprintln!("serving {}", generator.describe());
+    Ok(())
+}

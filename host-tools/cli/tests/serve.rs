@@ -1,0 +1,799 @@
+//! `enigma serve` end to end: the built binary on an ephemeral loopback port, driven by raw HTTP and by the
+//! official `openai` and `ollama` Python clients (tests/serve/clients.py).
+//!
+//! Models: stories260K from ../shared for the clients (greedy output compared with `enigma run`); the
+//! built-in model for errors and limits; a random `mini` model run on the scalar kernels where a test
+//! needs a generation that lasts seconds (a full queue, a client that goes away).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+fn enigma() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("enigma")
+}
+
+/// A running `enigma serve`; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    _home: Option<TempDir>,
+}
+
+impl Server {
+    /// Starts `enigma serve --port 0 ARGS` over `home` and waits until `/health` says it is ready.
+    fn start(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(enigma());
+        cmd.arg("serve")
+            .args(["--port", "0"])
+            .args(args)
+            .env("ENIGMA_HOME", home)
+            .env_remove("ENIGMA_API_KEY")
+            .env_remove("ENIGMA_SIMULATE_HARDWARE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start enigma serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read the listening line");
+        // Whatever else it prints is read too: a closed pipe would fail the server's next print.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let url = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no listening line: {line:?}; stderr: {}",
+                    stderr.lock().unwrap()
+                )
+            });
+        let addr: SocketAddr = url.parse().expect("address");
+        let s = Server {
+            child,
+            addr,
+            stderr,
+            _home: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = s.try_request("GET", "/health", &[], b"") {
+                if r.status == 200 {
+                    break;
+                }
+                assert_eq!(r.status, 503, "{}", r.body);
+            }
+            assert!(Instant::now() < deadline, "not ready: {}", s.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// A server over a home of its own.
+    fn fresh(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let home = TempDir::new().unwrap();
+        let mut s = Server::start(home.path(), args, env);
+        s._home = Some(home);
+        s
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let mut s = self.send(method, path, headers, body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        Ok(Resp::parse(&raw))
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; stderr: {}", self.stderr()))
+    }
+
+    fn post(&self, path: &str, body: &str) -> Resp {
+        self.request("POST", path, &[], body.as_bytes())
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// Sends a request and hands back the open connection, for reading a stream (or dropping it).
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<TcpStream> {
+        let mut s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            head += &format!("{k}: {v}\r\n");
+        }
+        head += "\r\n";
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+        Ok(s)
+    }
+
+    /// A gauge of `/metrics`.
+    fn gauge(&self, name: &str) -> f64 {
+        let m = self.get("/metrics").body;
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    }
+
+    /// Waits up to `limit` for no generation to be running; how long it took.
+    fn wait_idle(&self, limit: Duration) -> Duration {
+        let t = Instant::now();
+        while self.gauge("enigma_generations_running") != 0.0
+            || self.gauge("enigma_sequences_active") != 0.0
+        {
+            assert!(
+                t.elapsed() < limit,
+                "a generation still runs after {limit:?}: {}",
+                self.get("/metrics").body
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn parse(raw: &[u8]) -> Resp {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Resp {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    /// An OpenAI-shaped error with this status, naming `param`; returns its message.
+    fn openai_error(&self, status: u16, param: Option<&str>) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        assert_eq!(e["param"].as_str(), param, "{v}");
+        assert!(e.get("code").is_some(), "{v}");
+        e["message"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// stories260K imported into a home of its own as `stories260K`.
+fn stories_home(test: &str) -> Option<TempDir> {
+    let ckpt = enigma_testkit::shared_bytes("models/stories260K.bin", test)?;
+    let tok = enigma_testkit::shared_bytes("models/tok512.bin", test)?;
+    let bytes = enigma_models::llama2c::import(&ckpt, &tok, "stories260K.bin").expect("import");
+    let home = TempDir::new().unwrap();
+    std::fs::write(home.path().join("stories260K.enigma"), bytes).unwrap();
+    Some(home)
+}
+
+/// A random-weight `mini` model (10M parameters, 512 tokens of context, a byte tokenizer), made once per
+/// build and shared by the tests here: run on the scalar kernels on one thread it decodes at about a
+/// hundred tokens a second, so a generation lasts long enough to be interrupted.
+fn mini() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-mini");
+    let model = dir.join("mini");
+    if model.is_dir() {
+        return model;
+    }
+    // Made aside and renamed into place, so tests in other processes never see half a model.
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new_in(&dir).unwrap();
+    let out = Command::new(enigma())
+        .args([
+            "models", "create", "mini", "--preset", "mini", "--seed", "1",
+        ])
+        .env("ENIGMA_HOME", tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::rename(tmp.path().join("mini"), &model);
+    model
+}
+
+const SLOW: [(&str, &str); 1] = [("ENIGMA_KERNELS", "generic")];
+
+fn slow_server(extra: &[&str]) -> Server {
+    let model = mini();
+    let mut args = vec!["-m", model.to_str().unwrap(), "-t", "1"];
+    args.extend_from_slice(extra);
+    Server::fresh(&args, &SLOW)
+}
+
+fn python_clients(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import openai, ollama"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        enigma_testkit::skip_or_fail(
+            test,
+            "the openai and ollama Python clients are not installed (pip install openai ollama; .ci/run installs them)",
+        );
+    }
+    ok
+}
+
+#[test]
+fn the_official_clients_chat_complete_stream_and_match_enigma_run() {
+    let test = "the_official_clients_chat_complete_stream_and_match_enigma_run";
+    let Some(home) = stories_home(test) else {
+        return;
+    };
+    if !python_clients(test) {
+        return;
+    }
+    let server = Server::start(home.path(), &["-m", "stories260K"], &[]);
+    let prompt = "Once upon a time";
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/clients.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([&server.base(), "stories260K", prompt, "40"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "clients.py failed:\n{}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("clients.py's JSON");
+    let completion = v["completion"].as_str().unwrap();
+    assert!(!completion.is_empty(), "{v}");
+    // `enigma run` prints the prompt, then the text, then a newline.
+    let run = Command::new(enigma())
+        .args([
+            "run",
+            "-m",
+            "stories260K",
+            "-p",
+            prompt,
+            "--temp",
+            "0",
+            "-n",
+            "40",
+        ])
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!("{prompt}{completion}\n")
+    );
+    assert_eq!(v["completion_usage"]["completion_tokens"], 40, "{v}");
+    server.wait_idle(Duration::from_secs(1));
+}
+
+#[test]
+fn bad_requests_are_400s_naming_the_field_and_the_server_serves_on() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let long = "word ".repeat(3000);
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "model": "gpt-4"}"#.into(),
+            Some("model"),
+        ),
+        (
+            "/v1/completions",
+            format!(r#"{{"prompt": "{long}"}}"#),
+            Some("prompt"),
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"messages": [{{"role": "user", "content": "{long}"}}]}}"#),
+            Some("messages"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "temperature": "#.into(),
+            None,
+        ),
+        ("/v1/completions", r#"{"prompt": 7}"#.into(), Some("prompt")),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "temperature": "hot"}"#.into(),
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "temperature": 2.5}"#.into(),
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "top_p": 1.5}"#.into(),
+            Some("top_p"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "max_tokens": 0}"#.into(),
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "n": 2}"#.into(),
+            Some("n"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "presence_penalty": 0.5}"#.into(),
+            Some("presence_penalty"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "frequency_penalty": -1}"#.into(),
+            Some("frequency_penalty"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#.into(),
+            Some("stop"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "logprobs": 6}"#.into(),
+            Some("logprobs"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}"#.into(),
+            Some("top_logprobs"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "tool", "content": "x"}]}"#.into(),
+            Some("messages[0].role"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": "hi"}"#.into(),
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#.into(),
+            Some("stream"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}"#
+                .into(),
+            Some("tools"),
+        ),
+        ("/v1/completions", r#"[1, 2]"#.into(), None),
+        ("/tokenize", r#"{"content": 5}"#.into(), Some("content")),
+        (
+            "/detokenize",
+            r#"{"tokens": [1, 99999]}"#.into(),
+            Some("tokens"),
+        ),
+    ];
+    for (path, body, param) in &cases {
+        let r = server.post(path, body);
+        let m = r.openai_error(400, *param);
+        assert!(!m.is_empty(), "{path} {body}");
+        // Still serving.
+        let ok = server.post(
+            "/v1/completions",
+            r#"{"prompt": "In the beginning", "max_tokens": 3}"#,
+        );
+        assert_eq!(ok.status, 200, "after {path} {body}: {}", ok.body);
+    }
+    // The too-long prompt says so, rather than being cut.
+    let m = server
+        .post("/v1/completions", &format!(r#"{{"prompt": "{long}"}}"#))
+        .openai_error(400, Some("prompt"));
+    assert!(m.contains("context"), "{m}");
+    // Ollama's routes answer in Ollama's shape: {"error": "..."}.
+    for body in [
+        r#"{"prompt": "x", "options": {"temperature": "hot"}}"#,
+        r#"{"prompt": "x", "model": "llama3"}"#,
+        r#"{"prompt": "x", "options": {"num_predict": 0}}"#,
+        r#"{"prompt": "x", "system": "be nice"}"#,
+    ] {
+        let r = server.post("/api/generate", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.json()["error"].is_string(), "{}", r.body);
+    }
+    // An unknown route and a wrong method are OpenAI-shaped too.
+    server.get("/v1/nothing").openai_error(404, None);
+    assert_eq!(server.get("/v1/completions").status, 405);
+    // No embeddings module: 501 naming what to load.
+    let m = server
+        .post("/v1/embeddings", r#"{"input": "x"}"#)
+        .openai_error(501, None);
+    assert!(m.contains("embedding_local"), "{m}");
+    let r = server.post("/api/embed", r#"{"input": "x"}"#);
+    assert_eq!(r.status, 501, "{}", r.body);
+    // max_tokens past the context is clipped to what is left of it, and says `length`.
+    let prompt = "word ".repeat(250);
+    let r = server.post(
+        "/v1/completions",
+        &format!(r#"{{"prompt": "{prompt}", "max_tokens": 100000, "temperature": 0}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let u = &v["usage"];
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(u["total_tokens"], 512, "{v}");
+    // Every answer was counted.
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("enigma_requests_total{route=\"/v1/completions\",status=\"400\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("enigma_generated_tokens_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn api_keys_body_limits_and_the_open_health_route() {
+    let server = Server::fresh(
+        &[
+            "-m",
+            "default",
+            "--api-key",
+            "s3cret",
+            "--max-body",
+            "65536",
+        ],
+        &[],
+    );
+    let body = br#"{"prompt": "x", "max_tokens": 2}"#;
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("X-Api-Key", "s3cre")],
+    ] {
+        server
+            .request("POST", "/v1/completions", &headers, body)
+            .openai_error(401, None);
+    }
+    assert_eq!(server.request("GET", "/metrics", &[], b"").status, 401);
+    let r = server.request("POST", "/api/generate", &[], br#"{"prompt": "x"}"#);
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"].is_string());
+    for h in [("Authorization", "Bearer s3cret"), ("X-Api-Key", "s3cret")] {
+        let r = server.request("POST", "/v1/completions", &[h], body);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(server.get("/health").status, 200);
+    let big = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(100_000));
+    server
+        .request(
+            "POST",
+            "/v1/completions",
+            &[("X-Api-Key", "s3cret")],
+            big.as_bytes(),
+        )
+        .openai_error(413, None);
+    assert_eq!(
+        server
+            .request("POST", "/v1/completions", &[("X-Api-Key", "s3cret")], body)
+            .status,
+        200
+    );
+    assert!(!server.stderr().contains("warning"), "{}", server.stderr());
+}
+
+#[test]
+fn binding_beyond_loopback_without_a_key_warns() {
+    let server = Server::fresh(&["-m", "default", "--host", "0.0.0.0"], &[]);
+    assert!(
+        server.stderr().contains("warning: listening on 0.0.0.0"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn a_full_queue_is_a_503_with_retry_after() {
+    let server = slow_server(&["--max-queue", "1"]);
+    let mut long = server
+        .send(
+            "POST",
+            "/v1/completions",
+            &[],
+            br#"{"prompt": "a", "max_tokens": 400, "stream": true, "temperature": 0}"#,
+        )
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(long.read(&mut buf).unwrap() > 0);
+    for (path, body) in [
+        ("/v1/completions", r#"{"prompt": "b", "max_tokens": 2}"#),
+        ("/api/generate", r#"{"prompt": "b", "stream": false}"#),
+    ] {
+        let r = server.post(path, body);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{}", r.head);
+    }
+    drop(long);
+    server.wait_idle(Duration::from_secs(1));
+    assert_eq!(
+        server
+            .post("/v1/completions", r#"{"prompt": "b", "max_tokens": 2}"#)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn a_client_that_goes_away_mid_stream_frees_its_sequence_within_a_second() {
+    let server = slow_server(&[]);
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "a"}], "max_tokens": 400, "stream": true, "temperature": 0}"#,
+        ),
+        (
+            "/api/generate",
+            r#"{"prompt": "a", "options": {"num_predict": 400, "temperature": 0}}"#,
+        ),
+        // Not streamed: the client leaves while the server is still collecting the reply.
+        (
+            "/v1/completions",
+            r#"{"prompt": "a", "max_tokens": 400, "temperature": 0}"#,
+        ),
+    ] {
+        let mut s = server.send("POST", path, &[], body.as_bytes()).unwrap();
+        if body.contains("stream\": true") || path == "/api/generate" {
+            let mut buf = [0u8; 512];
+            assert!(s.read(&mut buf).unwrap() > 0);
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(server.gauge("enigma_generations_running"), 1.0, "{path}");
+        drop(s);
+        let took = server.wait_idle(Duration::from_secs(1));
+        eprintln!("{path}: freed {took:?} after the client left");
+    }
+}
+
+#[test]
+#[ignore = "needs a provider that polls the cancel flag during prefill (the batching inference provider); today's polls it between generated tokens"]
+fn a_client_that_goes_away_mid_prefill_frees_its_sequence_within_a_second() {
+    let server = slow_server(&[]);
+    let prompt = "a".repeat(500);
+    let body = format!(r#"{{"prompt": "{prompt}", "max_tokens": 4, "stream": true}}"#);
+    let s = server
+        .send("POST", "/v1/completions", &[], body.as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.gauge("enigma_generations_running"), 1.0);
+    drop(s);
+    server.wait_idle(Duration::from_secs(1));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_finishes_the_streams_under_way_and_exits_zero() {
+    let mut server = slow_server(&[]);
+    let mut s = server
+        .send(
+            "POST",
+            "/v1/completions",
+            &[],
+            br#"{"prompt": "a", "max_tokens": 40, "stream": true, "temperature": 0}"#,
+        )
+        .unwrap();
+    let mut first = [0u8; 64];
+    assert!(s.read(&mut first).unwrap() > 0);
+    // An open event stream never ends by itself: shutdown must end it.
+    let mut events = server.send("GET", "/v1/modules/events", &[], b"").unwrap();
+    assert!(events.read(&mut first).unwrap() > 0);
+    let pid = server.child.id() as i32;
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+}
+
+#[test]
+fn module_routes_follow_the_cli_rules_and_publish_events() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let v = server.get("/v1/modules").json();
+    let list = v["modules"].as_array().unwrap();
+    assert_eq!(list.len(), 29, "{v}");
+    let inference = list.iter().find(|m| m["id"] == "inference").unwrap();
+    assert_eq!(inference["state"], "loaded", "{v}");
+    let m = server
+        .post("/v1/modules/nope/load", "{}")
+        .openai_error(404, None);
+    assert_eq!(m, "no module named 'nope' (see `enigma modules list`)");
+    let m = server
+        .post("/v1/modules/model/unload", "{}")
+        .openai_error(409, None);
+    assert!(m.contains("is needed by"), "{m}");
+    server
+        .post("/v1/modules/model/load", r#"{"config": {"threads": []}}"#)
+        .openai_error(400, Some("config.threads"));
+    // Events of a load and an unload, as server-sent events.
+    let mut events = server.send("GET", "/v1/modules/events", &[], b"").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(": subscribed") {
+        let n = events.read(&mut buf).unwrap();
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    let r = server.post("/v1/modules/code_gen_local/load", r#"{"with_deps": true}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["loaded"][0]["id"], "code_gen_local");
+    let r = server.post("/v1/modules/code_gen_local/unload", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    while !seen.contains(r#""event":"unloaded","id":"code_gen_local""#) {
+        let n = events.read(&mut buf).unwrap();
+        assert!(n > 0, "{seen}");
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert!(
+        seen.contains(r#""event":"loaded","id":"code_gen_local""#),
+        "{seen}"
+    );
+    // Generation still works.
+    assert_eq!(
+        server
+            .post("/api/chat", r#"{"messages": [{"role": "user", "content": "x"}], "stream": false, "options": {"num_predict": 2}}"#)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn tokenize_pieces_add_up_to_the_detokenized_text() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let text = "In the beginning God created the heaven";
+    let v = server
+        .post(
+            "/tokenize",
+            &format!(r#"{{"content": "{text}", "with_pieces": true}}"#),
+        )
+        .json();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(tokens.len() > 3, "{v}");
+    let pieces: String = tokens
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap())
+        .collect();
+    let ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let back = server
+        .post(
+            "/detokenize",
+            &serde_json::json!({ "tokens": ids }).to_string(),
+        )
+        .json();
+    assert_eq!(back["content"].as_str().unwrap(), pieces);
+    assert!(pieces.contains(text), "{pieces}");
+    let plain = server
+        .post(
+            "/tokenize",
+            &format!(r#"{{"content": "{text}", "add_special": true}}"#),
+        )
+        .json();
+    assert_eq!(
+        plain["tokens"].as_array().unwrap().len(),
+        ids.len() + 1,
+        "{plain}"
+    );
+}
+
+#[test]
+fn a_model_that_does_not_load_stops_the_server_with_one_error_line() {
+    let home = TempDir::new().unwrap();
+    let out = Command::new(enigma())
+        .args(["serve", "--port", "0", "-m", "no-such-model"])
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("no model named 'no-such-model'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
