@@ -30,7 +30,7 @@ pub use config::{Config, KvType, ParamLayout, Preset, TensorSpec, PRESETS};
 pub use enigma_kernels as kernels;
 pub use error::{Error, Name};
 pub use format::EnigmaFile;
-pub use model::{Exec, KvBuf, KvCache, Scratch, Serial, Transformer, Weights};
+pub use model::{Exec, KvBuf, KvCache, Scratch, SeqRows, Serial, Transformer, Weights};
 pub use sampler::{ProbIndex, Sampler, SamplerConfig};
 pub use tokenizer::Tokenizer;
 pub use utf8::Utf8Stream;
