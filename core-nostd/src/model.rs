@@ -951,6 +951,11 @@ mod tests {
             .collect()
     }
 
+    fn generic<'a>(c: &Config, p: &'a [f32]) -> Transformer<'a> {
+        let w = Weights::from_flat(c, p).unwrap();
+        Transformer::new(*c, w, kernels_for(Tier::Generic).unwrap()).unwrap()
+    }
+
     /// Every position's logits of `tokens` through one sequence's contiguous cache, a token at a time.
     fn alone(m: &Transformer<'_>, tokens: &[u32], kv: KvType) -> Vec<Vec<f32>> {
         let c = &m.config;
@@ -1058,12 +1063,7 @@ mod tests {
     fn one_block_step_is_the_contiguous_forward_bit_for_bit() {
         let c = config();
         let p = params(&c, 11);
-        let m = Transformer::new(
-            c,
-            Weights::from_flat(&c, &p).unwrap(),
-            kernels_for(Tier::Generic).unwrap(),
-        )
-        .unwrap();
+        let m = generic(&c, &p);
         let tokens: Vec<u32> = (0..20).map(|i| (i * 3 + 1) % 40).collect();
         let want = alone(&m, &tokens, KvType::F32);
         let mut kv = vec![0.0f32; KvCache::len(&c)];
@@ -1089,12 +1089,7 @@ mod tests {
     fn bad_batches_are_refused() {
         let c = config();
         let p = params(&c, 3);
-        let m = Transformer::new(
-            c,
-            Weights::from_flat(&c, &p).unwrap(),
-            kernels_for(Tier::Generic).unwrap(),
-        )
-        .unwrap();
+        let m = generic(&c, &p);
         let len = KvCache::paged_len(&c, 16, 4);
         let mut kv = vec![0.0f32; len];
         let mut cache = KvCache::paged(&mut kv[..], &c, 16, 4).unwrap();

@@ -651,12 +651,13 @@ fn admit(r: Request, blocks: &mut Blocks, block: usize) -> Result<Seq, Request> 
     })
 }
 
-/// Ends `s`: tells its stream (which may be gone) and gives its blocks back.
-fn retire(s: Seq, blocks: &mut Blocks, last: Event) {
-    let _ = s.tx.send(last);
+/// Ends `s`: gives its blocks back and leaves its stream's last event in `outbox`, sent once the load
+/// without it is published (so a caller that has seen its stream end sees the blocks back).
+fn retire(s: Seq, blocks: &mut Blocks, last: Event, outbox: &mut Vec<(Sender<Event>, Event)>) {
     for &b in &s.table {
         blocks.release(b);
     }
+    outbox.push((s.tx, last));
 }
 
 /// The scheduler: admits, steps, samples, until the batcher is dropped.
@@ -682,6 +683,7 @@ fn schedule(
     let mut scratch = Scratch::batch(&mut bufs.scratch, &c, rows, cfg.max_sequences)?;
     let mut blocks = Blocks::new(n_blocks);
     let mut running: Vec<Seq> = Vec::new();
+    let mut outbox: Vec<(Sender<Event>, Event)> = Vec::new();
     loop {
         // Cancelled sequences give their blocks back before anything new is admitted.
         let mut i = 0;
@@ -689,7 +691,7 @@ fn schedule(
             if running[i].cancel.load(Ordering::Relaxed) {
                 let s = running.remove(i);
                 let last = Event::Done(s.summary(Finish::Cancelled));
-                retire(s, &mut blocks, last);
+                retire(s, &mut blocks, last, &mut outbox);
             } else {
                 i += 1;
             }
@@ -700,7 +702,10 @@ fn schedule(
                 if st.stop {
                     for s in running.drain(..) {
                         let last = Event::Failed("the engine is shutting down".into());
-                        retire(s, &mut blocks, last);
+                        retire(s, &mut blocks, last, &mut outbox);
+                    }
+                    for (tx, last) in outbox.drain(..) {
+                        let _ = tx.send(last);
                     }
                     return Ok(());
                 }
@@ -731,6 +736,9 @@ fn schedule(
                     blocks_cached: blocks.lru.len(),
                     blocks_total: n_blocks,
                 };
+                for (tx, last) in outbox.drain(..) {
+                    let _ = tx.send(last);
+                }
                 if !running.is_empty() {
                     break;
                 }
@@ -785,7 +793,8 @@ fn schedule(
             let failed: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
             for i in failed.into_iter().rev() {
                 let s = running.remove(i);
-                retire(s, &mut blocks, Event::Failed(format!("forward step: {e}")));
+                let last = Event::Failed(format!("forward step: {e}"));
+                retire(s, &mut blocks, last, &mut outbox);
             }
             continue;
         }
@@ -835,7 +844,7 @@ fn schedule(
         done.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, last) in done {
             let s = running.remove(i);
-            retire(s, &mut blocks, last);
+            retire(s, &mut blocks, last, &mut outbox);
         }
     }
 }

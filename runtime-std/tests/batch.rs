@@ -59,6 +59,15 @@ fn engine_of(file: ModelFile, cfg: BatchConfig) -> Batcher {
     Batcher::new(Arc::new(host), cfg).unwrap()
 }
 
+/// The model with a context of 1024: sequences long enough to be caught while they run.
+fn long_engine(cfg: BatchConfig) -> Batcher {
+    let c = Config {
+        seq_len: 1024,
+        ..config()
+    };
+    engine_of(file_of(c), cfg)
+}
+
 fn small() -> BatchConfig {
     BatchConfig {
         kv_tokens: 1024,
@@ -220,8 +229,10 @@ fn a_cached_prefix_is_reused_with_the_same_tokens() {
     // A prompt of exactly whole blocks keeps its last token to compute.
     let (_, sum) = collect(&b.submit(p[..32].to_vec(), greedy(2)).unwrap());
     assert_eq!(sum.cached_tokens, 16);
-    let load = b.load();
-    assert!(load.blocks_cached > 0 && load.blocks_used == 0, "{load:?}");
+    // The finished sequences' blocks stay, unheld, in the cache.
+    wait_for(&b, "cached and unheld", |l| {
+        l.active == 0 && l.blocks_used == 0 && l.blocks_cached > 0
+    });
 }
 
 /// Cached blocks make room when the pool is short: a pool that holds one sequence serves many different
@@ -243,18 +254,11 @@ fn cached_blocks_are_evicted_when_room_is_needed() {
 /// blocks back.
 #[test]
 fn cancelling_frees_the_blocks() {
-    // A context of 1024 read a token a step: a prefill long enough to be caught in the middle.
-    let c = Config {
-        seq_len: 1024,
-        ..config()
-    };
-    let b = engine_of(
-        file_of(c),
-        BatchConfig {
-            prefill_tokens: 1,
-            ..small()
-        },
-    );
+    // A prompt of 1000 read a token a step: a prefill long enough to be caught in the middle.
+    let b = long_engine(BatchConfig {
+        prefill_tokens: 1,
+        ..small()
+    });
     let s = b.submit(prompt(1000, 3), greedy(5)).unwrap();
     wait_for(&b, "prefill under way", |l| {
         l.active == 1 && l.blocks_used > 0
@@ -289,18 +293,11 @@ fn cancelling_frees_the_blocks() {
 /// context.
 #[test]
 fn limits_are_errors() {
-    let c = Config {
-        seq_len: 1024,
-        ..config()
-    };
-    let b = engine_of(
-        file_of(c),
-        BatchConfig {
-            max_sequences: 1,
-            max_queued: 1,
-            ..small()
-        },
-    );
+    let b = long_engine(BatchConfig {
+        max_sequences: 1,
+        max_queued: 1,
+        ..small()
+    });
     let running = b.submit(prompt(4, 0), greedy(1000)).unwrap();
     wait_for(&b, "first running", |l| l.active == 1);
     let queued = b.submit(prompt(4, 1), greedy(5)).unwrap();

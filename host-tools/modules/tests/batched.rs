@@ -62,6 +62,22 @@ fn generate(g: &dyn TextGeneration, req: &GenerateRequest) -> (String, Generatio
     (text, stats)
 }
 
+fn chat(g: &dyn TextGeneration, messages: &[ChatMessage]) -> (String, GenerationStats) {
+    let mut text = String::new();
+    let stats = g
+        .chat(
+            messages,
+            &request("", 40),
+            &AtomicBool::new(false),
+            &mut |p| {
+                text.push_str(p.text);
+                true
+            },
+        )
+        .unwrap();
+    (text, stats)
+}
+
 /// The same prompt through today's single-sequence loop (`enigma run`'s), for the batch of one to match.
 fn session_text(bytes: &[u8], prompt: &str, max_tokens: usize) -> String {
     let file = ModelFile::from_bytes(bytes, "stories260K").unwrap();
@@ -142,21 +158,6 @@ fn a_second_chat_turn_reuses_the_first() {
         return;
     };
     let g = m.get::<dyn TextGeneration>("text_generation").unwrap();
-    let chat = |messages: &[ChatMessage]| {
-        let mut text = String::new();
-        let stats = g
-            .chat(
-                messages,
-                &request("", 40),
-                &AtomicBool::new(false),
-                &mut |p| {
-                    text.push_str(p.text);
-                    true
-                },
-            )
-            .unwrap();
-        (text, stats)
-    };
     let user = |s: &str| ChatMessage {
         role: Role::User,
         content: s.into(),
@@ -164,14 +165,14 @@ fn a_second_chat_turn_reuses_the_first() {
     let mut messages = vec![user(
         "Once upon a time there was a little girl named Lily who loved to play outside in the sun",
     )];
-    let (reply, first) = chat(&messages);
+    let (reply, first) = chat(&*g, &messages);
     assert_eq!(first.cached_tokens, 0);
     messages.push(ChatMessage {
         role: Role::Assistant,
         content: reply,
     });
     messages.push(user("Then she saw a dog"));
-    let (second, stats) = chat(&messages);
+    let (second, stats) = chat(&*g, &messages);
     assert!(stats.cached_tokens >= 16, "{stats:?}");
     assert!(stats.cached_tokens < stats.prompt_tokens);
 
@@ -180,18 +181,7 @@ fn a_second_chat_turn_reuses_the_first() {
         return;
     };
     let g = cold.get::<dyn TextGeneration>("text_generation").unwrap();
-    let mut text = String::new();
-    let s = g
-        .chat(
-            &messages,
-            &request("", 40),
-            &AtomicBool::new(false),
-            &mut |p| {
-                text.push_str(p.text);
-                true
-            },
-        )
-        .unwrap();
+    let (text, s) = chat(&*g, &messages);
     assert_eq!(s.cached_tokens, 0);
     assert_eq!(text, second);
 }
