@@ -374,6 +374,8 @@ pub struct Scratch<'s> {
     att_rows: usize,
     /// rows whose logits are computed in one product
     logit_rows: usize,
+    /// S + HS, or S + 2*HS in a batch scratch (room for a block's share of a head's output)
+    att_unit: usize,
     /// (T, D) residual stream
     x: &'s mut [f32],
     /// (T, D) normed input, then attention output
@@ -392,8 +394,8 @@ pub struct Scratch<'s> {
     v: &'s mut [f32],
     /// (T, HS/2, 2) RoPE cos/sin per row
     rope: &'s mut [f32],
-    /// (att_rows, NH, S + 2*HS): per row and head, scores over the context, the head's output, and one
-    /// block's share of it (paged caches)
+    /// (att_rows, NH, att_unit): per row and head, scores over the context `(S)`, the head's output `(HS)`,
+    /// and in a batch scratch one block's share of it `(HS)`, which attention over several blocks needs
     att: &'s mut [f32],
     /// (logit_rows, V)
     logits: &'s mut [f32],
@@ -402,27 +404,29 @@ pub struct Scratch<'s> {
 impl<'s> Scratch<'s> {
     /// Elements of scratch a chunk of `chunk` tokens of one sequence needs.
     pub fn len(c: &Config, chunk: usize) -> usize {
-        Self::len_with(c, chunk, 1, 1)
+        Self::len_with(c, chunk, 1, 1, false)
     }
 
     /// Elements of scratch a batch step of up to `rows` rows needs, of which up to `logit_rows` get logits
     /// in one product: attention of many rows runs in one split (up to [`ATT_BUDGET`] elements).
     pub fn batch_len(c: &Config, rows: usize, logit_rows: usize) -> usize {
-        Self::len_with(c, rows, Self::att_rows(c, rows), logit_rows)
+        Self::len_with(c, rows, Self::att_rows(c, rows), logit_rows, true)
     }
 
-    fn att_unit(c: &Config) -> usize {
-        c.seq_len as usize + 2 * c.head_size()
+    /// A single sequence's scratch has no block-share buffer, so the firmware's RAM budget is what it was
+    /// before paging.
+    fn att_unit(c: &Config, paged: bool) -> usize {
+        c.seq_len as usize + (1 + paged as usize) * c.head_size()
     }
 
     fn att_rows(c: &Config, rows: usize) -> usize {
         let per_row = (c.n_heads as usize)
-            .saturating_mul(Self::att_unit(c))
+            .saturating_mul(Self::att_unit(c, true))
             .max(1);
         rows.min((ATT_BUDGET / per_row).max(1))
     }
 
-    fn len_with(c: &Config, rows: usize, att_rows: usize, logit_rows: usize) -> usize {
+    fn len_with(c: &Config, rows: usize, att_rows: usize, logit_rows: usize, paged: bool) -> usize {
         let (d, h, kv, hs) = (
             c.dim as usize,
             c.hidden_dim as usize,
@@ -430,18 +434,25 @@ impl<'s> Scratch<'s> {
             c.head_size(),
         );
         rows * (4 * d + 2 * h + 2 * kv + hs)
-            + att_rows * c.n_heads as usize * Self::att_unit(c)
+            + att_rows * c.n_heads as usize * Self::att_unit(c, paged)
             + logit_rows * c.vocab_size as usize
     }
 
     /// Scratch for chunks of up to `chunk` tokens of one sequence, out of [`Scratch::len`] elements.
     pub fn new(buf: &'s mut [f32], c: &Config, chunk: usize) -> Result<Self> {
-        Self::carve(buf, c, chunk, 1, 1)
+        Self::carve(buf, c, chunk, 1, 1, false)
     }
 
     /// Scratch for batch steps of up to `rows` rows, out of [`Scratch::batch_len`] elements.
     pub fn batch(buf: &'s mut [f32], c: &Config, rows: usize, logit_rows: usize) -> Result<Self> {
-        Self::carve(buf, c, rows, Self::att_rows(c, rows), logit_rows.max(1))
+        Self::carve(
+            buf,
+            c,
+            rows,
+            Self::att_rows(c, rows),
+            logit_rows.max(1),
+            true,
+        )
     }
 
     fn carve(
@@ -450,8 +461,10 @@ impl<'s> Scratch<'s> {
         rows: usize,
         att_rows: usize,
         logit_rows: usize,
+        paged: bool,
     ) -> Result<Self> {
-        let need = Self::len_with(c, rows, att_rows, logit_rows);
+        let need = Self::len_with(c, rows, att_rows, logit_rows, paged);
+        let att_unit = Self::att_unit(c, paged);
         if rows == 0 || buf.len() < need {
             return Err(Error::BufferTooSmall {
                 what: "scratch",
@@ -475,12 +488,13 @@ impl<'s> Scratch<'s> {
         let (k, rest) = rest.split_at_mut(rows * kv);
         let (v, rest) = rest.split_at_mut(rows * kv);
         let (rope, rest) = rest.split_at_mut(rows * hs);
-        let (att, rest) = rest.split_at_mut(att_rows * c.n_heads as usize * Self::att_unit(c));
+        let (att, rest) = rest.split_at_mut(att_rows * c.n_heads as usize * att_unit);
         let (logits, _) = rest.split_at_mut(logit_rows * c.vocab_size as usize);
         Ok(Scratch {
             rows,
             att_rows,
             logit_rows,
+            att_unit,
             x,
             xb,
             xb2,
@@ -727,6 +741,11 @@ impl<'a> Transformer<'a> {
                     vocab: c.vocab_size,
                 });
             }
+            if end > geo.block && s.att_unit < max + 2 * c.head_size() {
+                return Err(Error::BadBlockTable(
+                    "a sequence over several blocks needs a batch scratch (Scratch::batch)",
+                ));
+            }
             let Some(table) = sq.table.get(..end.div_ceil(geo.block)) else {
                 return Err(Error::BadBlockTable(
                     "the block table does not cover the rows' positions",
@@ -837,7 +856,7 @@ impl<'a> Transformer<'a> {
         let v = &mut s.v[..t * kv];
         let hb = &mut s.hb[..t * h];
         let hb2 = &mut s.hb2[..t * h];
-        let att_unit = seq + 2 * hs;
+        let att_unit = s.att_unit;
         let scale = 1.0 / libm::sqrtf(hs as f32);
 
         for l in 0..c.n_layers as usize {
@@ -1125,6 +1144,17 @@ mod tests {
             Err(Error::ContextFull { .. })
         ));
         assert!(run(&[1, 2], 15, &[3, 2]).is_ok());
+        let mut small = vec![0.0; Scratch::len(&c, 4)];
+        let mut single = Scratch::new(&mut small, &c, 4).unwrap();
+        let mut cache = KvCache::paged(&mut kv[..], &c, 16, 4).unwrap();
+        let rows = [SeqRows {
+            tokens: &[1],
+            start: 16,
+            table: &[0, 1],
+            logits: true,
+        }];
+        let r = m.step(&Serial, &mut cache, &mut single, &rows, &mut |_, _| {});
+        assert!(matches!(r, Err(Error::BadBlockTable(_))));
         assert!(KvCache::paged(&mut kv[..], &c, 0, 4).is_err());
         assert!(KvCache::paged(&mut kv[..], &c, 16, 5).is_err());
     }

@@ -790,8 +790,10 @@ fn schedule(
         drop(seqs);
         if let Err(e) = result {
             // The rows were built from checked requests, so this is a bug; end these sequences, not all.
-            let failed: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
-            for i in failed.into_iter().rev() {
+            let mut failed: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
+            // Highest first, so each removal leaves the indices still to remove in place.
+            failed.sort_unstable_by(|a, b| b.cmp(a));
+            for i in failed {
                 let s = running.remove(i);
                 let last = Event::Failed(format!("forward step: {e}"));
                 retire(s, &mut blocks, last, &mut outbox);
