@@ -341,6 +341,16 @@ impl KvView<'_> {
     ) {
         let (b, hs) = (geo.block, geo.hs);
         let scores = &mut scores[..ctx];
+        if ctx <= b {
+            // One block (every single-sequence cache): the three calls alone, without the span walk, which
+            // the firmware would pay for per head and token.
+            let at = geo.at(table[0] as usize, l, kh, 0);
+            let span = at..at + ctx * hs;
+            self.scores(kn, scores, q, span.clone(), scale);
+            (kn.softmax)(scores);
+            self.accum(kn, out, scores, span);
+            return;
+        }
         // (positions in the sequence, elements in the cache) of each block that holds some of `0..ctx`
         let spans = table.iter().enumerate().map_while(|(j, &blk)| {
             let n = b.min(ctx.checked_sub(j * b).filter(|&n| n > 0)?);
@@ -893,9 +903,14 @@ impl<'a> Transformer<'a> {
                 let rows = s.att_rows.min(t - r0);
                 let att = &mut s.att[..rows * n_heads * att_unit];
                 exec.split(att, att_unit, &|u0, part| {
-                    for (j, unit) in part.chunks_exact_mut(att_unit).enumerate() {
-                        let (row, head) = (r0 + (u0 + j) / n_heads, (u0 + j) % n_heads);
-                        let (sq, pos) = locate(seqs, row);
+                    // Units run row by row, head by head: the row's sequence is looked up when it changes.
+                    let (mut row, mut head) = (r0 + u0 / n_heads, u0 % n_heads);
+                    let (mut sq, mut pos) = locate(seqs, row);
+                    for unit in part.chunks_exact_mut(att_unit) {
+                        if head == n_heads {
+                            (row, head) = (row + 1, 0);
+                            (sq, pos) = locate(seqs, row);
+                        }
                         let (scores, rest) = unit.split_at_mut(seq);
                         let (out, part) = rest.split_at_mut(hs);
                         let qh = &q[row * q_dim + head * hs..row * q_dim + (head + 1) * hs];
@@ -909,6 +924,7 @@ impl<'a> Transformer<'a> {
                             pos + 1,
                             scale,
                         );
+                        head += 1;
                     }
                 });
                 for (u, o) in xb[r0 * q_dim..(r0 + rows) * q_dim]
