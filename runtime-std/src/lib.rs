@@ -1,4 +1,5 @@
-//! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, and writes models.
+//! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, decodes many sequences
+//! together over a paged KV pool (`batch`), and writes models.
 pub mod backend;
 pub mod batch;
 mod error;
