@@ -105,6 +105,8 @@ pub enum Error {
         token: u32,
         value: f32,
     },
+    /// A batch step's rows do not fit the paged KV cache they name (`what` says how).
+    BadBlockTable(&'static str),
     /// A tokenizer is larger than every loader accepts (`what` names the limit).
     TokenizerLimit {
         what: &'static str,
@@ -201,6 +203,7 @@ impl fmt::Display for Error {
                 f,
                 "the model computed a logit of {value} (token {token}): its weights are not finite or so large that its activations overflow; generation stopped"
             ),
+            BadBlockTable(why) => write!(f, "invalid batch for the paged KV cache: {why}"),
             TokenizerLimit { what, found, limit } => write!(
                 f,
                 "the tokenizer exceeds the limit on {what}: {found}, at most {limit}"

@@ -148,10 +148,55 @@ impl<'c> From<&'c mut [f16]> for KvBuf<'c> {
     }
 }
 
-/// Keys and values of one sequence, each `(L, NKV, S, HS)`: a head's history is contiguous, so attention
-/// streams it.
+/// Keys and values in blocks of `B` positions: each block is `(L, NKV, B, HS)` of keys and the same of
+/// values, so a head's positions inside a block are contiguous and attention streams them. Position `p` of a
+/// sequence lives in block `table[p / B]` at offset `p % B`.
+///
+/// One sequence's cache ([`KvCache::new`]) is the case of one block of `S` positions with table `[0]`:
+/// `(L, NKV, S, HS)`, the layout the firmware and `enigma run` have always used. The batched engine pages a
+/// pool of small blocks ([`KvCache::paged`]) so a long conversation and many short ones share one budget.
 pub struct KvCache<'c> {
     kv: Kv<'c>,
+    geo: Paging,
+}
+
+/// Where a (block, layer, head, offset) lives in a [`KvCache`]'s keys or values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Paging {
+    /// B: positions per block
+    block: usize,
+    /// blocks in the pool
+    blocks: usize,
+    /// L, NKV and HS of the model the cache was made for
+    layers: usize,
+    heads: usize,
+    hs: usize,
+}
+
+impl Paging {
+    fn new(c: &Config, block: usize, blocks: usize) -> Self {
+        Paging {
+            block,
+            blocks,
+            layers: c.n_layers as usize,
+            heads: c.n_kv_heads as usize,
+            hs: c.head_size(),
+        }
+    }
+
+    /// Elements of keys and values together.
+    fn len(&self) -> usize {
+        2usize
+            .saturating_mul(self.blocks)
+            .saturating_mul(self.layers * self.heads)
+            .saturating_mul(self.block)
+            .saturating_mul(self.hs)
+    }
+
+    /// Element index of position `off` of KV head `kh` of layer `l` in block `b`.
+    fn at(&self, b: usize, l: usize, kh: usize, off: usize) -> usize {
+        (((b * self.layers + l) * self.heads + kh) * self.block + off) * self.hs
+    }
 }
 
 /// Keys and values in one element type: an enum matched where attention writes and reads, so no generic
@@ -169,24 +214,41 @@ enum KvView<'a> {
 }
 
 impl<'c> KvCache<'c> {
-    /// Elements the cache needs for `config` (keys and values together), whatever their type.
+    /// Elements one sequence's cache needs for `config` (keys and values together), whatever their type.
     pub fn len(config: &Config) -> usize {
         config.kv_cache_len()
     }
 
-    /// Carves the cache out of `buf` (`&mut [f32]`, `&mut [f16]` or a [`KvBuf`]), which needs
-    /// [`KvCache::len`] elements.
+    /// Elements a paged cache of `blocks` blocks of `block` positions needs (keys and values together).
+    pub fn paged_len(config: &Config, block: usize, blocks: usize) -> usize {
+        Paging::new(config, block, blocks).len()
+    }
+
+    /// One sequence's cache carved out of `buf` (`&mut [f32]`, `&mut [f16]` or a [`KvBuf`]), which needs
+    /// [`KvCache::len`] elements: one block of the context's `S` positions.
     pub fn new(buf: impl Into<KvBuf<'c>>, config: &Config) -> Result<Self> {
-        let need = Self::len(config);
+        Self::paged(buf, config, config.seq_len as usize, 1)
+    }
+
+    /// A pool of `blocks` blocks of `block` positions carved out of `buf`, which needs
+    /// [`KvCache::paged_len`] elements; sequences address it through block tables ([`SeqRows::table`]).
+    pub fn paged(
+        buf: impl Into<KvBuf<'c>>,
+        config: &Config,
+        block: usize,
+        blocks: usize,
+    ) -> Result<Self> {
+        let geo = Paging::new(config, block, blocks);
+        let need = geo.len();
         let buf = buf.into();
         let found = match &buf {
             KvBuf::F32(b) => b.len(),
             KvBuf::F16(b) => b.len(),
         };
-        if found < need {
+        if block == 0 || blocks == 0 || found < need {
             return Err(Error::BufferTooSmall {
                 what: "KV cache",
-                needed: need,
+                needed: need.max(1),
                 found,
             });
         }
@@ -200,7 +262,7 @@ impl<'c> KvCache<'c> {
                 Kv::F16 { k, v }
             }
         };
-        Ok(KvCache { kv })
+        Ok(KvCache { kv, geo })
     }
 
     /// The element type the cache keeps.
@@ -209,6 +271,16 @@ impl<'c> KvCache<'c> {
             Kv::F32 { .. } => KvType::F32,
             Kv::F16 { .. } => KvType::F16,
         }
+    }
+
+    /// Positions per block.
+    pub fn block(&self) -> usize {
+        self.geo.block
+    }
+
+    /// Blocks in the pool.
+    pub fn blocks(&self) -> usize {
+        self.geo.blocks
     }
 
     /// Stores one head's key and value `(HS)` at element `at` (rounded to nearest f16 in an f16 cache).
@@ -250,11 +322,70 @@ impl KvView<'_> {
             KvView::F16 { v, .. } => (kn.attn_accum_f16)(out, probs, &v[span]),
         }
     }
+
+    /// One query head over positions `0..ctx` of a sequence whose blocks are `table`: scores block by block
+    /// into `scores (ctx)`, one softmax over all of them, then the values block by block, each block's
+    /// share through `part (HS)` added into `out (HS)`. With one block (a single sequence's cache) this is
+    /// exactly one scores, softmax and accum call, as before paging.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        self,
+        kn: &Kernels,
+        geo: Paging,
+        (scores, out, part): (&mut [f32], &mut [f32], &mut [f32]),
+        q: &[f32],
+        table: &[u32],
+        (l, kh): (usize, usize),
+        ctx: usize,
+        scale: f32,
+    ) {
+        let (b, hs) = (geo.block, geo.hs);
+        let scores = &mut scores[..ctx];
+        if ctx <= b {
+            // One block (every single-sequence cache): the three calls alone, without the span walk, which
+            // the firmware would pay for per head and token.
+            let at = geo.at(table[0] as usize, l, kh, 0);
+            let span = at..at + ctx * hs;
+            self.scores(kn, scores, q, span.clone(), scale);
+            (kn.softmax)(scores);
+            self.accum(kn, out, scores, span);
+            return;
+        }
+        // (positions in the sequence, elements in the cache) of each block that holds some of `0..ctx`
+        let spans = table.iter().enumerate().map_while(|(j, &blk)| {
+            let n = b.min(ctx.checked_sub(j * b).filter(|&n| n > 0)?);
+            let at = geo.at(blk as usize, l, kh, 0);
+            Some((j * b..j * b + n, at..at + n * hs))
+        });
+        for (pos, span) in spans.clone() {
+            self.scores(kn, &mut scores[pos], q, span, scale);
+        }
+        (kn.softmax)(scores);
+        for (j, (pos, span)) in spans.enumerate() {
+            if j == 0 {
+                self.accum(kn, out, &scores[pos], span);
+            } else {
+                self.accum(kn, part, &scores[pos], span);
+                (kn.add)(out, part);
+            }
+        }
+    }
 }
 
-/// Activations for a chunk of up to `chunk` tokens.
+/// Most elements of attention scratch a batch scratch holds (16 MiB): heads of that many rows run in one
+/// split, and longer batches take several.
+const ATT_BUDGET: usize = 1 << 22;
+
+/// Activations for up to `rows` rows (one chunk of a prompt, or a batch step's rows of many sequences).
 pub struct Scratch<'s> {
-    chunk: usize,
+    /// T: rows one call processes at most
+    rows: usize,
+    /// rows whose attention runs in one split
+    att_rows: usize,
+    /// rows whose logits are computed in one product
+    logit_rows: usize,
+    /// S + HS, or S + 2*HS in a batch scratch (room for a block's share of a head's output)
+    att_unit: usize,
     /// (T, D) residual stream
     x: &'s mut [f32],
     /// (T, D) normed input, then attention output
@@ -271,31 +402,80 @@ pub struct Scratch<'s> {
     k: &'s mut [f32],
     /// (T, NKV*HS)
     v: &'s mut [f32],
-    /// (T, HS/2, 2) RoPE cos/sin per token
+    /// (T, HS/2, 2) RoPE cos/sin per row
     rope: &'s mut [f32],
-    /// (NH, S + HS): per head, scores over the context then the head's output
+    /// (att_rows, NH, att_unit): per row and head, scores over the context `(S)`, the head's output `(HS)`,
+    /// and in a batch scratch one block's share of it `(HS)`, which attention over several blocks needs
     att: &'s mut [f32],
-    /// (V)
+    /// (logit_rows, V)
     logits: &'s mut [f32],
 }
 
 impl<'s> Scratch<'s> {
-    /// Elements of scratch a chunk of `chunk` tokens needs.
+    /// Elements of scratch a chunk of `chunk` tokens of one sequence needs.
     pub fn len(c: &Config, chunk: usize) -> usize {
+        Self::len_with(c, chunk, 1, 1, false)
+    }
+
+    /// Elements of scratch a batch step of up to `rows` rows needs, of which up to `logit_rows` get logits
+    /// in one product: attention of many rows runs in one split (up to [`ATT_BUDGET`] elements).
+    pub fn batch_len(c: &Config, rows: usize, logit_rows: usize) -> usize {
+        Self::len_with(c, rows, Self::att_rows(c, rows), logit_rows, true)
+    }
+
+    /// A single sequence's scratch has no block-share buffer, so the firmware's RAM budget is what it was
+    /// before paging.
+    fn att_unit(c: &Config, paged: bool) -> usize {
+        c.seq_len as usize + (1 + paged as usize) * c.head_size()
+    }
+
+    fn att_rows(c: &Config, rows: usize) -> usize {
+        let per_row = (c.n_heads as usize)
+            .saturating_mul(Self::att_unit(c, true))
+            .max(1);
+        rows.min((ATT_BUDGET / per_row).max(1))
+    }
+
+    fn len_with(c: &Config, rows: usize, att_rows: usize, logit_rows: usize, paged: bool) -> usize {
         let (d, h, kv, hs) = (
             c.dim as usize,
             c.hidden_dim as usize,
             c.kv_dim(),
             c.head_size(),
         );
-        chunk * (4 * d + 2 * h + 2 * kv + hs)
-            + c.n_heads as usize * (c.seq_len as usize + hs)
-            + c.vocab_size as usize
+        rows * (4 * d + 2 * h + 2 * kv + hs)
+            + att_rows * c.n_heads as usize * Self::att_unit(c, paged)
+            + logit_rows * c.vocab_size as usize
     }
 
+    /// Scratch for chunks of up to `chunk` tokens of one sequence, out of [`Scratch::len`] elements.
     pub fn new(buf: &'s mut [f32], c: &Config, chunk: usize) -> Result<Self> {
-        let need = Self::len(c, chunk);
-        if chunk == 0 || buf.len() < need {
+        Self::carve(buf, c, chunk, 1, 1, false)
+    }
+
+    /// Scratch for batch steps of up to `rows` rows, out of [`Scratch::batch_len`] elements.
+    pub fn batch(buf: &'s mut [f32], c: &Config, rows: usize, logit_rows: usize) -> Result<Self> {
+        Self::carve(
+            buf,
+            c,
+            rows,
+            Self::att_rows(c, rows),
+            logit_rows.max(1),
+            true,
+        )
+    }
+
+    fn carve(
+        buf: &'s mut [f32],
+        c: &Config,
+        rows: usize,
+        att_rows: usize,
+        logit_rows: usize,
+        paged: bool,
+    ) -> Result<Self> {
+        let need = Self::len_with(c, rows, att_rows, logit_rows, paged);
+        let att_unit = Self::att_unit(c, paged);
+        if rows == 0 || buf.len() < need {
             return Err(Error::BufferTooSmall {
                 what: "scratch",
                 needed: need,
@@ -309,19 +489,22 @@ impl<'s> Scratch<'s> {
             c.head_size(),
         );
         let rest = buf;
-        let (x, rest) = rest.split_at_mut(chunk * d);
-        let (xb, rest) = rest.split_at_mut(chunk * d);
-        let (xb2, rest) = rest.split_at_mut(chunk * d);
-        let (hb, rest) = rest.split_at_mut(chunk * h);
-        let (hb2, rest) = rest.split_at_mut(chunk * h);
-        let (q, rest) = rest.split_at_mut(chunk * d);
-        let (k, rest) = rest.split_at_mut(chunk * kv);
-        let (v, rest) = rest.split_at_mut(chunk * kv);
-        let (rope, rest) = rest.split_at_mut(chunk * hs);
-        let (att, rest) = rest.split_at_mut(c.n_heads as usize * (c.seq_len as usize + hs));
-        let (logits, _) = rest.split_at_mut(c.vocab_size as usize);
+        let (x, rest) = rest.split_at_mut(rows * d);
+        let (xb, rest) = rest.split_at_mut(rows * d);
+        let (xb2, rest) = rest.split_at_mut(rows * d);
+        let (hb, rest) = rest.split_at_mut(rows * h);
+        let (hb2, rest) = rest.split_at_mut(rows * h);
+        let (q, rest) = rest.split_at_mut(rows * d);
+        let (k, rest) = rest.split_at_mut(rows * kv);
+        let (v, rest) = rest.split_at_mut(rows * kv);
+        let (rope, rest) = rest.split_at_mut(rows * hs);
+        let (att, rest) = rest.split_at_mut(att_rows * c.n_heads as usize * att_unit);
+        let (logits, _) = rest.split_at_mut(logit_rows * c.vocab_size as usize);
         Ok(Scratch {
-            chunk,
+            rows,
+            att_rows,
+            logit_rows,
+            att_unit,
             x,
             xb,
             xb2,
@@ -338,17 +521,74 @@ impl<'s> Scratch<'s> {
 
     /// Tokens one forward call processes at once; longer inputs are split into chunks of this size.
     pub fn chunk(&self) -> usize {
-        self.chunk
+        self.rows
     }
 
     /// Logits of the last token of the last forward call `(V)`.
     pub fn logits(&self) -> &[f32] {
-        self.logits
+        let v = self.logits.len() / self.logit_rows;
+        &self.logits[..v]
     }
 
     pub fn logits_mut(&mut self) -> &mut [f32] {
-        self.logits
+        let v = self.logits.len() / self.logit_rows;
+        &mut self.logits[..v]
     }
+}
+
+/// One sequence's rows in a batch step ([`Transformer::step`]): `tokens` at positions
+/// `start..start + tokens.len()`, their keys and values stored in the blocks `table` names.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqRows<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    /// The block of each `B` positions of the sequence, from position 0; it must cover the rows' positions.
+    pub table: &'a [u32],
+    /// Whether the last row's logits are wanted (a prompt's last chunk, every decode row).
+    pub logits: bool,
+}
+
+/// Which rows' logits a call computes: the last row of each sequence that asks, or every row (scoring).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Asked,
+    Every,
+}
+
+/// `(sequence index, row in the sequence, row in the batch)` of each row whose logits are wanted, in order.
+fn wanted<'a>(
+    seqs: &'a [SeqRows<'a>],
+    want: Want,
+) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+    seqs.iter()
+        .enumerate()
+        .scan(0, |row0, (i, sq)| {
+            let r = *row0;
+            *row0 += sq.tokens.len();
+            Some((i, sq, r))
+        })
+        .flat_map(move |(i, sq, r)| {
+            let n = sq.tokens.len();
+            let rows = match want {
+                Want::Every => 0..n,
+                Want::Asked if sq.logits => n - 1..n,
+                Want::Asked => 0..0,
+            };
+            rows.map(move |t| (i, t, r + t))
+        })
+}
+
+/// The sequence of batch row `r` and that row's position.
+fn locate<'a>(seqs: &'a [SeqRows<'a>], mut r: usize) -> (&'a SeqRows<'a>, usize) {
+    for sq in seqs {
+        if r < sq.tokens.len() {
+            return (sq, sq.start + r);
+        }
+        r -= sq.tokens.len();
+    }
+    // `check` made the rows and the sequences agree; the last sequence is a harmless answer otherwise.
+    let last = &seqs[seqs.len() - 1];
+    (last, last.start + last.tokens.len() - 1)
 }
 
 /// A model ready to run: config, weights and the kernel table it computes with.
@@ -401,7 +641,7 @@ impl<'a> Transformer<'a> {
         start: usize,
     ) -> Result<&'s [f32]> {
         self.run(exec, cache, scratch, tokens, start, None)?;
-        Ok(scratch.logits)
+        Ok(scratch.logits())
     }
 
     /// Like [`Transformer::forward`], but computes the logits of every token and hands each to
@@ -418,6 +658,31 @@ impl<'a> Transformer<'a> {
         self.run(exec, cache, scratch, tokens, start, Some(on_logits))
     }
 
+    /// One step of many sequences: every row of `seqs` (at most the scratch's rows) goes through each
+    /// weight matrix in one product, and attention runs per row over its own sequence's blocks. The keys and
+    /// values of every row of a layer are stored before that layer's attention, so a sequence's rows in one
+    /// step (a prompt chunk) see each other causally. `on_logits(index in seqs, logits (V))` receives the
+    /// last row's logits of each sequence that asks ([`SeqRows::logits`]). Two sequences must not write the
+    /// same block (the caller shares only blocks that are full).
+    pub fn step(
+        &self,
+        exec: &dyn Exec,
+        cache: &mut KvCache<'_>,
+        scratch: &mut Scratch<'_>,
+        seqs: &[SeqRows<'_>],
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.check(cache, scratch, seqs)?;
+        self.layers(exec, cache, scratch, seqs);
+        self.classify(exec, scratch, seqs, Want::Asked, &mut |i, _, l| {
+            on_logits(i, l)
+        });
+        Ok(())
+    }
+
     fn run(
         &self,
         exec: &dyn Exec,
@@ -427,43 +692,111 @@ impl<'a> Transformer<'a> {
         start: usize,
         mut on_logits: Option<LogitsSink<'_>>,
     ) -> Result<()> {
-        let c = &self.config;
-        let max = c.seq_len as usize;
+        let max = self.config.seq_len as usize;
         if start.checked_add(tokens.len()).is_none_or(|end| end > max) {
             return Err(Error::ContextFull { max });
         }
-        if let Some(&token) = tokens.iter().find(|t| **t >= c.vocab_size) {
-            return Err(Error::TokenOutOfRange {
-                token,
-                vocab: c.vocab_size,
+        let chunk = scratch.rows;
+        let want = match on_logits {
+            Some(_) => Want::Every,
+            None => Want::Asked,
+        };
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let seq = [SeqRows {
+                tokens: part,
+                start: start + i * chunk,
+                table: &[0],
+                logits: i * chunk + part.len() == tokens.len(),
+            }];
+            self.check(cache, scratch, &seq)?;
+            self.layers(exec, cache, scratch, &seq);
+            self.classify(exec, scratch, &seq, want, &mut |_, t, l| {
+                if let Some(f) = on_logits.as_mut() {
+                    f(i * chunk + t, l);
+                }
             });
         }
-        let chunk = scratch.chunk;
-        let d = c.dim as usize;
-        for (i, part) in tokens.chunks(chunk).enumerate() {
-            self.chunk(exec, cache, scratch, part, start + i * chunk);
-            let last = i * chunk + part.len() == tokens.len();
-            // Only the logits that are wanted: every token's when scoring, else the last token's.
-            let wanted = match on_logits {
-                Some(_) => 0..part.len(),
-                None if last => part.len() - 1..part.len(),
-                None => 0..0,
+        Ok(())
+    }
+
+    /// Refuses rows the cache, the scratch or the model cannot take, so the layers never index out of range.
+    fn check(&self, cache: &KvCache<'_>, s: &Scratch<'_>, seqs: &[SeqRows<'_>]) -> Result<()> {
+        let c = &self.config;
+        let max = c.seq_len as usize;
+        let geo = cache.geo;
+        if geo != Paging::new(c, geo.block, geo.blocks) {
+            return Err(Error::BadBlockTable(
+                "the cache was made for another model's shape",
+            ));
+        }
+        let rows: usize = seqs.iter().map(|sq| sq.tokens.len()).sum();
+        if rows > s.rows {
+            return Err(Error::BufferTooSmall {
+                what: "scratch rows",
+                needed: rows,
+                found: s.rows,
+            });
+        }
+        for sq in seqs {
+            if sq.tokens.is_empty() {
+                return Err(Error::BadBlockTable("a sequence has no rows"));
+            }
+            let end = sq.start.checked_add(sq.tokens.len());
+            let Some(end) = end.filter(|&e| e <= max) else {
+                return Err(Error::ContextFull { max });
             };
-            for t in wanted {
-                let s = &mut *scratch;
-                (self.kernels.rmsnorm)(
-                    &mut s.xb[..d],
-                    &s.x[t * d..(t + 1) * d],
-                    self.weights.final_norm,
-                    c.norm_eps,
-                );
-                self.linear(exec, s.logits, self.weights.classifier, &s.xb[..d], 1);
-                if let Some(f) = on_logits.as_mut() {
-                    f(i * chunk + t, s.logits);
-                }
+            if let Some(&token) = sq.tokens.iter().find(|t| **t >= c.vocab_size) {
+                return Err(Error::TokenOutOfRange {
+                    token,
+                    vocab: c.vocab_size,
+                });
+            }
+            if end > geo.block && s.att_unit < max + 2 * c.head_size() {
+                return Err(Error::BadBlockTable(
+                    "a sequence over several blocks needs a batch scratch (Scratch::batch)",
+                ));
+            }
+            let Some(table) = sq.table.get(..end.div_ceil(geo.block)) else {
+                return Err(Error::BadBlockTable(
+                    "the block table does not cover the rows' positions",
+                ));
+            };
+            if table.iter().any(|&b| b as usize >= geo.blocks) {
+                return Err(Error::BadBlockTable("a block id is outside the pool"));
             }
         }
         Ok(())
+    }
+
+    /// Logits of the wanted rows, `logit_rows` at a time: final norm of each into `xb`, then one product
+    /// with the classifier; `sink(sequence, row in sequence, logits (V))` for each.
+    fn classify(
+        &self,
+        exec: &dyn Exec,
+        s: &mut Scratch<'_>,
+        seqs: &[SeqRows<'_>],
+        want: Want,
+        sink: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        let c = &self.config;
+        let (d, v) = (c.dim as usize, c.vocab_size as usize);
+        let total = wanted(seqs, want).count();
+        for g0 in (0..total).step_by(s.logit_rows) {
+            let n = s.logit_rows.min(total - g0);
+            for (j, (_, _, row)) in wanted(seqs, want).skip(g0).take(n).enumerate() {
+                (self.kernels.rmsnorm)(
+                    &mut s.xb[j * d..(j + 1) * d],
+                    &s.x[row * d..(row + 1) * d],
+                    self.weights.final_norm,
+                    c.norm_eps,
+                );
+            }
+            let logits = &mut s.logits[..n * v];
+            self.linear(exec, logits, self.weights.classifier, &s.xb[..n * d], n);
+            for (j, (i, t, _)) in wanted(seqs, want).skip(g0).take(n).enumerate() {
+                sink(i, t, &logits[j * v..(j + 1) * v]);
+            }
+        }
     }
 
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ`, split over rows for one token and over tokens for a chunk.
@@ -482,18 +815,19 @@ impl<'a> Transformer<'a> {
         }
     }
 
-    fn chunk(
+    /// Every layer over the rows of `seqs` (checked by [`Transformer::check`]); the final residual stream is
+    /// left in the scratch's `x (T, D)`.
+    fn layers(
         &self,
         exec: &dyn Exec,
         cache: &mut KvCache<'_>,
         s: &mut Scratch<'_>,
-        tokens: &[u32],
-        start: usize,
+        seqs: &[SeqRows<'_>],
     ) {
         let c = &self.config;
         let kn = self.kernels;
         let w = &self.weights;
-        let t = tokens.len();
+        let t: usize = seqs.iter().map(|sq| sq.tokens.len()).sum();
         let (d, h, hs, kv) = (
             c.dim as usize,
             c.hidden_dim as usize,
@@ -507,18 +841,23 @@ impl<'a> Transformer<'a> {
             c.seq_len as usize,
         );
         let q_dim = n_heads * hs;
+        let geo = cache.geo;
 
         // (T, D), (T, HS)
         let x = &mut s.x[..t * d];
-        for (i, &tok) in tokens.iter().enumerate() {
-            w.token_embedding
-                .row_to_f32(tok as usize, &mut x[i * d..(i + 1) * d]);
-            generic::rope_table(
-                &mut s.rope[i * hs..(i + 1) * hs],
-                hs,
-                start + i,
-                c.rope_theta,
-            );
+        let mut r = 0;
+        for sq in seqs {
+            for (i, &tok) in sq.tokens.iter().enumerate() {
+                w.token_embedding
+                    .row_to_f32(tok as usize, &mut x[r * d..(r + 1) * d]);
+                generic::rope_table(
+                    &mut s.rope[r * hs..(r + 1) * hs],
+                    hs,
+                    sq.start + i,
+                    c.rope_theta,
+                );
+                r += 1;
+            }
         }
         let xb = &mut s.xb[..t * d];
         let xb2 = &mut s.xb2[..t * d];
@@ -527,7 +866,7 @@ impl<'a> Transformer<'a> {
         let v = &mut s.v[..t * kv];
         let hb = &mut s.hb[..t * h];
         let hb2 = &mut s.hb2[..t * h];
-        let att_unit = seq + hs;
+        let att_unit = s.att_unit;
         let scale = 1.0 / libm::sqrtf(hs as f32);
 
         for l in 0..c.n_layers as usize {
@@ -539,42 +878,60 @@ impl<'a> Transformer<'a> {
             self.linear(exec, k, w.wk.slice_rows(l * kv, kv), xb, t);
             self.linear(exec, v, w.wv.slice_rows(l * kv, kv), xb, t);
 
-            // RoPE, then append this chunk's keys and values to the cache.
-            for i in 0..t {
-                let cs = &s.rope[i * hs..(i + 1) * hs];
-                (kn.rope)(&mut q[i * q_dim..(i + 1) * q_dim], cs);
-                (kn.rope)(&mut k[i * kv..(i + 1) * kv], cs);
-                for kh in 0..n_kv {
-                    let at = ((l * n_kv + kh) * seq + start + i) * hs;
-                    let from = i * kv + kh * hs;
-                    cache.store(at, &k[from..from + hs], &v[from..from + hs]);
+            // RoPE, then store every row's keys and values in its sequence's blocks.
+            let mut i = 0;
+            for sq in seqs {
+                for pos in sq.start..sq.start + sq.tokens.len() {
+                    let cs = &s.rope[i * hs..(i + 1) * hs];
+                    (kn.rope)(&mut q[i * q_dim..(i + 1) * q_dim], cs);
+                    (kn.rope)(&mut k[i * kv..(i + 1) * kv], cs);
+                    let blk = sq.table[pos / geo.block] as usize;
+                    for kh in 0..n_kv {
+                        let at = geo.at(blk, l, kh, pos % geo.block);
+                        let from = i * kv + kh * hs;
+                        cache.store(at, &k[from..from + hs], &v[from..from + hs]);
+                    }
+                    i += 1;
                 }
             }
 
-            // Causal attention: token i sees positions 0..=start+i. Heads are independent, so they split.
+            // Causal attention: a row at position p sees its sequence's positions 0..=p. (row, head) units
+            // are independent, so they split, `att_rows` rows at a time.
             let view = cache.view();
-            for i in 0..t {
-                let ctx = start + i + 1;
-                let qi = &q[i * q_dim..(i + 1) * q_dim];
-                let att = &mut s.att[..n_heads * att_unit];
-                exec.split(att, att_unit, &|h0, part| {
-                    for (j, block) in part.chunks_exact_mut(att_unit).enumerate() {
-                        let head = h0 + j;
-                        let base = (l * n_kv + head / group) * seq * hs;
-                        let (scores, out) = block.split_at_mut(seq);
-                        let scores = &mut scores[..ctx];
-                        let span = base..base + ctx * hs;
-                        let qh = &qi[head * hs..(head + 1) * hs];
-                        view.scores(kn, scores, qh, span.clone(), scale);
-                        (kn.softmax)(scores);
-                        view.accum(kn, out, scores, span);
+            let q = &*q;
+            for r0 in (0..t).step_by(s.att_rows) {
+                let rows = s.att_rows.min(t - r0);
+                let att = &mut s.att[..rows * n_heads * att_unit];
+                exec.split(att, att_unit, &|u0, part| {
+                    // Units run row by row, head by head: the row's sequence is looked up when it changes.
+                    let (mut row, mut head) = (r0 + u0 / n_heads, u0 % n_heads);
+                    let (mut sq, mut pos) = locate(seqs, row);
+                    for unit in part.chunks_exact_mut(att_unit) {
+                        if head == n_heads {
+                            (row, head) = (row + 1, 0);
+                            (sq, pos) = locate(seqs, row);
+                        }
+                        let (scores, rest) = unit.split_at_mut(seq);
+                        let (out, part) = rest.split_at_mut(hs);
+                        let qh = &q[row * q_dim + head * hs..row * q_dim + (head + 1) * hs];
+                        view.attend(
+                            kn,
+                            geo,
+                            (scores, out, part),
+                            qh,
+                            sq.table,
+                            (l, head / group),
+                            pos + 1,
+                            scale,
+                        );
+                        head += 1;
                     }
                 });
-                for (head, o) in xb[i * q_dim..(i + 1) * q_dim]
+                for (u, o) in xb[r0 * q_dim..(r0 + rows) * q_dim]
                     .chunks_exact_mut(hs)
                     .enumerate()
                 {
-                    o.copy_from_slice(&att[head * att_unit + seq..(head + 1) * att_unit]);
+                    o.copy_from_slice(&att[u * att_unit + seq..u * att_unit + seq + hs]);
                 }
             }
             self.linear(exec, xb2, w.wo.slice_rows(l * d, d), xb, t);
@@ -590,5 +947,231 @@ impl<'a> Transformer<'a> {
             self.linear(exec, xb2, w.w2.slice_rows(l * d, d), hb, t);
             (kn.add)(x, xb2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use enigma_kernels::{kernels_for, Tier};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn config() -> Config {
+        Config {
+            dim: 32,
+            hidden_dim: 48,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 40,
+            seq_len: 64,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            tied_classifier: false,
+        }
+    }
+
+    /// Uniform in [-0.5, 0.5) from a seeded xorshift: parameters large enough to make attention matter.
+    fn params(c: &Config, mut seed: u64) -> Vec<f32> {
+        let n = ParamLayout::new(c).total_numel() as usize;
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn generic<'a>(c: &Config, p: &'a [f32]) -> Transformer<'a> {
+        let w = Weights::from_flat(c, p).unwrap();
+        Transformer::new(*c, w, kernels_for(Tier::Generic).unwrap()).unwrap()
+    }
+
+    /// Every position's logits of `tokens` through one sequence's contiguous cache, a token at a time.
+    fn alone(m: &Transformer<'_>, tokens: &[u32], kv: KvType) -> Vec<Vec<f32>> {
+        let c = &m.config;
+        let (mut k32, mut k16) = (
+            vec![0.0f32; KvCache::len(c)],
+            vec![f16::ZERO; KvCache::len(c)],
+        );
+        let mut cache = match kv {
+            KvType::F32 => KvCache::new(&mut k32[..], c),
+            KvType::F16 => KvCache::new(&mut k16[..], c),
+        }
+        .unwrap();
+        let mut sbuf = vec![0.0; Scratch::len(c, 1)];
+        let mut scratch = Scratch::new(&mut sbuf, c, 1).unwrap();
+        let mut out = Vec::new();
+        m.forward_each(&Serial, &mut cache, &mut scratch, tokens, 0, &mut |_, l| {
+            out.push(l.to_vec())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Ragged sequences fed in steps of varying rows (a prompt chunk beside other sequences' single decode
+    /// rows) through a paged cache of small blocks, assigned out of order, give every position the logits
+    /// the sequence gets alone through a contiguous cache, within float summation-order error.
+    #[test]
+    fn paged_batches_equal_each_sequence_alone() {
+        let c = config();
+        let p = params(&c, 7);
+        let w = Weights::from_flat(&c, &p).unwrap();
+        let seqs: [Vec<u32>; 3] = [
+            (0..50).map(|i| (i * 7 + 3) % 40).collect(),
+            (0..9).map(|i| (i * 5 + 1) % 40).collect(),
+            (0..33).map(|i| (i * 11 + 2) % 40).collect(),
+        ];
+        for tier in [Tier::Generic, Tier::Avx2, Tier::Avx512, Tier::Neon] {
+            let Ok(kn) = kernels_for(tier) else { continue };
+            let m = Transformer::new(c, w, kn).unwrap();
+            for kv in KvType::ALL {
+                for block in [16usize, 7] {
+                    let want: Vec<_> = seqs.iter().map(|s| alone(&m, s, kv)).collect();
+                    let blocks = 24;
+                    let len = KvCache::paged_len(&c, block, blocks);
+                    let (mut k32, mut k16) = (vec![0.0f32; len], vec![f16::ZERO; len]);
+                    let mut cache = match kv {
+                        KvType::F32 => KvCache::paged(&mut k32[..], &c, block, blocks),
+                        KvType::F16 => KvCache::paged(&mut k16[..], &c, block, blocks),
+                    }
+                    .unwrap();
+                    let mut sbuf = vec![0.0; Scratch::batch_len(&c, 12, 3)];
+                    let mut scratch = Scratch::batch(&mut sbuf, &c, 12, 3).unwrap();
+                    // Blocks handed out from the end of the pool, interleaved between sequences.
+                    let tables: [Vec<u32>; 3] = [
+                        (0..8).map(|j| 23 - 3 * j).collect(),
+                        (0..2).map(|j| 22 - 3 * j).collect(),
+                        (0..5).map(|j| 21 - 3 * j).collect(),
+                    ];
+                    let mut fed = [0usize; 3];
+                    let mut step = 0;
+                    while fed.iter().zip(&seqs).any(|(f, s)| f < &s.len()) {
+                        step += 1;
+                        // Sequence 0 prefills 6 rows a step; the others go a row at a time.
+                        let mut rows = Vec::new();
+                        let mut who = Vec::new();
+                        for (i, s) in seqs.iter().enumerate() {
+                            let n = if i == 0 { 6 } else { 1 + step % 2 };
+                            let end = (fed[i] + n).min(s.len());
+                            if end > fed[i] {
+                                rows.push(SeqRows {
+                                    tokens: &s[fed[i]..end],
+                                    start: fed[i],
+                                    table: &tables[i],
+                                    logits: true,
+                                });
+                                who.push((i, end - 1));
+                            }
+                        }
+                        let mut got = Vec::new();
+                        m.step(&Serial, &mut cache, &mut scratch, &rows, &mut |j, l| {
+                            got.push((j, l.to_vec()))
+                        })
+                        .unwrap();
+                        assert_eq!(got.len(), rows.len());
+                        for (j, l) in got {
+                            let (i, pos) = who[j];
+                            for (a, b) in l.iter().zip(&want[i][pos]) {
+                                assert!(
+                                    (a - b).abs() <= 1e-4 + 1e-4 * b.abs(),
+                                    "{tier:?} {kv:?} block {block}: sequence {i} position {pos}: {a} vs {b}"
+                                );
+                            }
+                        }
+                        for (i, s) in seqs.iter().enumerate() {
+                            fed[i] = (fed[i] + if i == 0 { 6 } else { 1 + step % 2 }).min(s.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A single sequence through `step` with one block of `S` positions is the contiguous forward pass to
+    /// the bit: the batch of one is the same code.
+    #[test]
+    fn one_block_step_is_the_contiguous_forward_bit_for_bit() {
+        let c = config();
+        let p = params(&c, 11);
+        let m = generic(&c, &p);
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 3 + 1) % 40).collect();
+        let want = alone(&m, &tokens, KvType::F32);
+        let mut kv = vec![0.0f32; KvCache::len(&c)];
+        let mut cache = KvCache::new(&mut kv[..], &c).unwrap();
+        let mut sbuf = vec![0.0; Scratch::batch_len(&c, 8, 1)];
+        let mut scratch = Scratch::batch(&mut sbuf, &c, 8, 1).unwrap();
+        for (i, part) in tokens.chunks(1).enumerate() {
+            let rows = [SeqRows {
+                tokens: part,
+                start: i,
+                table: &[0],
+                logits: true,
+            }];
+            m.step(&Serial, &mut cache, &mut scratch, &rows, &mut |_, l| {
+                assert_eq!(l, &want[i][..])
+            })
+            .unwrap();
+        }
+    }
+
+    /// Rows the cache, scratch or model cannot take are errors, never a panic or a write elsewhere.
+    #[test]
+    fn bad_batches_are_refused() {
+        let c = config();
+        let p = params(&c, 3);
+        let m = generic(&c, &p);
+        let len = KvCache::paged_len(&c, 16, 4);
+        let mut kv = vec![0.0f32; len];
+        let mut cache = KvCache::paged(&mut kv[..], &c, 16, 4).unwrap();
+        let mut sbuf = vec![0.0; Scratch::batch_len(&c, 4, 2)];
+        let mut scratch = Scratch::batch(&mut sbuf, &c, 4, 2).unwrap();
+        let mut run = |tokens: &[u32], start: usize, table: &[u32]| {
+            let rows = [SeqRows {
+                tokens,
+                start,
+                table,
+                logits: true,
+            }];
+            m.step(&Serial, &mut cache, &mut scratch, &rows, &mut |_, _| {})
+        };
+        assert!(matches!(
+            run(&[1; 5], 0, &[0]),
+            Err(Error::BufferTooSmall { .. })
+        ));
+        assert!(matches!(run(&[1], 16, &[0]), Err(Error::BadBlockTable(_))));
+        assert!(matches!(run(&[1], 0, &[4]), Err(Error::BadBlockTable(_))));
+        assert!(matches!(run(&[1], 0, &[]), Err(Error::BadBlockTable(_))));
+        assert!(matches!(run(&[], 0, &[0]), Err(Error::BadBlockTable(_))));
+        assert!(matches!(
+            run(&[40], 0, &[0]),
+            Err(Error::TokenOutOfRange { .. })
+        ));
+        assert!(matches!(
+            run(&[1], 64, &[0, 1, 2, 3, 3]),
+            Err(Error::ContextFull { .. })
+        ));
+        assert!(matches!(
+            run(&[1], usize::MAX, &[0]),
+            Err(Error::ContextFull { .. })
+        ));
+        assert!(run(&[1, 2], 15, &[3, 2]).is_ok());
+        let mut small = vec![0.0; Scratch::len(&c, 4)];
+        let mut single = Scratch::new(&mut small, &c, 4).unwrap();
+        let mut cache = KvCache::paged(&mut kv[..], &c, 16, 4).unwrap();
+        let rows = [SeqRows {
+            tokens: &[1],
+            start: 16,
+            table: &[0, 1],
+            logits: true,
+        }];
+        let r = m.step(&Serial, &mut cache, &mut single, &rows, &mut |_, _| {});
+        assert!(matches!(r, Err(Error::BadBlockTable(_))));
+        assert!(KvCache::paged(&mut kv[..], &c, 0, 4).is_err());
+        assert!(KvCache::paged(&mut kv[..], &c, 16, 5).is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, and writes models.
+//! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, decodes many sequences
+//! together over a paged KV pool (`batch`), and writes models.
 pub mod backend;
+pub mod batch;
 mod error;
 pub mod fsutil;
 pub mod hardware;
@@ -13,6 +15,7 @@ pub mod tokenize;
 pub mod writer;
 
 pub use backend::{Backend, Pool};
+pub use batch::{Batcher, ModelHost};
 pub use enigma_core as core;
 pub use error::{Error, Result};
 pub use hardware::Hardware;

@@ -149,7 +149,7 @@ const fn conflicts(mut s: ModuleSpec, conflicts: &'static [&'static str]) -> Mod
     s
 }
 
-const SAMPLING: &[Field] = &[
+const INFERENCE: &[Field] = &[
     int("max_tokens", 256, 1, 1 << 20, "most tokens per reply"),
     float("temperature", 0.8, 0.0, 10.0, "0 is greedy"),
     float("top_p", 0.9, 0.0, 1.0, "nucleus sampling (1: off)"),
@@ -168,6 +168,21 @@ const SAMPLING: &[Field] = &[
         "penalty for recent tokens (1: off)",
     ),
     int("seed", 0, 0, i64::MAX, "sampling seed (0: from the clock)"),
+    int(
+        "kv_tokens",
+        0,
+        0,
+        1 << 30,
+        "KV cache positions shared by all sequences (0: four contexts, less if memory is short)",
+    ),
+    int(
+        "max_sequences",
+        16,
+        1,
+        4096,
+        "sequences decoded together; more requests wait",
+    ),
+    choice("kv_cache", "f32", &["f32", "f16"], "KV cache element type"),
 ];
 
 /// All 29 modules, in SPEC.md's order.
@@ -246,7 +261,7 @@ pub static CATALOG: [ModuleSpec; 29] = [
             &["text_generation", "streaming", "chat"],
             &["model", "tokenizer"],
         ),
-        SAMPLING,
+        INFERENCE,
     ),
     cloud(
         spec(

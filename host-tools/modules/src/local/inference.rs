@@ -1,40 +1,79 @@
 //! `inference`: streaming text generation and chat over the loaded model and tokenizer.
+//!
+//! Requests go to one batched engine ([`Batcher`]) per loaded module: each caller's thread submits its
+//! prompt and blocks on its own stream, turning token ids into UTF-8 and holding back stop strings, while the
+//! engine's scheduler decodes every caller's sequence in the same steps.
 
 use crate::capability::{
-    ChatMessage, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Piece, Provided,
-    Role, TextGeneration, Tokenization,
+    ChatMessage, EngineLoad, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Piece,
+    Provided, Role, TextGeneration, TokenLogprob, Tokenization, TopLogprob,
 };
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{ModuleConfig, ModuleSpec};
-use enigma_core::generate::Stop;
-use enigma_core::{Sampler, SamplerConfig, Tokenizer, Utf8Stream};
-use enigma_runtime::session::DEFAULT_CHUNK;
-use enigma_runtime::HostSession;
+use enigma_core::{KvType, SamplerConfig, Tokenizer, Utf8Stream};
+use enigma_runtime::batch::{self, BatchConfig, BatchError, Batcher, Event, ModelHost};
+use enigma_runtime::{Backend, ModelFile};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a caller waiting for its next token looks at its cancel flag.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Text generation over a language model and a tokenizer, whoever provides them.
 pub struct Inference {
     model: Arc<dyn LanguageModel>,
     tokenizer: Arc<dyn Tokenization>,
+    engine: Batcher,
     pub sampling: SamplerConfig,
     pub max_tokens: usize,
 }
 
-/// Passes text on to the caller, holding back what might be the start of a stop string.
+/// The language model module's handle as the engine's owner of the weights.
+struct Host(Arc<dyn LanguageModel>);
+
+impl ModelHost for Host {
+    fn file(&self) -> &ModelFile {
+        self.0.file()
+    }
+    fn backend(&self) -> &Backend {
+        self.0.backend()
+    }
+}
+
+/// Passes text on to the caller, holding back what might be the start of a stop string; the log-probabilities
+/// of the tokens whose text is not out yet wait with it.
 struct Emitter<'a> {
     stop: &'a [String],
     held: String,
+    logprobs: Vec<TokenLogprob>,
     hit_stop: bool,
     refused: bool,
     on_text: &'a mut dyn FnMut(&Piece<'_>) -> bool,
 }
 
-impl Emitter<'_> {
+impl<'a> Emitter<'a> {
+    fn new(stop: &'a [String], on_text: &'a mut dyn FnMut(&Piece<'_>) -> bool) -> Self {
+        Emitter {
+            stop,
+            held: String::new(),
+            logprobs: Vec::new(),
+            hit_stop: false,
+            refused: false,
+            on_text,
+        }
+    }
+
     fn say(&mut self, s: &str) -> bool {
-        if !s.is_empty() && !(self.on_text)(&Piece::text(s)) {
-            self.refused = true;
+        if !s.is_empty() {
+            let piece = Piece {
+                text: s,
+                logprobs: &self.logprobs,
+            };
+            if !(self.on_text)(&piece) {
+                self.refused = true;
+            }
+            self.logprobs.clear();
         }
         !self.refused
     }
@@ -76,6 +115,14 @@ impl Emitter<'_> {
         if !self.hit_stop && !self.refused {
             let rest = std::mem::take(&mut self.held);
             self.say(&rest);
+            // Tokens that made no text of their own (an unfinished character at the end) still report.
+            if !self.logprobs.is_empty() {
+                let piece = Piece {
+                    text: "",
+                    logprobs: &self.logprobs,
+                };
+                (self.on_text)(&piece);
+            }
         }
     }
 }
@@ -85,30 +132,8 @@ impl Inference {
         self.tokenizer.file().parse().map_err(ModuleError::failed)
     }
 
-    /// Generates after `ids`, streaming valid UTF-8 to `on_text`.
-    fn continue_ids(
-        &self,
-        ids: &[u32],
-        req: &GenerateRequest,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
-    ) -> Result<GenerationStats, ModuleError> {
-        let start = Instant::now();
-        let backend = self.model.backend();
-        let model = self
-            .model
-            .file()
-            .model(backend.kernels())
-            .map_err(ModuleError::failed)?;
-        let parsed = self.tokenizer_file()?;
-        let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
-        let room = model.transformer.config.seq_len as usize;
-        if ids.len() >= room {
-            return Err(ModuleError::Invalid(format!(
-                "the prompt is {} tokens and the model's context holds {room}",
-                ids.len()
-            )));
-        }
+    /// The sampler for `req`: the module's settings with the request's overrides; seed 0 is the clock.
+    fn sampler(&self, req: &GenerateRequest) -> SamplerConfig {
         let mut cfg = self.sampling;
         let s = &req.sampling;
         cfg.temperature = s.temperature.unwrap_or(cfg.temperature);
@@ -121,10 +146,26 @@ impl Inference {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64);
         }
-        let n = req
-            .max_tokens
-            .unwrap_or(self.max_tokens)
-            .min(room - ids.len());
+        cfg
+    }
+
+    /// Generates after `ids` on the engine, streaming valid UTF-8 to `on_text` from this thread.
+    fn continue_ids(
+        &self,
+        ids: Vec<u32>,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
+    ) -> Result<GenerationStats, ModuleError> {
+        let start = Instant::now();
+        let parsed = self.tokenizer_file()?;
+        let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
+        if let Some(n) = req.logprobs.filter(|&n| n > batch::MAX_TOP_LOGPROBS) {
+            return Err(ModuleError::Invalid(format!(
+                "logprobs asks for {n} alternatives; at most {} are given",
+                batch::MAX_TOP_LOGPROBS
+            )));
+        }
         let mut stats = GenerationStats {
             prompt_tokens: ids.len(),
             cached_tokens: 0,
@@ -137,52 +178,75 @@ impl Inference {
             stats.finish = FinishReason::Cancelled;
             return Ok(stats);
         }
-        // The cache holds this request, not the whole context a header may claim.
-        let transformer = model.transformer.with_context(ids.len() + n);
-        let mut bufs =
-            HostSession::try_new(&transformer, DEFAULT_CHUNK).map_err(ModuleError::failed)?;
-        let mut session = bufs.session(transformer).map_err(ModuleError::failed)?;
-        let mut sampler = Sampler::new(cfg);
+        let params = batch::Params {
+            max_tokens: req.max_tokens.unwrap_or(self.max_tokens),
+            sampler: self.sampler(req),
+            logprobs: req.logprobs,
+            stop_on_eos: true,
+        };
+        let mut prev = ids.last().copied().unwrap_or(tok.bos());
+        let stream = self.engine.submit(ids, params).map_err(|e| match e {
+            BatchError::Invalid(s) => ModuleError::Invalid(s),
+            BatchError::Busy(s) => ModuleError::Busy(s),
+            BatchError::Stopped(s) => ModuleError::Failed(s),
+        })?;
         let mut utf8 = Utf8Stream::new();
-        let mut emitter = Emitter {
-            stop: &req.stop,
-            held: String::new(),
-            hit_stop: false,
-            refused: false,
-            on_text,
-        };
+        let mut emitter = Emitter::new(&req.stop, on_text);
         let mut first: Option<f64> = None;
-        let mut cancelled = false;
-        let core_stats = session
-            .generate(
-                backend.exec(),
-                &tok,
-                &mut sampler,
-                ids,
-                n,
-                false,
-                &mut |_, piece| {
+        let mut finish = None;
+        while finish.is_none() {
+            if cancel.load(Ordering::Relaxed) {
+                finish = Some(FinishReason::Cancelled);
+                break;
+            }
+            let event = stream.recv_timeout(POLL).map_err(ModuleError::failed)?;
+            match event {
+                None => {}
+                Some(Event::Token { id, logprobs }) => {
                     first.get_or_insert_with(|| start.elapsed().as_secs_f64());
-                    if cancel.load(Ordering::Relaxed) {
-                        cancelled = true;
-                        return false;
+                    stats.generated_tokens += 1;
+                    if let Some(lp) = logprobs {
+                        let entry = |t: u32, logprob: f32| TopLogprob {
+                            token: t,
+                            bytes: tok.decode(prev, t).to_vec(),
+                            logprob,
+                        };
+                        emitter.logprobs.push(TokenLogprob {
+                            chosen: entry(id, lp.chosen),
+                            top: lp.top.iter().map(|&(t, l)| entry(t, l)).collect(),
+                        });
                     }
-                    utf8.push(piece, &mut |s| emitter.push(s))
-                },
-            )
-            .map_err(ModuleError::failed)?;
-        utf8.finish(&mut |s| emitter.push(s));
-        emitter.finish();
-        stats.generated_tokens = core_stats.generated;
-        stats.finish = match core_stats.stop {
-            Stop::EndOfText => FinishReason::EndOfText,
-            Stop::Length | Stop::ContextFull => FinishReason::Length,
-            Stop::Callback if emitter.hit_stop => FinishReason::Stop,
-            Stop::Callback => FinishReason::Cancelled,
-        };
-        if cancelled {
-            stats.finish = FinishReason::Cancelled;
+                    let piece = tok.decode(prev, id);
+                    prev = id;
+                    if !utf8.push(piece, &mut |s| emitter.push(s)) {
+                        finish = Some(if emitter.hit_stop {
+                            FinishReason::Stop
+                        } else {
+                            FinishReason::Cancelled
+                        });
+                    }
+                }
+                Some(Event::Done(sum)) => {
+                    stats.cached_tokens = sum.cached_tokens;
+                    finish = Some(match sum.finish {
+                        batch::Finish::EndOfText => FinishReason::EndOfText,
+                        batch::Finish::Length => FinishReason::Length,
+                        batch::Finish::Cancelled => FinishReason::Cancelled,
+                    });
+                }
+                Some(Event::Failed(e)) => return Err(ModuleError::Failed(e)),
+            }
         }
+        // Dropping the stream ends the sequence if it is still running (a stop string, a cancel).
+        drop(stream);
+        if matches!(finish, Some(FinishReason::EndOfText | FinishReason::Length)) {
+            utf8.finish(&mut |s| emitter.push(s));
+            emitter.finish();
+        }
+        if emitter.hit_stop {
+            finish = Some(FinishReason::Stop);
+        }
+        stats.finish = finish.unwrap_or(FinishReason::Cancelled);
         stats.first_token_secs = first.unwrap_or_else(|| start.elapsed().as_secs_f64());
         stats.total_secs = start.elapsed().as_secs_f64();
         Ok(stats)
@@ -234,10 +298,7 @@ impl TextGeneration for Inference {
     }
 
     fn context_length(&self) -> usize {
-        self.model
-            .file()
-            .parse()
-            .map_or(0, |f| f.config().seq_len as usize)
+        self.engine.context()
     }
 
     fn trained_for_chat(&self) -> bool {
@@ -260,7 +321,7 @@ impl TextGeneration for Inference {
         let ids = self
             .tokenizer
             .encode(&req.prompt, true, self.context_length())?;
-        self.continue_ids(&ids, req, cancel, on_text)
+        self.continue_ids(ids, req, cancel, on_text)
     }
 
     fn chat(
@@ -271,7 +332,17 @@ impl TextGeneration for Inference {
         on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError> {
         let ids = self.chat_ids(messages)?;
-        self.continue_ids(&ids, req, cancel, on_text)
+        self.continue_ids(ids, req, cancel, on_text)
+    }
+
+    fn load(&self) -> EngineLoad {
+        let l = self.engine.load();
+        EngineLoad {
+            active: l.active,
+            queued: l.queued,
+            kv_blocks_used: l.blocks_used + l.blocks_cached,
+            kv_blocks_total: l.blocks_total,
+        }
     }
 }
 
@@ -316,9 +387,21 @@ impl Module for InferenceModule {
             repeat_last_n: 64,
             seed: super::int(config, "seed", 0) as u64,
         };
+        let engine = BatchConfig {
+            kv_tokens: super::int(config, "kv_tokens", 0).max(0) as usize,
+            max_sequences: super::int(config, "max_sequences", 16).max(1) as usize,
+            kv: match super::text(config, "kv_cache").as_str() {
+                "f16" => KvType::F16,
+                _ => KvType::F32,
+            },
+            ..BatchConfig::default()
+        };
+        let engine =
+            Batcher::new(Arc::new(Host(model.clone())), engine).map_err(ModuleError::failed)?;
         let inference = Arc::new(Inference {
             model,
             tokenizer,
+            engine,
             sampling,
             max_tokens: super::int(config, "max_tokens", 256) as usize,
         });
@@ -377,13 +460,7 @@ mod tests {
             out.push_str(p.text);
             true
         };
-        let mut e = Emitter {
-            stop: &stop,
-            held: String::new(),
-            hit_stop: false,
-            refused: false,
-            on_text: &mut on_text,
-        };
+        let mut e = Emitter::new(&stop, &mut on_text);
         for p in pieces {
             if !e.push(p) {
                 break;
