@@ -348,6 +348,10 @@ fn the_official_clients_chat_complete_stream_and_match_enigma_run() {
         format!("{prompt}{completion}\n")
     );
     assert_eq!(v["completion_usage"]["completion_tokens"], 40, "{v}");
+    // The batching engine's prompt cache: the second chat turn starts with the first turn's blocks.
+    assert!(v["second_turn_cached"].as_u64() >= Some(16), "{v}");
+    // Log-probabilities of every one of the 4 tokens asked for.
+    assert_eq!(v["logprobs_given"], 4, "{v}");
     server.wait_idle(Duration::from_secs(1));
 }
 
@@ -640,7 +644,6 @@ fn a_client_that_goes_away_mid_stream_frees_its_sequence_within_a_second() {
 }
 
 #[test]
-#[ignore = "needs a provider that polls the cancel flag during prefill (the batching inference provider); today's polls it between generated tokens"]
 fn a_client_that_goes_away_mid_prefill_frees_its_sequence_within_a_second() {
     let server = slow_server(&[]);
     let prompt = "a".repeat(500);

@@ -4,8 +4,8 @@
 
 Asserts what the clients can see (shapes, usage counts, streamed text equal to the whole reply, the same
 seed giving the same text through both clients) and prints one JSON object of what the Rust test compares
-with `enigma run` (the greedy completion). Log-probabilities are checked for shape only when the provider
-gives them: a provider that runs one request per call gives none.
+with `enigma run` (the greedy completion), how many log-probabilities came back and how many prompt tokens
+a second chat turn had cached: the Rust test asserts those against the batching engine.
 """
 import json
 import sys
@@ -66,8 +66,8 @@ assert usage is not None and usage.completion_tokens == r.usage.completion_token
 assert finish == r.choices[0].finish_reason, finish
 out["chat"] = reply
 
-# A second turn: a longer prompt; whatever the provider reuses from the first is reported as cached (a
-# provider without a prompt cache reports 0; the batching engine reports the first turn's tokens).
+# A second turn: a longer prompt; what the provider reuses from the first is reported as cached (the
+# batching engine reports the first turn's whole blocks).
 turn2 = msgs + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
 r2 = oa.chat.completions.create(model=model, messages=turn2, max_tokens=4, temperature=0)
 assert r2.usage.prompt_tokens > r.usage.prompt_tokens, (r2.usage, r.usage)
@@ -94,7 +94,7 @@ a2 = oa.completions.create(model=model, prompt=prompt, max_tokens=n, seed=42, **
 assert a == b == a2, (a, b, a2)
 out["seeded"] = a
 
-# Log-probabilities: the shape, when the provider gives them.
+# Log-probabilities: their shape here, their count in the Rust test.
 lp = oa.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
 content = (lp.choices[0].logprobs.content or []) if lp.choices[0].logprobs else []
 for t in content:
