@@ -15,6 +15,7 @@
 //! Only this module deletes, renames or resizes a folder, and each of those holds the folder's lock, so a
 //! model being trained or served is never pulled from under its user. docs/MODELS.md is the user's guide.
 
+pub mod gguf;
 pub mod init;
 pub mod llama2c;
 
@@ -312,6 +313,10 @@ impl ResolvedModel {
     pub fn open(&self, purpose: &str) -> Result<ModelFile> {
         Ok(match self {
             ResolvedModel::BuiltIn => ModelFile::from_bytes(DEFAULT_MODEL, DEFAULT_MODEL_NAME)?,
+            // A GGUF file runs without a conversion step: it is read and rebuilt as a model in memory.
+            ResolvedModel::File(path) if gguf::is_gguf(path) => {
+                gguf::load(path).map_err(|e| ModelError::Refused(format!("{e:#}")))?
+            }
             ResolvedModel::File(path) => ModelFile::open_shared(path, purpose)?,
         })
     }
