@@ -6,44 +6,15 @@ use enigma_core::kernels::DType;
 use enigma_core::EnigmaFile;
 use enigma_models::gguf::{import, read::Gguf, read::GgufFiles, write};
 use enigma_runtime::{AlignedBytes, ModelWriter, TokenizerData};
-use enigma_testkit::{skip_or_fail, XorShift};
+use enigma_testkit::{gguf_pip, XorShift};
 use proptest::prelude::*;
 use std::path::Path;
-use std::process::Command;
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gguf_pip.py");
-
-/// Runs `gguf_pip.py` with `args`; `None` (skipped, or failed under CI) when python3 lacks numpy and gguf.
-fn pip_gguf(test: &str, args: &[&str]) -> Option<String> {
-    let have = Command::new("python3")
-        .args(["-c", "import numpy, gguf"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        skip_or_fail(
-            test,
-            "python3 with numpy and gguf is missing (pip install numpy gguf==0.19.0; .ci/run installs them)",
-        );
-        return None;
-    }
-    let out = Command::new("python3")
-        .arg(SCRIPT)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gguf_pip.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 #[test]
 fn dequantized_values_equal_the_pip_packages() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    if pip_gguf("dequantized_values_equal_the_pip_packages", &["quants", d]).is_none() {
+    if gguf_pip("dequantized_values_equal_the_pip_packages", &["quants", d]).is_none() {
         return;
     }
     let files = GgufFiles::open(&dir.path().join("quants.gguf")).unwrap();
@@ -80,7 +51,7 @@ fn dequantized_values_equal_the_pip_packages() {
 fn a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding() {
     let test = "a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding";
     let dir = tempfile::tempdir().unwrap();
-    if pip_gguf(test, &["model", dir.path().to_str().unwrap()]).is_none() {
+    if gguf_pip(test, &["model", dir.path().to_str().unwrap()]).is_none() {
         return;
     }
     let files = GgufFiles::open(&dir.path().join("model.gguf")).unwrap();
