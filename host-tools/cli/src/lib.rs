@@ -369,24 +369,29 @@ pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Bac
 
 pub fn info(model: &str) -> Result<()> {
     let resolved = enigma_models::resolve_model(model)?;
+    // A GGUF file is described as it is first, so that a file that is no runnable model still shows what
+    // it holds before the reason it does not run.
+    let gguf = match &resolved {
+        enigma_models::ResolvedModel::File(path) if enigma_models::gguf::is_gguf(path) => {
+            println!("file:        {}", path.display());
+            print!("{}", enigma_models::gguf::describe(path)?);
+            true
+        }
+        _ => false,
+    };
     let file = resolved.open("info")?;
     let f = file.parse()?;
     let c = f.config();
     let h = f.header();
-    match &resolved {
-        enigma_models::ResolvedModel::File(path) if enigma_models::gguf::is_gguf(path) => {
-            println!("file:        {}", path.display());
-            print!("{}", enigma_models::gguf::describe(path)?);
-            println!(
-                "as a model:  .enigma v{} in memory ({} bytes)",
-                enigma_core::format::VERSION,
-                f.len()
-            );
-        }
-        _ => {
-            println!("file:        {} ({} bytes)", resolved.describe(), f.len());
-            println!("format:      .enigma v{}", enigma_core::format::VERSION);
-        }
+    if gguf {
+        println!(
+            "as a model:  .enigma v{} in memory ({} bytes)",
+            enigma_core::format::VERSION,
+            f.len()
+        );
+    } else {
+        println!("file:        {} ({} bytes)", resolved.describe(), f.len());
+        println!("format:      .enigma v{}", enigma_core::format::VERSION);
     }
     println!("source:      {}", h.provenance.source);
     println!(

@@ -1,8 +1,10 @@
-//! The modules that run on this machine's own model: `model`, `tokenizer`, `inference`, `code_gen_local`.
+//! The modules that run on this machine's own model: `model`, `tokenizer`, `inference`, `code_gen_local`,
+//! and `gguf_loader` (the first three over a GGUF file).
 //! Each takes what it builds on through the capability seam (inference asks for `language_model` and
 //! `tokenization`), so none knows another's type.
 
 mod code_gen;
+mod gguf_loader;
 mod inference;
 mod model;
 mod tokenizer;
@@ -31,6 +33,10 @@ pub fn register(registry: &mut Registry, store: &ModelStore) {
     registry.register(Box::new(code_gen::CodeGenModule::new(catalog::by_id(
         "code_gen_local",
     ))));
+    registry.register(Box::new(gguf_loader::GgufLoaderModule::new(
+        catalog::by_id("gguf_loader"),
+        store.clone(),
+    )));
 }
 
 pub(crate) fn text(config: &ModuleConfig, key: &str) -> String {
