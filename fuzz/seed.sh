@@ -15,7 +15,7 @@ C="$FUZZ/corpus"
 for d in "$SHARED/models" "$SHARED/data"; do
     [ -d "$d" ] || { echo "seed.sh: $d is missing (set ENIGMA_SHARED)" >&2; exit 1; }
 done
-mkdir -p "$C"/{enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler}
+mkdir -p "$C"/{gguf,enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler}
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -131,6 +131,12 @@ for f in "$TMP"/*.enigma; do
     b="$(basename "$f" .enigma)"
     { printf '\x00'; cat "$f"; } > "$C/enigma_file/$b-0"
     { printf '\x03'; cat "$f"; } > "$C/enigma_file/$b-3"
+done
+
+# gguf: the small imported models exported by `enigma export gguf` (v3, llama and byte-fallback vocabularies),
+# in each dtype the writer keeps.
+for f in "$TMP"/tiny*.enigma; do
+    "$ENIGMA_BIN" export gguf "$f" -o "$C/gguf/$(basename "$f" .enigma).gguf" --force >/dev/null
 done
 
 echo "seeds: $(find "$C" -type f | wc -l) files in $C"

@@ -682,6 +682,15 @@ impl GgufFiles {
     pub fn path(&self) -> &Path {
         &self.maps[0].0
     }
+
+    /// Bytes of all parts together.
+    pub fn len(&self) -> u64 {
+        self.maps.iter().map(|(_, m)| m.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Whether `path` holds a GGUF file (its first four bytes), whatever its name.

@@ -8,7 +8,8 @@ use super::tokenizer::TokenizerModule;
 use crate::capability::{Handle, LanguageModel, Provided};
 use crate::catalog;
 use crate::module::{Deps, Health, Module, ModuleError};
-use crate::spec::{ModuleConfig, ModuleSpec};
+use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
+use enigma_models::gguf::read::GgufFiles;
 use enigma_models::ModelStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,19 @@ impl GgufLoaderModule {
             loaded: None,
         }
     }
+
+    fn path(config: &ModuleConfig) -> Result<String, ModuleError> {
+        let path = super::text(config, "path");
+        if path.is_empty() {
+            return Err(ModuleError::Config(
+                "choose the file: --set path=FILE.gguf".into(),
+            ));
+        }
+        if !enigma_models::gguf::is_gguf(Path::new(&path)) {
+            return Err(ModuleError::Config(format!("{path} is not a GGUF file")));
+        }
+        Ok(path)
+    }
 }
 
 /// The handle `provided` serves `capability` with.
@@ -51,16 +65,28 @@ impl Module for GgufLoaderModule {
         self.spec
     }
 
+    /// RAM for the file's mapping and the model built from it (at most as large again, more for k-quants
+    /// widened to q8_0: twice the file is the bound used), a full-context KV cache and scratch.
+    fn hardware_needs(&self, config: &ModuleConfig) -> Result<HardwareNeeds, ModuleError> {
+        let path = Self::path(config)?;
+        let files =
+            GgufFiles::open(Path::new(&path)).map_err(|e| ModuleError::Config(format!("{e:#}")))?;
+        let g = files
+            .parse()
+            .map_err(|e| ModuleError::Config(format!("{e:#}")))?;
+        let c = enigma_models::gguf::import::config(&g)
+            .map_err(|e| ModuleError::Config(format!("{path}: {e:#}")))?;
+        let est = c
+            .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
+            .map_or(0, |m| m.kv_cache + m.scratch);
+        Ok(HardwareNeeds {
+            ram: 3 * files.len() + est,
+            ..self.spec().hardware
+        })
+    }
+
     fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
-        let path = super::text(config, "path");
-        if path.is_empty() {
-            return Err(ModuleError::Config(
-                "choose the file: --set path=FILE.gguf".into(),
-            ));
-        }
-        if !enigma_models::gguf::is_gguf(Path::new(&path)) {
-            return Err(ModuleError::Config(format!("{path} is not a GGUF file")));
-        }
+        let path = Self::path(config)?;
         let threads = match super::int(config, "threads", 0) {
             0 => None,
             n => Some(n as usize),
