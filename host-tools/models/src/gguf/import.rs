@@ -148,12 +148,23 @@ fn native(ty: GgmlType) -> Option<DType> {
 /// - every part in one type the kernels multiply: those bytes, concatenated (no re-quantization);
 /// - otherwise (k-quants, or layers in different types): widened to f32 and quantized to q8_0, or f32
 ///   when rows are not whole blocks of 32.
-fn stacked_tensor(g: &Gguf<'_>, spec: &TensorSpec, c: &Config) -> Result<(DType, Vec<u8>)> {
+/// Also returns the GGUF types its parts had, when any was widened.
+fn stacked_tensor(
+    g: &Gguf<'_>,
+    spec: &TensorSpec,
+    c: &Config,
+) -> Result<(DType, Vec<u8>, Vec<&'static str>)> {
     let stacked = is_stacked(spec);
     let layers = if stacked { c.n_layers } else { 1 };
     let parts = (0..layers)
         .map(|l| part(g, spec, l, stacked))
         .collect::<Result<Vec<_>>>()?;
+    let mut types: Vec<&'static str> = Vec::new();
+    for p in &parts {
+        if !types.contains(&p.ty.name()) {
+            types.push(p.ty.name());
+        }
+    }
     let same = native(parts[0].ty).filter(|_| parts.iter().all(|p| p.ty == parts[0].ty));
     match same {
         Some(dt) if !spec.is_norm() || dt == DType::F32 => {
@@ -161,7 +172,7 @@ fn stacked_tensor(g: &Gguf<'_>, spec: &TensorSpec, c: &Config) -> Result<(DType,
             for p in &parts {
                 bytes.extend_from_slice(p.bytes);
             }
-            Ok((dt, bytes))
+            Ok((dt, bytes, Vec::new()))
         }
         _ => {
             let mut all = Vec::new();
@@ -176,7 +187,7 @@ fn stacked_tensor(g: &Gguf<'_>, spec: &TensorSpec, c: &Config) -> Result<(DType,
             enigma_runtime::quantize::check_finite(spec.name, &all)?;
             let bytes = enigma_runtime::quantize::encode(to, &all)
                 .with_context(|| format!("tensor '{}'", spec.name))?;
-            Ok((to, bytes))
+            Ok((to, bytes, types))
         }
     }
 }
@@ -188,11 +199,14 @@ pub fn to_enigma(g: &Gguf<'_>, source: &str) -> Result<Vec<u8>> {
     let mut w = ModelWriter::new(config, tok);
     let mut widened = Vec::new();
     for spec in ParamLayout::new(&config).iter() {
-        let (dt, bytes) = stacked_tensor(g, &spec, &config)?;
-        let first = gguf_name(spec.name, 0).unwrap_or_default();
-        let src = g.tensor(&first).map(|t| t.ty);
-        if let Some(ty) = src.filter(|t| native(*t).is_none()) {
-            widened.push(format!("{} ({} -> {})", spec.name, ty.name(), dt.name()));
+        let (dt, bytes, from) = stacked_tensor(g, &spec, &config)?;
+        if !from.is_empty() {
+            widened.push(format!(
+                "{} ({} -> {})",
+                spec.name,
+                from.join("+"),
+                dt.name()
+            ));
         }
         w.tensor(spec.name, dt, &spec.shape[..spec.ndim()], bytes);
     }
