@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a llama2.c checkpoint (legacy layout, as ../shared/tools/gen_llama2c_ckpt.py makes them) and its
 tokenizer.bin as a Q4_K_M-style GGUF file for benches/gguf_kquants.sh: matrices in q4_K, with attn_v and
-ffn_down in q6_K on the layers llama.cpp's Q4_K_M gives more bits (its `use_more_bits`), the classifier in
+ffn_down in q6_K on the layers llama.cpp's Q4_K_M gives more bits (its `use_more_bits`), a separate classifier in
 q6_K, norms f32; a matrix whose rows are not whole super-blocks of 256 falls back to q8_0, as llama.cpp does.
 
     python3 benches/llama2c_to_kquants_gguf.py MODEL.bin TOKENIZER.bin OUT.gguf
@@ -19,7 +19,7 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama2c_to_gguf import read_checkpoint, read_tokenizer  # noqa: E402
+from llama2c_to_gguf import llama_writer, named_tensors  # noqa: E402
 
 QK_K = 256
 
@@ -96,46 +96,21 @@ def use_more_bits(i, n):
 
 def main():
     model, tok, out = sys.argv[1:4]
-    c, t = read_checkpoint(model)
-    tokens, scores, types = read_tokenizer(tok, c["vocab"])
-    w = gguf.GGUFWriter(out, "llama")
-    w.add_name(os.path.basename(model))
-    w.add_context_length(c["seq"])
-    w.add_embedding_length(c["dim"])
-    w.add_block_count(c["layers"])
-    w.add_feed_forward_length(c["hidden"])
-    w.add_head_count(c["heads"])
-    w.add_head_count_kv(c["kv_heads"])
-    w.add_rope_dimension_count(c["dim"] // c["heads"])
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w, cfg, t = llama_writer(model, tok, out)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    layers = cfg["layers"]
     counts = {}
-
-    def put(name, arr, qtype):
-        raw, used = stored(np.ascontiguousarray(arr, dtype=np.float32), qtype)
+    for name, arr in named_tensors(cfg, t):
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.ndim == 1:
+            w.add_tensor(name, arr)
+            continue
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
+        more = name.endswith(("attn_v.weight", "ffn_down.weight")) and use_more_bits(layer, layers)
+        qtype = T.Q6_K if more or name == "output.weight" else T.Q4_K
+        raw, used = stored(arr, qtype)
         counts[used.name] = counts.get(used.name, 0) + 1
         w.add_tensor(name, raw, raw_dtype=used)
-
-    L = c["layers"]
-    put("token_embd.weight", t["tok_embeddings"], T.Q4_K)
-    for i in range(L):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", t["rms_att"][i])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", t["rms_ffn"][i])
-        more = T.Q6_K if use_more_bits(i, L) else T.Q4_K
-        put(f"blk.{i}.attn_q.weight", t["wq"][i], T.Q4_K)
-        put(f"blk.{i}.attn_k.weight", t["wk"][i], T.Q4_K)
-        put(f"blk.{i}.attn_v.weight", t["wv"][i], more)
-        put(f"blk.{i}.attn_output.weight", t["wo"][i], T.Q4_K)
-        put(f"blk.{i}.ffn_gate.weight", t["w1"][i], T.Q4_K)
-        put(f"blk.{i}.ffn_up.weight", t["w3"][i], T.Q4_K)
-        put(f"blk.{i}.ffn_down.weight", t["w2"][i], more)
-    w.add_tensor("output_norm.weight", t["rms_final"])
-    put("output.weight", t["wcls"] if "wcls" in t else t["tok_embeddings"], T.Q6_K)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -2,6 +2,8 @@
 //! vocabulary and run back, `info` and `import` of a GGUF file, and refusals. The llama2.c parity tests of
 //! GGUF files sit with the other golden tests (golden.rs).
 
+mod support;
+
 use assert_cmd::Command;
 use std::path::Path;
 
@@ -10,19 +12,7 @@ fn enigma() -> Command {
 }
 
 fn run(model: &Path, prompt: &str) -> Vec<u8> {
-    let out = enigma()
-        .arg("run")
-        .arg("-m")
-        .arg(model)
-        .args(["-p", prompt, "-n", "40", "--temp", "0", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    support::greedy_run(model, prompt, 40).stdout
 }
 
 #[test]

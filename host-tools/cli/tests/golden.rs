@@ -1,5 +1,7 @@
 //! Golden tests against llama2.c's own output for stories260K (../shared/reference/stories260K).
 
+mod support;
+
 use assert_cmd::Command;
 use enigma_core::kernels::DType;
 use enigma_core::{Sampler, SamplerConfig, Serial, Tokenizer};
@@ -190,28 +192,7 @@ fn enigma_import_then_run_prints_llama2c_output_byte_for_byte() {
         .assert()
         .success();
     // The file on disk is mapped, not copied, by `run`; the prompt is 5 tokens with BOS.
-    let out = Command::cargo_bin("enigma")
-        .unwrap()
-        .arg("run")
-        .arg("-m")
-        .arg(&model)
-        .args([
-            "-p",
-            PROMPT,
-            "-n",
-            &(f.tokens.len() - 5).to_string(),
-            "--temp",
-            "0",
-            "--threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::greedy_run(&model, PROMPT, f.tokens.len() - 5);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&f.text)
@@ -219,33 +200,6 @@ fn enigma_import_then_run_prints_llama2c_output_byte_for_byte() {
     assert_eq!(out.stdout, f.text);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tok/s"), "tokens/s report missing: {err}");
-}
-
-/// `enigma run` with the golden test's settings on any model path; returns stdout.
-fn enigma_run(model: &std::path::Path, n: usize) -> Vec<u8> {
-    let out = Command::cargo_bin("enigma")
-        .unwrap()
-        .arg("run")
-        .arg("-m")
-        .arg(model)
-        .args([
-            "-p",
-            PROMPT,
-            "-n",
-            &n.to_string(),
-            "--temp",
-            "0",
-            "--threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 #[test]
@@ -265,7 +219,7 @@ fn the_gguf_of_stories260k_by_llama_cpps_converter_runs_llama2c_tokens() {
     assert_eq!(text, f.text);
     // Through `enigma run -m file.gguf`, with no conversion step.
     assert_eq!(
-        String::from_utf8_lossy(&enigma_run(&gguf, f.tokens.len() - 5)),
+        String::from_utf8_lossy(&support::greedy_run(&gguf, PROMPT, f.tokens.len() - 5).stdout),
         String::from_utf8_lossy(&f.text)
     );
 }

@@ -693,13 +693,15 @@ impl GgufFiles {
     }
 }
 
-/// Whether `path` holds a GGUF file (its first four bytes), whatever its name.
+/// Whether `path` is a regular file holding GGUF (its first four bytes), whatever its name. Anything else
+/// (a FIFO, a device) is not opened here: reading it could block; the `.enigma` loader refuses it.
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
         && magic == MAGIC
 }
 

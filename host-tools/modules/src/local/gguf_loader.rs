@@ -76,9 +76,7 @@ impl Module for GgufLoaderModule {
             .map_err(|e| ModuleError::Config(format!("{e:#}")))?;
         let c = enigma_models::gguf::import::config(&g)
             .map_err(|e| ModuleError::Config(format!("{path}: {e:#}")))?;
-        let est = c
-            .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
-            .map_or(0, |m| m.kv_cache + m.scratch);
+        let est = super::run_ram(&c);
         Ok(HardwareNeeds {
             ram: 3 * files.len() + est,
             ..self.spec().hardware
@@ -87,10 +85,7 @@ impl Module for GgufLoaderModule {
 
     fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
         let path = Self::path(config)?;
-        let threads = match super::int(config, "threads", 0) {
-            0 => None,
-            n => Some(n as usize),
-        };
+        let threads = super::threads(config);
         let model = Arc::new(LoadedModel::open(
             &self.store,
             &path,

@@ -54,3 +54,18 @@ pub(crate) fn int(config: &ModuleConfig, key: &str, default: i64) -> i64 {
 pub(crate) fn float(config: &ModuleConfig, key: &str, default: f64) -> f64 {
     config.get(key).and_then(Value::as_float).unwrap_or(default)
 }
+
+/// The `threads` setting: 0 (all cores) is `None`.
+pub(crate) fn threads(config: &ModuleConfig) -> Option<usize> {
+    match int(config, "threads", 0) {
+        0 => None,
+        n => Some(n as usize),
+    }
+}
+
+/// RAM beside the weights to run `config`: a full-context f32 KV cache and one token's scratch.
+pub(crate) fn run_ram(config: &enigma_core::Config) -> u64 {
+    config
+        .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
+        .map_or(0, |m| m.kv_cache + m.scratch)
+}

@@ -136,10 +136,7 @@ impl Module for ModelModule {
             Err(e) => Err(e),
         }
         .map_err(|e| ModuleError::Config(e.to_string()))?;
-        let est = peek
-            .config
-            .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
-            .map_or(0, |m| m.kv_cache + m.scratch);
+        let est = super::run_ram(&peek.config);
         Ok(HardwareNeeds {
             ram: peek.file_len + est,
             ..self.spec().hardware
@@ -148,10 +145,7 @@ impl Module for ModelModule {
 
     fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
         let name = Self::name(config)?;
-        let threads = match super::int(config, "threads", 0) {
-            0 => None,
-            n => Some(n as usize),
-        };
+        let threads = super::threads(config);
         let loaded = Arc::new(LoadedModel::open(
             &self.store,
             &name,
