@@ -175,18 +175,22 @@ fn stacked_tensor(
             Ok((dt, bytes, Vec::new()))
         }
         _ => {
-            let mut all = Vec::new();
-            for p in &parts {
-                all.extend(p.to_f32());
-            }
             let to = if spec.is_norm() || !spec.row_len().is_multiple_of(32) {
                 DType::F32
             } else {
                 DType::Q8_0
             };
-            enigma_runtime::quantize::check_finite(spec.name, &all)?;
-            let bytes = enigma_runtime::quantize::encode(to, &all)
-                .with_context(|| format!("tensor '{}'", spec.name))?;
+            // A layer at a time: each is whole rows, and q8_0 blocks never cross a row, so this is the
+            // encoding of the whole tensor without holding all of it in f32 (5.8 GB for a 7B model's w1).
+            let mut bytes = Vec::new();
+            for p in &parts {
+                let values = p.to_f32();
+                enigma_runtime::quantize::check_finite(p.name, &values)?;
+                bytes.extend(
+                    enigma_runtime::quantize::encode(to, &values)
+                        .with_context(|| format!("tensor '{}'", p.name))?,
+                );
+            }
             Ok((to, bytes, types))
         }
     }
