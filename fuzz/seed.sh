@@ -138,5 +138,7 @@ done
 for f in "$TMP"/tiny*.enigma; do
     "$ENIGMA_BIN" export gguf "$f" -o "$C/gguf/$(basename "$f" .enigma).gguf" --force >/dev/null
 done
+# and the head of llama.cpp's own version-1 file (its metadata and tensor table, cut inside the data).
+head -c 65536 "$SHARED/models/tinyllamas-stories-260k-f32.gguf" >"$C/gguf/tinyllamas-v1-head.gguf"
 
 echo "seeds: $(find "$C" -type f | wc -l) files in $C"
