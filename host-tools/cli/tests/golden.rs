@@ -236,23 +236,18 @@ fn export_gguf_is_read_back_by_the_pip_reader_and_ours() {
         let bytes = llama2c::import_as(&f.ckpt, &f.tok, "stories260K.bin", dtype).unwrap();
         std::fs::write(&model, &bytes).unwrap();
         let out = dir.path().join(format!("s-{}.gguf", dtype.name()));
-        Command::cargo_bin("enigma")
-            .unwrap()
-            .args(["export", "gguf"])
-            .arg(&model)
-            .arg("-o")
-            .arg(&out)
-            .assert()
-            .success();
+        let export = || {
+            Command::cargo_bin("enigma")
+                .unwrap()
+                .args(["export", "gguf"])
+                .arg(&model)
+                .arg("-o")
+                .arg(&out)
+                .assert()
+        };
+        export().success();
         // Exists now: a second export is refused without --force.
-        Command::cargo_bin("enigma")
-            .unwrap()
-            .args(["export", "gguf"])
-            .arg(&model)
-            .arg("-o")
-            .arg(&out)
-            .assert()
-            .failure();
+        export().failure();
         // dim 64, hidden 172, 5 layers, kv dim 32, vocab 512, tied classifier.
         let args = [out.to_str().unwrap(), "5", "64", "172", "32", "512", "tied"];
         let Some(summary) = enigma_testkit::gguf_pip(test, &[&["check"][..], &args].concat())

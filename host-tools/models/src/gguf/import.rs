@@ -148,6 +148,7 @@ fn native(ty: GgmlType) -> Option<DType> {
 /// - every part in one type the kernels multiply: those bytes, concatenated (no re-quantization);
 /// - otherwise (k-quants, or layers in different types): widened to f32 and quantized to q8_0, or f32
 ///   when rows are not whole blocks of 32.
+///
 /// Also returns the GGUF types its parts had, when any was widened.
 fn stacked_tensor(
     g: &Gguf<'_>,

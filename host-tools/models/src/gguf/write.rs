@@ -224,7 +224,7 @@ pub fn to_gguf(file: &EnigmaFile<'_>, name: &str) -> Result<Vec<u8>> {
         if is_stacked(&spec) {
             let per = t.bytes.len() / c.n_layers as usize;
             ensure!(
-                per * c.n_layers as usize == t.bytes.len(),
+                per > 0 && per * c.n_layers as usize == t.bytes.len(),
                 "tensor '{}' does not split into layers",
                 spec.name
             );

@@ -37,12 +37,7 @@ impl GgufLoaderModule {
     }
 
     fn path(config: &ModuleConfig) -> Result<String, ModuleError> {
-        let path = super::text(config, "path");
-        if path.is_empty() {
-            return Err(ModuleError::Config(
-                "choose the file: --set path=FILE.gguf".into(),
-            ));
-        }
+        let path = super::required_text(config, "path", "choose the file: --set path=FILE.gguf")?;
         if !enigma_models::gguf::is_gguf(Path::new(&path)) {
             return Err(ModuleError::Config(format!("{path} is not a GGUF file")));
         }

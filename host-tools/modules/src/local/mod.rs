@@ -47,6 +47,19 @@ pub(crate) fn text(config: &ModuleConfig, key: &str) -> String {
         .to_string()
 }
 
+/// A text setting that must be given; `hint` says how.
+pub(crate) fn required_text(
+    config: &ModuleConfig,
+    key: &str,
+    hint: &str,
+) -> Result<String, crate::module::ModuleError> {
+    let v = text(config, key);
+    if v.is_empty() {
+        return Err(crate::module::ModuleError::Config(hint.into()));
+    }
+    Ok(v)
+}
+
 pub(crate) fn int(config: &ModuleConfig, key: &str, default: i64) -> i64 {
     config.get(key).and_then(Value::as_int).unwrap_or(default)
 }

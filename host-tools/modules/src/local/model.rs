@@ -112,13 +112,11 @@ impl ModelModule {
     }
 
     fn name(config: &ModuleConfig) -> Result<String, ModuleError> {
-        let name = super::text(config, "model");
-        if name.is_empty() {
-            return Err(ModuleError::Config(
-                "choose the model to load: --set model=NAME (see `enigma models list`)".into(),
-            ));
-        }
-        Ok(name)
+        super::required_text(
+            config,
+            "model",
+            "choose the model to load: --set model=NAME (see `enigma models list`)",
+        )
     }
 }
 
