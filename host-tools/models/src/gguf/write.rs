@@ -130,8 +130,39 @@ fn is_byte_piece(p: &[u8]) -> bool {
     p.len() == 6 && p.starts_with(b"<0x") && p[5] == b'>'
 }
 
-/// The tokenizer keys of a byte-level BPE vocabulary: each merged piece's merge is a split of it into two
-/// pieces that both score higher (were merged earlier), in score order.
+/// The pair the core's encoder joins last when it encodes `piece` on its own: the merge that makes the piece
+/// in a BPE that applies merges in rank order, as llama.cpp's does (any other split of the piece into two
+/// pieces could be one BPE never reaches, leaving the text in other tokens).
+fn last_merge(tok: &Tokenizer<'_>, piece: &[u8]) -> Option<(u32, u32)> {
+    let mut ids: Vec<u32> = Vec::new();
+    match std::str::from_utf8(piece) {
+        Ok(text) => {
+            ids.resize(Tokenizer::max_tokens(text.len()), 0);
+            let n = tok.pre_tokenize(text, false, &mut ids).ok()?;
+            ids.truncate(n);
+        }
+        Err(_) => {
+            for b in piece {
+                ids.push(tok.lookup(std::slice::from_ref(b))?);
+            }
+        }
+    }
+    let mut last = None;
+    while ids.len() > 1 {
+        let best = (0..ids.len() - 1)
+            .filter_map(|i| tok.merge_pair(ids[i], ids[i + 1]).map(|(id, s)| (s, id, i)))
+            .fold(None::<(f32, u32, usize)>, |b, c| match b {
+                Some(b) if b.0 >= c.0 => Some(b),
+                _ => Some(c),
+            })?;
+        last = Some((ids[best.2], ids[best.2 + 1]));
+        ids[best.2] = best.1;
+        ids.remove(best.2 + 1);
+    }
+    last.filter(|_| tok.piece(ids[0]) == piece)
+}
+
+/// The tokenizer keys of a byte-level BPE vocabulary, with merges in score (rank) order.
 fn gpt2_vocab(out: &mut Out, tok: &Tokenizer<'_>) -> Result<()> {
     let chars = byte_chars();
     let v = tok.vocab_size() as u32;
@@ -154,17 +185,9 @@ fn gpt2_vocab(out: &mut Out, tok: &Tokenizer<'_>) -> Result<()> {
         if p.len() < 2 || is_control(tok, i) {
             continue;
         }
-        let s = tok.score(i);
-        let split = (1..p.len()).find(|&k| {
-            let earlier = |q: &[u8]| {
-                tok.lookup(q)
-                    .is_some_and(|id| !is_control(tok, id) && tok.score(id) > s)
-            };
-            earlier(&p[..k]) && earlier(&p[k..])
-        });
-        if let Some(k) = split {
-            let line = format!("{} {}", spell(&p[..k]), spell(&p[k..]));
-            merged.push((s, i, line.into_bytes()));
+        if let Some((a, b)) = last_merge(tok, p).filter(|_| tok.score(i) > MERGE_FLOOR) {
+            let line = format!("{} {}", spell(tok.piece(a)), spell(tok.piece(b)));
+            merged.push((tok.score(i), i, line.into_bytes()));
         }
     }
     merged.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
