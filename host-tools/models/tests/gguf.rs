@@ -320,3 +320,46 @@ fn split_files_are_joined_and_checked() {
     assert!(e.contains("tiny-00002-of-00002.gguf"), "{e}");
     assert!(Path::new(&split).exists());
 }
+
+#[test]
+fn a_split_model_by_the_pip_writer_joins_and_its_big_endian_twin_is_named() {
+    let test = "a_split_model_by_the_pip_writer_joins_and_its_big_endian_twin_is_named";
+    let dir = tempfile::tempdir().unwrap();
+    if gguf_pip(test, &["variants", dir.path().to_str().unwrap()]).is_none() {
+        return;
+    }
+    let whole = enigma_models::gguf::import_file(&dir.path().join("model.gguf")).unwrap();
+    // Any part names the model.
+    let split =
+        enigma_models::gguf::import_file(&dir.path().join("split-00002-of-00003.gguf")).unwrap();
+    let (a, b) = (
+        AlignedBytes::copy_from(&whole),
+        AlignedBytes::copy_from(&split),
+    );
+    let (fa, fb) = (
+        EnigmaFile::parse(&a).unwrap(),
+        EnigmaFile::parse(&b).unwrap(),
+    );
+    assert_eq!(fa.config(), fb.config());
+    let (ta, tb): (Vec<_>, Vec<_>) = (fa.tensors().collect(), fb.tensors().collect());
+    assert_eq!(ta.len(), tb.len());
+    for (x, y) in ta.iter().zip(&tb) {
+        assert_eq!(
+            (x.name, x.dtype, x.shape, x.bytes),
+            (y.name, y.dtype, y.shape, y.bytes)
+        );
+    }
+    // A part missing: named.
+    std::fs::remove_file(dir.path().join("split-00003-of-00003.gguf")).unwrap();
+    let e = format!(
+        "{:#}",
+        enigma_models::gguf::import_file(&dir.path().join("split-00001-of-00003.gguf"))
+            .unwrap_err()
+    );
+    assert!(e.contains("split-00003-of-00003.gguf"), "{e}");
+    let e = format!(
+        "{:#}",
+        enigma_models::gguf::import_file(&dir.path().join("big-endian.gguf")).unwrap_err()
+    );
+    assert!(e.contains("big-endian") && !e.contains('\n'), "{e}");
+}

@@ -6,6 +6,8 @@ host-tools/models/tests/gguf.rs and host-tools/cli/tests/gguf.rs.
                                       # of each, as f32 tensors of the same names
     gguf_pip.py model OUT_DIR [--big] # model.gguf: a random small Llama, its matrices in a Q4_K_M-style mix
                                       # (q4_K, with attn_v / ffn_down / output in q6_K) plus expected.gguf (f32)
+    gguf_pip.py variants OUT_DIR      # model.gguf, and the same as split-0000N-of-0000M.gguf parts (8 tensors
+                                      # each) and as big-endian.gguf
     gguf_pip.py check EXPORTED.gguf LAYERS DIM HIDDEN KV_DIM VOCAB [TIED]
                                       # what `enigma export gguf` wrote, read back by GGUFReader: names,
                                       # shapes, types, the llama keys and the vocabulary; prints a JSON summary
@@ -95,14 +97,14 @@ def vocabulary(n):
     return tokens[:n], scores, types
 
 
-def model(out, big):
+def model(out, big, name="model.gguf", **writer_options):
     rng = np.random.default_rng(11)
     if big:  # the 15M shape of llama2.c's stories15M (benches/random_models.sh)
         dim, hidden, layers, heads, kv_heads, vocab, ctx = 288, 768, 6, 6, 6, 32000, 256
     else:
         dim, hidden, layers, heads, kv_heads, vocab, ctx = 256, 512, 2, 4, 2, 512, 64
     hs = dim // heads
-    w = gguf.GGUFWriter(os.path.join(out, "model.gguf"), "llama")
+    w = gguf.GGUFWriter(os.path.join(out, name), "llama", **writer_options)
     e = gguf.GGUFWriter(os.path.join(out, "expected.gguf"), "llama")
     for x in (w, e):
         x.add_context_length(ctx)
@@ -211,6 +213,11 @@ def main():
         quants(sys.argv[2])
     elif cmd == "model":
         model(sys.argv[2], "--big" in sys.argv[3:])
+    elif cmd == "variants":
+        # The same model split into parts of at most 8 tensors, and written big-endian.
+        model(sys.argv[2], False, "split.gguf", split_max_tensors=8)
+        model(sys.argv[2], False, "big-endian.gguf", endianess=gguf.GGUFEndian.BIG)
+        model(sys.argv[2], False)
     elif cmd == "check":
         a = [int(x) for x in sys.argv[3:8]]
         check(sys.argv[2], *a, tied=len(sys.argv) > 8 and sys.argv[8] == "tied")
