@@ -204,6 +204,12 @@ pub fn training_note(step: u64) -> String {
 /// Reads and checks the prelude and header of a model file (not its data): cheap for any size.
 pub fn peek(path: &Path) -> Result<Peek> {
     enigma_runtime::load::ensure_regular_file(path)?;
+    if gguf::is_gguf(path) {
+        return gguf::peek(path).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        });
+    }
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let file_len = f.metadata().map_err(io(path))?.len();
     peek_from(&mut f, file_len, path)

@@ -328,4 +328,8 @@ fn gguf_loader_serves_text_generation_from_a_gguf_file() {
         "{text:?} is not in {reference:?}"
     );
     assert_eq!(m.invariant_violations(), Vec::<String>::new());
+    // The model module opens a GGUF path as `run -m` does, once gguf_loader is gone.
+    m.unload("gguf_loader", false).unwrap();
+    m.load("model", &set(&[&format!("model={}", gguf.display())]))
+        .unwrap();
 }

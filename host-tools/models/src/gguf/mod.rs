@@ -250,6 +250,22 @@ pub fn import_file(path: &Path) -> Result<Vec<u8>> {
     import::to_enigma(&g, &name).with_context(|| path.display().to_string())
 }
 
+/// The model a GGUF file (or split model) holds, read from its keys without touching tensor data.
+pub fn peek(path: &Path) -> Result<crate::Peek> {
+    let files = GgufFiles::open(path)?;
+    let g = files.parse()?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Ok(crate::Peek {
+        config: import::config(&g)?,
+        source: format!("gguf:{name}"),
+        notes: format!("GGUF v{}", g.version),
+        created_unix: 0,
+        file_len: files.len(),
+    })
+}
+
 /// What `enigma info` prints about a GGUF file before the model it becomes.
 pub fn describe(path: &Path) -> Result<String> {
     use std::fmt::Write;
