@@ -9,7 +9,6 @@ use crate::capability::{Handle, LanguageModel, Provided};
 use crate::catalog;
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{HardwareNeeds, ModuleConfig, ModuleSpec};
-use enigma_models::gguf::read::GgufFiles;
 use enigma_models::ModelStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,20 +59,12 @@ impl Module for GgufLoaderModule {
         self.spec
     }
 
-    /// RAM for the file's mapping and the model built from it (at most as large again, more for k-quants
-    /// widened to q8_0: twice the file is the bound used), a full-context KV cache and scratch.
     fn hardware_needs(&self, config: &ModuleConfig) -> Result<HardwareNeeds, ModuleError> {
         let path = Self::path(config)?;
-        let files =
-            GgufFiles::open(Path::new(&path)).map_err(|e| ModuleError::Config(format!("{e:#}")))?;
-        let g = files
-            .parse()
-            .map_err(|e| ModuleError::Config(format!("{e:#}")))?;
-        let c = enigma_models::gguf::import::config(&g)
-            .map_err(|e| ModuleError::Config(format!("{path}: {e:#}")))?;
-        let est = super::run_ram(&c);
+        let peek = enigma_models::peek(Path::new(&path))
+            .map_err(|e| ModuleError::Config(e.to_string()))?;
         Ok(HardwareNeeds {
-            ram: 3 * files.len() + est,
+            ram: super::ram_needs(&peek),
             ..self.spec().hardware
         })
     }

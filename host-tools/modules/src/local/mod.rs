@@ -76,9 +76,17 @@ pub(crate) fn threads(config: &ModuleConfig) -> Option<usize> {
     }
 }
 
-/// RAM beside the weights to run `config`: a full-context f32 KV cache and one token's scratch.
-pub(crate) fn run_ram(config: &enigma_core::Config) -> u64 {
-    config
+/// RAM to run a model: its file, a full-context f32 KV cache and one token's scratch. A GGUF file is mapped and
+/// rebuilt in memory, with k-quants widened to q8_0 (enigma_models::gguf): three times its size bounds that.
+pub(crate) fn ram_needs(peek: &enigma_models::Peek) -> u64 {
+    let file = if peek.source.starts_with("gguf:") {
+        3 * peek.file_len
+    } else {
+        peek.file_len
+    };
+    let run = peek
+        .config
         .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
-        .map_or(0, |m| m.kv_cache + m.scratch)
+        .map_or(0, |m| m.kv_cache + m.scratch);
+    file + run
 }

@@ -134,9 +134,8 @@ impl Module for ModelModule {
             Err(e) => Err(e),
         }
         .map_err(|e| ModuleError::Config(e.to_string()))?;
-        let est = super::run_ram(&peek.config);
         Ok(HardwareNeeds {
-            ram: peek.file_len + est,
+            ram: super::ram_needs(&peek),
             ..self.spec().hardware
         })
     }
