@@ -119,12 +119,13 @@ def tensor_type(name, rows_len, want):
     return want
 
 
-def convert(ckpt, tokenizer, out_path, want):
+def llama_writer(ckpt, tokenizer, out_path):
+    """A GGUFWriter holding the llama keys and the vocabulary of a llama2.c checkpoint, with the checkpoint's
+    config and tensors (also used by llama2c_to_kquants_gguf.py)."""
     cfg, w = read_checkpoint(ckpt)
     tokens, scores, types = read_tokenizer(tokenizer, cfg["vocab"])
     writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name(os.path.splitext(os.path.basename(ckpt))[0])
-    writer.add_file_type(FILE_TYPE[want])
     writer.add_context_length(cfg["seq"])
     writer.add_embedding_length(cfg["dim"])
     writer.add_block_count(cfg["layers"])
@@ -145,7 +146,11 @@ def convert(ckpt, tokenizer, out_path, want):
     # run.c prepends BOS and no EOS; said explicitly so that no llama.cpp default decides it.
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    return writer, cfg, w
 
+
+def named_tensors(cfg, w):
+    """(GGUF name, tensor) of every tensor in llama.cpp's order."""
     named = [("token_embd.weight", w["tok_embeddings"])]
     for l in range(cfg["layers"]):
         named += [(f"blk.{l}.attn_norm.weight", w["rms_att"][l]),
@@ -158,8 +163,14 @@ def convert(ckpt, tokenizer, out_path, want):
     # A shared classifier is left out: llama.cpp then multiplies by token_embd, as run.c does.
     if not cfg["shared"]:
         named.append(("output.weight", w["wcls"]))
+    return named
+
+
+def convert(ckpt, tokenizer, out_path, want):
+    writer, cfg, w = llama_writer(ckpt, tokenizer, out_path)
+    writer.add_file_type(FILE_TYPE[want])
     counts = {}
-    for name, t in named:
+    for name, t in named_tensors(cfg, w):
         # numpy (out, in) row-major is GGUF's ne = [in, out]: the writer reverses the shape.
         t = np.ascontiguousarray(t, dtype=np.float32)
         ty = tensor_type(name, t.shape[-1], want)

@@ -15,7 +15,7 @@ C="$FUZZ/corpus"
 for d in "$SHARED/models" "$SHARED/data"; do
     [ -d "$d" ] || { echo "seed.sh: $d is missing (set ENIGMA_SHARED)" >&2; exit 1; }
 done
-mkdir -p "$C"/{enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler}
+mkdir -p "$C"/{gguf,enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler}
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -132,5 +132,13 @@ for f in "$TMP"/*.enigma; do
     { printf '\x00'; cat "$f"; } > "$C/enigma_file/$b-0"
     { printf '\x03'; cat "$f"; } > "$C/enigma_file/$b-3"
 done
+
+# gguf: the small imported models exported by `enigma export gguf` (v3, llama and byte-fallback vocabularies),
+# in each dtype the writer keeps.
+for f in "$TMP"/tiny*.enigma; do
+    "$ENIGMA_BIN" export gguf "$f" -o "$C/gguf/$(basename "$f" .enigma).gguf" --force >/dev/null
+done
+# and the head of llama.cpp's own version-1 file (its metadata and tensor table, cut inside the data).
+head -c 65536 "$SHARED/models/tinyllamas-stories-260k-f32.gguf" >"$C/gguf/tinyllamas-v1-head.gguf"
 
 echo "seeds: $(find "$C" -type f | wc -l) files in $C"

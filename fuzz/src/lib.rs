@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod enigma_file;
+pub mod gguf;
 pub mod llama2c_checkpoint;
 pub mod llama2c_tokenizer;
 pub mod modules_json;

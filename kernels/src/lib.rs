@@ -17,6 +17,7 @@ mod frame;
 mod gemm;
 // The frame of the SIMD tiers' `matmul_f32`; other targets use the scalar one.
 pub mod generic;
+pub mod kquants;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod matmul;
 #[cfg(feature = "std")]

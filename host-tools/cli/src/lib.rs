@@ -33,6 +33,9 @@ pub enum Command {
     /// Convert a model from another engine's format into a .enigma file.
     #[command(subcommand)]
     Import(Import),
+    /// Write a model in another engine's format (GGUF, for llama.cpp and Ollama).
+    #[command(subcommand)]
+    Export(Export),
     /// Generate text from a prompt, streaming it to stdout.
     Run(RunArgs),
     /// Talk with a model; the conversation stays in the KV cache between turns.
@@ -146,6 +149,33 @@ pub enum Import {
         #[arg(long)]
         force: bool,
     },
+    /// A llama.cpp GGUF file (llama architecture; versions 1-3; split files by their first part). Tensors
+    /// in f32, f16, bf16, q8_0 and q4_0 are kept as they are; k-quants (q2_K..q6_K) become q8_0.
+    Gguf {
+        /// The .gguf file, or the first part of a split one (NAME-00001-of-0000N.gguf).
+        file: PathBuf,
+        /// Where to write the .enigma file; an existing file (above all an input) is refused without --force.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Export {
+    /// A GGUF v3 file with llama-architecture keys; tensors keep their dtype (f32, f16, bf16, q8_0, q4_0).
+    Gguf {
+        /// The model: a .enigma file, a model folder, a model of the models home, or `default`.
+        model: String,
+        /// The .gguf file to write; an existing file is refused without --force.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -215,6 +245,16 @@ pub fn main(cli: Cli) -> Result<()> {
             quantize,
             force,
         }) => import_llama2c(&checkpoint, &tokenizer, &output, &quantize, force),
+        Command::Import(Import::Gguf {
+            file,
+            output,
+            force,
+        }) => import_gguf(&file, &output, force),
+        Command::Export(Export::Gguf {
+            model,
+            output,
+            force,
+        }) => export_gguf(&model, &output, force),
         Command::Quantize {
             input,
             output,
@@ -281,6 +321,37 @@ fn import_llama2c(
     Ok(())
 }
 
+fn import_gguf(file: &Path, output: &Path, force: bool) -> Result<()> {
+    enigma_models::check_output(output, &[file], force)?;
+    let bytes = enigma_models::gguf::import_file(file)?;
+    // Check the result loads before it replaces anything.
+    ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;
+    enigma_runtime::fsutil::atomic_write(output, &bytes)?;
+    eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
+    Ok(())
+}
+
+fn export_gguf(model: &str, output: &Path, force: bool) -> Result<()> {
+    let resolved = enigma_models::resolve_model(model)?;
+    let inputs: Vec<&Path> = match &resolved {
+        enigma_models::ResolvedModel::File(path) => vec![path.as_path()],
+        enigma_models::ResolvedModel::BuiltIn => Vec::new(),
+    };
+    enigma_models::check_output(output, &inputs, force)?;
+    let file = resolved.open("export")?;
+    let name = Path::new(&resolved.describe())
+        .file_stem()
+        .map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned());
+    let bytes = enigma_models::gguf::write::to_gguf(&file.parse()?, &name)?;
+    enigma_runtime::fsutil::atomic_write(output, &bytes)?;
+    eprintln!(
+        "wrote {} ({} bytes, GGUF v3)",
+        output.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
 /// Below this file size, a model runs on one thread unless `--threads` says otherwise.
 pub(crate) const SMALL_MODEL_BYTES: usize = 16 << 20;
 
@@ -305,12 +376,30 @@ pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Bac
 
 pub fn info(model: &str) -> Result<()> {
     let resolved = enigma_models::resolve_model(model)?;
+    // A GGUF file is described as it is first, so that a file that is no runnable model still shows what
+    // it holds before the reason it does not run.
+    let gguf = match &resolved {
+        enigma_models::ResolvedModel::File(path) if enigma_models::gguf::is_gguf(path) => {
+            println!("file:        {}", path.display());
+            print!("{}", enigma_models::gguf::describe(path)?);
+            true
+        }
+        _ => false,
+    };
     let file = resolved.open("info")?;
     let f = file.parse()?;
     let c = f.config();
     let h = f.header();
-    println!("file:        {} ({} bytes)", resolved.describe(), f.len());
-    println!("format:      .enigma v{}", enigma_core::format::VERSION);
+    if gguf {
+        println!(
+            "as a model:  .enigma v{} in memory ({} bytes)",
+            enigma_core::format::VERSION,
+            f.len()
+        );
+    } else {
+        println!("file:        {} ({} bytes)", resolved.describe(), f.len());
+        println!("format:      .enigma v{}", enigma_core::format::VERSION);
+    }
     println!("source:      {}", h.provenance.source);
     println!(
         "written by:  {} at unix time {}",

@@ -175,8 +175,11 @@ fn truncated_file() {
 #[test]
 fn wrong_magic() {
     let mut b = valid().to_vec();
-    b[..4].copy_from_slice(b"GGUF");
+    b[..4].copy_from_slice(b"GGML");
     both_refuse("magic.enigma", &b, "not an .enigma file");
+    // "GGUF" makes it a GGUF file, whatever its name: its reader refuses it, in one line naming the file.
+    b[..4].copy_from_slice(b"GGUF");
+    both_refuse("magic-gguf.enigma", &b, "truncated");
     // A llama2.c checkpoint given to `run` by mistake.
     let mut ckpt = Vec::new();
     for v in [16i32, 32, 1, 2, 1, 10, 8] {

@@ -15,6 +15,7 @@
 //! Only this module deletes, renames or resizes a folder, and each of those holds the folder's lock, so a
 //! model being trained or served is never pulled from under its user. docs/MODELS.md is the user's guide.
 
+pub mod gguf;
 pub mod init;
 pub mod llama2c;
 
@@ -203,6 +204,12 @@ pub fn training_note(step: u64) -> String {
 /// Reads and checks the prelude and header of a model file (not its data): cheap for any size.
 pub fn peek(path: &Path) -> Result<Peek> {
     enigma_runtime::load::ensure_regular_file(path)?;
+    if gguf::is_gguf(path) {
+        return gguf::peek(path).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        });
+    }
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let file_len = f.metadata().map_err(io(path))?.len();
     peek_from(&mut f, file_len, path)
@@ -312,6 +319,10 @@ impl ResolvedModel {
     pub fn open(&self, purpose: &str) -> Result<ModelFile> {
         Ok(match self {
             ResolvedModel::BuiltIn => ModelFile::from_bytes(DEFAULT_MODEL, DEFAULT_MODEL_NAME)?,
+            // A GGUF file runs without a conversion step: it is read and rebuilt as a model in memory.
+            ResolvedModel::File(path) if gguf::is_gguf(path) => {
+                gguf::load(path).map_err(|e| ModelError::Refused(format!("{e:#}")))?
+            }
             ResolvedModel::File(path) => ModelFile::open_shared(path, purpose)?,
         })
     }

@@ -283,3 +283,53 @@ fn a_prompt_far_too_long_for_the_context_is_refused_before_it_is_encoded() {
     // A model without chat markers gets the messages as lines of text: one newline more.
     assert!(err.contains("40001 bytes"), "{err}");
 }
+
+#[test]
+fn gguf_loader_serves_text_generation_from_a_gguf_file() {
+    let test = "gguf_loader_serves_text_generation_from_a_gguf_file";
+    let Some(gguf) = enigma_testkit::shared_file("models/tinyllamas-stories-260k-f32.gguf", test)
+    else {
+        return;
+    };
+    let Some(reference) = enigma_testkit::shared_text(
+        "reference/stories260K/greedy_n256_once_upon_a_time.txt",
+        test,
+    ) else {
+        return;
+    };
+    let (_t, _store, m) = setup();
+    let err = m.load("gguf_loader", &set(&[])).unwrap_err();
+    assert!(err.to_string().contains("path="), "{err}");
+    let path = format!("path={}", gguf.display());
+    m.load("gguf_loader", &set(&[&path, "threads=1"])).unwrap();
+    // It is the model: the model module is refused beside it.
+    assert!(m.load("model", &set(&["model=m"])).is_err());
+    let generator = m.get::<dyn TextGeneration>("text_generation").unwrap();
+    let mut text = String::new();
+    let req = GenerateRequest {
+        prompt: "Once upon a time".into(),
+        max_tokens: Some(30),
+        sampling: enigma_modules::capability::Sampling {
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+        ..GenerateRequest::default()
+    };
+    generator
+        .generate(&req, &AtomicBool::new(false), &mut |piece| {
+            text.push_str(piece.text);
+            true
+        })
+        .unwrap();
+    // llama2.c's greedy continuation of the same prompt, from the same weights.
+    assert!(text.len() > 20, "{text:?}");
+    assert!(
+        reference.contains(&text),
+        "{text:?} is not in {reference:?}"
+    );
+    assert_eq!(m.invariant_violations(), Vec::<String>::new());
+    // The model module opens a GGUF path as `run -m` does, once gguf_loader is gone.
+    m.unload("gguf_loader", false).unwrap();
+    m.load("model", &set(&[&format!("model={}", gguf.display())]))
+        .unwrap();
+}

@@ -172,6 +172,35 @@ impl XorShift {
     }
 }
 
+/// Runs `host-tools/models/tests/gguf_pip.py` (files written and read by llama.cpp's pip `gguf` package)
+/// with `args` and returns its stdout; `None` after [`skip_or_fail`] when python3 lacks numpy or gguf. A
+/// failing script fails the test.
+pub fn gguf_pip(test: &str, args: &[&str]) -> Option<String> {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import numpy, gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        skip_or_fail(
+            test,
+            "python3 with numpy and gguf is missing (pip install numpy gguf==0.19.0; .ci/run installs them)",
+        );
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/gguf_pip.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "gguf_pip.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

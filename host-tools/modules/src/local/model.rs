@@ -112,13 +112,11 @@ impl ModelModule {
     }
 
     fn name(config: &ModuleConfig) -> Result<String, ModuleError> {
-        let name = super::text(config, "model");
-        if name.is_empty() {
-            return Err(ModuleError::Config(
-                "choose the model to load: --set model=NAME (see `enigma models list`)".into(),
-            ));
-        }
-        Ok(name)
+        super::required_text(
+            config,
+            "model",
+            "choose the model to load: --set model=NAME (see `enigma models list`)",
+        )
     }
 }
 
@@ -136,22 +134,15 @@ impl Module for ModelModule {
             Err(e) => Err(e),
         }
         .map_err(|e| ModuleError::Config(e.to_string()))?;
-        let est = peek
-            .config
-            .memory_estimate(enigma_core::kernels::DType::F32, enigma_core::KvType::F32)
-            .map_or(0, |m| m.kv_cache + m.scratch);
         Ok(HardwareNeeds {
-            ram: peek.file_len + est,
+            ram: super::ram_needs(&peek),
             ..self.spec().hardware
         })
     }
 
     fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
         let name = Self::name(config)?;
-        let threads = match super::int(config, "threads", 0) {
-            0 => None,
-            n => Some(n as usize),
-        };
+        let threads = super::threads(config);
         let loaded = Arc::new(LoadedModel::open(
             &self.store,
             &name,
