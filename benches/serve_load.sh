@@ -6,7 +6,7 @@
 # fails when any request fails. Then, per model, one client holds CHAT_TURNS-turn conversations for N seconds:
 # per turn, the prompt tokens reported as cached and the time to the first token (the prompt cache's effect).
 #
-#   bash benches/serve_load.sh     # SERVE_LOAD_SECONDS=30 CLIENTS=1,8,32 SHAPES="15M 110M" MAX_TOKENS=64 CHAT_TURNS=3
+#   bash benches/serve_load.sh     # SERVE_LOAD_SECONDS=30 CLIENTS=1,8,32 SHAPES="15M 110M" MAX_TOKENS=64 CHAT_TURNS=3 PARALLEL=32
 #                                  # ENIGMA_BIN=... skips the release build
 #
 # Shares target/compare (checkpoints, imported models) with the other side-by-side scripts. Writes
@@ -21,6 +21,9 @@ CLIENTS="${CLIENTS:-1,8,32}"
 SHAPES="${SHAPES:-15M 110M}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 CHAT_TURNS="${CHAT_TURNS:-3}"
+# Sequences the server decodes together (`enigma serve --parallel`): as many as the most clients, so none waits
+# for another's whole reply.
+PARALLEL="${PARALLEL:-32}"
 WORK="${WORK:-target/compare}"
 mkdir -p "$WORK"
 
@@ -31,7 +34,7 @@ enigma_binary
 start_server() {
     local home
     home=$(mktemp -d)
-    ENIGMA_HOME="$home" "$E" serve -m "$1" --port 0 --max-queue 256 >"$home/out" 2>"$home/err" &
+    ENIGMA_HOME="$home" "$E" serve -m "$1" --port 0 --max-queue 256 --parallel "$PARALLEL" >"$home/out" 2>"$home/err" &
     PID=$!
     for _ in $(seq 1 600); do
         URL=$(sed -n 's/^listening on //p' "$home/out")
@@ -45,9 +48,15 @@ start_server() {
     exit 1
 }
 
+# CPU seconds (user + system) the server has used so far.
+server_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$PID/stat"
+}
+cpu_note=""
+
 results_begin serve_load "enigma serve under concurrent streaming clients" \
-    "SERVE_LOAD_SECONDS=$DURATION CLIENTS=$CLIENTS SHAPES=\"$SHAPES\" MAX_TOKENS=$MAX_TOKENS CHAT_TURNS=$CHAT_TURNS bash benches/serve_load.sh"
-results_line "Random-weight llama2.c checkpoints as q8_0 (Llama 2's 32000-token tokenizer), \`enigma serve\` on loopback with its default threads, \`benches/serve_load.py\`: each client streams \`/v1/completions\` (up to $MAX_TOKENS tokens, temperature 0.8) in a loop for $DURATION s. tok/s = completion tokens of all requests / phase wall time; TTFT from sending the request to the first text chunk; ITL = time between text chunks. The load generator runs on the same cores as the server."
+    "SERVE_LOAD_SECONDS=$DURATION CLIENTS=$CLIENTS SHAPES=\"$SHAPES\" MAX_TOKENS=$MAX_TOKENS CHAT_TURNS=$CHAT_TURNS PARALLEL=$PARALLEL bash benches/serve_load.sh"
+results_line "Random-weight llama2.c checkpoints as q8_0 (Llama 2's 32000-token tokenizer), \`enigma serve --parallel $PARALLEL\` on loopback with its default threads, \`benches/serve_load.py\`: each client streams \`/v1/completions\` (up to $MAX_TOKENS tokens, temperature 0.8) in a loop for $DURATION s. tok/s = completion tokens of all requests / phase wall time; TTFT from sending the request to the first text chunk; ITL = time between text chunks. The load generator runs on the same cores as the server."
 results_line ""
 
 rows="$WORK/serve_load_rows.txt"
@@ -59,8 +68,12 @@ for shape in $SHAPES; do
     m="$WORK/r$shape-q8_0.enigma"
     random_model "$shape" q8_0 "$m"
     start_server "$m"
-    python3 benches/serve_load.py "$URL" "$m" --clients "$CLIENTS" --seconds "$DURATION" \
-        --max-tokens "$MAX_TOKENS" --label "r$shape q8_0" | tee "$WORK/serve_load_$shape.txt" || status=1
+    cpu0=$(server_cpu)
+    /usr/bin/time -f "%U %S" -o "$WORK/client_cpu_$shape.txt" python3 benches/serve_load.py "$URL" "$m" \
+        --clients "$CLIENTS" --seconds "$DURATION" --max-tokens "$MAX_TOKENS" --label "r$shape q8_0" \
+        | tee "$WORK/serve_load_$shape.txt" || status=1
+    cpu1=$(server_cpu)
+    cpu_note="$cpu_note r$shape: server $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print b - a}') s, load generator $(awk '{print $1 + $2}' "$WORK/client_cpu_$shape.txt") s;"
     python3 benches/serve_load.py "$URL" "$m" --chat-turns "$CHAT_TURNS" --clients 1 --seconds "$DURATION" \
         --max-tokens "$MAX_TOKENS" --label "r$shape q8_0" | tee "$WORK/serve_turns_$shape.txt" || status=1
     kill -TERM "$PID"
@@ -69,6 +82,8 @@ for shape in $SHAPES; do
     if [ -s "$turns" ]; then tail -n +2 "$WORK/serve_turns_$shape.txt" >>"$turns"; else cat "$WORK/serve_turns_$shape.txt" >>"$turns"; fi
 done
 results_block <"$rows"
+results_line "CPU time over the three phases of each model (the machine has $(nproc) cores, $((3 * DURATION)) s of phases):$cpu_note"
+results_line ""
 results_line "Multi-turn chats (\`--chat-turns $CHAT_TURNS\`, one client, $DURATION s): each turn sends the whole conversation so far; cached = prompt tokens the server reports as reused from a cached prefix (\`prompt_tokens_details.cached_tokens\`)."
 results_line ""
 results_block <"$turns"

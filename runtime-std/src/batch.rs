@@ -51,7 +51,7 @@ impl ModelHost for Hosted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchConfig {
     /// Positions of KV cache in the pool, every sequence's together (rounded up to whole blocks); `0` picks
-    /// four contexts' worth, less when the machine's free memory is short.
+    /// a context for each of `max_sequences` (at least four), less when the machine's free memory is short.
     pub kv_tokens: usize,
     /// Positions per block.
     pub block: usize,
@@ -254,7 +254,7 @@ impl Batcher {
             .config;
         let per_token = 2 * full.n_layers as u64 * full.kv_dim() as u64 * cfg.kv.bytes();
         let kv_tokens = match cfg.kv_tokens {
-            0 => auto_kv_tokens(full.seq_len as usize, per_token),
+            0 => auto_kv_tokens(full.seq_len as usize, cfg.max_sequences, per_token),
             n => n,
         };
         let blocks = kv_tokens.div_ceil(cfg.block).max(1);
@@ -414,10 +414,12 @@ impl Drop for Dead<'_> {
     }
 }
 
-/// Four contexts' worth of KV positions, or what a quarter of the free memory holds when that is less (at
-/// least one context: a model that cannot hold one is refused by the memory check that follows).
-fn auto_kv_tokens(context: usize, bytes_per_token: u64) -> usize {
-    let want = context.saturating_mul(4);
+/// A whole context for each of `sequences` (at least four), so that with every slot busy none waits for
+/// room, or what a quarter of the free memory holds when that is less (at least one context: a model that
+/// cannot hold one is refused by the memory check that follows). The pool is zeroed by the allocator, so
+/// the blocks short requests never reach cost address space, not memory.
+fn auto_kv_tokens(context: usize, sequences: usize, bytes_per_token: u64) -> usize {
+    let want = context.saturating_mul(sequences.max(4));
     match crate::hardware::ram().1 {
         Some(free) if bytes_per_token > 0 => {
             let fits = (free / 4 / bytes_per_token).min(usize::MAX as u64) as usize;
@@ -596,7 +598,12 @@ impl Seq {
 }
 
 /// Admits `r` if its blocks (beyond a cached prefix) can be had now; gives it back otherwise.
-fn admit(r: Request, blocks: &mut Blocks, block: usize) -> Result<Seq, Request> {
+fn admit(
+    r: Request,
+    blocks: &mut Blocks,
+    block: usize,
+    softmax: fn(&mut [f32]),
+) -> Result<Seq, Request> {
     let len = r.prompt.len();
     // Whole blocks only, and never the last prompt token: its logits are computed, so it runs.
     let mut hashes = Vec::new();
@@ -630,7 +637,7 @@ fn admit(r: Request, blocks: &mut Blocks, block: usize) -> Result<Seq, Request> 
         let Some(b) = blocks.alloc() else { break };
         table.push(b);
     }
-    let mut sampler = Sampler::new(r.params.sampler);
+    let mut sampler = Sampler::new(r.params.sampler).with_softmax(softmax);
     for &t in &r.prompt {
         sampler.observe(t);
     }
@@ -720,7 +727,12 @@ fn schedule(
                         }));
                         continue;
                     }
-                    match admit(r, &mut blocks, cfg.block) {
+                    match admit(
+                        r,
+                        &mut blocks,
+                        cfg.block,
+                        model.transformer.kernels().softmax,
+                    ) {
                         Ok(s) => running.push(s),
                         Err(r) => {
                             // First come, first served: the head waits for blocks to be released.

@@ -99,17 +99,16 @@ pub fn ensure_available(bytes: u64, what: &str) -> crate::Result<()> {
 }
 
 /// `n` zeroed elements, or an error naming `what` when the allocator cannot provide them (a size that
-/// passed [`ensure_available`] can still meet a fragmented or limited address space).
-pub fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> crate::Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
+/// passed [`ensure_available`] can still meet a fragmented or limited address space). Zeroed by the
+/// allocator (fresh pages from the OS are zero), not written: a KV pool sized for many sequences occupies
+/// memory as its blocks are used, not all at load.
+pub fn try_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> crate::Result<Vec<T>> {
+    bytemuck::allocation::try_zeroed_vec(n).map_err(|()| {
         crate::Error::Invalid(format!(
             "{what}: cannot allocate {}",
             human_bytes((n as u64).saturating_mul(std::mem::size_of::<T>() as u64))
         ))
-    })?;
-    v.resize(n, T::default());
-    Ok(v)
+    })
 }
 
 /// Total and available RAM in bytes from /proc/meminfo (Linux); `None` elsewhere. Cheap: no CUDA.

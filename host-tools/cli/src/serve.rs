@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// Worker threads of the model (default: all cores; one for models under 16 MiB).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Sequences decoded together in one step (llama.cpp's `--parallel`); more requests wait their turn.
+    /// The KV cache is shared, not split: each sequence takes the blocks its prompt and reply need.
+    /// Default: the inference module's `max_sequences` (16).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Address to listen on. Anything but a loopback address is reachable from other machines: set a key.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -75,9 +80,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .advertise
             .then(|| Box::new(advertise) as enigma_serve::OnReady),
     };
+    if args.parallel == Some(0) {
+        bail!("--parallel must be at least 1");
+    }
     let model = args.model.clone();
+    let parallel = args.parallel;
     let startup = Box::new(move |m: &ModuleManager| {
-        start(m, &home, model.as_deref(), threads).map_err(|e| format!("{e:#}"))
+        start(m, &home, model.as_deref(), threads, parallel).map_err(|e| format!("{e:#}"))
     });
     enigma_serve::run(options, manager, hooks, startup)?;
     Ok(())
@@ -113,6 +122,7 @@ fn start(
     home: &std::path::Path,
     model: Option<&str>,
     threads: Option<usize>,
+    parallel: Option<usize>,
 ) -> Result<()> {
     let _lock = crate::modules::state_lock(home, "serve")?;
     let report = m.restore()?;
@@ -161,9 +171,15 @@ fn start(
             "inference",
             &LoadOptions {
                 with_deps: true,
-                set: Vec::new(),
+                set: parallel
+                    .map(|n| vec![format!("max_sequences={n}")])
+                    .unwrap_or_default(),
             },
         )?;
+    } else if let Some(n) = parallel {
+        eprintln!(
+            "note: --parallel {n} is ignored: the saved modules already generate (set it with `enigma modules load inference --set max_sequences={n}`)"
+        );
     }
     let generator = m.get::<dyn enigma_modules::capability::TextGeneration>("text_generation")?;
     eprintln!("serving {}", generator.describe());

@@ -381,7 +381,7 @@ impl Module for InferenceModule {
         }
         let sampling = SamplerConfig {
             temperature: super::float(config, "temperature", 0.8) as f32,
-            top_k: super::int(config, "top_k", 0) as u32,
+            top_k: super::int(config, "top_k", 40) as u32,
             top_p: super::float(config, "top_p", 0.9) as f32,
             repetition_penalty: super::float(config, "repeat_penalty", 1.0) as f32,
             repeat_last_n: 64,
