@@ -142,6 +142,8 @@ prompts_for() {
 }
 
 command="ROUNDS=$ROUNDS SHAPES=\"$SHAPES\" THREADS=\"$THREADS\" DTYPES=\"$DTYPES\" PROMPTS=\"$PROMPTS\" GEN=$GEN TIER=$TIER bash benches/compare_llamacpp.sh"
+# A run of 2 threads alone keeps its own file, beside the 1-thread one (a machine is seldom quiet for both).
+[ "$THREADS" = 2 ] && RESULTS_NAME="${RESULTS_NAME}_2t"
 results_begin "$RESULTS_NAME" "Prefill and decode speed: Enigma Engine against llama.cpp" "$command"
 
 results="$WORK/results-llamacpp.txt"
