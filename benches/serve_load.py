@@ -12,7 +12,8 @@ the phase ends when its last request has. Aggregate tok/s = tokens of all reques
 
 With --chat-turns T, each client instead holds conversations of T turns (/v1/chat/completions, the whole
 conversation sent each turn) and the table is per turn: prompt tokens, the tokens the server reports as cached
-(`usage.prompt_tokens_details.cached_tokens`), and the time to the first token: the prompt cache's effect.
+(`usage.prompt_tokens_details.cached_tokens`), and the time to the first token; beside it, the same conversation
+sent under a first line no request had before (nothing to reuse): the prompt cache's effect is the difference.
 
 Raw http.client rather than the openai package, so the client side costs as little CPU as it can: on a
 small machine the load generator shares the cores with the server. Prints one table row per C.
@@ -98,7 +99,8 @@ def chats(url, model, clients, seconds, turns, max_tokens, headers):
     turns' keys and values reports them, and its later turns start sooner)."""
     stop_at = time.perf_counter() + seconds
     lock = threading.Lock()
-    per_turn = [{"ttft": [], "prompt": [], "cached": []} for _ in range(turns)]
+    per_turn = [{"ttft": [], "prompt": [], "cached": [], "cold_ttft": [], "cold_cached": []} for _ in range(turns)]
+    cold_n = [0]
     errors = []
 
     def client(i):
@@ -114,8 +116,26 @@ def chats(url, model, clients, seconds, turns, max_tokens, headers):
                     with lock:
                         errors.append(repr(e))
                     break
+                # The same conversation under a first line no other request had: the same length with nothing
+                # to reuse, so its time to the first token is the uncached baseline for this turn.
+                with lock:
+                    cold_n[0] += 1
+                    tag = cold_n[0]
+                cold = [{"role": "system", "content": f"You are storyteller number {i}, take {tag}."}] + msgs[1:]
+                try:
+                    cold_usage, cold_ttft, _, _ = one_request(
+                        url, "/v1/chat/completions",
+                        {"model": model, "messages": cold, "max_tokens": 1, "temperature": 0.8}, headers)
+                except Exception as e:  # every failure counts, whatever it is
+                    with lock:
+                        errors.append(repr(e))
+                    break
                 msgs.append({"role": "assistant", "content": reply})
                 with lock:
+                    if cold_ttft is not None:
+                        per_turn[t]["cold_ttft"].append(cold_ttft)
+                    per_turn[t]["cold_cached"].append(
+                        (cold_usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
                     if ttft is not None:
                         per_turn[t]["ttft"].append(ttft)
                     per_turn[t]["prompt"].append(usage["prompt_tokens"])
@@ -181,11 +201,14 @@ def main():
         clients = int(a.clients.split(",")[0])
         per_turn, errors = chats(a.url, a.model, clients, a.seconds, a.chat_turns, a.max_tokens, headers)
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-        print(f"{'model':<14} {'turn':>4} {'requests':>8} {'prompt tok':>10} {'cached tok':>10} {'TTFT p50':>9} {'TTFT p99':>9}")
+        print(f"{'model':<14} {'turn':>4} {'requests':>8} {'prompt tok':>10} {'cached tok':>10} {'TTFT p50':>9} "
+              f"{'TTFT p99':>9} {'cold cached':>11} {'cold p50':>9} {'cold p99':>9}")
         for t, r in enumerate(per_turn):
             print(f"{a.label or a.model:<14} {t + 1:>4} {len(r['prompt']):>8} {mean(r['prompt']):>10.1f} "
                   f"{mean(r['cached']):>10.1f} {percentile(r['ttft'], 50) * 1000:>6.0f} ms "
-                  f"{percentile(r['ttft'], 99) * 1000:>6.0f} ms", flush=True)
+                  f"{percentile(r['ttft'], 99) * 1000:>6.0f} ms {mean(r['cold_cached']):>11.1f} "
+                  f"{percentile(r['cold_ttft'], 50) * 1000:>6.0f} ms "
+                  f"{percentile(r['cold_ttft'], 99) * 1000:>6.0f} ms", flush=True)
         if errors:
             print(f"  {len(errors)} errors; first: {errors[0]}", file=sys.stderr)
         sys.exit(1 if errors else 0)

@@ -84,7 +84,7 @@ done
 results_block <"$rows"
 results_line "CPU time over the three phases of each model (the machine has $(nproc) cores, $((3 * DURATION)) s of phases):$cpu_note"
 results_line ""
-results_line "Multi-turn chats (\`--chat-turns $CHAT_TURNS\`, one client, $DURATION s): each turn sends the whole conversation so far; cached = prompt tokens the server reports as reused from a cached prefix (\`prompt_tokens_details.cached_tokens\`)."
+results_line "Multi-turn chats (\`--chat-turns $CHAT_TURNS\`, one client, $DURATION s): each turn sends the whole conversation so far; cached = prompt tokens the server reports as reused from a cached prefix (\`prompt_tokens_details.cached_tokens\`); cold = the same conversation sent (for one token) under a first line no request had before, so nothing is reused: the uncached time to the first token of a prompt of the same length."
 results_line ""
 results_block <"$turns"
 [ "$status" = 0 ] || results_line "**Some requests failed** (see the errors column)."
