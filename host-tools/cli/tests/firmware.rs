@@ -7,6 +7,8 @@
 //! Needs qemu-system-arm, the thumbv7em/thumbv6m targets and defmt-print (.ci/run installs them); without
 //! them each test fails under CI and is skipped, loudly, elsewhere (`enigma_testkit::skip_or_fail`).
 
+mod support;
+
 use assert_cmd::Command;
 use enigma_testkit::{on_path, require_target, require_tool, shared_file};
 use std::path::{Path, PathBuf};
@@ -53,31 +55,6 @@ fn model(dir: &Path, quantize: Option<&str>, test: &str) -> Option<PathBuf> {
     }
     cmd.assert().success();
     Some(out)
-}
-
-/// What `enigma run` prints for the prompt, greedy.
-fn host_run(model: &Path, n: usize) -> Vec<u8> {
-    let out = enigma()
-        .args(["run", "-m"])
-        .arg(model)
-        .args([
-            "-p",
-            PROMPT,
-            "-n",
-            &n.to_string(),
-            "--temp",
-            "0",
-            "--threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 struct Flashed {
@@ -154,7 +131,7 @@ fn qemu_f32_output_equals_enigma_run_byte_for_byte() {
         return;
     };
     let n = 64;
-    let host = host_run(&m, n);
+    let host = support::greedy_run(&m, PROMPT, n).stdout;
     let _guard = lock();
     let args = generate_args(PROMPT, n, "0");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -184,7 +161,7 @@ fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
         return;
     };
     let n = 64;
-    let host = host_run(&m, n);
+    let host = support::greedy_run(&m, PROMPT, n).stdout;
     let _guard = lock();
     let args = generate_args(PROMPT, n, "0");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
