@@ -18,6 +18,11 @@ pub trait Exec: Sync {
     /// Calls `f(first_unit, part)` for parts of `data` that are whole numbers of `unit` elements and
     /// together cover it once; `first_unit` is the index of the part's first unit. Parts may run concurrently.
     fn split(&self, data: &mut [f32], unit: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync));
+
+    /// Threads a split may use: with one, splitting a product by weight rows only adds a copy.
+    fn threads(&self) -> usize {
+        1
+    }
 }
 
 /// Receives `(index in the chunk's tokens, logits (V))` for each token scored.
@@ -409,7 +414,14 @@ pub struct Scratch<'s> {
     att: &'s mut [f32],
     /// (logit_rows, V)
     logits: &'s mut [f32],
+    /// `(N / ROW_BLOCK, T, ROW_BLOCK)`: a float product split by weight rows ([`Transformer::linear`]); empty
+    /// when `T` is 1 (the firmware's chunk), which never needs it
+    stage: &'s mut [f32],
 }
+
+/// Weight rows of one block of a row-split product: a multiple of every tier's register tile height, and
+/// small, so a 288-row matrix still divides evenly between two threads.
+const ROW_BLOCK: usize = 8;
 
 impl<'s> Scratch<'s> {
     /// Elements of scratch a chunk of `chunk` tokens of one sequence needs.
@@ -446,6 +458,16 @@ impl<'s> Scratch<'s> {
         rows * (4 * d + 2 * h + 2 * kv + hs)
             + att_rows * c.n_heads as usize * Self::att_unit(c, paged)
             + logit_rows * c.vocab_size as usize
+            + Self::stage_len(c, rows)
+    }
+
+    /// The widest layer product's output, its rows rounded up to whole blocks.
+    fn stage_len(c: &Config, rows: usize) -> usize {
+        if rows < 2 {
+            return 0;
+        }
+        let widest = (c.dim as usize).max(c.hidden_dim as usize).max(c.kv_dim());
+        rows * widest.next_multiple_of(ROW_BLOCK)
     }
 
     /// Scratch for chunks of up to `chunk` tokens of one sequence, out of [`Scratch::len`] elements.
@@ -499,7 +521,8 @@ impl<'s> Scratch<'s> {
         let (v, rest) = rest.split_at_mut(rows * kv);
         let (rope, rest) = rest.split_at_mut(rows * hs);
         let (att, rest) = rest.split_at_mut(att_rows * c.n_heads as usize * att_unit);
-        let (logits, _) = rest.split_at_mut(logit_rows * c.vocab_size as usize);
+        let (logits, rest) = rest.split_at_mut(logit_rows * c.vocab_size as usize);
+        let (stage, _) = rest.split_at_mut(Self::stage_len(c, rows));
         Ok(Scratch {
             rows,
             att_rows,
@@ -516,6 +539,7 @@ impl<'s> Scratch<'s> {
             rope,
             att,
             logits,
+            stage,
         })
     }
 
@@ -792,7 +816,15 @@ impl<'a> Transformer<'a> {
                 );
             }
             let logits = &mut s.logits[..n * v];
-            self.linear(exec, logits, self.weights.classifier, &s.xb[..n * d], n);
+            // The vocabulary is wider than the stage; the classifier's rows stay split by token.
+            self.linear(
+                exec,
+                logits,
+                self.weights.classifier,
+                &s.xb[..n * d],
+                n,
+                &mut [],
+            );
             for (j, (i, t, _)) in wanted(seqs, want).skip(g0).take(n).enumerate() {
                 sink(i, t, &logits[j * v..(j + 1) * v]);
             }
@@ -800,12 +832,29 @@ impl<'a> Transformer<'a> {
     }
 
     /// `out (t, n) = x (t, d) · w (n, d)ᵀ`, split over rows for one token and over tokens for a chunk.
-    fn linear(&self, exec: &dyn Exec, out: &mut [f32], w: WeightView<'_>, x: &[f32], t: usize) {
+    /// `out (T, N) = x (T, D) · w (N, D)ᵀ` on the threads of `exec`. One token splits the weight rows; more
+    /// split the tokens, except float weights on several threads, which split the rows through `stage` (see
+    /// [`Transformer::linear_rows`]).
+    fn linear(
+        &self,
+        exec: &dyn Exec,
+        out: &mut [f32],
+        w: WeightView<'_>,
+        x: &[f32],
+        t: usize,
+        stage: &mut [f32],
+    ) {
         let k = self.kernels;
         if t == 1 {
             exec.split(out, 1, &|r0, part| {
                 k.matvec(part, w.slice_rows(r0, part.len()), x)
             });
+        } else if let (WeightView::F32 { data, .. }, true) = (
+            w,
+            exec.threads() > 1
+                && stage.len() >= t * out.len().div_ceil(t).next_multiple_of(ROW_BLOCK),
+        ) {
+            self.linear_rows(exec, out, data, x, t, stage);
         } else {
             let (n, d) = (w.rows(), w.cols());
             exec.split(out, n, &|t0, part| {
@@ -813,6 +862,53 @@ impl<'a> Transformer<'a> {
                 k.matmul(part, w, &x[t0 * d..(t0 + tn) * d], tn)
             });
         }
+    }
+
+    /// [`Transformer::linear`] for float weights, split by weight rows: with the tokens split, every thread
+    /// streamed every weight (twice the memory traffic on two threads, and each thread's cache holding the
+    /// same rows). Each block of [`ROW_BLOCK`] rows is a product of its own, `(T, ROW_BLOCK)`, in `stage`;
+    /// a second split over tokens copies the blocks into `out`. The dot products are the ones a token split
+    /// computes, so the outputs are the same bits.
+    fn linear_rows(
+        &self,
+        exec: &dyn Exec,
+        out: &mut [f32],
+        w: &[f32],
+        x: &[f32],
+        t: usize,
+        stage: &mut [f32],
+    ) {
+        let (n, d) = (out.len() / t, x.len() / t);
+        let blocks = n.div_ceil(ROW_BLOCK);
+        let block_len = ROW_BLOCK * t;
+        let stage = &mut stage[..blocks * block_len];
+        let matmul = self.kernels.matmul_f32;
+        exec.split(stage, block_len, &|b0, part| {
+            for (b, block) in (b0..).zip(part.chunks_exact_mut(block_len)) {
+                let rows = ROW_BLOCK.min(n - b * ROW_BLOCK);
+                let ws = &w[b * ROW_BLOCK * d..(b * ROW_BLOCK + rows) * d];
+                matmul(&mut block[..t * rows], ws, x, t);
+            }
+        });
+        let stage = &*stage;
+        exec.split(out, n, &|t0, part| {
+            for (b, block) in stage.chunks_exact(block_len).enumerate() {
+                let (r0, rows) = (b * ROW_BLOCK, ROW_BLOCK.min(n - b * ROW_BLOCK));
+                for (j, o) in part.chunks_exact_mut(n).enumerate() {
+                    let src = &block[(t0 + j) * rows..(t0 + j + 1) * rows];
+                    let dst = &mut o[r0..r0 + rows];
+                    // A whole block as an array: a copy of known length stays in registers, where
+                    // `copy_from_slice` of a few floats was a call to memmove.
+                    match (
+                        <&mut [f32; ROW_BLOCK]>::try_from(&mut *dst),
+                        <&[f32; ROW_BLOCK]>::try_from(src),
+                    ) {
+                        (Ok(dst), Ok(src)) => *dst = *src,
+                        _ => dst.copy_from_slice(src),
+                    }
+                }
+            }
+        });
     }
 
     /// Every layer over the rows of `seqs` (checked by [`Transformer::check`]); the final residual stream is
@@ -866,6 +962,7 @@ impl<'a> Transformer<'a> {
         let v = &mut s.v[..t * kv];
         let hb = &mut s.hb[..t * h];
         let hb2 = &mut s.hb2[..t * h];
+        let stage = &mut *s.stage;
         let att_unit = s.att_unit;
         let scale = 1.0 / libm::sqrtf(hs as f32);
 
@@ -874,9 +971,9 @@ impl<'a> Transformer<'a> {
             for (o, xi) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 (kn.rmsnorm)(o, xi, norm, c.norm_eps);
             }
-            self.linear(exec, q, w.wq.slice_rows(l * q_dim, q_dim), xb, t);
-            self.linear(exec, k, w.wk.slice_rows(l * kv, kv), xb, t);
-            self.linear(exec, v, w.wv.slice_rows(l * kv, kv), xb, t);
+            self.linear(exec, q, w.wq.slice_rows(l * q_dim, q_dim), xb, t, stage);
+            self.linear(exec, k, w.wk.slice_rows(l * kv, kv), xb, t, stage);
+            self.linear(exec, v, w.wv.slice_rows(l * kv, kv), xb, t, stage);
 
             // RoPE, then store every row's keys and values in its sequence's blocks.
             let mut i = 0;
@@ -934,17 +1031,17 @@ impl<'a> Transformer<'a> {
                     o.copy_from_slice(&att[u * att_unit + seq..u * att_unit + seq + hs]);
                 }
             }
-            self.linear(exec, xb2, w.wo.slice_rows(l * d, d), xb, t);
+            self.linear(exec, xb2, w.wo.slice_rows(l * d, d), xb, t, stage);
             (kn.add)(x, xb2);
 
             let norm = &w.ffn_norm[l * d..(l + 1) * d];
             for (o, xi) in xb.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 (kn.rmsnorm)(o, xi, norm, c.norm_eps);
             }
-            self.linear(exec, hb, w.w1.slice_rows(l * h, h), xb, t);
-            self.linear(exec, hb2, w.w3.slice_rows(l * h, h), xb, t);
+            self.linear(exec, hb, w.w1.slice_rows(l * h, h), xb, t, stage);
+            self.linear(exec, hb2, w.w3.slice_rows(l * h, h), xb, t, stage);
             (kn.silu_mul)(hb, hb2);
-            self.linear(exec, xb2, w.w2.slice_rows(l * d, d), hb, t);
+            self.linear(exec, xb2, w.w2.slice_rows(l * d, d), hb, t, stage);
             (kn.add)(x, xb2);
         }
     }
@@ -1087,6 +1184,65 @@ mod tests {
                             fed[i] = (fed[i] + if i == 0 { 6 } else { 1 + step % 2 }).min(s.len());
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// An `Exec` that claims two threads and runs its parts one after another, last part first, so a result
+    /// that depended on the order of the parts or on a part's boundaries would change.
+    struct Parts(usize);
+
+    impl Exec for Parts {
+        fn split(&self, data: &mut [f32], unit: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+            let units = data.len() / unit.max(1);
+            let per = units.div_ceil(self.0).max(1);
+            let mut parts: Vec<_> = data.chunks_mut(per * unit.max(1)).enumerate().collect();
+            parts.reverse();
+            for (i, part) in parts {
+                f(i * per, part);
+            }
+        }
+
+        fn threads(&self) -> usize {
+            2
+        }
+    }
+
+    /// Float products split by weight rows (several threads) give every logit of a prompt the bits the
+    /// token split gives on one, whatever the chunk, including a hidden width that is not whole row blocks.
+    #[test]
+    fn row_split_products_equal_one_thread_bit_for_bit() {
+        let c = Config {
+            hidden_dim: 44,
+            ..config()
+        };
+        let p = params(&c, 5);
+        let w = Weights::from_flat(&c, &p).unwrap();
+        let tokens: Vec<u32> = (0..23).map(|i| (i * 13 + 5) % 40).collect();
+        for tier in [Tier::Generic, Tier::Avx2, Tier::Avx512, Tier::Neon] {
+            let Ok(kn) = kernels_for(tier) else { continue };
+            let m = Transformer::new(c, w, kn).unwrap();
+            for chunk in [2usize, 5, 16] {
+                let run = |exec: &dyn Exec| {
+                    let mut kv = vec![0.0f32; KvCache::len(&c)];
+                    let mut cache = KvCache::new(&mut kv[..], &c).unwrap();
+                    let mut sbuf = vec![0.0; Scratch::len(&c, chunk)];
+                    let mut scratch = Scratch::new(&mut sbuf, &c, chunk).unwrap();
+                    let mut out = Vec::new();
+                    m.forward_each(exec, &mut cache, &mut scratch, &tokens, 0, &mut |_, l| {
+                        out.push(l.to_vec())
+                    })
+                    .unwrap();
+                    out
+                };
+                let one = run(&Serial);
+                for parts in [2usize, 3, 7] {
+                    assert_eq!(
+                        run(&Parts(parts)),
+                        one,
+                        "{tier:?}, chunk {chunk}, {parts} parts"
+                    );
                 }
             }
         }

@@ -206,6 +206,10 @@ fn worker(sh: &Shared) {
 }
 
 impl Exec for Pool {
+    fn threads(&self) -> usize {
+        Pool::threads(self)
+    }
+
     fn split(&self, data: &mut [f32], unit: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
         let units = data.len() / unit.max(1);
         // A panic in an earlier split poisons the lock but leaves nothing half-done: the pool is still usable.
