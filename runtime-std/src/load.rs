@@ -23,6 +23,14 @@ pub struct AlignedBytes {
 }
 
 impl AlignedBytes {
+    /// `len` zero bytes; the allocator hands zeroed pages out without touching them.
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            blocks: vec![Block([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
     pub fn copy_from(bytes: &[u8]) -> Self {
         let mut blocks = vec![Block([0; 64]); bytes.len().div_ceil(64)];
         for (b, src) in blocks.iter_mut().zip(bytes.chunks(64)) {
@@ -40,6 +48,20 @@ impl Deref for AlignedBytes {
     fn deref(&self) -> &[u8] {
         let all: &[[u8; 64]] = bytemuck_blocks(&self.blocks);
         &all.as_flattened()[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        // SAFETY: as in `bytemuck_blocks`, for the unique borrow.
+        let all: &mut [[u8; 64]] = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.blocks.as_mut_ptr().cast::<[u8; 64]>(),
+                self.blocks.len(),
+            )
+        };
+        &mut all.as_flattened_mut()[..len]
     }
 }
 
@@ -154,6 +176,11 @@ impl ModelFile {
     /// Copies `bytes` into an aligned buffer and validates them; `name` labels errors.
     pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self> {
         Self::validated(Storage::Owned(AlignedBytes::copy_from(bytes)), name.into())
+    }
+
+    /// A model assembled in memory ([`crate::ModelWriter::to_model`]), validated like a file.
+    pub(crate) fn from_aligned(bytes: AlignedBytes, path: PathBuf) -> Result<Self> {
+        Self::validated(Storage::Owned(bytes), path)
     }
 
     fn validated(storage: Storage, path: PathBuf) -> Result<Self> {

@@ -67,6 +67,9 @@ impl TokenizerData {
     }
 }
 
+/// Padding between tensors, fed to the data's CRC.
+static ZEROS: [u8; ALIGN] = [0; ALIGN];
+
 struct PendingTensor<'a> {
     name: String,
     dtype: DType,
@@ -139,6 +142,22 @@ impl<'a> ModelWriter<'a> {
 
     /// The whole file as bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.assemble(|len| Ok(vec![0u8; len]))
+    }
+
+    /// The model as a loaded [`ModelFile`] named `name`, assembled in its final (aligned) memory: an import
+    /// that runs a model without writing it (a GGUF file) holds its tensors and this copy, never a third.
+    pub fn to_model(&self, name: impl Into<std::path::PathBuf>) -> Result<crate::ModelFile> {
+        let bytes = self.assemble(|len| Ok(crate::load::AlignedBytes::zeroed(len)))?;
+        crate::ModelFile::from_aligned(bytes, name.into())
+    }
+
+    /// Checks the parts, lays the file out and writes it into the buffer `alloc(len)` returns (at least `len`
+    /// bytes).
+    fn assemble<B: std::ops::DerefMut<Target = [u8]>>(
+        &self,
+        alloc: impl FnOnce(usize) -> Result<B>,
+    ) -> Result<B> {
         self.config.validate()?;
         let tok = &self.tokenizer;
         tok.check_limits()?;
@@ -207,16 +226,25 @@ impl<'a> ModelWriter<'a> {
 
         let tool = format!("enigma {}", env!("CARGO_PKG_VERSION"));
         let align = |x: u64| x.div_ceil(ALIGN as u64) * ALIGN as u64;
+        // Where each tensor starts in the data, and the data's CRC, from the tensors where they are: the data
+        // is assembled once, in the caller's buffer, so a model is never held three times over.
+        let mut rels = Vec::with_capacity(all.len());
+        let mut crc = crc32fast::Hasher::new();
+        let mut data_len = 0u64;
+        for (_, _, _, bytes) in &all {
+            let rel = align(data_len);
+            crc.update(&ZEROS[..(rel - data_len) as usize]);
+            crc.update(bytes);
+            rels.push(rel);
+            data_len = rel + bytes.len() as u64;
+        }
+        let data_crc32 = crc.finalize();
         // Offsets are varints in the header, so its length depends on them: grow the data offset until the
         // header fits in front of it.
         let mut data_offset = align(PRELUDE_LEN as u64 + 256);
-        let (header_bytes, data) = loop {
+        let header_bytes = loop {
             let mut entries = heapless::Vec::<TensorEntry<'_>, MAX_TENSORS>::new();
-            let mut data = Vec::new();
-            for (name, dtype, shape, bytes) in &all {
-                let rel = align(data.len() as u64);
-                data.resize(rel as usize, 0);
-                data.extend_from_slice(bytes);
+            for ((name, dtype, shape, bytes), rel) in all.iter().zip(&rels) {
                 let entry = TensorEntry {
                     name,
                     dtype: *dtype as u8,
@@ -239,26 +267,39 @@ impl<'a> ModelWriter<'a> {
                     notes: &self.notes,
                 },
                 data_offset,
-                data_len: data.len() as u64,
-                data_crc32: crc32fast::hash(&data),
+                data_len,
+                data_crc32,
             };
             let hb = postcard::to_allocvec(&header)
                 .map_err(|e| Error::Invalid(format!("header: {e}")))?;
             let need = align(PRELUDE_LEN as u64 + hb.len() as u64);
             if need <= data_offset {
-                break (hb, data);
+                break hb;
             }
             data_offset = need;
         };
 
-        let mut out = Vec::with_capacity(data_offset as usize + data.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&header_bytes).to_le_bytes());
-        out.extend_from_slice(&header_bytes);
-        out.resize(data_offset as usize, 0);
-        out.extend_from_slice(&data);
+        let total = usize::try_from(data_offset + data_len).map_err(|_| {
+            Error::Invalid("the model is larger than this machine's address space".into())
+        })?;
+        let mut out = alloc(total)?;
+        let buf = &mut out[..total];
+        let mut prelude = Vec::with_capacity(PRELUDE_LEN);
+        prelude.extend_from_slice(&MAGIC);
+        prelude.extend_from_slice(&VERSION.to_le_bytes());
+        prelude.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+        prelude.extend_from_slice(&crc32fast::hash(&header_bytes).to_le_bytes());
+        let (head, data) = buf.split_at_mut(data_offset as usize);
+        head.fill(0);
+        head[..PRELUDE_LEN].copy_from_slice(&prelude);
+        head[PRELUDE_LEN..PRELUDE_LEN + header_bytes.len()].copy_from_slice(&header_bytes);
+        let mut at = 0usize;
+        for ((_, _, _, bytes), &rel) in all.iter().zip(&rels) {
+            let rel = rel as usize;
+            data[at..rel].fill(0);
+            data[rel..rel + bytes.len()].copy_from_slice(bytes);
+            at = rel + bytes.len();
+        }
         Ok(out)
     }
 

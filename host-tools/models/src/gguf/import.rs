@@ -199,6 +199,11 @@ fn stacked_tensor(
 
 /// A GGUF model as `.enigma` bytes; `source` names it in the provenance.
 pub fn to_enigma(g: &Gguf<'_>, source: &str) -> Result<Vec<u8>> {
+    Ok(writer(g, source)?.to_bytes()?)
+}
+
+/// A GGUF model's `.enigma` file, ready to assemble.
+pub fn writer(g: &Gguf<'_>, source: &str) -> Result<ModelWriter<'static>> {
     let config = config(g)?;
     let tok: TokenizerData = super::tokenizer(g, config.vocab_size)?;
     let mut w = ModelWriter::new(config, tok);
@@ -234,5 +239,5 @@ pub fn to_enigma(g: &Gguf<'_>, source: &str) -> Result<Vec<u8>> {
         )
     };
     w.provenance(format!("gguf:{source}"), notes);
-    Ok(w.to_bytes()?)
+    Ok(w)
 }

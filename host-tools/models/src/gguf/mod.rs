@@ -11,6 +11,7 @@ pub mod read;
 pub mod write;
 
 use anyhow::{bail, ensure, Context, Result};
+use enigma_runtime::ModelWriter;
 use read::{Array, Gguf, GgufFiles, ValueType};
 use std::collections::HashMap;
 use std::path::Path;
@@ -236,18 +237,24 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
 /// kernels multiply are copied as they are, k-quants are widened to q8_0), so a GGUF model runs on the
 /// same code path as every other model, and costs its size in memory once more while it runs.
 pub fn load(path: &Path) -> Result<enigma_runtime::ModelFile> {
-    let bytes = import_file(path)?;
-    Ok(enigma_runtime::ModelFile::from_bytes(&bytes, path)?)
+    with_writer(path, |w| Ok(w.to_model(path)?))
 }
 
 /// [`import::to_enigma`] of the file at `path`; errors name it.
 pub fn import_file(path: &Path) -> Result<Vec<u8>> {
+    with_writer(path, |w| Ok(w.to_bytes()?))
+}
+
+/// Runs `f` on the `.enigma` writer of a GGUF file (or split model), errors naming the file.
+fn with_writer<T>(path: &Path, f: impl FnOnce(ModelWriter<'_>) -> Result<T>) -> Result<T> {
     let files = GgufFiles::open(path)?;
     let g = files.parse()?;
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    import::to_enigma(&g, &name).with_context(|| path.display().to_string())
+    import::writer(&g, &name)
+        .and_then(f)
+        .with_context(|| path.display().to_string())
 }
 
 /// The model a GGUF file (or split model) holds, read from its keys without touching tensor data.
