@@ -260,6 +260,69 @@ pub trait Tool: Send + Sync {
     fn call(&self, arguments: &serde_json::Value) -> Result<serde_json::Value, ModuleError>;
 }
 
+/// An HTTP API this process serves (`api_server`'s listener), for whoever needs to know where it is.
+pub trait RestApi: Send + Sync {
+    /// Where it listens: the port the system chose when 0 was asked for.
+    fn address(&self) -> std::net::SocketAddr;
+    /// `false` once the listener has stopped (the module unloaded): a holder of this handle must not
+    /// announce an address nobody answers on.
+    fn is_running(&self) -> bool;
+}
+
+/// How other machines reach this one.
+pub trait RemoteAccess: Send + Sync {
+    /// The base URL clients use (`http://ADDR`; a wildcard address is shown as it was bound).
+    fn url(&self) -> String;
+    /// Whether every route but `/health` needs the API key.
+    fn requires_key(&self) -> bool;
+    /// Whether the address is reachable from other machines (anything but loopback).
+    fn beyond_loopback(&self) -> bool;
+}
+
+/// Another engine found on the local network.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Peer {
+    /// Its advertised instance name (the host name by default).
+    pub name: String,
+    /// The base URL to reach it (`http://ADDR:PORT`).
+    pub url: String,
+    /// The model it said it serves (may be empty).
+    pub model: String,
+}
+
+/// Several devices as one: this host announces its server, and keeps a live list of the others.
+pub trait MultiDevice: Send + Sync {
+    /// The peers seen lately (each answered within the last browse), this host's own announcement left out.
+    fn peers(&self) -> Vec<Peer>;
+    /// Announces a server of this process listening on `port` and serving `model` until the returned
+    /// value is dropped. An error says why (no usable interface, discovery off).
+    fn advertise(&self, port: u16, model: &str) -> Result<Box<dyn Send>, ModuleError>;
+}
+
+/// Text generated on another engine (a configured URL, or the first peer discovered), streamed. Not
+/// [`TextGeneration`]: SPEC.md's `network` does not provide `text_generation`, so a remote engine never
+/// silently takes the place of the local one; callers ask for it by name.
+pub trait RemoteInference: Send + Sync {
+    /// Which engine it would use now, resolving `auto` to a discovered peer; an error when none is reachable.
+    fn peer(&self) -> Result<String, ModuleError>;
+    /// As [`TextGeneration::generate`], on the peer. A peer that cannot be reached, or goes away mid-stream,
+    /// is [`ModuleError::Failed`] naming it.
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+    /// As [`TextGeneration::chat`], on the peer.
+    fn chat(
+        &self,
+        messages: &[ChatMessage],
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+}
+
 macro_rules! families {
     ($($family:ident),* $(,)?) => {
         /// A typed handle to what a loaded module provides: one variant per capability family.
@@ -314,6 +377,10 @@ families!(
     Training,
     TextToSpeech,
     Tool,
+    RestApi,
+    RemoteAccess,
+    MultiDevice,
+    RemoteInference,
 );
 
 /// What a module hands the manager when it loads: a handle per capability it serves. A capability of the

@@ -1078,6 +1078,18 @@ impl ModuleManager {
         set
     }
 
+    /// The loaded (or failed) modules that need `id`, directly or through others, in the order a cascade
+    /// unloads them: what `unload(id, true)` would take with it. Changes nothing.
+    pub fn dependents_of(&self, id: &str) -> Result<Vec<&'static str>> {
+        let target = self.idx(id)?;
+        let t = lock(&self.table);
+        Ok(self
+            .dependents(&t, target)
+            .into_iter()
+            .map(|j| self.specs[j].id)
+            .collect())
+    }
+
     /// Unloads `id`; with `cascade`, first the modules that need it (dependents of dependents first).
     /// Returns the modules unloaded, in order. A module that is wanted but not loaded here (pending) is
     /// forgotten, with (under `cascade`) the wanted modules that need it, and those are returned.

@@ -162,25 +162,23 @@ fn state(ready: bool) -> Arc<AppState> {
     manager
         .load("gguf_loader", &enigma_modules::LoadOptions::default())
         .unwrap();
-    Arc::new(AppState {
-        manager: Arc::new(manager),
-        options: Options {
+    let state = AppState::new(
+        Arc::new(manager),
+        Options {
             addr: "127.0.0.1:0".parse().unwrap(),
             api_key: None,
             max_queue: 4,
             max_body: 1 << 20,
         },
-        hooks: Hooks {
+        Hooks {
             list_modules: Box::new(|_| Ok(json!([]))),
             state_lock: Box::new(|_| Ok(Box::new(()) as StateLock)),
             on_ready: None,
         },
-        metrics: metrics::Metrics::default(),
-        ready: AtomicBool::new(ready),
-        shutting_down: AtomicBool::new(false),
-        admitted: AtomicUsize::new(0),
-        cancels: Mutex::new(Vec::new()),
-    })
+        None,
+    );
+    state.ready.store(ready, Ordering::Relaxed);
+    state
 }
 
 struct Answer {
