@@ -1,0 +1,165 @@
+//! `network`'s remote_inference against a real engine on loopback: the `api_server` module of another
+//! manager in this process, serving the built-in model. The same greedy request gives the same text
+//! remotely as locally; a peer that goes away is a clear error naming it.
+
+use enigma_models::ModelStore;
+use enigma_modules::capability::{
+    ChatMessage, FinishReason, GenerateRequest, RemoteInference, RestApi, Role, Sampling,
+    TextGeneration,
+};
+use enigma_modules::{LoadOptions, ModuleError, ModuleManager, Registry};
+use enigma_serve::module::ServerHost;
+use enigma_serve::{Hooks, StateLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A manager over the local modules, `api_server` and `network`, over a temporary models folder.
+fn host() -> (tempfile::TempDir, Arc<ModuleManager>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(dir.path());
+    let mut registry = Registry::new();
+    enigma_modules::local::register(&mut registry, &store);
+    enigma_network::register(&mut registry);
+    let server = ServerHost::new(|| Hooks {
+        list_modules: Box::new(|m| Ok(serde_json::json!(m.loaded()))),
+        state_lock: Box::new(|_| Ok(Box::new(()) as StateLock)),
+        on_ready: None,
+    });
+    enigma_serve::module::register(&mut registry, &server);
+    let m = Arc::new(
+        enigma_modules::open(dir.path(), enigma_runtime::Hardware::detect(), registry).unwrap(),
+    );
+    server.attach(&m);
+    (dir, m)
+}
+
+fn set(kv: &[&str]) -> LoadOptions {
+    LoadOptions {
+        with_deps: false,
+        set: kv.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// An engine serving the built-in model on an ephemeral loopback port; its URL.
+fn engine(m: &ModuleManager) -> String {
+    m.load("model", &set(&["model=default", "threads=1"]))
+        .unwrap();
+    m.load("tokenizer", &LoadOptions::default()).unwrap();
+    m.load("inference", &LoadOptions::default()).unwrap();
+    m.load("api_server", &set(&["host=127.0.0.1", "port=0"]))
+        .unwrap();
+    let addr = m.get::<dyn RestApi>("rest_api").unwrap().address();
+    format!("http://{addr}")
+}
+
+fn greedy(prompt: &str) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        max_tokens: Some(32),
+        sampling: Sampling {
+            temperature: Some(0.0),
+            ..Sampling::default()
+        },
+        ..GenerateRequest::default()
+    }
+}
+
+fn collect(
+    run: impl FnOnce(
+        &mut dyn FnMut(&enigma_modules::capability::Piece<'_>) -> bool,
+    ) -> Result<enigma_modules::capability::GenerationStats, ModuleError>,
+) -> (
+    String,
+    usize,
+    Result<enigma_modules::capability::GenerationStats, ModuleError>,
+) {
+    let mut text = String::new();
+    let mut pieces = 0;
+    let r = run(&mut |p| {
+        text.push_str(p.text);
+        pieces += 1;
+        true
+    });
+    (text, pieces, r)
+}
+
+#[test]
+fn remote_inference_on_a_loopback_engine_gives_the_local_greedy_text() {
+    // A second manager in this process plays the peer.
+    let (_peer_dir, peer) = host();
+    let url = engine(&peer);
+    let (_dir, m) = host();
+    m.load(
+        "network",
+        &set(&[&format!("peer={url}"), "discovery=false"]),
+    )
+    .unwrap();
+    assert!(
+        m.provider("text_generation").is_none(),
+        "network is not a text generator"
+    );
+    let remote = m.get::<dyn RemoteInference>("remote_inference").unwrap();
+    assert_eq!(remote.peer().unwrap(), url);
+    let local = peer.get::<dyn TextGeneration>("text_generation").unwrap();
+    let cancel = AtomicBool::new(false);
+
+    let req = greedy("Once upon a time");
+    let (want, _, r) = collect(|f| local.generate(&req, &cancel, f));
+    r.unwrap();
+    let (got, pieces, r) = collect(|f| remote.generate(&req, &cancel, f));
+    let stats = r.unwrap();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    assert!(pieces > 1, "streamed in pieces, not one reply: {pieces}");
+    assert!(stats.generated_tokens > 0);
+    assert!(matches!(
+        stats.finish,
+        FinishReason::Length | FinishReason::EndOfText
+    ));
+
+    let messages = [ChatMessage {
+        role: Role::User,
+        content: "Tell me a story".into(),
+    }];
+    let (want, _, r) = collect(|f| local.chat(&messages, &req, &cancel, f));
+    r.unwrap();
+    let (got, _, r) = collect(|f| remote.chat(&messages, &req, &cancel, f));
+    r.unwrap();
+    assert_eq!(got, want);
+
+    // What the peer cannot be asked is refused, not dropped.
+    let mut with_stop = greedy("x");
+    with_stop.stop = vec!["end".into()];
+    let (_, _, r) = collect(|f| remote.generate(&with_stop, &cancel, f));
+    assert!(matches!(r, Err(ModuleError::Invalid(_))), "{r:?}");
+
+    // The peer goes away: a clear error naming it.
+    peer.unload("api_server", false).unwrap();
+    let (_, _, r) = collect(|f| remote.generate(&req, &cancel, f));
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("remote_inference: cannot reach {url}/v1/models")),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_settings_are_checked_when_it_loads() {
+    let (_dir, m) = host();
+    let err = m
+        .load("network", &set(&["peer=auto", "discovery=false"]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "module network failed to load: peer=auto finds its peer by discovery: set discovery=true, or peer=URL"
+    );
+    let err = m
+        .load("network", &set(&["peer=ftp://x", "discovery=false"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("peer: \"ftp://x\" is not a server URL"),
+        "{err}"
+    );
+}
