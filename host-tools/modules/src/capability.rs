@@ -209,13 +209,23 @@ pub trait CodeGeneration: Send + Sync {
     ) -> Result<GenerationStats, ModuleError>;
 }
 
+/// What [`Embeddings::embed`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Embedded {
+    /// One per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all the texts together, as the provider's tokenizer counts them (what an API reports as
+    /// `usage.prompt_tokens`; a cloud provider reports its own count).
+    pub tokens: usize,
+}
+
 /// Texts to vectors, for search and memory.
 pub trait Embeddings: Send + Sync {
     fn describe(&self) -> String;
     /// Length of every vector.
     fn dimensions(&self) -> usize;
-    /// One vector per text, in order, each L2-normalised.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModuleError>;
+    /// One vector per text, in order, each L2-normalised, and the tokens read.
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, ModuleError>;
 }
 
 /// The outcome of a training run.

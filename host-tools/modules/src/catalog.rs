@@ -560,13 +560,17 @@ pub static CATALOG: [ModuleSpec; 29] = [
         ],
     ),
     with(
-        spec(
-            "api_server",
-            "interface",
-            "The OpenAI-compatible HTTP API, for remote access",
-            &["rest_api", "remote_access"],
-            // A capability, not a module: inference, chat_api or gguf_loader meets it (SPEC.md).
-            &["text_generation"],
+        // network is optional only to order restoring: loaded first, it announces the server on the LAN.
+        optional(
+            spec(
+                "api_server",
+                "interface",
+                "The OpenAI-compatible HTTP API, for remote access",
+                &["rest_api", "remote_access"],
+                // A capability, not a module: inference, chat_api or gguf_loader meets it (SPEC.md).
+                &["text_generation"],
+            ),
+            &["network"],
         ),
         &[
             string(

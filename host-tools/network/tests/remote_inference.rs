@@ -8,28 +8,20 @@ use enigma_modules::capability::{
     TextGeneration,
 };
 use enigma_modules::{LoadOptions, ModuleError, ModuleManager, Registry};
-use enigma_serve::module::ServerHost;
-use enigma_serve::{Hooks, StateLock};
+use enigma_serve::Hooks;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// A manager over the local modules, `api_server` and `network`, over a temporary models folder.
 fn host() -> (tempfile::TempDir, Arc<ModuleManager>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(dir.path());
     let mut registry = Registry::new();
-    enigma_modules::local::register(&mut registry, &store);
+    enigma_modules::local::register(&mut registry, &ModelStore::new(dir.path()));
     enigma_network::register(&mut registry);
-    let server = ServerHost::new(|| Hooks {
-        list_modules: Box::new(|m| Ok(serde_json::json!(m.loaded()))),
-        state_lock: Box::new(|_| Ok(Box::new(()) as StateLock)),
-        on_ready: None,
-    });
-    enigma_serve::module::register(&mut registry, &server);
-    let m = Arc::new(
-        enigma_modules::open(dir.path(), enigma_runtime::Hardware::detect(), registry).unwrap(),
-    );
-    server.attach(&m);
+    let m = enigma_serve::module::hosting(registry, Hooks::standalone, |r| {
+        enigma_modules::open(dir.path(), enigma_runtime::Hardware::detect(), r)
+    })
+    .unwrap();
     (dir, m)
 }
 

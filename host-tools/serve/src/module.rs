@@ -11,13 +11,16 @@ use crate::{AppState, Hooks, Options};
 use enigma_modules::capability::{MultiDevice, RemoteAccess, RestApi};
 use enigma_modules::spec::Value;
 use enigma_modules::{
-    catalog, Deps, Health, Module, ModuleConfig, ModuleError, ModuleManager, ModuleSpec, Provided,
-    Registry,
+    catalog, Deps, Health, ManagerError, Module, ModuleConfig, ModuleError, ModuleManager,
+    ModuleSpec, Provided, Registry,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
+
+/// Why `api_server` does not load in a process that hosts modules only for one command.
+pub const NOT_HOSTED: &str = "it listens only in a process that hosts modules for its life, and this one ends with its command: `enigma serve` restores it from modules.json, and a running one loads it through its module route (POST /v1/modules/api_server/load)";
 
 /// What the hosting process gives the server module: its manager (attached once made) and the hooks
 /// (module list, state lock) the routes use.
@@ -39,6 +42,32 @@ impl ServerHost {
     /// The manager the module was registered into. Held weakly: the manager owns the module.
     pub fn attach(&self, manager: &Arc<ModuleManager>) {
         let _ = self.manager.set(Arc::downgrade(manager));
+    }
+}
+
+/// The manager of a process that hosts modules for its life: `registry` with `api_server` added, opened by
+/// `open`, and attached, so `api_server` loads in it.
+pub fn hosting(
+    mut registry: Registry,
+    hooks: impl Fn() -> Hooks + Send + Sync + 'static,
+    open: impl FnOnce(Registry) -> Result<ModuleManager, ManagerError>,
+) -> Result<Arc<ModuleManager>, ManagerError> {
+    let host = ServerHost::new(hooks);
+    register(&mut registry, &host);
+    let manager = Arc::new(open(registry)?);
+    host.attach(&manager);
+    Ok(manager)
+}
+
+impl Hooks {
+    /// For a host that saves no module state (tests, a program embedding the engine): the module list is the
+    /// loaded ids, and there is no state file to lock.
+    pub fn standalone() -> Hooks {
+        Hooks {
+            list_modules: Box::new(|m| Ok(serde_json::json!(m.loaded()))),
+            state_lock: Box::new(|_| Ok(Box::new(()) as crate::StateLock)),
+            on_ready: None,
+        }
     }
 }
 
@@ -141,11 +170,7 @@ impl Module for ApiServerModule {
             .manager
             .get()
             .and_then(Weak::upgrade)
-            .ok_or_else(|| {
-                ModuleError::Failed(
-                    "the server runs inside a process that hosts modules through its manager (enigma serve); none is attached here".into(),
-                )
-            })?;
+            .ok_or_else(|| ModuleError::Failed(NOT_HOSTED.into()))?;
         // Bound here, not on the server's thread, so a taken port is this load's error.
         let std_listener = std::net::TcpListener::bind(options.addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))

@@ -147,9 +147,78 @@ impl Module for FakeModule {
     }
 }
 
+/// Vectors of one number per text, counting a token per word; served as `embedding_local`, loaded by the tests
+/// that use it.
+struct FakeEmbedder;
+
+impl enigma_modules::capability::Embeddings for FakeEmbedder {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+    fn dimensions(&self) -> usize {
+        1
+    }
+    fn embed(&self, texts: &[&str]) -> Result<enigma_modules::capability::Embedded, ModuleError> {
+        Ok(enigma_modules::capability::Embedded {
+            vectors: texts.iter().map(|_| vec![1.0]).collect(),
+            tokens: texts.iter().map(|t| t.split_whitespace().count()).sum(),
+        })
+    }
+}
+
+struct FakeEmbedModule;
+
+impl Module for FakeEmbedModule {
+    fn spec(&self) -> &'static ModuleSpec {
+        catalog::by_id("embedding_local")
+    }
+    fn load(
+        &mut self,
+        _: &enigma_modules::ModuleConfig,
+        _: &Deps<'_>,
+    ) -> Result<Provided, ModuleError> {
+        Ok(Provided::new().with(
+            "embeddings",
+            Arc::new(FakeEmbedder) as Arc<dyn enigma_modules::capability::Embeddings>,
+        ))
+    }
+    fn unload(&mut self) -> Result<(), ModuleError> {
+        Ok(())
+    }
+    fn status(&self) -> String {
+        "fake".into()
+    }
+    fn health(&self) -> Health {
+        Health::Ok("fake".into())
+    }
+}
+
+#[tokio::test]
+async fn embeddings_report_the_tokens_they_read() {
+    let st = state(true);
+    st.manager
+        .load("embedding_local", &enigma_modules::LoadOptions::default())
+        .unwrap();
+    let a = call(
+        &st,
+        "POST",
+        "/v1/embeddings",
+        json!({"input": ["one two three", "four"]}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
+    let a = call(&st, "POST", "/api/embed", json!({"input": "five six"})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["prompt_eval_count"], 2);
+}
+
 fn state(ready: bool) -> Arc<AppState> {
     let mut registry = Registry::new();
     registry.register(Box::new(FakeModule));
+    registry.register(Box::new(FakeEmbedModule));
     let hw = enigma_runtime::Hardware {
         total_ram: Some(64 << 30),
         free_ram: Some(64 << 30),

@@ -8,8 +8,7 @@ use enigma_modules::capability::{
 };
 use enigma_modules::{LoadOptions, ModuleManager, Registry};
 use enigma_remote::{Client, Message, Params};
-use enigma_serve::module::ServerHost;
-use enigma_serve::{Hooks, StateLock};
+use enigma_serve::Hooks;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::AtomicBool;
@@ -19,19 +18,12 @@ use std::time::{Duration, Instant};
 /// A manager over the local modules and `api_server`, saving nothing beside a temporary models folder.
 fn host() -> (tempfile::TempDir, Arc<ModuleManager>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(dir.path());
     let mut registry = Registry::new();
-    enigma_modules::local::register(&mut registry, &store);
-    let server = ServerHost::new(|| Hooks {
-        list_modules: Box::new(|m| Ok(json!(m.loaded()))),
-        state_lock: Box::new(|_| Ok(Box::new(()) as StateLock)),
-        on_ready: None,
-    });
-    enigma_serve::module::register(&mut registry, &server);
-    let m = Arc::new(
-        enigma_modules::open(dir.path(), enigma_runtime::Hardware::detect(), registry).unwrap(),
-    );
-    server.attach(&m);
+    enigma_modules::local::register(&mut registry, &ModelStore::new(dir.path()));
+    let m = enigma_serve::module::hosting(registry, Hooks::standalone, |r| {
+        enigma_modules::open(dir.path(), enigma_runtime::Hardware::detect(), r)
+    })
+    .unwrap();
     (dir, m)
 }
 
