@@ -774,17 +774,54 @@ fn health_at(addr: SocketAddr) -> u16 {
 fn api_server_loads_beside_the_server_and_comes_back_at_the_next_start() {
     let home = TempDir::new().unwrap();
     let server = Server::start(home.path(), &["-m", "default"], &[]);
-    let r = server.post(
-        "/v1/modules/api_server/load",
-        r#"{"config": {"host": "127.0.0.1", "port": 0}}"#,
+    // `enigma modules ... --remote` drives the server's module routes.
+    let cli = |args: &[&str]| {
+        let out = Command::new(enigma())
+            .args(args)
+            .args(["--remote", &server.base()])
+            .env_remove("ENIGMA_API_KEY")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let out = cli(&[
+        "modules",
+        "load",
+        "api_server",
+        "--set",
+        "host=127.0.0.1",
+        "--set",
+        "port=0",
+    ]);
+    assert!(
+        out.starts_with(&format!(
+            "loaded api_server on {}: listening on http://127.0.0.1:",
+            server.base()
+        )),
+        "{out}"
     );
-    assert_eq!(r.status, 200, "{}", r.body);
     let addr = module_listener(&server);
     assert_ne!(addr, server.addr);
     assert_eq!(health_at(addr), 200);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["modules", "list", "--json"])).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "api_server" && m["state"] == "loaded"),
+        "{listed}"
+    );
     // Through the server's own listener (not the module's), the unload stops it and frees the port.
-    let r = server.post("/v1/modules/api_server/unload", "{}");
-    assert_eq!(r.status, 200, "{}", r.body);
+    let out = cli(&["modules", "unload", "api_server"]);
+    assert!(out.starts_with("unloaded api_server on "), "{out}");
     drop(std::net::TcpListener::bind(addr).expect("the port is free after the unload"));
     // Wanted in modules.json, it comes back when the next server restores the saved modules.
     let r = server.post(
