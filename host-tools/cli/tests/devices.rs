@@ -81,6 +81,23 @@ impl Drop for Link {
     }
 }
 
+/// The link for `test`, or `None` (the test skipped, or failed under CI, saying why) without `ip` or root.
+fn link_or_skip(test: &str, tag: char) -> Option<Link> {
+    if !enigma_testkit::require_tool(test, "ip", "apt-get install iproute2") {
+        return None;
+    }
+    match Link::new(tag) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            enigma_testkit::skip_or_fail(
+                test,
+                &format!("cannot make network namespaces ({e}): needs root"),
+            );
+            None
+        }
+    }
+}
+
 /// The advertiser, ended when dropped.
 struct Advertiser(Child);
 
@@ -125,18 +142,8 @@ fn find_device_where(link: &Link, what: &str, wanted: impl Fn(&Value) -> bool) -
 #[test]
 fn an_engine_advertised_in_one_namespace_is_found_from_another() {
     const TEST: &str = "an_engine_advertised_in_one_namespace_is_found_from_another";
-    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+    let Some(link) = link_or_skip(TEST, 'd') else {
         return;
-    }
-    let link = match Link::new('d') {
-        Ok(l) => l,
-        Err(e) => {
-            enigma_testkit::skip_or_fail(
-                TEST,
-                &format!("cannot make network namespaces ({e}): needs root"),
-            );
-            return;
-        }
     };
     let name = format!("enigma-test-{}", std::process::id());
     let exe = std::env::current_exe().unwrap();
@@ -208,18 +215,8 @@ fn advertiser() {
 fn enigma_serve_advertise_is_found_and_answers_from_another_namespace() {
     const TEST: &str = "enigma_serve_advertise_is_found_and_answers_from_another_namespace";
     const SERVE_PORT: u16 = 8766;
-    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+    let Some(link) = link_or_skip(TEST, 's') else {
         return;
-    }
-    let link = match Link::new('s') {
-        Ok(l) => l,
-        Err(e) => {
-            enigma_testkit::skip_or_fail(
-                TEST,
-                &format!("cannot make network namespaces ({e}): needs root"),
-            );
-            return;
-        }
     };
     let home = tempfile::tempdir().unwrap();
     let port = SERVE_PORT.to_string();
@@ -296,18 +293,8 @@ const REMOTE_AUTO_ENV: &str = "ENIGMA_TEST_REMOTE_AUTO";
 fn network_announces_a_restored_api_server_and_remote_inference_auto_uses_it() {
     const TEST: &str = "network_announces_a_restored_api_server_and_remote_inference_auto_uses_it";
     const API_PORT: u16 = 8767;
-    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+    let Some(link) = link_or_skip(TEST, 'n') else {
         return;
-    }
-    let link = match Link::new('n') {
-        Ok(l) => l,
-        Err(e) => {
-            enigma_testkit::skip_or_fail(
-                TEST,
-                &format!("cannot make network namespaces ({e}): needs root"),
-            );
-            return;
-        }
     };
     let home = tempfile::tempdir().unwrap();
     let saved = serde_json::json!({"version": 1, "allow_cloud": false, "modules": [

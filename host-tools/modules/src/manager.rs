@@ -202,6 +202,16 @@ pub struct LoadOptions {
     pub set: Vec<String>,
 }
 
+impl LoadOptions {
+    /// `key=value` settings, without the needs.
+    pub fn settings(kv: &[&str]) -> Self {
+        LoadOptions {
+            with_deps: false,
+            set: kv.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// The outcome of [`ModuleManager::restore`]: what came back and what did not, with why.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RestoreReport {

@@ -25,21 +25,20 @@ fn host() -> (tempfile::TempDir, Arc<ModuleManager>) {
     (dir, m)
 }
 
-fn set(kv: &[&str]) -> LoadOptions {
-    LoadOptions {
-        with_deps: false,
-        set: kv.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
 /// An engine serving the built-in model on an ephemeral loopback port; its URL.
 fn engine(m: &ModuleManager) -> String {
-    m.load("model", &set(&["model=default", "threads=1"]))
-        .unwrap();
+    m.load(
+        "model",
+        &LoadOptions::settings(&["model=default", "threads=1"]),
+    )
+    .unwrap();
     m.load("tokenizer", &LoadOptions::default()).unwrap();
     m.load("inference", &LoadOptions::default()).unwrap();
-    m.load("api_server", &set(&["host=127.0.0.1", "port=0"]))
-        .unwrap();
+    m.load(
+        "api_server",
+        &LoadOptions::settings(&["host=127.0.0.1", "port=0"]),
+    )
+    .unwrap();
     let addr = m.get::<dyn RestApi>("rest_api").unwrap().address();
     format!("http://{addr}")
 }
@@ -83,7 +82,7 @@ fn remote_inference_on_a_loopback_engine_gives_the_local_greedy_text() {
     let (_dir, m) = host();
     m.load(
         "network",
-        &set(&[&format!("peer={url}"), "discovery=false"]),
+        &LoadOptions::settings(&[&format!("peer={url}"), "discovery=false"]),
     )
     .unwrap();
     assert!(
@@ -139,7 +138,10 @@ fn remote_inference_on_a_loopback_engine_gives_the_local_greedy_text() {
 fn network_settings_are_checked_when_it_loads() {
     let (_dir, m) = host();
     let err = m
-        .load("network", &set(&["peer=auto", "discovery=false"]))
+        .load(
+            "network",
+            &LoadOptions::settings(&["peer=auto", "discovery=false"]),
+        )
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -147,7 +149,10 @@ fn network_settings_are_checked_when_it_loads() {
         "module network failed to load: peer=auto finds its peer by discovery: set discovery=true, or peer=URL"
     );
     let err = m
-        .load("network", &set(&["peer=ftp://x", "discovery=false"]))
+        .load(
+            "network",
+            &LoadOptions::settings(&["peer=ftp://x", "discovery=false"]),
+        )
         .unwrap_err()
         .to_string();
     assert!(

@@ -122,19 +122,23 @@ impl TextGeneration for Fake {
     }
 }
 
-/// Serves the fake as `gguf_loader` (a catalog module that provides text_generation and needs nothing).
-struct FakeModule;
+/// Serves what `provided` makes as the catalog module `id`: the fake generator as `gguf_loader` (a catalog
+/// module that provides text_generation and needs nothing), the fake embedder as `embedding_local`.
+struct FakeModule {
+    id: &'static str,
+    provided: fn() -> Provided,
+}
 
 impl Module for FakeModule {
     fn spec(&self) -> &'static ModuleSpec {
-        catalog::by_id("gguf_loader")
+        catalog::by_id(self.id)
     }
     fn load(
         &mut self,
         _: &enigma_modules::ModuleConfig,
         _: &Deps<'_>,
     ) -> Result<Provided, ModuleError> {
-        Ok(Provided::new().with("text_generation", Arc::new(Fake) as Arc<dyn TextGeneration>))
+        Ok((self.provided)())
     }
     fn unload(&mut self) -> Result<(), ModuleError> {
         Ok(())
@@ -166,33 +170,6 @@ impl enigma_modules::capability::Embeddings for FakeEmbedder {
     }
 }
 
-struct FakeEmbedModule;
-
-impl Module for FakeEmbedModule {
-    fn spec(&self) -> &'static ModuleSpec {
-        catalog::by_id("embedding_local")
-    }
-    fn load(
-        &mut self,
-        _: &enigma_modules::ModuleConfig,
-        _: &Deps<'_>,
-    ) -> Result<Provided, ModuleError> {
-        Ok(Provided::new().with(
-            "embeddings",
-            Arc::new(FakeEmbedder) as Arc<dyn enigma_modules::capability::Embeddings>,
-        ))
-    }
-    fn unload(&mut self) -> Result<(), ModuleError> {
-        Ok(())
-    }
-    fn status(&self) -> String {
-        "fake".into()
-    }
-    fn health(&self) -> Health {
-        Health::Ok("fake".into())
-    }
-}
-
 #[tokio::test]
 async fn embeddings_report_the_tokens_they_read() {
     let st = state(true);
@@ -217,8 +194,21 @@ async fn embeddings_report_the_tokens_they_read() {
 
 fn state(ready: bool) -> Arc<AppState> {
     let mut registry = Registry::new();
-    registry.register(Box::new(FakeModule));
-    registry.register(Box::new(FakeEmbedModule));
+    registry.register(Box::new(FakeModule {
+        id: "gguf_loader",
+        provided: || {
+            Provided::new().with("text_generation", Arc::new(Fake) as Arc<dyn TextGeneration>)
+        },
+    }));
+    registry.register(Box::new(FakeModule {
+        id: "embedding_local",
+        provided: || {
+            Provided::new().with(
+                "embeddings",
+                Arc::new(FakeEmbedder) as Arc<dyn enigma_modules::capability::Embeddings>,
+            )
+        },
+    }));
     let hw = enigma_runtime::Hardware {
         total_ram: Some(64 << 30),
         free_ram: Some(64 << 30),

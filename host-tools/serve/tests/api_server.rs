@@ -27,24 +27,24 @@ fn host() -> (tempfile::TempDir, Arc<ModuleManager>) {
     (dir, m)
 }
 
-fn set(kv: &[&str]) -> LoadOptions {
-    LoadOptions {
-        with_deps: false,
-        set: kv.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
 /// The built-in model, greedy, generating through `inference`.
 fn load_generator(m: &ModuleManager) {
-    m.load("model", &set(&["model=default", "threads=1"]))
-        .unwrap();
+    m.load(
+        "model",
+        &LoadOptions::settings(&["model=default", "threads=1"]),
+    )
+    .unwrap();
     m.load("tokenizer", &LoadOptions::default()).unwrap();
-    m.load("inference", &set(&["temperature=0"])).unwrap();
+    m.load("inference", &LoadOptions::settings(&["temperature=0"]))
+        .unwrap();
 }
 
 fn load_server(m: &ModuleManager) -> Arc<dyn RestApi> {
-    m.load("api_server", &set(&["host=127.0.0.1", "port=0"]))
-        .unwrap();
+    m.load(
+        "api_server",
+        &LoadOptions::settings(&["host=127.0.0.1", "port=0"]),
+    )
+    .unwrap();
     m.get::<dyn RestApi>("rest_api").unwrap()
 }
 
@@ -60,7 +60,7 @@ fn greedy() -> Params {
 fn without_a_text_generation_provider_api_server_is_refused_with_the_needs_error() {
     let (_dir, m) = host();
     let err = m
-        .load("api_server", &set(&["port=0"]))
+        .load("api_server", &LoadOptions::settings(&["port=0"]))
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -194,7 +194,7 @@ fn api_server_cannot_be_unloaded_through_its_own_listener() {
     let err = m
         .load(
             "api_server",
-            &set(&["host=127.0.0.1", &format!("port={port}")]),
+            &LoadOptions::settings(&["host=127.0.0.1", &format!("port={port}")]),
         )
         .unwrap_err()
         .to_string();
