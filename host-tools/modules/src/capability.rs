@@ -277,6 +277,8 @@ pub trait RestApi: Send + Sync {
     /// `false` once the listener has stopped (the module unloaded): a holder of this handle must not
     /// announce an address nobody answers on.
     fn is_running(&self) -> bool;
+    /// The name clients call the served model by now (empty when nothing generates).
+    fn served_model(&self) -> String;
 }
 
 /// How other machines reach this one.

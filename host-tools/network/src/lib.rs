@@ -10,7 +10,7 @@
 
 use enigma_modules::capability::{
     ChatMessage, FinishReason, GenerateRequest, GenerationStats, MultiDevice, Peer, Piece,
-    RemoteInference, Role,
+    RemoteInference, RestApi, Role,
 };
 use enigma_modules::spec::Value;
 use enigma_modules::{
@@ -52,6 +52,9 @@ struct Net {
     /// This process's announcements, withdrawn when their guard drops or the module unloads.
     ads: Mutex<Vec<Announced>>,
     next_ad: AtomicU64,
+    /// A server that was already up when this module loaded, announced by it (one loaded later announces
+    /// itself through `multi_device`), and that announcement's guard, dropped once the server stops.
+    followed: Mutex<Option<(Arc<dyn RestApi>, Box<dyn Send>)>>,
     stop: AtomicBool,
 }
 
@@ -105,6 +108,13 @@ impl Net {
             let Some(n) = net.upgrade() else { return };
             if n.stop.load(Ordering::Relaxed) {
                 return;
+            }
+            let stopped = lock(&n.followed)
+                .as_ref()
+                .is_some_and(|(api, _)| !api.is_running());
+            if stopped {
+                let gone = lock(&n.followed).take();
+                drop(gone);
             }
             match n.browse(BROWSE_ROUND) {
                 Ok(peers) => *lock(&n.peers) = peers,
@@ -327,7 +337,7 @@ impl Module for NetworkModule {
         self.spec
     }
 
-    fn load(&mut self, config: &ModuleConfig, _deps: &Deps<'_>) -> Result<Provided, ModuleError> {
+    fn load(&mut self, config: &ModuleConfig, deps: &Deps<'_>) -> Result<Provided, ModuleError> {
         let discovery = config
             .get("discovery")
             .and_then(|v| match v {
@@ -360,8 +370,23 @@ impl Module for NetworkModule {
             browse_error: Mutex::new(None),
             ads: Mutex::new(Vec::new()),
             next_ad: AtomicU64::new(0),
+            followed: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
+        let handle = Arc::new(NetHandle(net.clone()));
+        if discovery {
+            if let Ok(api) = deps.get::<dyn RestApi>("rest_api") {
+                if api.is_running() {
+                    match handle.advertise(api.address().port(), &api.served_model()) {
+                        Ok(guard) => *lock(&net.followed) = Some((api, guard)),
+                        Err(e) => eprintln!(
+                            "warning: the server on {} is not announced: {e}",
+                            api.address()
+                        ),
+                    }
+                }
+            }
+        }
         if discovery {
             let weak = Arc::downgrade(&net);
             std::thread::Builder::new()
@@ -371,14 +396,8 @@ impl Module for NetworkModule {
         }
         self.net = Some(net.clone());
         Ok(Provided::new()
-            .with(
-                "multi_device",
-                Arc::new(NetHandle(net.clone())) as Arc<dyn MultiDevice>,
-            )
-            .with(
-                "remote_inference",
-                Arc::new(NetHandle(net)) as Arc<dyn RemoteInference>,
-            ))
+            .with("multi_device", handle.clone() as Arc<dyn MultiDevice>)
+            .with("remote_inference", handle as Arc<dyn RemoteInference>))
     }
 
     fn unload(&mut self) -> Result<(), ModuleError> {
@@ -386,6 +405,8 @@ impl Module for NetworkModule {
             // The browse thread ends after its round (it holds only a weak reference); announcements are
             // withdrawn now, whoever holds their guards.
             net.stop.store(true, Ordering::Relaxed);
+            let followed = lock(&net.followed).take();
+            drop(followed);
             let ads = std::mem::take(&mut *lock(&net.ads));
             drop(ads);
         }

@@ -160,3 +160,55 @@ fn network_settings_are_checked_when_it_loads() {
         "{err}"
     );
 }
+
+/// Waits up to `secs` for `network`'s status to say how many servers it announces.
+fn announces(m: &ModuleManager, n: usize, secs: u64) -> bool {
+    let want = format!("{n} server(s) announced");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if m.status("network").unwrap().contains(&want) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_running_api_server_is_announced_whichever_loads_first_and_withdrawn_when_it_stops() {
+    let (_dir, m) = host();
+    engine(&m);
+    let network = LoadOptions::settings(&["peer=auto", "discovery=true"]);
+    // The server first: network announces it when it loads, and withdraws it within a browse round after
+    // the server stops.
+    m.load("network", &network).unwrap();
+    assert!(announces(&m, 1, 0), "{}", m.status("network").unwrap());
+    m.unload("api_server", false).unwrap();
+    assert!(
+        announces(&m, 0, 2 * enigma_network::BROWSE_ROUND.as_secs() + 1),
+        "{}",
+        m.status("network").unwrap()
+    );
+    // Network first: the server announces itself through multi_device, until it unloads.
+    m.load(
+        "api_server",
+        &LoadOptions::settings(&["host=127.0.0.1", "port=0"]),
+    )
+    .unwrap();
+    assert!(announces(&m, 1, 0), "{}", m.status("network").unwrap());
+    m.unload("api_server", false).unwrap();
+    assert!(announces(&m, 0, 0), "{}", m.status("network").unwrap());
+    // Unloading network withdraws what it announced, whoever holds the guard.
+    m.load(
+        "api_server",
+        &LoadOptions::settings(&["host=127.0.0.1", "port=0"]),
+    )
+    .unwrap();
+    m.unload("network", false).unwrap();
+    assert_eq!(
+        m.status("api_server").unwrap().split(' ').next(),
+        Some("listening")
+    );
+}

@@ -100,6 +100,8 @@ struct Listener {
     addr: SocketAddr,
     key: bool,
     running: AtomicBool,
+    /// Weak: the server's state holds the manager, which holds this handle.
+    state: Weak<AppState>,
 }
 
 impl RestApi for Listener {
@@ -108,6 +110,12 @@ impl RestApi for Listener {
     }
     fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
+    }
+    fn served_model(&self) -> String {
+        self.state
+            .upgrade()
+            .and_then(|st| crate::common::served_name(&st))
+            .unwrap_or_default()
     }
 }
 
@@ -246,20 +254,18 @@ impl Module for ApiServerModule {
             addr,
             key: options.api_key.is_some(),
             running: AtomicBool::new(true),
+            state: Arc::downgrade(&state),
         });
         // Announced when this host is on the network (a loaded `network` provides multi_device); without
         // it, nothing is announced.
         let advertisement = match deps.get::<dyn MultiDevice>("multi_device") {
-            Ok(md) => {
-                let model = crate::common::served_name(&state).unwrap_or_default();
-                match md.advertise(addr.port(), &model) {
-                    Ok(ad) => Some(ad),
-                    Err(e) => {
-                        eprintln!("warning: api_server on {addr} is not announced: {e}");
-                        None
-                    }
+            Ok(md) => match md.advertise(addr.port(), &listener.served_model()) {
+                Ok(ad) => Some(ad),
+                Err(e) => {
+                    eprintln!("warning: api_server on {addr} is not announced: {e}");
+                    None
                 }
-            }
+            },
             Err(_) => None,
         };
         self.running = Some(Running {
