@@ -54,9 +54,12 @@ struct Net {
     next_ad: AtomicU64,
     /// A server that was already up when this module loaded, announced by it (one loaded later announces
     /// itself through `multi_device`), and that announcement's guard, dropped once the server stops.
-    followed: Mutex<Option<(Arc<dyn RestApi>, Box<dyn Send>)>>,
+    followed: Mutex<Option<Followed>>,
     stop: AtomicBool,
 }
+
+/// A server's handle and its announcement's guard.
+type Followed = (Arc<dyn RestApi>, Box<dyn Send>);
 
 struct Announced {
     id: u64,

@@ -211,4 +211,6 @@ fn a_running_api_server_is_announced_whichever_loads_first_and_withdrawn_when_it
         m.status("api_server").unwrap().split(' ').next(),
         Some("listening")
     );
+    // The server's guard outlives the network it came from: dropping it then is a no-op.
+    m.unload("api_server", false).unwrap();
 }
