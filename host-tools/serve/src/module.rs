@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 
 /// Why `api_server` does not load in a process that hosts modules only for one command.
-pub const NOT_HOSTED: &str = "it listens only in a process that hosts modules for its life, and this one ends with its command: `enigma serve` restores it from modules.json, and a running one loads it through its module route (POST /v1/modules/api_server/load)";
+pub const NOT_HOSTED: &str = "it listens only in a process that hosts modules for its life, and this one ends with its command: `enigma serve` restores it from modules.json, and `enigma modules load api_server --remote URL` loads it in a running one";
 
 /// What the hosting process gives the server module: its manager (attached once made) and the hooks
 /// (module list, state lock) the routes use.
