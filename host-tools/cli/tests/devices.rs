@@ -322,6 +322,13 @@ fn network_announces_a_restored_api_server_and_remote_inference_auto_uses_it() {
         "{device}"
     );
     assert_eq!(device["model"], "default", "{device}");
+    // Named HOST:PORT, apart from the server's own --advertise (the bare host name).
+    assert!(
+        device["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&format!(":{API_PORT}"))),
+        "{device}"
+    );
 
     let prompt = "In the beginning";
     let exe = std::env::current_exe().unwrap();

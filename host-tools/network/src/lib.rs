@@ -230,7 +230,16 @@ impl MultiDevice for NetHandle {
                 "network has discovery=false, so nothing is announced".into(),
             ));
         }
-        let name = enigma_discover::default_name();
+        // `HOST:PORT`, not the bare host name `enigma serve --advertise` takes: this process may announce its
+        // own listener under that name, and two announcements of one name with different ports would
+        // conflict. Instance names are at most 63 bytes; the host name is cut on a character boundary.
+        let suffix = format!(":{port}");
+        let host: String = enigma_discover::default_name()
+            .char_indices()
+            .take_while(|(i, c)| i + c.len_utf8() + suffix.len() <= 63)
+            .map(|(_, c)| c)
+            .collect();
+        let name = format!("{host}{suffix}");
         let ad = enigma_discover::advertise(&name, port, model).map_err(ModuleError::failed)?;
         let id = self.0.next_ad.fetch_add(1, Ordering::Relaxed);
         lock(&self.0.ads).push(Announced {
