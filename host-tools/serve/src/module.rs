@@ -217,8 +217,13 @@ impl Module for ApiServerModule {
                     }
                 };
                 let result = rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(std_listener)
-                        .map_err(|e| e.to_string())?;
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                            return Ok(());
+                        }
+                    };
                     let _ = started_tx.send(Ok(()));
                     let stop = async move {
                         let _ = stop_rx.await;
