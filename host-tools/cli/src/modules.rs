@@ -195,18 +195,62 @@ fn remote(cmd: &ModulesCommand) -> Option<Result<()>> {
     })
 }
 
-/// Every module this build has, registered by the crates that implement them.
-pub fn registry(home: &Path) -> Registry {
+/// The modules of this build but the server's, registered by the crates that implement them.
+fn base_registry(home: &Path) -> Registry {
     let store = ModelStore::new(home);
     let mut registry = Registry::new();
     enigma_modules::local::register(&mut registry, &store);
     enigma_train::module::register(&mut registry, &store);
+    enigma_network::register(&mut registry);
+    registry
+}
+
+/// Every module this build has, for a process that hosts modules for one command: `api_server` is listed,
+/// and refuses to load, since its listener would stop as the command exits (`enigma serve` hosts it; see
+/// [`hosting_manager`]).
+pub fn registry(home: &Path) -> Registry {
+    #[allow(unused_mut)]
+    let mut registry = base_registry(home);
+    #[cfg(feature = "serve")]
+    enigma_serve::module::register(
+        &mut registry,
+        &enigma_serve::module::ServerHost::new(enigma_serve::Hooks::standalone),
+    );
     registry
 }
 
 /// The manager over this build's modules on this (or the simulated) machine; nothing read or loaded yet.
 pub(crate) fn manager(home: &Path) -> Result<ModuleManager> {
     Ok(enigma_modules::open(home, machine()?, registry(home))?)
+}
+
+/// What the server's routes take from this host: the module list as `enigma modules list --json` prints it, and
+/// the saved state's lock, so a route and an `enigma modules` command never lose each other's change.
+#[cfg(feature = "serve")]
+pub(crate) fn server_hooks(home: &Path) -> enigma_serve::Hooks {
+    let home = home.to_path_buf();
+    enigma_serve::Hooks {
+        list_modules: Box::new(|m| list_json(m).map_err(|e| format!("{e:#}"))),
+        state_lock: Box::new(move |purpose| {
+            state_lock(&home, purpose)
+                .map(|l| Box::new(l) as enigma_serve::StateLock)
+                .map_err(|e| format!("{e:#}"))
+        }),
+        on_ready: None,
+    }
+}
+
+/// The manager of a process that hosts modules for its life (`enigma serve`): `api_server` loads in it.
+#[cfg(feature = "serve")]
+pub(crate) fn hosting_manager(home: &Path) -> Result<std::sync::Arc<ModuleManager>> {
+    let hardware = machine()?;
+    let hooks_home = home.to_path_buf();
+    let hooks = move || server_hooks(&hooks_home);
+    Ok(enigma_serve::module::hosting(
+        base_registry(home),
+        hooks,
+        |r| enigma_modules::open(home, hardware, r),
+    )?)
 }
 
 /// The manager with the wanted set read, nothing loaded: for commands that only look or only change

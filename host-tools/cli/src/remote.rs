@@ -236,11 +236,17 @@ fn config_body(set: &[String]) -> Result<Map<String, Value>> {
     Ok(config)
 }
 
-/// What a load or unload answered, briefly: the module's state and status when the server gave them.
+/// What a load or unload answered, briefly: the module's state and status when the server gave them. The
+/// engine answers a load with `{"loaded": [{"id", "status"}, ...]}`, the module asked for last (after the needs
+/// `with_deps` loaded), and an unload with `{"unloaded": [ids]}`.
 fn said(v: &Value) -> String {
     let module = v
-        .get("data")
-        .and_then(|d| d.as_array().and_then(|a| a.first()).or(Some(d)))
+        .get("loaded")
+        .and_then(|l| l.as_array().and_then(|a| a.last()))
+        .or_else(|| {
+            v.get("data")
+                .and_then(|d| d.as_array().and_then(|a| a.first()).or(Some(d)))
+        })
         .unwrap_or(v);
     let field = |k: &str| {
         module

@@ -4,7 +4,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use enigma_modules::{LoadOptions, ModuleManager, State};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 /// The variable `--api-key` falls back to, so a key need not appear in a process list.
 pub const API_KEY_ENV: &str = "ENIGMA_API_KEY";
@@ -48,7 +47,9 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     let home = enigma_models::home();
-    let manager = Arc::new(crate::modules::manager(&home)?);
+    // This process hosts modules for its life: a saved api_server (or one loaded through the module routes)
+    // listens here beside the server's own listener.
+    let manager = crate::modules::hosting_manager(&home)?;
     let api_key = args
         .api_key
         .clone()
@@ -68,17 +69,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         max_body: args.max_body,
     };
-    let lock_home = home.clone();
     let hooks = enigma_serve::Hooks {
-        list_modules: Box::new(|m| crate::modules::list_json(m).map_err(|e| format!("{e:#}"))),
-        state_lock: Box::new(move |purpose| {
-            crate::modules::state_lock(&lock_home, purpose)
-                .map(|l| Box::new(l) as enigma_serve::StateLock)
-                .map_err(|e| format!("{e:#}"))
-        }),
         on_ready: args
             .advertise
             .then(|| Box::new(advertise) as enigma_serve::OnReady),
+        ..crate::modules::server_hooks(&home)
     };
     if args.parallel == Some(0) {
         bail!("--parallel must be at least 1");

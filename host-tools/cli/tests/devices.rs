@@ -81,6 +81,23 @@ impl Drop for Link {
     }
 }
 
+/// The link for `test`, or `None` (the test skipped, or failed under CI, saying why) without `ip` or root.
+fn link_or_skip(test: &str, tag: char) -> Option<Link> {
+    if !enigma_testkit::require_tool(test, "ip", "apt-get install iproute2") {
+        return None;
+    }
+    match Link::new(tag) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            enigma_testkit::skip_or_fail(
+                test,
+                &format!("cannot make network namespaces ({e}): needs root"),
+            );
+            None
+        }
+    }
+}
+
 /// The advertiser, ended when dropped.
 struct Advertiser(Child);
 
@@ -125,18 +142,8 @@ fn find_device_where(link: &Link, what: &str, wanted: impl Fn(&Value) -> bool) -
 #[test]
 fn an_engine_advertised_in_one_namespace_is_found_from_another() {
     const TEST: &str = "an_engine_advertised_in_one_namespace_is_found_from_another";
-    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+    let Some(link) = link_or_skip(TEST, 'd') else {
         return;
-    }
-    let link = match Link::new('d') {
-        Ok(l) => l,
-        Err(e) => {
-            enigma_testkit::skip_or_fail(
-                TEST,
-                &format!("cannot make network namespaces ({e}): needs root"),
-            );
-            return;
-        }
     };
     let name = format!("enigma-test-{}", std::process::id());
     let exe = std::env::current_exe().unwrap();
@@ -208,18 +215,8 @@ fn advertiser() {
 fn enigma_serve_advertise_is_found_and_answers_from_another_namespace() {
     const TEST: &str = "enigma_serve_advertise_is_found_and_answers_from_another_namespace";
     const SERVE_PORT: u16 = 8766;
-    if !enigma_testkit::require_tool(TEST, "ip", "apt-get install iproute2") {
+    let Some(link) = link_or_skip(TEST, 's') else {
         return;
-    }
-    let link = match Link::new('s') {
-        Ok(l) => l,
-        Err(e) => {
-            enigma_testkit::skip_or_fail(
-                TEST,
-                &format!("cannot make network namespaces ({e}): needs root"),
-            );
-            return;
-        }
     };
     let home = tempfile::tempdir().unwrap();
     let port = SERVE_PORT.to_string();
@@ -283,4 +280,137 @@ fn enigma_serve_advertise_is_found_and_answers_from_another_namespace() {
         String::from_utf8_lossy(&remote.stdout).trim_end(),
         String::from_utf8_lossy(&local.stdout).trim_end()
     );
+}
+
+/// The env var that makes [`remote_inference_auto`] run (in namespace B), and the prompt it sends.
+const REMOTE_AUTO_ENV: &str = "ENIGMA_TEST_REMOTE_AUTO";
+
+/// `enigma serve` in namespace A restores `network` and `api_server` from modules.json (network first, whatever
+/// the file's order), so the module's listener is announced on the LAN; from namespace B it is listed by
+/// `enigma devices`, and a `network` module there with `peer=auto` generates on it the greedy text a local
+/// run gives.
+#[test]
+fn network_announces_a_restored_api_server_and_remote_inference_auto_uses_it() {
+    const TEST: &str = "network_announces_a_restored_api_server_and_remote_inference_auto_uses_it";
+    const API_PORT: u16 = 8767;
+    let Some(link) = link_or_skip(TEST, 'n') else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let saved = serde_json::json!({"version": 1, "allow_cloud": false, "modules": [
+        {"id": "api_server", "config": {"host": "0.0.0.0", "port": API_PORT, "api_key_env": ""}},
+        {"id": "network", "config": {"peer": "auto", "discovery": true}},
+        {"id": "model", "config": {"model": "default", "threads": 1}},
+        {"id": "tokenizer"},
+        {"id": "inference"},
+    ]});
+    std::fs::write(home.path().join("modules.json"), saved.to_string()).unwrap();
+    let _server = Advertiser(
+        link.exec(&link.a, env!("CARGO_BIN_EXE_enigma"))
+            .args(["serve", "--port", "0"])
+            .env("ENIGMA_HOME", home.path())
+            .env_remove("ENIGMA_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let device = find_device_where(&link, "the api_server module", |d| d["port"] == API_PORT);
+    assert_eq!(
+        device["url"],
+        format!("http://{ADDR_A}:{API_PORT}"),
+        "{device}"
+    );
+    assert_eq!(device["model"], "default", "{device}");
+    // Named HOST:PORT, apart from the server's own --advertise (the bare host name).
+    assert!(
+        device["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&format!(":{API_PORT}"))),
+        "{device}"
+    );
+
+    let prompt = "In the beginning";
+    let exe = std::env::current_exe().unwrap();
+    let remote = link
+        .exec(&link.b, exe.to_str().unwrap())
+        .args([
+            "--exact",
+            "remote_inference_auto",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(REMOTE_AUTO_ENV, prompt)
+        .env_remove("ENIGMA_API_KEY")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&remote.stdout);
+    assert!(
+        remote.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let line = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line: {out}"))
+            .to_string()
+    };
+    assert_eq!(line("PEER "), format!("http://{ADDR_A}:{API_PORT}"));
+    let text: String = serde_json::from_str(&line("TEXT ")).unwrap();
+    let local = Command::new(env!("CARGO_BIN_EXE_enigma"))
+        .args(["run", "-p", prompt, "-n", "12", "--temp", "0"])
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout).trim_end(),
+        format!("{prompt}{text}").trim_end()
+    );
+}
+
+/// Not a test: run by the test above inside namespace B (re-executing this binary): loads `network` with
+/// `peer=auto` in a manager of its own, generates 12 greedy tokens on the peer it finds, and prints `PEER URL`
+/// and `TEXT "..."` (JSON).
+#[test]
+#[ignore = "run by network_announces_a_restored_api_server_and_remote_inference_auto_uses_it inside a network namespace"]
+fn remote_inference_auto() {
+    use enigma_modules::capability::{GenerateRequest, RemoteInference, Sampling};
+    let Ok(prompt) = std::env::var(REMOTE_AUTO_ENV) else {
+        return;
+    };
+    let mut registry = enigma_modules::Registry::new();
+    enigma_network::register(&mut registry);
+    let m = enigma_modules::ModuleManager::new(
+        registry.finish(),
+        enigma_runtime::Hardware::detect(),
+        None,
+    )
+    .unwrap();
+    m.load("network", &enigma_modules::LoadOptions::default())
+        .unwrap();
+    let remote = m.get::<dyn RemoteInference>("remote_inference").unwrap();
+    println!("PEER {}", remote.peer().unwrap());
+    let req = GenerateRequest {
+        prompt,
+        max_tokens: Some(12),
+        sampling: Sampling {
+            temperature: Some(0.0),
+            ..Sampling::default()
+        },
+        ..GenerateRequest::default()
+    };
+    let mut text = String::new();
+    remote
+        .generate(&req, &std::sync::atomic::AtomicBool::new(false), &mut |p| {
+            text.push_str(p.text);
+            true
+        })
+        .unwrap();
+    println!("TEXT {}", serde_json::json!(text));
 }

@@ -83,6 +83,11 @@ fn no_crate_depends_on_the_cli_and_the_layers_point_one_way() {
     // Modules are registered by their crates: the manager does not know the trainer.
     assert!(uses("enigma-train", "enigma-modules"));
     assert!(!uses("enigma-modules", "enigma-train"));
+    // So are the server's and the network's: the manager knows neither, and the server never the reverse.
+    for crate_ in ["enigma-serve", "enigma-network"] {
+        assert!(uses(crate_, "enigma-modules"), "{crate_}");
+        assert!(!uses("enigma-modules", crate_), "{crate_}");
+    }
     // Benches take imports from the models crate, not from the CLI.
     assert!(uses("enigma-benches", "enigma-models"));
 }

@@ -197,6 +197,37 @@ fn refusals_are_one_line_with_the_reason() {
 }
 
 #[test]
+fn api_server_does_not_load_in_a_one_command_process() {
+    let t = home_with_model();
+    let h = t.path();
+    assert_eq!(
+        fails(h, &["modules", "load", "api_server"]),
+        "error: module api_server needs a provider of text_generation (inference, chat_api or gguf_loader) loaded first (or load it with --with-deps)"
+    );
+    ok(h, &["modules", "load", "model", "--set", "model=m"]);
+    // Its listener would stop as this command exits: refused, and what --with-deps loaded is unloaded again.
+    let e = fails(
+        h,
+        &[
+            "modules",
+            "load",
+            "api_server",
+            "--with-deps",
+            "--set",
+            "port=0",
+        ],
+    );
+    assert!(
+        e.starts_with("error: module api_server failed to load: it listens only in a process that hosts modules for its life")
+            && e.contains("`enigma serve` restores it from modules.json")
+            && e.ends_with("(unloaded again: inference, tokenizer)"),
+        "{e}"
+    );
+    let status = ok(h, &["modules", "status"]);
+    assert!(!status.contains("api_server"), "{status}");
+}
+
+#[test]
 fn a_module_that_no_longer_loads_is_reported_at_start() {
     let t = home_with_model();
     let h = t.path();

@@ -308,7 +308,7 @@ fn modules_server() -> Fake {
     serve(|req| match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/modules") => json_answer(
             "200 OK",
-            &json!({"object": "list", "data": [
+            &json!({"modules": [
                 {"id": "model", "category": "core", "state": "loaded", "provides": ["language_model"],
                  "cloud": false, "note": "story (2 MiB)", "status": "story (2 MiB)"},
                 {"id": "chat_api", "category": "addons", "state": "unloaded", "capabilities": ["text_generation"],
@@ -317,10 +317,10 @@ fn modules_server() -> Fake {
         ),
         ("POST", "/v1/modules/model/load") => json_answer(
             "200 OK",
-            &json!({"id": "model", "state": "loaded", "status": "story (2 MiB)"}),
+            &json!({"loaded": [{"id": "model", "status": "story (2 MiB)"}]}),
         ),
-        ("POST", "/v1/modules/model/unload?cascade=true") => {
-            json_answer("200 OK", &json!({"id": "model", "state": "unloaded"}))
+        ("POST", "/v1/modules/model/unload") => {
+            json_answer("200 OK", &json!({"unloaded": ["model"]}))
         }
         ("POST", _) => error_answer("400 Bad Request", "unknown module nope"),
         _ => error_answer("404 Not Found", "no route"),
@@ -348,7 +348,7 @@ fn modules_are_driven_on_the_server() {
         &s.url,
     ]);
     assert!(
-        out.starts_with("loaded model on ") && out.contains(": loaded: story (2 MiB)"),
+        out.starts_with("loaded model on ") && out.contains(": story (2 MiB)"),
         "{out}"
     );
     let (out, _) = ok(&[
@@ -367,7 +367,12 @@ fn modules_are_driven_on_the_server() {
     assert_eq!(v["modules"].as_array().unwrap().len(), 1);
     let reqs = s.requests();
     let load = reqs.iter().find(|r| r.path.ends_with("/load")).unwrap();
-    assert_eq!(load.json(), json!({"model": "story"}));
+    assert_eq!(
+        load.json(),
+        json!({"with_deps": false, "config": {"model": "story"}})
+    );
+    let unload = reqs.iter().find(|r| r.path.ends_with("/unload")).unwrap();
+    assert_eq!(unload.json(), json!({"cascade": true}));
     assert_eq!(load.header("content-type"), Some("application/json"));
     let e = fails(&["modules", "load", "nope", "--remote", &s.url]);
     assert!(e.contains("HTTP 400: unknown module nope"), "{e}");

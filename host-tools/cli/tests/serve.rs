@@ -741,6 +741,100 @@ fn module_routes_follow_the_cli_rules_and_publish_events() {
     );
 }
 
+/// The `api_server` module's address, from its status line (`listening on http://ADDR`).
+fn module_listener(server: &Server) -> SocketAddr {
+    let v = server.get("/v1/modules").json();
+    let api = v["modules"]
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["id"] == "api_server"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no api_server: {v}"));
+    assert_eq!(api["state"], "loaded", "{api}");
+    let text = api.to_string();
+    let start = text
+        .find("listening on http://")
+        .expect("a listening status")
+        + 20;
+    let end = text[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':'))
+        .map_or(text.len(), |e| start + e);
+    text[start..end].parse().expect("an address")
+}
+
+fn health_at(addr: SocketAddr) -> u16 {
+    let mut s = TcpStream::connect(addr).expect("connect to the module's listener");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    Resp::parse(&raw).status
+}
+
+#[test]
+fn api_server_loads_beside_the_server_and_comes_back_at_the_next_start() {
+    let home = TempDir::new().unwrap();
+    let server = Server::start(home.path(), &["-m", "default"], &[]);
+    // `enigma modules ... --remote` drives the server's module routes.
+    let cli = |args: &[&str]| {
+        let out = Command::new(enigma())
+            .args(args)
+            .args(["--remote", &server.base()])
+            .env_remove("ENIGMA_API_KEY")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let out = cli(&[
+        "modules",
+        "load",
+        "api_server",
+        "--set",
+        "host=127.0.0.1",
+        "--set",
+        "port=0",
+    ]);
+    assert!(
+        out.starts_with(&format!(
+            "loaded api_server on {}: listening on http://127.0.0.1:",
+            server.base()
+        )),
+        "{out}"
+    );
+    let addr = module_listener(&server);
+    assert_ne!(addr, server.addr);
+    assert_eq!(health_at(addr), 200);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["modules", "list", "--json"])).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "api_server" && m["state"] == "loaded"),
+        "{listed}"
+    );
+    // Through the server's own listener (not the module's), the unload stops it and frees the port.
+    let out = cli(&["modules", "unload", "api_server"]);
+    assert!(out.starts_with("unloaded api_server on "), "{out}");
+    drop(std::net::TcpListener::bind(addr).expect("the port is free after the unload"));
+    // Wanted in modules.json, it comes back when the next server restores the saved modules.
+    let r = server.post(
+        "/v1/modules/api_server/load",
+        r#"{"config": {"host": "127.0.0.1", "port": 0}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(server);
+    let server = Server::start(home.path(), &[], &[]);
+    let addr = module_listener(&server);
+    assert_eq!(health_at(addr), 200);
+}
+
 #[test]
 fn tokenize_pieces_add_up_to_the_detokenized_text() {
     let server = Server::fresh(&["-m", "default"], &[]);

@@ -209,13 +209,23 @@ pub trait CodeGeneration: Send + Sync {
     ) -> Result<GenerationStats, ModuleError>;
 }
 
+/// What [`Embeddings::embed`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Embedded {
+    /// One per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all the texts together, as the provider's tokenizer counts them (what an API reports as
+    /// `usage.prompt_tokens`; a cloud provider reports its own count).
+    pub tokens: usize,
+}
+
 /// Texts to vectors, for search and memory.
 pub trait Embeddings: Send + Sync {
     fn describe(&self) -> String;
     /// Length of every vector.
     fn dimensions(&self) -> usize;
-    /// One vector per text, in order, each L2-normalised.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModuleError>;
+    /// One vector per text, in order, each L2-normalised, and the tokens read.
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, ModuleError>;
 }
 
 /// The outcome of a training run.
@@ -258,6 +268,71 @@ pub trait Tool: Send + Sync {
     /// The JSON Schema of the arguments object.
     fn parameters(&self) -> serde_json::Value;
     fn call(&self, arguments: &serde_json::Value) -> Result<serde_json::Value, ModuleError>;
+}
+
+/// An HTTP API this process serves (`api_server`'s listener), for whoever needs to know where it is.
+pub trait RestApi: Send + Sync {
+    /// Where it listens: the port the system chose when 0 was asked for.
+    fn address(&self) -> std::net::SocketAddr;
+    /// `false` once the listener has stopped (the module unloaded): a holder of this handle must not
+    /// announce an address nobody answers on.
+    fn is_running(&self) -> bool;
+    /// The name clients call the served model by now (empty when nothing generates).
+    fn served_model(&self) -> String;
+}
+
+/// How other machines reach this one.
+pub trait RemoteAccess: Send + Sync {
+    /// The base URL clients use (`http://ADDR`; a wildcard address is shown as it was bound).
+    fn url(&self) -> String;
+    /// Whether every route but `/health` needs the API key.
+    fn requires_key(&self) -> bool;
+    /// Whether the address is reachable from other machines (anything but loopback).
+    fn beyond_loopback(&self) -> bool;
+}
+
+/// Another engine found on the local network.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Peer {
+    /// Its advertised instance name (the host name by default).
+    pub name: String,
+    /// The base URL to reach it (`http://ADDR:PORT`).
+    pub url: String,
+    /// The model it said it serves (may be empty).
+    pub model: String,
+}
+
+/// Several devices as one: this host announces its server, and keeps a live list of the others.
+pub trait MultiDevice: Send + Sync {
+    /// The peers seen lately (each answered within the last browse), this host's own announcement left out.
+    fn peers(&self) -> Vec<Peer>;
+    /// Announces a server of this process listening on `port` and serving `model` until the returned
+    /// value is dropped. An error says why (no usable interface, discovery off).
+    fn advertise(&self, port: u16, model: &str) -> Result<Box<dyn Send>, ModuleError>;
+}
+
+/// Text generated on another engine (a configured URL, or the first peer discovered), streamed. Not
+/// [`TextGeneration`]: SPEC.md's `network` does not provide `text_generation`, so a remote engine never
+/// silently takes the place of the local one; callers ask for it by name.
+pub trait RemoteInference: Send + Sync {
+    /// Which engine it would use now, resolving `auto` to a discovered peer; an error when none is reachable.
+    fn peer(&self) -> Result<String, ModuleError>;
+    /// As [`TextGeneration::generate`], on the peer. A peer that cannot be reached, or goes away mid-stream,
+    /// is [`ModuleError::Failed`] naming it.
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
+    /// As [`TextGeneration::chat`], on the peer.
+    fn chat(
+        &self,
+        messages: &[ChatMessage],
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
+    ) -> Result<GenerationStats, ModuleError>;
 }
 
 macro_rules! families {
@@ -314,6 +389,10 @@ families!(
     Training,
     TextToSpeech,
     Tool,
+    RestApi,
+    RemoteAccess,
+    MultiDevice,
+    RemoteInference,
 );
 
 /// What a module hands the manager when it loads: a handle per capability it serves. A capability of the

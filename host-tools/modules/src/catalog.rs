@@ -560,16 +560,44 @@ pub static CATALOG: [ModuleSpec; 29] = [
         ],
     ),
     with(
-        spec(
-            "api_server",
-            "interface",
-            "The OpenAI-compatible HTTP API, for remote access",
-            &["rest_api", "remote_access"],
-            &["inference"],
+        // network is optional only to order restoring: loaded first, it announces the server on the LAN.
+        optional(
+            spec(
+                "api_server",
+                "interface",
+                "The OpenAI-compatible HTTP API, for remote access",
+                &["rest_api", "remote_access"],
+                // A capability, not a module: inference, chat_api or gguf_loader meets it (SPEC.md).
+                &["text_generation"],
+            ),
+            &["network"],
         ),
         &[
-            string("host", "127.0.0.1", "address to listen on"),
-            int("port", 8080, 1, 65535, "TCP port"),
+            string(
+                "host",
+                "127.0.0.1",
+                "address to listen on (anything but loopback is reachable from other machines: set a key)",
+            ),
+            int("port", 8080, 0, 65535, "TCP port (0: any free one)"),
+            string(
+                "api_key_env",
+                "ENIGMA_API_KEY",
+                "environment variable holding the key clients must send (unset or empty: none; the key itself is never saved)",
+            ),
+            int(
+                "max_queue",
+                64,
+                1,
+                1 << 20,
+                "generation requests admitted at once; more get 503",
+            ),
+            int(
+                "max_body",
+                4 << 20,
+                1,
+                1 << 30,
+                "largest request body in bytes; larger gets 413",
+            ),
         ],
     ),
     with(
@@ -581,8 +609,21 @@ pub static CATALOG: [ModuleSpec; 29] = [
             &[],
         ),
         &[
-            int("port", 7070, 1, 65535, "TCP port"),
-            flag("discovery", true, "find peers on the local network"),
+            string(
+                "peer",
+                "auto",
+                "the engine remote_inference generates on: its URL, or auto (the first one discovered)",
+            ),
+            string(
+                "api_key_env",
+                "ENIGMA_API_KEY",
+                "environment variable holding the peer's API key (unset or empty: none; never saved)",
+            ),
+            flag(
+                "discovery",
+                true,
+                "advertise this host's api_server and find peers on the local network (mDNS)",
+            ),
         ],
     ),
     with(
@@ -608,8 +649,16 @@ mod tests {
         let ids: HashSet<&str> = CATALOG.iter().map(|s| s.id).collect();
         assert_eq!(ids.len(), 29, "ids are unique");
         for s in &CATALOG {
-            for r in s.needs.iter().chain(s.optional).chain(s.conflicts) {
+            for r in s.optional.iter().chain(s.conflicts) {
                 assert!(ids.contains(r), "{} names unknown module {r}", s.id);
+            }
+            // A need names a module or a capability some module provides.
+            for r in s.needs {
+                assert!(
+                    ids.contains(r) || CATALOG.iter().any(|o| o.provides.contains(r)),
+                    "{} needs unknown {r}",
+                    s.id
+                );
             }
             // Every default satisfies its own field's type and bounds.
             for f in s.config {
@@ -628,6 +677,6 @@ mod tests {
         assert_eq!(by("image_gen_local").hardware.vram, 6 << 30);
         assert_eq!(by("video_gen_local").hardware.vram, 12 << 30);
         assert_eq!(by("threed_gen_local").hardware.vram, 4 << 30);
-        assert_eq!(by("api_server").needs, ["inference"]);
+        assert_eq!(by("api_server").needs, ["text_generation"]);
     }
 }

@@ -98,7 +98,8 @@ pub enum ManagerError {
     #[error("module {id} needs {} loaded first (or load it with --with-deps)", missing.join(", "))]
     MissingNeeds {
         id: &'static str,
-        missing: Vec<&'static str>,
+        /// Module ids, or "a provider of CAPABILITY (its providers)" for a need that names a capability.
+        missing: Vec<String>,
     },
     #[error("dependency cycle: {}", .0.join(" -> "))]
     Cycle(Vec<&'static str>),
@@ -201,6 +202,16 @@ pub struct LoadOptions {
     pub set: Vec<String>,
 }
 
+impl LoadOptions {
+    /// `key=value` settings, without the needs.
+    pub fn settings(kv: &[&str]) -> Self {
+        LoadOptions {
+            with_deps: false,
+            set: kv.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
 /// The outcome of [`ModuleManager::restore`]: what came back and what did not, with why.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RestoreReport {
@@ -260,8 +271,33 @@ struct Table {
     blocked: Option<PathBuf>,
 }
 
+/// One need of a module, resolved against the registry when the manager is made.
+#[derive(Clone, Debug)]
+enum Need {
+    /// A module by id.
+    Module(usize),
+    /// A capability: whichever loaded module provides it meets the need (SPEC.md: api_server needs "a
+    /// provider of text_generation"), so a local model and a cloud API stand in for each other.
+    Capability {
+        name: &'static str,
+        providers: Vec<usize>,
+    },
+}
+
+impl Need {
+    /// The modules that can meet it.
+    fn targets(&self) -> &[usize] {
+        match self {
+            Need::Module(j) => std::slice::from_ref(j),
+            Need::Capability { providers, .. } => providers,
+        }
+    }
+}
+
 pub struct ModuleManager {
     specs: Vec<&'static ModuleSpec>,
+    /// `needs[i]`: module `i`'s needs, resolved (module ids or capabilities).
+    needs: Vec<Vec<Need>>,
     modules: Vec<Mutex<Box<dyn Module>>>,
     index: HashMap<&'static str, usize>,
     table: Mutex<Table>,
@@ -356,8 +392,27 @@ impl ModuleManager {
                 )));
             }
         }
+        let mut needs = Vec::with_capacity(specs.len());
         for s in &specs {
-            for r in s.needs.iter().chain(s.optional).chain(s.conflicts) {
+            let mut resolved = Vec::with_capacity(s.needs.len());
+            for &n in s.needs {
+                if let Some(&j) = index.get(n) {
+                    resolved.push(Need::Module(j));
+                    continue;
+                }
+                let providers: Vec<usize> = (0..specs.len())
+                    .filter(|&j| specs[j].provides.contains(&n))
+                    .collect();
+                if providers.is_empty() {
+                    return Err(ManagerError::Registry(format!(
+                        "{} needs {n}, which is neither a registered module nor a capability one provides",
+                        s.id
+                    )));
+                }
+                resolved.push(Need::Capability { name: n, providers });
+            }
+            needs.push(resolved);
+            for r in s.optional.iter().chain(s.conflicts) {
                 if !index.contains_key(r) {
                     return Err(ManagerError::Registry(format!(
                         "{} names {r}, which is not registered",
@@ -369,6 +424,7 @@ impl ModuleManager {
         let n = specs.len();
         let mut m = ModuleManager {
             specs,
+            needs,
             modules: modules.into_iter().map(Mutex::new).collect(),
             index,
             table: Mutex::new(Table {
@@ -638,10 +694,12 @@ impl ModuleManager {
             }
             mark[i] = Mark::Visiting;
             path.push(i);
-            let spec = m.specs[i];
-            let opt: &[&str] = if optional { spec.optional } else { &[] };
-            for dep in spec.needs.iter().chain(opt) {
-                let j = m.index[dep];
+            let opt: &[&str] = if optional { m.specs[i].optional } else { &[] };
+            let deps = m.needs[i]
+                .iter()
+                .flat_map(|n| n.targets().iter().copied())
+                .chain(opt.iter().map(|o| m.index[o]));
+            for j in deps {
                 if inside[j] {
                     visit(m, j, optional, inside, mark, path, out)?;
                 }
@@ -657,13 +715,41 @@ impl ModuleManager {
         Ok(out)
     }
 
-    /// `target` and everything it needs, transitively, needs first.
+    /// `target` and everything it needs, transitively, needs first. A capability need adds nothing when a
+    /// module providing it occupies its slot already; otherwise its first provider in registry order that
+    /// this build has and that may run (cloud ones only when cloud modules are allowed).
     fn with_needs(&self, target: usize) -> Result<Vec<usize>> {
+        let (occupied, allow_cloud): (Vec<bool>, bool) = {
+            let t = lock(&self.table);
+            (
+                t.slots.iter().map(|s| s.state.occupies()).collect(),
+                t.allow_cloud,
+            )
+        };
         let mut members = vec![target];
         let mut k = 0;
         while k < members.len() {
-            for dep in self.specs[members[k]].needs {
-                let j = self.index[dep];
+            for need in &self.needs[members[k]] {
+                let j = match need {
+                    Need::Module(j) => *j,
+                    Need::Capability { providers, .. } => {
+                        if providers
+                            .iter()
+                            .any(|&p| occupied[p] || members.contains(&p))
+                        {
+                            continue;
+                        }
+                        let usable = providers.iter().copied().find(|&p| {
+                            (allow_cloud || !self.specs[p].cloud)
+                                && lock(&self.modules[p]).unavailable().is_none()
+                        });
+                        match usable {
+                            Some(p) => p,
+                            // check_one names the capability and its providers.
+                            None => continue,
+                        }
+                    }
+                };
                 if !members.contains(&j) {
                     members.push(j);
                 }
@@ -712,11 +798,10 @@ impl ModuleManager {
                 });
             }
         }
-        let missing: Vec<&'static str> = spec
-            .needs
+        let missing: Vec<String> = self.needs[i]
             .iter()
-            .copied()
-            .filter(|n| sim[self.index[n]] != State::Loaded)
+            .filter(|n| !n.targets().iter().any(|&j| sim[j] == State::Loaded))
+            .map(|n| self.need_name(n))
             .collect();
         if !missing.is_empty() {
             return Err(ManagerError::MissingNeeds { id, missing });
@@ -931,6 +1016,30 @@ impl ModuleManager {
         result
     }
 
+    /// Whether module `b` has a need that module `a` can meet (by id, or by providing the capability named).
+    /// With one provider of a capability at a time, whichever provider occupies its slot is the one meeting it.
+    fn depends_on(&self, b: usize, a: usize) -> bool {
+        self.needs[b].iter().any(|n| n.targets().contains(&a))
+    }
+
+    /// A need as messages name it: the module's id, or "a provider of text_generation (inference, chat_api
+    /// or gguf_loader)".
+    fn need_name(&self, need: &Need) -> String {
+        match need {
+            Need::Module(j) => self.specs[*j].id.to_string(),
+            Need::Capability { name, providers } => {
+                let ids: Vec<&str> = providers.iter().map(|&j| self.specs[j].id).collect();
+                let list = match ids.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} or {last}", rest.join(", "))
+                    }
+                    _ => ids.join(""),
+                };
+                format!("a provider of {name} ({list})")
+            }
+        }
+    }
+
     /// Occupying modules that need `target`, directly or through others, each after everything that
     /// needs it (so unloading them in this order never leaves a module without its needs).
     fn dependents(&self, t: &Table, target: usize) -> Vec<usize> {
@@ -938,11 +1047,11 @@ impl ModuleManager {
         let mut changed = true;
         while changed {
             changed = false;
-            for (j, spec) in self.specs.iter().enumerate() {
+            for j in 0..self.specs.len() {
                 if set.contains(&j) || !t.slots[j].state.occupies() {
                     continue;
                 }
-                if spec.needs.iter().any(|n| set.contains(&self.index[n])) {
+                if set.iter().any(|&s| self.depends_on(j, s)) {
                     set.push(j);
                     changed = true;
                 }
@@ -954,10 +1063,7 @@ impl ModuleManager {
         while !set.is_empty() {
             let pos = set
                 .iter()
-                .position(|&a| {
-                    !set.iter()
-                        .any(|&b| b != a && self.specs[b].needs.contains(&self.specs[a].id))
-                })
+                .position(|&a| !set.iter().any(|&b| b != a && self.depends_on(b, a)))
                 .unwrap_or(0);
             ordered.push(set.remove(pos));
         }
@@ -969,9 +1075,9 @@ impl ModuleManager {
         let mut set = vec![target];
         let mut k = 0;
         while k < set.len() {
-            let need = self.specs[set[k]].id;
-            for (j, spec) in self.specs.iter().enumerate() {
-                if t.slots[j].pending.is_some() && !set.contains(&j) && spec.needs.contains(&need) {
+            let need = set[k];
+            for j in 0..self.specs.len() {
+                if t.slots[j].pending.is_some() && !set.contains(&j) && self.depends_on(j, need) {
                     set.push(j);
                 }
             }
@@ -980,6 +1086,18 @@ impl ModuleManager {
         set.remove(0);
         set.reverse();
         set
+    }
+
+    /// The loaded (or failed) modules that need `id`, directly or through others, in the order a cascade
+    /// unloads them: what `unload(id, true)` would take with it. Changes nothing.
+    pub fn dependents_of(&self, id: &str) -> Result<Vec<&'static str>> {
+        let target = self.idx(id)?;
+        let t = lock(&self.table);
+        Ok(self
+            .dependents(&t, target)
+            .into_iter()
+            .map(|j| self.specs[j].id)
+            .collect())
     }
 
     /// Unloads `id`; with `cascade`, first the modules that need it (dependents of dependents first).
@@ -1226,9 +1344,17 @@ impl ModuleManager {
                 }
             }
             if t.slots[a].state == State::Loaded {
-                for need in sa.needs {
-                    if t.slots[self.index[need]].state != State::Loaded {
-                        v.push(format!("{} is loaded without {need}", sa.id));
+                for need in &self.needs[a] {
+                    if !need
+                        .targets()
+                        .iter()
+                        .any(|&j| t.slots[j].state == State::Loaded)
+                    {
+                        v.push(format!(
+                            "{} is loaded without {}",
+                            sa.id,
+                            self.need_name(need)
+                        ));
                     }
                 }
             }

@@ -504,32 +504,35 @@ impl Client {
     pub fn modules(&self) -> Result<Vec<Value>> {
         let url = self.url("/v1/modules");
         let v = self.get_json("/v1/modules")?;
-        match v.get("data").and_then(Value::as_array) {
+        // `modules` is the engine's key (docs/SERVE.md); `data` the OpenAI-style list other servers use.
+        match v
+            .get("modules")
+            .or_else(|| v.get("data"))
+            .and_then(Value::as_array)
+        {
             Some(list) => Ok(list.clone()),
             None => Err(Error::BadReply {
                 url,
-                reason: "no \"data\" list of modules".into(),
+                reason: "no \"modules\" list".into(),
             }),
         }
     }
 
-    /// `POST /v1/modules/{id}/load` with the module's config as the body (`with_deps` as a query flag).
+    /// `POST /v1/modules/{id}/load` with the body `{"with_deps": ..., "config": {...}}` (docs/SERVE.md).
     pub fn load_module(
         &self,
         id: &str,
         config: Map<String, Value>,
         with_deps: bool,
     ) -> Result<Value> {
-        let query = if with_deps { "?with_deps=true" } else { "" };
-        let path = format!("/v1/modules/{}/load{query}", segment(id));
-        self.post_json(&path, &Value::Object(config))
+        let path = format!("/v1/modules/{}/load", segment(id));
+        self.post_json(&path, &json!({"with_deps": with_deps, "config": config}))
     }
 
-    /// `POST /v1/modules/{id}/unload` (`cascade` as a query flag).
+    /// `POST /v1/modules/{id}/unload` with the body `{"cascade": ...}`.
     pub fn unload_module(&self, id: &str, cascade: bool) -> Result<Value> {
-        let query = if cascade { "?cascade=true" } else { "" };
-        let path = format!("/v1/modules/{}/unload{query}", segment(id));
-        self.post_json(&path, &json!({}))
+        let path = format!("/v1/modules/{}/unload", segment(id));
+        self.post_json(&path, &json!({"cascade": cascade}))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 mod fields;
 mod generation;
 mod metrics;
+pub mod module;
 mod modules;
 mod ollama;
 mod openai;
@@ -82,9 +83,32 @@ pub struct AppState {
     admitted: AtomicUsize,
     /// The cancel flags of generations under way, for shutdown.
     cancels: Mutex<Vec<Weak<AtomicBool>>>,
+    /// The module whose listener this is (`api_server` when loaded through the manager): the module routes
+    /// refuse to unload it, since its unload waits for the very request asking for it to end.
+    hosted_by: Option<&'static str>,
 }
 
 impl AppState {
+    /// Not ready (`/health` answers 503) until `ready` is set.
+    pub fn new(
+        manager: Arc<ModuleManager>,
+        options: Options,
+        hooks: Hooks,
+        hosted_by: Option<&'static str>,
+    ) -> Arc<Self> {
+        Arc::new(AppState {
+            manager,
+            options,
+            hooks,
+            metrics: metrics::Metrics::default(),
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            admitted: AtomicUsize::new(0),
+            cancels: Mutex::new(Vec::new()),
+            hosted_by,
+        })
+    }
+
     fn track(&self, flag: &Arc<AtomicBool>) {
         let mut c = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
         c.retain(|w| w.strong_count() > 0);
@@ -249,16 +273,7 @@ pub fn run(
         .enable_all()
         .thread_name("enigma-serve")
         .build()?;
-    let state = Arc::new(AppState {
-        manager,
-        options: options.clone(),
-        hooks,
-        metrics: metrics::Metrics::default(),
-        ready: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        admitted: AtomicUsize::new(0),
-        cancels: Mutex::new(Vec::new()),
-    });
+    let state = AppState::new(manager, options.clone(), hooks, None);
     let result = rt.block_on(serve(state.clone(), options, startup, on_ready));
     // Generations cancelled at shutdown stop at their next token; their threads are not waited for longer.
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -306,34 +321,43 @@ async fn serve(
             let _ = failed_tx.send(e);
         }
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    let st = state.clone();
-    tokio::spawn(async move {
+    let (why_tx, why_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+    let stop = async move {
         let why = tokio::select! {
             _ = shutdown_signal() => None,
             Ok(e) = &mut failed_rx => Some(e),
         };
-        st.shutting_down.store(true, Ordering::Relaxed);
-        let _ = stop_tx.send(why);
-        // Streams under way may finish within the grace; whatever is left is cancelled so it ends now.
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-        st.cancel_all();
-    });
-    let (why_tx, why_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let why = stop_rx.await.unwrap_or(None);
-            if why.is_none() {
-                eprintln!("shutting down: finishing the requests under way");
-            }
-            let _ = why_tx.send(why);
-        })
-        .await?;
+        if why.is_none() {
+            eprintln!("shutting down: finishing the requests under way");
+        }
+        let _ = why_tx.send(why);
+    };
+    serve_until(listener, state, stop).await?;
     match why_rx.await.unwrap_or(None) {
         Some(e) => Err(ServeError::Startup(e)),
         None => Ok(()),
     }
+}
+
+/// Serves the router over `state` on `listener` until `stop` resolves; then new connections stop, requests
+/// under way get [`SHUTDOWN_GRACE`] to finish, and whatever is left is cancelled so it ends now. Returns when
+/// every connection has closed. `enigma serve`'s own listener and the `api_server` module both stop this way.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let st = state.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            stop.await;
+            st.shutting_down.store(true, Ordering::Relaxed);
+            tokio::spawn(async move {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                st.cancel_all();
+            });
+        })
+        .await
 }
 
 async fn shutdown_signal() {

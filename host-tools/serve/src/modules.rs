@@ -86,6 +86,20 @@ pub async fn unload(
     let cascade = f.bool("cascade")?.unwrap_or(false);
     let st = state.clone();
     blocking(move || {
+        if let Some(host) = st.hosted_by {
+            // Stopping the listener waits for its requests to end, this one among them: refused, rather than
+            // answered by a connection that hangs until the grace runs out.
+            let taken = id == host
+                || (cascade && st.manager.dependents_of(&id).is_ok_and(|d| d.contains(&host)));
+            if taken {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "module {host} serves this request: it cannot be unloaded through its own listener (unload it in the process that hosts it, or stop that process)"
+                    ),
+                ));
+            }
+        }
         let _lock = (st.hooks.state_lock)("serve: modules unload")
             .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
         let done = st

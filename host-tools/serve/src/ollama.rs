@@ -235,8 +235,10 @@ pub async fn embed(
         ));
     }
     let texts = openai::embed_inputs(&f, "input")?;
-    let (name, vectors) = openai::embed(&state, texts, D).await?;
-    Ok(Json(json!({"model": name, "embeddings": vectors})))
+    let (name, embedded) = openai::embed(&state, texts, D).await?;
+    Ok(Json(
+        json!({"model": name, "embeddings": embedded.vectors, "prompt_eval_count": embedded.tokens}),
+    ))
 }
 
 /// Ollama answers `GET /` so clients can tell it is up.

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use enigma_modules::capability::{
-    Embeddings, FinishReason, GenerateRequest, GenerationStats, TokenLogprob,
+    Embedded, Embeddings, FinishReason, GenerateRequest, GenerationStats, TokenLogprob,
 };
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -395,14 +395,16 @@ pub async fn embeddings(
         ));
     }
     let texts = embed_inputs(&f, "input")?;
-    let (name, vectors) = embed(&state, texts, Dialect::OpenAi).await?;
-    let data: Vec<Value> = vectors
+    let (name, embedded) = embed(&state, texts, Dialect::OpenAi).await?;
+    let tokens = embedded.tokens;
+    let data: Vec<Value> = embedded
+        .vectors
         .into_iter()
         .enumerate()
         .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data, "model": name,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0}})))
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
 }
 
 /// Texts to embed: one string or a list of strings.
@@ -429,18 +431,18 @@ pub async fn embed(
     state: &Arc<AppState>,
     texts: Vec<String>,
     dialect: Dialect,
-) -> ApiResult<(String, Vec<Vec<f32>>)> {
+) -> ApiResult<(String, Embedded)> {
     let m = &state.manager;
     let embedder = m
         .get::<dyn Embeddings>("embeddings")
         .map_err(|e| ApiError::from_manager(e).dialect(dialect))?;
     let name = m.provider("embeddings").unwrap_or("embeddings").to_string();
-    let vectors = tokio::task::spawn_blocking(move || {
+    let embedded = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         embedder.embed(&refs)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::from_module(e, "input").dialect(dialect))?;
-    Ok((name, vectors))
+    Ok((name, embedded))
 }

@@ -122,19 +122,23 @@ impl TextGeneration for Fake {
     }
 }
 
-/// Serves the fake as `gguf_loader` (a catalog module that provides text_generation and needs nothing).
-struct FakeModule;
+/// Serves what `provided` makes as the catalog module `id`: the fake generator as `gguf_loader` (a catalog
+/// module that provides text_generation and needs nothing), the fake embedder as `embedding_local`.
+struct FakeModule {
+    id: &'static str,
+    provided: fn() -> Provided,
+}
 
 impl Module for FakeModule {
     fn spec(&self) -> &'static ModuleSpec {
-        catalog::by_id("gguf_loader")
+        catalog::by_id(self.id)
     }
     fn load(
         &mut self,
         _: &enigma_modules::ModuleConfig,
         _: &Deps<'_>,
     ) -> Result<Provided, ModuleError> {
-        Ok(Provided::new().with("text_generation", Arc::new(Fake) as Arc<dyn TextGeneration>))
+        Ok((self.provided)())
     }
     fn unload(&mut self) -> Result<(), ModuleError> {
         Ok(())
@@ -147,9 +151,64 @@ impl Module for FakeModule {
     }
 }
 
+/// Vectors of one number per text, counting a token per word; served as `embedding_local`, loaded by the tests
+/// that use it.
+struct FakeEmbedder;
+
+impl enigma_modules::capability::Embeddings for FakeEmbedder {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+    fn dimensions(&self) -> usize {
+        1
+    }
+    fn embed(&self, texts: &[&str]) -> Result<enigma_modules::capability::Embedded, ModuleError> {
+        Ok(enigma_modules::capability::Embedded {
+            vectors: texts.iter().map(|_| vec![1.0]).collect(),
+            tokens: texts.iter().map(|t| t.split_whitespace().count()).sum(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn embeddings_report_the_tokens_they_read() {
+    let st = state(true);
+    st.manager
+        .load("embedding_local", &enigma_modules::LoadOptions::default())
+        .unwrap();
+    let a = call(
+        &st,
+        "POST",
+        "/v1/embeddings",
+        json!({"input": ["one two three", "four"]}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
+    let a = call(&st, "POST", "/api/embed", json!({"input": "five six"})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["prompt_eval_count"], 2);
+}
+
 fn state(ready: bool) -> Arc<AppState> {
     let mut registry = Registry::new();
-    registry.register(Box::new(FakeModule));
+    registry.register(Box::new(FakeModule {
+        id: "gguf_loader",
+        provided: || {
+            Provided::new().with("text_generation", Arc::new(Fake) as Arc<dyn TextGeneration>)
+        },
+    }));
+    registry.register(Box::new(FakeModule {
+        id: "embedding_local",
+        provided: || {
+            Provided::new().with(
+                "embeddings",
+                Arc::new(FakeEmbedder) as Arc<dyn enigma_modules::capability::Embeddings>,
+            )
+        },
+    }));
     let hw = enigma_runtime::Hardware {
         total_ram: Some(64 << 30),
         free_ram: Some(64 << 30),
@@ -162,25 +221,23 @@ fn state(ready: bool) -> Arc<AppState> {
     manager
         .load("gguf_loader", &enigma_modules::LoadOptions::default())
         .unwrap();
-    Arc::new(AppState {
-        manager: Arc::new(manager),
-        options: Options {
+    let state = AppState::new(
+        Arc::new(manager),
+        Options {
             addr: "127.0.0.1:0".parse().unwrap(),
             api_key: None,
             max_queue: 4,
             max_body: 1 << 20,
         },
-        hooks: Hooks {
+        Hooks {
             list_modules: Box::new(|_| Ok(json!([]))),
             state_lock: Box::new(|_| Ok(Box::new(()) as StateLock)),
             on_ready: None,
         },
-        metrics: metrics::Metrics::default(),
-        ready: AtomicBool::new(ready),
-        shutting_down: AtomicBool::new(false),
-        admitted: AtomicUsize::new(0),
-        cancels: Mutex::new(Vec::new()),
-    })
+        None,
+    );
+    state.ready.store(ready, Ordering::Relaxed);
+    state
 }
 
 struct Answer {

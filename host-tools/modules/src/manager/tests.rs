@@ -595,7 +595,7 @@ fn settings_are_typed_and_checked() {
     let err = m.load("api_server", &set(&["port=99999"])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "module api_server: port: 99999 is outside 1..=65535"
+        "module api_server: port: 99999 is outside 0..=65535"
     );
     let err = m.load("model", &set(&["colour=red"])).unwrap_err();
     assert!(
@@ -779,7 +779,44 @@ fn the_registry_must_name_only_registered_modules() {
     let err = ModuleManager::new(modules, big(), None).err().unwrap();
     assert_eq!(
         err.to_string(),
-        "the module registry is inconsistent: inference names model, which is not registered"
+        "the module registry is inconsistent: inference needs model, which is neither a registered module nor a capability one provides"
+    );
+}
+
+#[test]
+fn a_need_that_names_a_capability_is_met_by_any_provider() {
+    let log = Log::default();
+    let m = manager(&log);
+    let err = m.load("api_server", &LoadOptions::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "module api_server needs a provider of text_generation (inference, chat_api or gguf_loader) loaded first (or load it with --with-deps)"
+    );
+    // gguf_loader stands in for inference: the need is the capability, not a module.
+    m.load("gguf_loader", &LoadOptions::default()).unwrap();
+    lock(&log).clear();
+    m.load("api_server", &deps()).unwrap();
+    assert_eq!(
+        logged(&log),
+        ["load api_server"],
+        "--with-deps adds nothing"
+    );
+    let err = m.unload("gguf_loader", false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "module gguf_loader is needed by api_server (unload those first, or use --cascade)"
+    );
+    assert_eq!(
+        m.unload("gguf_loader", true).unwrap(),
+        ["api_server", "gguf_loader"]
+    );
+    assert!(m.invariant_violations().is_empty());
+    // With nothing providing it, --with-deps takes the first provider this build has and may run: inference
+    // (chat_api is a cloud module, refused here).
+    lock(&log).clear();
+    assert_eq!(
+        m.load("api_server", &deps()).unwrap(),
+        ["model", "tokenizer", "inference", "api_server"]
     );
 }
 
