@@ -1,0 +1,314 @@
+//! A conversation as the token ids a model is prompted with.
+//!
+//! One builder for every caller (`enigma chat`, the `inference` and `gguf_loader` modules behind the
+//! server and `enigma modules generate`, `enigma train`'s chat data), so a conversation is the same tokens
+//! wherever it is rendered. The layout is the first of these the model has:
+//!
+//! 1. its own Jinja chat template (kept from a GGUF file's `tokenizer.chat_template` or a Hugging Face
+//!    `tokenizer_config.json`), rendered as `apply_chat_template` renders it ([`template`]); the special
+//!    pieces in the text (`<|im_start|>`, `<s>`) become their single ids, the text between them is encoded
+//!    as any prompt is, and BOS leads (once);
+//! 2. the chat markers of a model `enigma train` trained on conversations ([`marker_layout`]);
+//! 3. plain lines for a completion model: BOS, then each message's text and a newline.
+
+pub mod template;
+
+use enigma_core::format::ChatTokens;
+use enigma_core::{EnigmaFile, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The model's template does not parse or fails on its own: the model file's fault.
+    #[error("the model's chat template {0}")]
+    Template(String),
+    /// The template's `raise_exception` refused the conversation (a role out of order): the caller's.
+    #[error("the model's chat template refuses this conversation: {0}")]
+    Refused(String),
+    /// The text cannot be encoded within the room given (too long, a character the vocabulary lacks).
+    #[error("{0}")]
+    Tokens(String),
+}
+
+/// Scores at or below this never merge in the core's encoder: a piece scored so is reached only by its id.
+const NEVER_MERGED: f32 = -1e10;
+
+/// The end-of-turn pieces of the common chat families. Generating one ends a reply as EOS does, so a
+/// template's turn end (`<|im_end|>` where EOS is `<|endoftext|>`) never reaches the text.
+const END_OF_TURN: [&str; 8] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+];
+
+enum Layout {
+    Template(String),
+    Markers(ChatTokens),
+    Plain,
+}
+
+/// How one model is prompted with a conversation, and which tokens end its reply.
+pub struct ChatFormat {
+    layout: Layout,
+    bos: u32,
+    eos: u32,
+    bos_text: String,
+    eos_text: String,
+    /// Control pieces and their ids, longest first (so `<|im_start|>` wins over a shorter piece at the
+    /// same place).
+    specials: Vec<(Vec<u8>, u32)>,
+    end_of_turn: Vec<u32>,
+}
+
+/// A control piece of the vocabulary: one the encoder never makes from text (its score is below the merge
+/// floor: a GGUF file's control and unknown tokens are imported so) and that is written as a marker in
+/// angle or square brackets.
+fn is_special(tok: &Tokenizer<'_>, id: u32) -> bool {
+    let p = tok.piece(id);
+    tok.score(id) <= NEVER_MERGED
+        && p.len() >= 3
+        && matches!(p.first(), Some(b'<' | b'['))
+        && matches!(p.last(), Some(b'>' | b']'))
+}
+
+impl ChatFormat {
+    /// The format of the model in `file` (its tokenizer is `tok`).
+    pub fn of(file: &EnigmaFile<'_>, tok: &Tokenizer<'_>) -> Result<Self, ChatError> {
+        let template = enigma_models::gguf::chat_template(file)
+            .map_err(|e| ChatError::Template(format!("cannot be read: {e:#}")))?;
+        Ok(Self::new(tok, template))
+    }
+
+    /// The format for `tok` with `template` (a Jinja chat template) if given.
+    pub fn new(tok: &Tokenizer<'_>, template: Option<&str>) -> Self {
+        let specials = if template.is_some() {
+            let mut s: Vec<(Vec<u8>, u32)> = (0..tok.vocab_size() as u32)
+                .filter(|&id| is_special(tok, id))
+                .map(|id| (tok.piece(id).to_vec(), id))
+                .collect();
+            s.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+            s
+        } else {
+            Vec::new()
+        };
+        let mut end_of_turn: Vec<u32> = specials
+            .iter()
+            .filter(|(p, _)| END_OF_TURN.iter().any(|e| e.as_bytes() == p.as_slice()))
+            .map(|&(_, id)| id)
+            .collect();
+        end_of_turn.sort_unstable();
+        let layout = match (template, tok.meta().chat) {
+            (Some(t), _) => Layout::Template(t.to_string()),
+            (None, Some(m)) => Layout::Markers(m),
+            (None, None) => Layout::Plain,
+        };
+        let text = |id| String::from_utf8_lossy(tok.piece(id)).into_owned();
+        ChatFormat {
+            layout,
+            bos: tok.bos(),
+            eos: tok.eos(),
+            bos_text: text(tok.bos()),
+            eos_text: text(tok.eos()),
+            specials,
+            end_of_turn,
+        }
+    }
+
+    /// Whether the model was made for conversations (a template or markers), not a completion model.
+    pub fn is_chat(&self) -> bool {
+        !matches!(self.layout, Layout::Plain)
+    }
+
+    /// The model's Jinja template, when it has one.
+    pub fn template(&self) -> Option<&str> {
+        match &self.layout {
+            Layout::Template(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Which layout this is, in a few words (`enigma chat`'s first line, Ollama's `/api/show`).
+    pub fn describe(&self) -> &'static str {
+        match self.layout {
+            Layout::Template(_) => "the model's own chat template",
+            Layout::Markers(_) => "the model's own chat markers",
+            Layout::Plain => "plain lines (docs/SERVE.md)",
+        }
+    }
+
+    /// Whether generating `id` ends the reply: EOS, or an end-of-turn control token of the vocabulary.
+    pub fn ends_reply(&self, id: u32) -> bool {
+        id == self.eos || self.end_of_turn.binary_search(&id).is_ok()
+    }
+
+    /// The ids the model is prompted with for `messages`, ending where the assistant's reply begins; more
+    /// than `max` is an error.
+    pub fn prompt(
+        &self,
+        tok: &Tokenizer<'_>,
+        messages: &[ChatMessage],
+        max: usize,
+    ) -> Result<Vec<u32>, ChatError> {
+        let ids = match &self.layout {
+            Layout::Template(source) => {
+                let text =
+                    template::render(source, messages, &self.bos_text, &self.eos_text, true)?;
+                self.encode_with_specials(tok, &text, max)?
+            }
+            Layout::Markers(markers) => {
+                let turns = messages.iter().map(|m| (m.role, m.content.as_str()));
+                let mut encode = |t: &str, left: usize| encode(tok, t, false, left);
+                let (mut ids, _) =
+                    marker_layout(turns, *markers, self.bos, self.eos, max, &mut encode)?;
+                ids.push(markers.assistant);
+                ids
+            }
+            Layout::Plain => {
+                let text: String = messages
+                    .iter()
+                    .map(|m| format!("{}\n", m.content))
+                    .collect();
+                encode(tok, &text, true, max)?
+            }
+        };
+        if ids.len() > max {
+            return Err(ChatError::Tokens(
+                enigma_core::Error::PromptTooLong {
+                    tokens: ids.len(),
+                    max,
+                }
+                .to_string(),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// The longest special piece at the start of `text`.
+    fn special_at(&self, text: &[u8]) -> Option<(usize, u32)> {
+        self.specials
+            .iter()
+            .find(|(p, _)| text.starts_with(p))
+            .map(|(p, id)| (p.len(), *id))
+    }
+
+    /// `text` as ids: each special piece its own id, the text between encoded as a prompt (so SentencePiece's
+    /// dummy space starts each stretch after a special, as in llama.cpp), BOS first unless the text began
+    /// with it.
+    fn encode_with_specials(
+        &self,
+        tok: &Tokenizer<'_>,
+        text: &str,
+        max: usize,
+    ) -> Result<Vec<u32>, ChatError> {
+        let bytes = text.as_bytes();
+        let mut ids = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        let flush = |ids: &mut Vec<u32>, from: usize, to: usize| -> Result<(), ChatError> {
+            // Special pieces begin with an ASCII bracket, so `from` and `to` are character boundaries.
+            if let Some(stretch) = text.get(from..to).filter(|s| !s.is_empty()) {
+                let left = max.saturating_sub(ids.len());
+                ids.extend(encode(tok, stretch, false, left)?);
+            }
+            Ok(())
+        };
+        while i < bytes.len() {
+            match self.special_at(&bytes[i..]) {
+                Some((len, id)) => {
+                    flush(&mut ids, start, i)?;
+                    ids.push(id);
+                    i += len;
+                    start = i;
+                }
+                None => i += 1,
+            }
+        }
+        flush(&mut ids, start, bytes.len())?;
+        if ids.first() != Some(&self.bos) {
+            ids.insert(0, self.bos);
+        }
+        Ok(ids)
+    }
+}
+
+fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>, ChatError> {
+    enigma_runtime::tokenize::encode_within(tok, text, bos, false, max)
+        .map_err(|e| ChatError::Tokens(e.to_string()))
+}
+
+/// The chat-marker layout `enigma train` learns from and `enigma chat` prompts with: BOS; a system turn as
+/// its text; a user turn as the user marker and its text; an assistant turn as the assistant marker, its
+/// text and EOS. Also returns which targets a trainer puts loss on (`mask[i]`: whether `ids[i]`, predicted
+/// from the ids before it, counts): the assistant's text and its EOS. `encode(text, left)` encodes a turn
+/// within the `left` tokens still free of `max`.
+pub fn marker_layout<'t, E>(
+    turns: impl IntoIterator<Item = (Role, &'t str)>,
+    markers: ChatTokens,
+    bos: u32,
+    eos: u32,
+    max: usize,
+    encode: &mut dyn FnMut(&str, usize) -> Result<Vec<u32>, E>,
+) -> Result<(Vec<u32>, Vec<bool>), E> {
+    let mut ids = vec![bos];
+    let mut mask = vec![false];
+    for (role, text) in turns {
+        let enc = encode(text, max.saturating_sub(ids.len()))?;
+        match role {
+            Role::System => {
+                mask.extend(std::iter::repeat_n(false, enc.len()));
+                ids.extend(enc);
+            }
+            Role::User => {
+                ids.push(markers.user);
+                mask.extend(std::iter::repeat_n(false, enc.len() + 1));
+                ids.extend(enc);
+            }
+            Role::Assistant => {
+                ids.push(markers.assistant);
+                mask.push(false);
+                mask.extend(std::iter::repeat_n(true, enc.len() + 1));
+                ids.extend(enc);
+                ids.push(eos);
+            }
+        }
+    }
+    Ok((ids, mask))
+}
