@@ -195,9 +195,10 @@ impl ChatFormat {
             }
             Layout::Markers(markers) => {
                 let turns = messages.iter().map(|m| (m.role, m.content.as_str()));
-                let mut encode = |t: &str, left: usize| encode(tok, t, false, left);
                 let (mut ids, _) =
-                    marker_layout(turns, *markers, self.bos, self.eos, max, &mut encode)?;
+                    marker_layout(turns, *markers, self.bos, self.eos, max, |t, left| {
+                        encode(tok, t, false, left)
+                    })?;
                 ids.push(markers.assistant);
                 ids
             }
@@ -285,7 +286,7 @@ pub fn marker_layout<'t, E>(
     bos: u32,
     eos: u32,
     max: usize,
-    encode: &mut dyn FnMut(&str, usize) -> Result<Vec<u32>, E>,
+    mut encode: impl FnMut(&str, usize) -> Result<Vec<u32>, E>,
 ) -> Result<(Vec<u32>, Vec<bool>), E> {
     let mut ids = vec![bos];
     let mut mask = vec![false];
