@@ -168,7 +168,8 @@ fn import_and_quantize_keep_the_chat_template() {
         .assert()
         .success();
     for file in [&imported, &quantized] {
-        let model = enigma_runtime::ModelFile::from_bytes(&std::fs::read(file).unwrap(), file).unwrap();
+        let model =
+            enigma_runtime::ModelFile::from_bytes(&std::fs::read(file).unwrap(), file).unwrap();
         let parsed = model.parse().unwrap();
         assert_eq!(
             enigma_models::gguf::chat_template(&parsed).unwrap(),

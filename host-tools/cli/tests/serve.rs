@@ -852,7 +852,10 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
         String::from_utf8_lossy(&load.stderr)
     );
     let server = Server::start(home.path(), &[], &[]);
-    assert_eq!(server.get("/health").json()["text_generation"], "gguf_loader");
+    assert_eq!(
+        server.get("/health").json()["text_generation"],
+        "gguf_loader"
+    );
 
     // A completion through the served file is `enigma run -m FILE.gguf`'s.
     let prompt = "Once upon a time";
@@ -899,7 +902,11 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
     let served = tokenize(&first);
     assert_eq!(prompts, [served.clone()]);
     // BOS once (the template writes `<s>` itself), then the system line as text.
-    assert_eq!(served.iter().filter(|&&id| id == 1).count(), 1, "{served:?}");
+    assert_eq!(
+        served.iter().filter(|&&id| id == 1).count(),
+        1,
+        "{served:?}"
+    );
     assert_eq!(served[0], 1);
     let reply = chat(&first);
     assert_eq!(stdout, format!("{reply}\n"));
