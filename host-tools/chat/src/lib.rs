@@ -313,3 +313,147 @@ pub fn marker_layout<'t, E>(
     }
     Ok((ids, mask))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enigma_core::format::TokenizerMeta;
+
+    /// A vocabulary of the letters, space and newline (score 0) and four control pieces (scored as a GGUF
+    /// import scores them), as the arrays a `.enigma` file holds.
+    struct Vocab {
+        pieces: Vec<u8>,
+        offsets: Vec<u32>,
+        scores: Vec<f32>,
+        sorted: Vec<u32>,
+    }
+
+    const CONTROL: [&str; 4] = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"];
+
+    fn vocab() -> Vocab {
+        let mut list: Vec<(String, f32)> = CONTROL.iter().map(|c| (c.to_string(), -1e30)).collect();
+        list.extend(('a'..='z').chain([' ', '\n']).map(|c| (c.to_string(), 0.0)));
+        let mut v = Vocab {
+            pieces: Vec::new(),
+            offsets: vec![0],
+            scores: Vec::new(),
+            sorted: (0..list.len() as u32).collect(),
+        };
+        for (p, s) in &list {
+            v.pieces.extend_from_slice(p.as_bytes());
+            v.offsets.push(v.pieces.len() as u32);
+            v.scores.push(*s);
+        }
+        v.sorted
+            .sort_by_key(|&i| list[i as usize].0.as_bytes().to_vec());
+        v
+    }
+
+    fn tokenizer(v: &Vocab) -> Tokenizer<'_> {
+        let meta = TokenizerMeta {
+            bos: 0,
+            eos: 1,
+            pad: None,
+            max_token_len: 12,
+            add_dummy_prefix: false,
+            byte_fallback: None,
+            chat: None,
+        };
+        Tokenizer::new(meta, &v.pieces, &v.offsets, &v.scores, &v.sorted).unwrap()
+    }
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn letters(tok: &Tokenizer<'_>, s: &str) -> Vec<u32> {
+        s.bytes().map(|b| tok.lookup(&[b]).unwrap()).collect()
+    }
+
+    #[test]
+    fn control_pieces_in_the_rendered_text_are_single_ids_and_bos_leads_once() {
+        let v = vocab();
+        let tok = tokenizer(&v);
+        let f = ChatFormat::new(&tok, Some(CHATML));
+        assert!(f.is_chat());
+        let ids = f.prompt(&tok, &[ChatMessage::user("hi")], 100).unwrap();
+        let (start, end) = (2, 3);
+        let mut want = vec![tok.bos(), start];
+        want.extend(letters(&tok, "user\nhi"));
+        want.extend([end]);
+        want.extend(letters(&tok, "\n"));
+        want.push(start);
+        want.extend(letters(&tok, "assistant\n"));
+        assert_eq!(ids, want);
+        // A template that writes BOS itself gets no second one.
+        let with_bos = format!("{{{{ bos_token }}}}{CHATML}");
+        let f = ChatFormat::new(&tok, Some(&with_bos));
+        assert_eq!(
+            f.prompt(&tok, &[ChatMessage::user("hi")], 100).unwrap(),
+            want
+        );
+        // Too long for the room given is an error, not a cut prompt.
+        assert!(matches!(
+            f.prompt(&tok, &[ChatMessage::user("hi")], want.len() - 1),
+            Err(ChatError::Tokens(_))
+        ));
+    }
+
+    #[test]
+    fn eos_and_end_of_turn_pieces_end_a_reply() {
+        let v = vocab();
+        let tok = tokenizer(&v);
+        let f = ChatFormat::new(&tok, Some(CHATML));
+        assert!(f.ends_reply(1) && f.ends_reply(3));
+        assert!(!f.ends_reply(0) && !f.ends_reply(2) && !f.ends_reply(5));
+        // Without a template the control pieces are not looked for: EOS alone ends a reply.
+        let plain = ChatFormat::new(&tok, None);
+        assert!(plain.ends_reply(1) && !plain.ends_reply(3));
+        assert!(!plain.is_chat());
+    }
+
+    #[test]
+    fn plain_lines_and_markers_lay_out_as_documented() {
+        let v = vocab();
+        let tok = tokenizer(&v);
+        let conv = [
+            ChatMessage::system("be"),
+            ChatMessage::user("hi"),
+            ChatMessage::assistant("yo"),
+            ChatMessage::user("ok"),
+        ];
+        let plain = ChatFormat::new(&tok, None);
+        let mut want = vec![tok.bos()];
+        want.extend(letters(&tok, "be\nhi\nyo\nok\n"));
+        assert_eq!(plain.prompt(&tok, &conv, 100).unwrap(), want);
+
+        let markers = ChatTokens {
+            user: 2,
+            assistant: 3,
+        };
+        let (ids, mask) = marker_layout(
+            conv.iter().map(|m| (m.role, m.content.as_str())),
+            markers,
+            0,
+            1,
+            100,
+            |t, _| Ok::<_, ()>(letters(&tok, t)),
+        )
+        .unwrap();
+        let l = |s| letters(&tok, s);
+        let want: Vec<u32> = [
+            vec![0],
+            l("be"),
+            vec![2],
+            l("hi"),
+            vec![3],
+            l("yo"),
+            vec![1],
+            vec![2],
+            l("ok"),
+        ]
+        .concat();
+        assert_eq!(ids, want);
+        // Loss on the assistant's text and its EOS only.
+        let on: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+        assert_eq!(on, [7, 8, 9]);
+    }
+}

@@ -592,6 +592,15 @@ mod tests {
     }
 
     #[test]
+    fn only_what_the_context_lacks_is_fed() {
+        assert_eq!(unfed(&[1, 5, 6], &[1, 5, 6, 7, 8]), Some(&[7, 8][..]));
+        assert_eq!(unfed(&[], &[1, 5]), Some(&[1, 5][..]));
+        // A reply that encodes differently as text: the context starts over.
+        assert_eq!(unfed(&[1, 5, 6], &[1, 5, 9, 7]), None);
+        assert_eq!(unfed(&[1, 5], &[1, 5]), None);
+    }
+
+    #[test]
     fn n_predict_and_ctx_size_are_checked() {
         let l = |n, c| LengthArgs {
             n_predict: n,
