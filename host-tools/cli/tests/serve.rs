@@ -825,8 +825,9 @@ fn cli_chat(model: &Path, system: &str, lines: &[&str], n: usize) -> (Vec<Vec<u3
     );
     let prompts = stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("prompt ids: "))
-        .map(|ids| serde_json::from_str(ids).unwrap())
+        // After the "> " that asks for the line.
+        .filter_map(|l| l.split_once("prompt ids: "))
+        .map(|(_, ids)| serde_json::from_str(ids).unwrap())
         .collect();
     (prompts, String::from_utf8(out.stdout).unwrap())
 }
