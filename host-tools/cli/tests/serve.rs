@@ -901,7 +901,7 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
     ]);
     let (prompts, stdout) = cli_chat(&gguf, system, &[u1], 16);
     let served = tokenize(&first);
-    assert_eq!(prompts, [served.clone()]);
+    assert_eq!(prompts, std::slice::from_ref(&served));
     // BOS once (the template writes `<s>` itself), then the system line as text.
     assert_eq!(
         served.iter().filter(|&&id| id == 1).count(),
