@@ -805,7 +805,13 @@ fn a_model_that_does_not_load_stops_the_server_with_one_error_line() {
 
 /// `enigma chat -m MODEL --system SYSTEM --verbose-prompt`, greedy, with `lines` typed: each turn's prompt
 /// ids (the whole conversation as the template lays it out) and stdout.
-fn cli_chat(model: &Path, system: &str, lines: &[&str], n: usize) -> (Vec<Vec<u32>>, String) {
+fn cli_chat(
+    model: &Path,
+    system: &str,
+    lines: &[&str],
+    n: usize,
+    banner: &str,
+) -> (Vec<Vec<u32>>, String) {
     let mut input = lines.join("\n");
     input.push_str("\n/quit\n");
     let out = assert_cmd::Command::new(enigma())
@@ -819,10 +825,7 @@ fn cli_chat(model: &Path, system: &str, lines: &[&str], n: usize) -> (Vec<Vec<u3
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("a chat model prompted with the model's own chat template"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(banner), "{stderr}");
     let prompts = stderr
         .lines()
         // After the "> " that asks for the line.
@@ -831,6 +834,8 @@ fn cli_chat(model: &Path, system: &str, lines: &[&str], n: usize) -> (Vec<Vec<u3
         .collect();
     (prompts, String::from_utf8(out.stdout).unwrap())
 }
+
+const TEMPLATED: &str = "a chat model prompted with the model's own chat template";
 
 #[test]
 fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_loader() {
@@ -899,7 +904,7 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
         {"role": "system", "content": system},
         {"role": "user", "content": u1},
     ]);
-    let (prompts, stdout) = cli_chat(&gguf, system, &[u1], 16);
+    let (prompts, stdout) = cli_chat(&gguf, system, &[u1], 16, TEMPLATED);
     let served = tokenize(&first);
     assert_eq!(prompts, std::slice::from_ref(&served));
     // BOS once (the template writes `<s>` itself), then the system line as text.
@@ -918,11 +923,43 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
         {"role": "assistant", "content": reply},
         {"role": "user", "content": u2},
     ]);
-    let (prompts, _) = cli_chat(&gguf, system, &[u1, u2], 16);
+    let (prompts, _) = cli_chat(&gguf, system, &[u1, u2], 16, TEMPLATED);
     let served = tokenize(&second);
     assert_eq!(prompts.len(), 2);
     assert_eq!(prompts[1], served);
     // The assistant's turn ends with `</s>`, the single EOS id, not its letters.
     assert!(served.contains(&2), "{served:?}");
     server.wait_idle(Duration::from_secs(1));
+}
+
+#[test]
+fn a_completion_model_gets_the_same_plain_lines_from_enigma_chat_and_the_server() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let system = "In the beginning";
+    let (prompts, _) = cli_chat(
+        Path::new("default"),
+        system,
+        &["God created"],
+        8,
+        "is a completion model",
+    );
+    assert_eq!(prompts.len(), 1);
+    let messages = serde_json::json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": "God created"},
+    ]);
+    let r = server.post(
+        "/tokenize",
+        &serde_json::json!({ "messages": messages }).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let served: Vec<u32> = serde_json::from_value(r.json()["tokens"].clone()).unwrap();
+    assert_eq!(prompts[0], served);
+    // The same ids as the text of the lines, BOS first: the documented plain layout.
+    let r = server.post(
+        "/tokenize",
+        &serde_json::json!({"content": format!("{system}\nGod created\n"), "add_special": true})
+            .to_string(),
+    );
+    assert_eq!(r.json()["tokens"], serde_json::json!(served));
 }
