@@ -6,6 +6,8 @@ use enigma_models::llama2c;
 use enigma_runtime::{HostSession, ModelFile};
 use enigma_testkit::shared_bytes;
 
+mod support;
+
 fn stories(test: &str) -> Option<Vec<u8>> {
     let ckpt = shared_bytes("models/stories260K.bin", test)?;
     let tok = shared_bytes("models/tok512.bin", test)?;
@@ -171,4 +173,32 @@ fn chat_with_a_completion_model_says_so_and_help_lists_the_commands() {
         "{stdout:?}"
     );
     assert_eq!(stderr.matches("generated:").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_template_that_does_not_parse_is_an_error_line_not_a_crash() {
+    let test = "a_template_that_does_not_parse_is_an_error_line_not_a_crash";
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "{% for m in messages %}{{ m['content'] }}";
+    let Some(gguf) = support::templated_gguf(dir.path(), test, broken) else {
+        return;
+    };
+    let out = Command::cargo_bin("enigma")
+        .unwrap()
+        .arg("chat")
+        .arg("-m")
+        .arg(&gguf)
+        .args(["--temp", "0", "-n", "4", "--threads", "1"])
+        .write_stdin("Hello\n/quit\n")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: that turn cannot be prompted (the model's chat template does not parse:"
+        ),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }

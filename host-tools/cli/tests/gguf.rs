@@ -147,7 +147,7 @@ fn a_broken_gguf_is_a_one_line_error() {
 fn import_and_quantize_keep_the_chat_template() {
     let test = "import_and_quantize_keep_the_chat_template";
     let dir = tempfile::tempdir().unwrap();
-    let Some(gguf) = support::templated_gguf(dir.path(), test) else {
+    let Some(gguf) = support::templated_gguf(dir.path(), test, support::TEMPLATE) else {
         return;
     };
     let imported = dir.path().join("chat.enigma");

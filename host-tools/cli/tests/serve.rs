@@ -841,7 +841,7 @@ const TEMPLATED: &str = "a chat model prompted with the model's own chat templat
 fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_loader() {
     let test = "a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_loader";
     let dir = TempDir::new().unwrap();
-    let Some(gguf) = support::templated_gguf(dir.path(), test) else {
+    let Some(gguf) = support::templated_gguf(dir.path(), test, support::TEMPLATE) else {
         return;
     };
     // gguf_loader is wanted in the home's modules.json, and `enigma serve` restores it.
@@ -929,6 +929,17 @@ fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_lo
     assert_eq!(prompts[1], served);
     // The assistant's turn ends with `</s>`, the single EOS id, not its letters.
     assert!(served.contains(&2), "{served:?}");
+    // A conversation the template refuses (its `raise_exception`) is the caller's error, said as such.
+    let r = server.post(
+        "/v1/chat/completions",
+        &serde_json::json!({"messages": [{"role": "assistant", "content": "Hi"}]}).to_string(),
+    );
+    let message = r.openai_error(400, Some("messages"));
+    assert!(
+        message
+            .contains("the model's chat template refuses this conversation: the user speaks first"),
+        "{message}"
+    );
     server.wait_idle(Duration::from_secs(1));
 }
 
