@@ -197,7 +197,7 @@ impl ChatFormat {
                 let turns = messages.iter().map(|m| (m.role, m.content.as_str()));
                 let (mut ids, _) =
                     marker_layout(turns, *markers, self.bos, self.eos, max, |t, left| {
-                        encode(tok, t, false, left)
+                        encode(tok, t, false, max, max - left)
                     })?;
                 ids.push(markers.assistant);
                 ids
@@ -207,7 +207,7 @@ impl ChatFormat {
                     .iter()
                     .map(|m| format!("{}\n", m.content))
                     .collect();
-                encode(tok, &text, true, max)?
+                encode(tok, &text, true, max, 0)?
             }
         };
         if ids.len() > max {
@@ -246,8 +246,8 @@ impl ChatFormat {
         let flush = |ids: &mut Vec<u32>, from: usize, to: usize| -> Result<(), ChatError> {
             // Special pieces begin with an ASCII bracket, so `from` and `to` are character boundaries.
             if let Some(stretch) = text.get(from..to).filter(|s| !s.is_empty()) {
-                let left = max.saturating_sub(ids.len());
-                ids.extend(encode(tok, stretch, false, left)?);
+                // BOS, when it is added, comes on top of what was counted here; the total is checked after.
+                ids.extend(encode(tok, stretch, false, max, ids.len())?);
             }
             Ok(())
         };
@@ -270,9 +270,26 @@ impl ChatFormat {
     }
 }
 
-fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<u32>, ChatError> {
-    enigma_runtime::tokenize::encode_within(tok, text, bos, false, max)
-        .map_err(|e| ChatError::Tokens(e.to_string()))
+/// `text` encoded within what is left of `max` after the `used` tokens before it. A text too long says how
+/// long the whole conversation is at least, not the part.
+fn encode(
+    tok: &Tokenizer<'_>,
+    text: &str,
+    bos: bool,
+    max: usize,
+    used: usize,
+) -> Result<Vec<u32>, ChatError> {
+    use enigma_core::Error::{PromptBytesTooLong, PromptTooLong};
+    enigma_runtime::tokenize::encode_within(tok, text, bos, false, max.saturating_sub(used))
+        .map_err(|e| match e {
+            enigma_runtime::Error::Core(
+                PromptTooLong { tokens, .. } | PromptBytesTooLong { tokens, .. },
+            ) => ChatError::Tokens(format!(
+                "the conversation is at least {} tokens but the model's context holds {max}",
+                used + tokens
+            )),
+            e => ChatError::Tokens(e.to_string()),
+        })
 }
 
 /// The chat-marker layout `enigma train` learns from and `enigma chat` prompts with: BOS; a system turn as

@@ -439,11 +439,13 @@ pub(crate) fn next_input(
     }
 }
 
-/// The part of `ids` still to feed a session whose context holds `history`: what follows it when it is a
-/// prefix of `ids`, `None` when the context must start over (a reply that encodes differently as text
-/// than as sampled, a paragraph cut at a blank line).
-fn unfed<'a>(history: &[u32], ids: &'a [u32]) -> Option<&'a [u32]> {
-    ids.strip_prefix(history).filter(|rest| !rest.is_empty())
+/// How many tokens a session whose context holds `history` (the first `fed` of them run through the model)
+/// keeps for the prompt `ids`: the start they share, less one when that is all of `ids` (the prompt's last
+/// token is fed again, for its logits). What follows differs when a reply encodes differently as text than
+/// as sampled, or was cut at a blank line or by `-n`.
+fn reusable(history: &[u32], fed: usize, ids: &[u32]) -> usize {
+    let common = history.iter().zip(ids).take_while(|(a, b)| a == b).count();
+    common.min(fed).min(ids.len().saturating_sub(1))
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
@@ -509,14 +511,17 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         if args.verbose_prompt {
             eprintln!("prompt ids: {ids:?}");
         }
-        let feed = match unfed(&history, &ids) {
-            Some(rest) => rest,
-            None => {
-                session.reset();
-                sampler.clear_history();
-                &ids[..]
-            }
-        };
+        let keep = reusable(&history, session.pos(), &ids);
+        session.truncate(keep, keep.checked_sub(1).map(|i| ids[i]));
+        // The sampler's history becomes what a fresh session fed `ids` would have seen.
+        sampler.clear_history();
+        for &t in &ids[..keep] {
+            sampler.observe(t);
+        }
+        let feed = &ids[keep..];
+        if args.verbose_prompt {
+            eprintln!("({keep} of them already in the context)");
+        }
         let left = ctx.saturating_sub(ids.len());
         let turn = Turn {
             ids: feed,
@@ -592,12 +597,14 @@ mod tests {
     }
 
     #[test]
-    fn only_what_the_context_lacks_is_fed() {
-        assert_eq!(unfed(&[1, 5, 6], &[1, 5, 6, 7, 8]), Some(&[7, 8][..]));
-        assert_eq!(unfed(&[], &[1, 5]), Some(&[1, 5][..]));
-        // A reply that encodes differently as text: the context starts over.
-        assert_eq!(unfed(&[1, 5, 6], &[1, 5, 9, 7]), None);
-        assert_eq!(unfed(&[1, 5], &[1, 5]), None);
+    fn the_context_keeps_the_start_the_new_prompt_shares() {
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5, 6, 7, 8]), 3);
+        // A pending (sampled, not yet fed) token is not in the cache.
+        assert_eq!(reusable(&[1, 5, 6], 2, &[1, 5, 6, 7, 8]), 2);
+        assert_eq!(reusable(&[], 0, &[1, 5]), 0);
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5, 9, 7]), 2);
+        // The whole prompt already there: its last token is fed again.
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5]), 1);
     }
 
     #[test]

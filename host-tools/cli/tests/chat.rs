@@ -202,3 +202,45 @@ fn a_template_that_does_not_parse_is_an_error_line_not_a_crash() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_truncated_context_continues_as_a_fresh_one_fed_the_same_tokens() {
+    let Some(bytes) = stories("a_truncated_context_continues_as_a_fresh_one_fed_the_same_tokens")
+    else {
+        return;
+    };
+    let file = ModelFile::from_bytes(&bytes, "stories260K").expect("model");
+    let m = file.model(enigma_core::kernels::kernels()).expect("model");
+    let first = encode(&m.tokenizer, "Once upon a time", true);
+    let greedy = || Sampler::new(SamplerConfig::greedy());
+    let run = |s: &mut enigma_core::generate::Session<'_, '_>, prompt: &[u32]| {
+        let mut out = Vec::new();
+        s.generate(
+            &Serial,
+            &m.tokenizer,
+            &mut greedy(),
+            prompt,
+            10,
+            false,
+            &mut |t, _| {
+                out.push(t);
+                true
+            },
+        )
+        .expect("generate");
+        out
+    };
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut s = bufs.session(m.transformer).expect("session");
+    run(&mut s, &first);
+    // What `enigma chat` does when a conversation changed after its first tokens: keep those, feed the rest.
+    let changed: Vec<u32> = [&first[..], &encode(&m.tokenizer, "The dog ran", false)].concat();
+    let keep = first.len() - 2;
+    s.truncate(keep, Some(changed[keep - 1]));
+    let reused = run(&mut s, &changed[keep..]);
+    assert_eq!(s.pos(), changed.len() + reused.len() - 1);
+
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut fresh = bufs.session(m.transformer).expect("session");
+    assert_eq!(reused, run(&mut fresh, &changed));
+}
