@@ -208,13 +208,6 @@ pub fn requantize(file: &EnigmaFile<'_>, to: DType) -> Result<(Vec<u8>, Vec<&'st
         format!("{}; weights converted to {}", p.notes, to.name()),
     );
     let kept = add_params(&mut w, &config, &params, to)?;
-    // Tensors beside the parameters (a kept chat template) travel unchanged.
-    let layout = ParamLayout::new(&config);
-    for t in file.tensors() {
-        if !layout.iter().any(|spec| spec.name == t.name) {
-            let dims = t.shape.iter().take_while(|&&d| d != 0).count();
-            w.tensor(t.name, t.dtype, &t.shape[..dims], t.bytes);
-        }
-    }
+    w.carry_extras(file);
     Ok((w.to_bytes()?, kept))
 }
