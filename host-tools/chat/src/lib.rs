@@ -282,9 +282,14 @@ fn encode(
     use enigma_core::Error::{PromptBytesTooLong, PromptTooLong};
     enigma_runtime::tokenize::encode_within(tok, text, bos, false, max.saturating_sub(used))
         .map_err(|e| match e {
-            enigma_runtime::Error::Core(
-                PromptTooLong { tokens, .. } | PromptBytesTooLong { tokens, .. },
-            ) => ChatError::Tokens(format!(
+            // Refused from its length in bytes, before the work of encoding it.
+            enigma_runtime::Error::Core(PromptBytesTooLong { bytes, tokens, .. }) => {
+                ChatError::Tokens(format!(
+                    "the conversation is at least {} tokens (a text of {bytes} bytes) but the model's context holds {max}",
+                    used + tokens
+                ))
+            }
+            enigma_runtime::Error::Core(PromptTooLong { tokens, .. }) => ChatError::Tokens(format!(
                 "the conversation is at least {} tokens but the model's context holds {max}",
                 used + tokens
             )),
