@@ -7,6 +7,11 @@ use crate::{ChatError, ChatMessage};
 use minijinja::{context, Environment, Error, ErrorKind};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The most instructions a render may run. A chat template comes with a downloaded model file: a hostile
+/// or broken one (a loop over `range(10**9)`) fails here instead of holding a server's thread. A Llama 3
+/// template over a 200-message conversation runs 4,008 (in 0.23 ms, measured).
+const FUEL: u64 = 5_000_000;
+
 /// How our `raise_exception` marks its error, so a template refusing a conversation (a role out of
 /// order) is told apart from a template that is broken.
 const RAISED: &str = "raise_exception: ";
@@ -37,6 +42,7 @@ pub fn render(
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    env.set_fuel(Some(FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
@@ -169,6 +175,15 @@ mod tests {
         assert!(matches!(e, ChatError::Template(_)), "{e}");
         assert!(e.to_string().contains("does not parse"), "{e}");
         let e = render("{{ messages[0].content + 1 }}", &m, "", "", true).unwrap_err();
+        assert!(matches!(e, ChatError::Template(_)), "{e}");
+    }
+
+    #[test]
+    fn a_template_that_runs_away_runs_out_of_fuel() {
+        let m = [ChatMessage::user("hi")];
+        let src =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render(src, &m, "", "", true).unwrap_err();
         assert!(matches!(e, ChatError::Template(_)), "{e}");
     }
 
