@@ -252,6 +252,11 @@ impl ChatFormat {
             Ok(())
         };
         while i < bytes.len() {
+            // Every special piece opens with a bracket, so other bytes need no search.
+            if !matches!(bytes[i], b'<' | b'[') {
+                i += 1;
+                continue;
+            }
             match self.special_at(&bytes[i..]) {
                 Some((len, id)) => {
                     flush(&mut ids, start, i)?;
