@@ -83,6 +83,15 @@ impl<'m, 'b> Session<'m, 'b> {
         self.last = None;
     }
 
+    /// Keeps the first `keep` tokens of the context (no more than were fed) and forgets the rest, a pending
+    /// token included; `last` is the token at `keep - 1`, which the next token's text depends on. The cache
+    /// of the kept tokens stays valid, so a conversation that changed after them is fed from there.
+    pub fn truncate(&mut self, keep: usize, last: Option<u32>) {
+        self.pos = keep.min(self.pos);
+        self.pending = None;
+        self.last = last;
+    }
+
     /// Runs `tokens` (after any pending token) through the model; the logits of the last one are then ready.
     pub fn feed(&mut self, exec: &dyn Exec, tokens: &[u32]) -> Result<()> {
         let max = self.model.config.seq_len as usize;

@@ -208,5 +208,6 @@ pub fn requantize(file: &EnigmaFile<'_>, to: DType) -> Result<(Vec<u8>, Vec<&'st
         format!("{}; weights converted to {}", p.notes, to.name()),
     );
     let kept = add_params(&mut w, &config, &params, to)?;
+    w.carry_extras(file);
     Ok((w.to_bytes()?, kept))
 }

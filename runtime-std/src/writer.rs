@@ -1,12 +1,13 @@
 //! Writing `.enigma` files (docs/FORMAT.md). The reader lives in `enigma-core`; both share its `Header`.
 
 use crate::{Error, Result};
-use enigma_core::config::Config;
+use enigma_core::config::{Config, ParamLayout};
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
     MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, VERSION,
 };
 use enigma_core::kernels::DType;
+use enigma_core::EnigmaFile;
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -138,6 +139,21 @@ impl<'a> ModelWriter<'a> {
         let config = self.config;
         crate::quantize::add_params(self, &config, params, DType::F32)?;
         Ok(self)
+    }
+
+    /// Adds the tensors of `file` that are neither parameters nor the tokenizer (a kept chat template) as
+    /// they are, so that rewriting a model (quantize, convert) keeps them.
+    pub fn carry_extras(&mut self, file: &EnigmaFile<'_>) -> &mut Self {
+        let layout = ParamLayout::new(&self.config);
+        let ours = |name: &str| {
+            [TOK_PIECES, TOK_OFFSETS, TOK_SCORES, TOK_SORTED].contains(&name)
+                || layout.iter().any(|spec| spec.name == name)
+        };
+        for t in file.tensors().filter(|t| !ours(t.name)) {
+            let dims = t.shape.iter().take_while(|&&d| d != 0).count();
+            self.tensor(t.name, t.dtype, &t.shape[..dims], t.bytes.to_vec());
+        }
+        self
     }
 
     /// The whole file as bytes.

@@ -4,6 +4,7 @@ use crate::remote::RemoteArgs;
 use crate::{open, EngineArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use enigma_chat::{ChatFormat, ChatMessage};
 use enigma_core::generate::{Session, Stats, Stop};
 use enigma_core::utf8::Utf8Stream;
 use enigma_core::{Exec, Sampler, SamplerConfig, Tokenizer};
@@ -150,9 +151,13 @@ impl RunArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// An instruction placed before the first turn (chat models only).
+    /// An instruction placed before the first turn (a completion model gets it as the first line).
     #[arg(long, visible_alias = "system-prompt")]
     pub system: Option<String>,
+    /// Print each turn's prompt as token ids (the whole conversation as the chat template lays it out) on
+    /// stderr, as llama.cpp's flag does; the server's `/tokenize` with `messages` gives the same ids.
+    #[arg(long)]
+    pub verbose_prompt: bool,
     #[command(flatten)]
     pub length: LengthArgs,
     #[command(flatten)]
@@ -250,13 +255,23 @@ impl Clock {
     }
 }
 
-/// What a reply is made of: the prompt's tokens, how many may follow, whether the prompt is echoed, and
-/// whether a blank line ends it (a completion model in `chat` answers with one paragraph).
+/// What a reply is made of: the prompt's tokens, how many may follow, whether the prompt is echoed,
+/// whether a blank line ends it (a completion model in `chat` answers with one paragraph), and which
+/// tokens end it besides EOS (a chat template's end of turn).
 struct Turn<'a> {
     ids: &'a [u32],
     max_new: usize,
     echo: bool,
     until_blank_line: bool,
+    format: Option<&'a ChatFormat>,
+}
+
+/// What one reply generated: the ids sampled (an end-of-turn token included: it stays in the context)
+/// and the text printed.
+#[derive(Default)]
+struct Reply {
+    ids: Vec<u32>,
+    text: Vec<u8>,
 }
 
 /// Where a paragraph ends in the generated text: the first blank line after some text.
@@ -299,7 +314,7 @@ fn reply(
     tok: &Tokenizer<'_>,
     sampler: &mut Sampler,
     turn: Turn<'_>,
-) -> Result<Stats> {
+) -> Result<(Stats, Reply)> {
     let stdout = std::io::stdout();
     let mut printer = Printer::new(stdout.lock());
     // A fresh session echoes every prompt token but the leading BOS.
@@ -310,6 +325,7 @@ fn reply(
     };
     let mut clock = Clock::new(echoed);
     let mut paragraph = Paragraph::default();
+    let mut out = Reply::default();
     let stats = session.generate(
         exec,
         tok,
@@ -317,19 +333,31 @@ fn reply(
         turn.ids,
         turn.max_new,
         turn.echo,
-        &mut |_, piece| {
+        &mut |id, piece| {
             clock.tick();
-            if turn.until_blank_line && clock.seen > echoed {
-                let (part, ended) = paragraph.cut(piece);
-                let ok = printer.piece(part);
-                return ok && !ended;
+            if clock.seen <= echoed {
+                return printer.piece(piece);
             }
-            printer.piece(piece)
+            out.ids.push(id);
+            if turn.format.is_some_and(|f| f.ends_reply(id)) {
+                return false;
+            }
+            let (part, ended) = if turn.until_blank_line {
+                paragraph.cut(piece)
+            } else {
+                (piece, false)
+            };
+            out.text.extend_from_slice(part);
+            printer.piece(part) && !ended
         },
     )?;
+    // EOS ends the loop without reaching the callback, and waits in the context like any sampled token.
+    if stats.stop == Stop::EndOfText {
+        out.ids.push(tok.eos());
+    }
     printer.finish();
     clock.report(&stats);
-    Ok(stats)
+    Ok((stats, out))
 }
 
 /// Encodes a prompt that must fit in `max` tokens, in O(n log n) (the core's loop is quadratic).
@@ -364,6 +392,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_new: predict.unwrap_or(usize::MAX),
         echo: true,
         until_blank_line: false,
+        format: None,
     };
     reply(
         &mut session,
@@ -373,15 +402,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         turn,
     )?;
     Ok(())
-}
-
-/// How `chat` feeds a turn to the model.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Mode {
-    /// The tokenizer has chat markers: the model was trained on conversations.
-    Chat { user: u32, assistant: u32 },
-    /// No markers: a completion model, which continues each line typed as text.
-    Completion,
 }
 
 const HELP: &str = "/help     this list\n\
@@ -419,43 +439,13 @@ pub(crate) fn next_input(
     }
 }
 
-/// The tokens of one turn; more than `max` is an error.
-fn turn_ids(
-    tok: &Tokenizer<'_>,
-    mode: Mode,
-    system: Option<&str>,
-    user: &str,
-    first: bool,
-    max: usize,
-) -> Result<Vec<u32>> {
-    let ids = match mode {
-        Mode::Chat {
-            user: u,
-            assistant: a,
-        } => {
-            let mut ids = Vec::new();
-            if first {
-                ids.push(tok.bos());
-                if let Some(s) = system {
-                    ids.extend(encode(tok, s, false, max)?);
-                }
-            }
-            ids.push(u);
-            ids.extend(encode(tok, user, false, max)?);
-            ids.push(a);
-            ids
-        }
-        // A later line starts a new line of the text, as it would in the data the model learnt from.
-        Mode::Completion if first => encode(tok, user, true, max)?,
-        Mode::Completion => encode(tok, &format!("\n{user}"), false, max)?,
-    };
-    if ids.len() > max {
-        bail!(enigma_core::Error::PromptTooLong {
-            tokens: ids.len(),
-            max
-        });
-    }
-    Ok(ids)
+/// How many tokens a session whose context holds `history` (the first `fed` of them run through the model)
+/// keeps for the prompt `ids`: the start they share, less one when that is all of `ids` (the prompt's last
+/// token is fed again, for its logits). What follows differs when a reply encodes differently as text than
+/// as sampled, or was cut at a blank line or by `-n`.
+fn reusable(history: &[u32], fed: usize, ids: &[u32]) -> usize {
+    let common = history.iter().zip(ids).take_while(|(a, b)| a == b).count();
+    common.min(fed).min(ids.len().saturating_sub(1))
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
@@ -467,6 +457,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let kv = args.engine.kv_type()?;
     let (file, backend) = open(&args.engine, "chat")?;
     let model = file.model(backend.kernels())?;
+    let format = ChatFormat::of(&file.parse()?, &model.tokenizer)?;
     let ctx = args
         .length
         .context(model.transformer.config.seq_len as usize)?;
@@ -474,76 +465,83 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let mut bufs = HostSession::try_with_kv(&transformer, DEFAULT_CHUNK, kv)?;
     let mut session = bufs.session(transformer)?;
     let mut sampler = Sampler::new(sampler_cfg);
-    let mode = match model.tokenizer.meta().chat {
-        Some(m) => Mode::Chat {
-            user: m.user,
-            assistant: m.assistant,
-        },
-        None => Mode::Completion,
-    };
     let name = args.engine.model_name();
     // The first line says what kind of conversation this can be.
-    match mode {
-        Mode::Chat { .. } => eprintln!(
-            "chatting with {name}, a chat model ({ctx} tokens of context; /help lists commands)"
-        ),
-        Mode::Completion => {
-            eprintln!(
-                "{name} is a completion model, not trained on conversations: each line you type is continued as text, up to a blank line or -n tokens ({ctx} tokens of context; /help lists commands)"
-            );
-            if args.system.is_some() {
-                eprintln!("note: --system is ignored: a completion model has no system turn");
-            }
-        }
+    if format.is_chat() {
+        eprintln!(
+            "chatting with {name}, a chat model prompted with {} ({ctx} tokens of context; /help lists commands)",
+            format.describe()
+        );
+    } else {
+        eprintln!(
+            "{name} is a completion model, not trained on conversations: each line you type is continued as text, up to a blank line or -n tokens ({ctx} tokens of context; /help lists commands)"
+        );
     }
+    // The conversation is rendered whole each turn, as the server renders it, and only what the context
+    // does not hold yet is fed.
+    let start: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
+    let mut messages = start.clone();
+    let mut history: Vec<u32> = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    let mut first = true;
     loop {
         let text = match next_input(&mut lines)? {
             Input::Quit => break,
             Input::Reset => {
                 session.reset();
                 sampler.clear_history();
-                first = true;
+                messages.clone_from(&start);
+                history.clear();
                 eprintln!("(conversation forgotten)");
                 continue;
             }
             Input::Text(t) => t,
         };
+        messages.push(ChatMessage::user(text));
         // One slot stays free for the reply's first token.
-        let room = session.remaining().saturating_sub(1);
-        let ids = match turn_ids(
-            &model.tokenizer,
-            mode,
-            args.system.as_deref(),
-            &text,
-            first,
-            room,
-        ) {
+        let room = ctx.saturating_sub(1);
+        let ids = match format.prompt(&model.tokenizer, &messages, room) {
             Ok(ids) => ids,
             Err(e) => {
-                eprintln!(
-                    "error: that turn does not fit in the {room} tokens left in the context ({e:#}); /reset to start over"
-                );
+                messages.pop();
+                eprintln!("error: that turn cannot be prompted ({e}); /reset to start over");
                 continue;
             }
         };
-        first = false;
-        let left = session.remaining().saturating_sub(ids.len());
+        if args.verbose_prompt {
+            eprintln!("prompt ids: {ids:?}");
+        }
+        let keep = reusable(&history, session.pos(), &ids);
+        session.truncate(keep, keep.checked_sub(1).map(|i| ids[i]));
+        // The sampler's history becomes what a fresh session fed `ids` would have seen.
+        sampler.clear_history();
+        for &t in &ids[..keep] {
+            sampler.observe(t);
+        }
+        let feed = &ids[keep..];
+        if args.verbose_prompt {
+            eprintln!("({keep} of them already in the context)");
+        }
+        let left = ctx.saturating_sub(ids.len());
         let turn = Turn {
-            ids: &ids,
+            ids: feed,
             max_new: predict.map_or(left, |n| n.min(left)),
             echo: false,
-            until_blank_line: mode == Mode::Completion,
+            until_blank_line: !format.is_chat(),
+            format: Some(&format),
         };
-        reply(
+        let (_, reply) = reply(
             &mut session,
             backend.exec(),
             &model.tokenizer,
             &mut sampler,
             turn,
         )?;
+        history.clone_from(&ids);
+        history.extend(&reply.ids);
+        messages.push(ChatMessage::assistant(
+            String::from_utf8_lossy(&reply.text).into_owned(),
+        ));
     }
     Ok(())
 }
@@ -596,6 +594,17 @@ mod tests {
         assert_eq!(p.cut(b" said.\n"), (&b" said.\n"[..], false));
         assert_eq!(p.cut(b"Then\n"), (&b"Then\n"[..], false));
         assert_eq!(p.cut(b" \nmore"), (&b" "[..], true));
+    }
+
+    #[test]
+    fn the_context_keeps_the_start_the_new_prompt_shares() {
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5, 6, 7, 8]), 3);
+        // A pending (sampled, not yet fed) token is not in the cache.
+        assert_eq!(reusable(&[1, 5, 6], 2, &[1, 5, 6, 7, 8]), 2);
+        assert_eq!(reusable(&[], 0, &[1, 5]), 0);
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5, 9, 7]), 2);
+        // The whole prompt already there: its last token is fed again.
+        assert_eq!(reusable(&[1, 5, 6], 3, &[1, 5]), 1);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use enigma_models::llama2c;
 use enigma_runtime::{HostSession, ModelFile};
 use enigma_testkit::shared_bytes;
 
+mod support;
+
 fn stories(test: &str) -> Option<Vec<u8>> {
     let ckpt = shared_bytes("models/stories260K.bin", test)?;
     let tok = shared_bytes("models/tok512.bin", test)?;
@@ -171,4 +173,74 @@ fn chat_with_a_completion_model_says_so_and_help_lists_the_commands() {
         "{stdout:?}"
     );
     assert_eq!(stderr.matches("generated:").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_template_that_does_not_parse_is_an_error_line_not_a_crash() {
+    let test = "a_template_that_does_not_parse_is_an_error_line_not_a_crash";
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "{% for m in messages %}{{ m['content'] }}";
+    let Some(gguf) = support::templated_gguf(dir.path(), test, broken) else {
+        return;
+    };
+    let out = Command::cargo_bin("enigma")
+        .unwrap()
+        .arg("chat")
+        .arg("-m")
+        .arg(&gguf)
+        .args(["--temp", "0", "-n", "4", "--threads", "1"])
+        .write_stdin("Hello\n/quit\n")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: that turn cannot be prompted (the model's chat template does not parse:"
+        ),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_truncated_context_continues_as_a_fresh_one_fed_the_same_tokens() {
+    let Some(bytes) = stories("a_truncated_context_continues_as_a_fresh_one_fed_the_same_tokens")
+    else {
+        return;
+    };
+    let file = ModelFile::from_bytes(&bytes, "stories260K").expect("model");
+    let m = file.model(enigma_core::kernels::kernels()).expect("model");
+    let first = encode(&m.tokenizer, "Once upon a time", true);
+    let greedy = || Sampler::new(SamplerConfig::greedy());
+    let run = |s: &mut enigma_core::generate::Session<'_, '_>, prompt: &[u32]| {
+        let mut out = Vec::new();
+        s.generate(
+            &Serial,
+            &m.tokenizer,
+            &mut greedy(),
+            prompt,
+            10,
+            false,
+            &mut |t, _| {
+                out.push(t);
+                true
+            },
+        )
+        .expect("generate");
+        out
+    };
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut s = bufs.session(m.transformer).expect("session");
+    run(&mut s, &first);
+    // What `enigma chat` does when a conversation changed after its first tokens: keep those, feed the rest.
+    let changed: Vec<u32> = [&first[..], &encode(&m.tokenizer, "The dog ran", false)].concat();
+    let keep = first.len() - 2;
+    s.truncate(keep, Some(changed[keep - 1]));
+    let reused = run(&mut s, &changed[keep..]);
+    assert_eq!(s.pos(), changed.len() + reused.len() - 1);
+
+    let mut bufs = HostSession::new(&m.transformer, 8);
+    let mut fresh = bufs.session(m.transformer).expect("session");
+    assert_eq!(reused, run(&mut fresh, &changed));
 }

@@ -142,3 +142,46 @@ fn a_broken_gguf_is_a_one_line_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("runs past the end"), "{err}");
 }
+
+#[test]
+fn import_and_quantize_keep_the_chat_template() {
+    let test = "import_and_quantize_keep_the_chat_template";
+    let dir = tempfile::tempdir().unwrap();
+    let Some(gguf) = support::templated_gguf(dir.path(), test, support::TEMPLATE) else {
+        return;
+    };
+    let imported = dir.path().join("chat.enigma");
+    let quantized = dir.path().join("chat-q8.enigma");
+    enigma()
+        .args(["import", "gguf"])
+        .arg(&gguf)
+        .arg("-o")
+        .arg(&imported)
+        .assert()
+        .success();
+    enigma()
+        .arg("quantize")
+        .arg(&imported)
+        .arg("-o")
+        .arg(&quantized)
+        .args(["--to", "q8_0"])
+        .assert()
+        .success();
+    for file in [&imported, &quantized] {
+        let model =
+            enigma_runtime::ModelFile::from_bytes(&std::fs::read(file).unwrap(), file).unwrap();
+        let parsed = model.parse().unwrap();
+        assert_eq!(
+            enigma_models::gguf::chat_template(&parsed).unwrap(),
+            Some(support::TEMPLATE),
+            "{}",
+            file.display()
+        );
+        // Once: the rewrite does not copy the tokenizer's tensors beside the ones it writes.
+        let mut names: Vec<&str> = parsed.tensors().map(|t| t.name).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "{}", file.display());
+    }
+}

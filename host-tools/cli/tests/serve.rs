@@ -5,6 +5,8 @@
 //! built-in model for errors and limits; a random `mini` model run on the scalar kernels where a test
 //! needs a generation that lasts seconds (a full queue, a client that goes away).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -893,4 +895,176 @@ fn a_model_that_does_not_load_stops_the_server_with_one_error_line() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `enigma chat -m MODEL --system SYSTEM --verbose-prompt`, greedy, with `lines` typed: each turn's prompt
+/// ids (the whole conversation as the template lays it out) and stdout.
+fn cli_chat(
+    model: &Path,
+    system: &str,
+    lines: &[&str],
+    n: usize,
+    banner: &str,
+) -> (Vec<Vec<u32>>, String) {
+    let mut input = lines.join("\n");
+    input.push_str("\n/quit\n");
+    let out = assert_cmd::Command::new(enigma())
+        .arg("chat")
+        .arg("-m")
+        .arg(model)
+        .args(["--system", system, "--verbose-prompt", "--temp", "0"])
+        .args(["-n", &n.to_string(), "--threads", "1"])
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(banner), "{stderr}");
+    let prompts = stderr
+        .lines()
+        // After the "> " that asks for the line.
+        .filter_map(|l| l.split_once("prompt ids: "))
+        .map(|(_, ids)| serde_json::from_str(ids).unwrap())
+        .collect();
+    (prompts, String::from_utf8(out.stdout).unwrap())
+}
+
+const TEMPLATED: &str = "a chat model prompted with the model's own chat template";
+
+#[test]
+fn a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_loader() {
+    let test = "a_gguf_with_a_chat_template_chats_alike_in_enigma_chat_and_the_served_gguf_loader";
+    let dir = TempDir::new().unwrap();
+    let Some(gguf) = support::templated_gguf(dir.path(), test, support::TEMPLATE) else {
+        return;
+    };
+    // gguf_loader is wanted in the home's modules.json, and `enigma serve` restores it.
+    let home = TempDir::new().unwrap();
+    let load = Command::new(enigma())
+        .args(["modules", "load", "gguf_loader", "--set"])
+        .arg(format!("path={}", gguf.display()))
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let server = Server::start(home.path(), &[], &[]);
+    assert_eq!(
+        server.get("/health").json()["text_generation"],
+        "gguf_loader"
+    );
+
+    // A completion through the served file is `enigma run -m FILE.gguf`'s.
+    let prompt = "Once upon a time";
+    let r = server.post(
+        "/v1/completions",
+        &serde_json::json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    let run = support::greedy_run(&gguf, prompt, 24);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!("{prompt}{text}\n")
+    );
+
+    // A conversation: `enigma chat` and the server prompt with the same ids and reply alike.
+    let system = "You tell short stories.";
+    let (u1, u2) = ("Tell me about a cat.", "What did the cat eat?");
+    let chat = |messages: &serde_json::Value| {
+        let r = server.post(
+            "/v1/chat/completions",
+            &serde_json::json!({"messages": messages, "max_tokens": 16, "temperature": 0})
+                .to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let tokenize = |messages: &serde_json::Value| -> Vec<u32> {
+        let r = server.post(
+            "/tokenize",
+            &serde_json::json!({ "messages": messages }).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_value(r.json()["tokens"].clone()).unwrap()
+    };
+    let first = serde_json::json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": u1},
+    ]);
+    let (prompts, stdout) = cli_chat(&gguf, system, &[u1], 16, TEMPLATED);
+    let served = tokenize(&first);
+    assert_eq!(prompts, std::slice::from_ref(&served));
+    // BOS once (the template writes `<s>` itself), then the system line as text.
+    assert_eq!(
+        served.iter().filter(|&&id| id == 1).count(),
+        1,
+        "{served:?}"
+    );
+    assert_eq!(served[0], 1);
+    let reply = chat(&first);
+    assert_eq!(stdout, format!("{reply}\n"));
+
+    let second = serde_json::json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": u1},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": u2},
+    ]);
+    let (prompts, _) = cli_chat(&gguf, system, &[u1, u2], 16, TEMPLATED);
+    let served = tokenize(&second);
+    assert_eq!(prompts.len(), 2);
+    assert_eq!(prompts[1], served);
+    // The assistant's turn ends with `</s>`, the single EOS id, not its letters.
+    assert!(served.contains(&2), "{served:?}");
+    // A conversation the template refuses (its `raise_exception`) is the caller's error, said as such.
+    let r = server.post(
+        "/v1/chat/completions",
+        &serde_json::json!({"messages": [{"role": "assistant", "content": "Hi"}]}).to_string(),
+    );
+    let message = r.openai_error(400, Some("messages"));
+    assert!(
+        message
+            .contains("the model's chat template refuses this conversation: the user speaks first"),
+        "{message}"
+    );
+    server.wait_idle(Duration::from_secs(1));
+}
+
+#[test]
+fn a_completion_model_gets_the_same_plain_lines_from_enigma_chat_and_the_server() {
+    let server = Server::fresh(&["-m", "default"], &[]);
+    let system = "In the beginning";
+    let (prompts, _) = cli_chat(
+        Path::new("default"),
+        system,
+        &["God created"],
+        8,
+        "is a completion model",
+    );
+    assert_eq!(prompts.len(), 1);
+    let messages = serde_json::json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": "God created"},
+    ]);
+    let r = server.post(
+        "/tokenize",
+        &serde_json::json!({ "messages": messages }).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let served: Vec<u32> = serde_json::from_value(r.json()["tokens"].clone()).unwrap();
+    assert_eq!(prompts[0], served);
+    // The same ids as the text of the lines, BOS first: the documented plain layout.
+    let r = server.post(
+        "/tokenize",
+        &serde_json::json!({"content": format!("{system}\nGod created\n"), "add_special": true})
+            .to_string(),
+    );
+    assert_eq!(r.json()["tokens"], serde_json::json!(served));
 }

@@ -384,6 +384,44 @@ fn conversations_fine_tune_an_existing_model_with_loss_on_replies() {
     assert!(base_line.contains("is a completion model"), "{base_line}");
     let chat_line = first_line(&ft.join("model.enigma"));
     assert!(chat_line.contains("a chat model"), "{chat_line}");
+    // Prompted in the layout it was trained on: BOS, the system text, the user marker and text, the
+    // assistant marker.
+    let out = enigma()
+        .args([
+            "chat",
+            "-n",
+            "2",
+            "--temp",
+            "0",
+            "--verbose-prompt",
+            "--system",
+            "Be brief.",
+        ])
+        .arg("-m")
+        .arg(ft.join("model.enigma"))
+        .write_stdin("What is 3 plus one?\n")
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let ids: Vec<u32> = stderr
+        .lines()
+        .find_map(|l| l.split_once("prompt ids: "))
+        .map(|(_, ids)| serde_json::from_str(ids).unwrap())
+        .unwrap_or_else(|| panic!("no prompt ids: {stderr}"));
+    let file = enigma_runtime::ModelFile::open(ft.join("model.enigma")).unwrap();
+    let parsed = file.parse().unwrap();
+    let tok = enigma_core::Tokenizer::from_file(&parsed).unwrap();
+    let markers = tok.meta().chat.unwrap();
+    let enc = |t: &str| enigma_runtime::tokenize::encode(&tok, t, false, false).unwrap();
+    let want = [
+        vec![tok.bos()],
+        enc("Be brief."),
+        vec![markers.user],
+        enc("What is 3 plus one?"),
+        vec![markers.assistant],
+    ]
+    .concat();
+    assert_eq!(ids, want);
 }
 
 #[test]

@@ -881,7 +881,8 @@ impl ModelStore {
         let mut writer = ModelWriter::new(config, tokenizer);
         writer
             .provenance(parsed.header().provenance.source.to_string(), what.clone())
-            .f32_params(&params)?;
+            .f32_params(&params)?
+            .carry_extras(&parsed);
         let meta_path = dir.join(META_FILE);
         let mut meta: Metadata = if meta_path.exists() {
             read_json(&meta_path)?
@@ -1279,10 +1280,33 @@ mod tests {
     fn convert_resizes_explicitly_and_keeps_the_tokenizer() {
         let (_t, s) = store();
         s.create("a", "nano", &seeded()).unwrap();
+        // A chat template beside the weights, as a GGUF import keeps one.
+        let path = s.dir("a").join(MODEL_FILE);
+        let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
+        let bytes = {
+            let f = ModelFile::open(&path).unwrap();
+            let parsed = f.parse().unwrap();
+            let tok = enigma_core::Tokenizer::from_file(&parsed).unwrap();
+            let params = enigma_runtime::quantize::params_f32(&parsed).unwrap();
+            let mut w = enigma_runtime::ModelWriter::new(
+                *parsed.config(),
+                enigma_runtime::quantize::tokenizer_data(&tok),
+            );
+            w.f32_params(&params).unwrap().tensor(
+                gguf::KEEP_TEMPLATE,
+                enigma_core::kernels::DType::U8,
+                &[template.len() as u64],
+                template.as_bytes(),
+            );
+            w.to_bytes().unwrap()
+        };
+        std::fs::write(&path, bytes).unwrap();
         let to = ConvertTarget::New("a-micro".into());
         let dir = s.convert("a", "micro", &to, Some(2), false).unwrap();
         let f = ModelFile::open(dir.join(MODEL_FILE)).unwrap();
-        let c = *f.parse().unwrap().config();
+        let parsed = f.parse().unwrap();
+        assert_eq!(gguf::chat_template(&parsed).unwrap(), Some(template));
+        let c = *parsed.config();
         assert_eq!((c.dim, c.n_layers, c.vocab_size), (192, 4, 259));
         f.model(enigma_core::kernels::kernels()).unwrap();
         let meta = s.metadata("a-micro").unwrap();

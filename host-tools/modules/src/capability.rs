@@ -46,20 +46,8 @@ pub trait Tokenization: Send + Sync {
     fn decode(&self, ids: &[u32]) -> Result<Vec<u8>, ModuleError>;
 }
 
-/// Who said a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
-}
+// One definition of a conversation's messages for every caller; enigma-chat renders them.
+pub use enigma_chat::{ChatMessage, Role};
 
 /// Sampling settings a request may set; `None` keeps the provider's configured value.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -189,6 +177,19 @@ pub trait TextGeneration: Send + Sync {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&Piece<'_>) -> bool,
     ) -> Result<GenerationStats, ModuleError>;
+    /// The token ids [`TextGeneration::chat`] prompts the model with for `messages` (the server's
+    /// `/tokenize` with `messages`); [`ModuleError::Invalid`] from a provider that has no token ids of its
+    /// own (a cloud API).
+    fn chat_prompt(&self, _messages: &[ChatMessage]) -> Result<Vec<u32>, ModuleError> {
+        Err(ModuleError::Invalid(format!(
+            "{} does not show the tokens it prompts with",
+            self.describe()
+        )))
+    }
+    /// The model's own Jinja chat template, when it has one (Ollama's `/api/show` shows it).
+    fn chat_template(&self) -> Option<String> {
+        None
+    }
     /// Sequences running and waiting, and the KV cache in use.
     fn load(&self) -> EngineLoad {
         EngineLoad::default()

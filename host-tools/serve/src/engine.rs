@@ -47,12 +47,25 @@ fn tokenizer(state: &AppState) -> ApiResult<Arc<dyn Tokenization>> {
 }
 
 /// `{"content": TEXT, "add_special": false, "with_pieces": false}` → `{"tokens": [...]}` (with pieces:
-/// `[{"id", "piece"}]`).
+/// `[{"id", "piece"}]`). `{"messages": [...]}` instead of `content`: the ids a chat completion of those
+/// messages prompts the model with (the chat template applied, as `enigma chat --verbose-prompt` shows).
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let f = Fields::new(&body, Dialect::OpenAi);
+    if f.has("messages") {
+        let messages = crate::common::messages(&f)?;
+        let generator = state
+            .manager
+            .get::<dyn TextGeneration>("text_generation")
+            .map_err(ApiError::from_manager)?;
+        let ids = tokio::task::spawn_blocking(move || generator.chat_prompt(&messages))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::from_module(e, "messages"))?;
+        return Ok(Json(json!({"tokens": ids})));
+    }
     let text = f
         .string("content")?
         .ok_or_else(|| f.err("content", "is required"))?

@@ -52,11 +52,17 @@ pub async fn show(
         renamed.insert("model".into(), v.clone());
     }
     let (_, generator) = generator_for(&state, &Fields::new(&renamed, D))?;
-    let chat = generator.trained_for_chat();
+    let template = generator.chat_template().unwrap_or_else(|| {
+        if generator.trained_for_chat() {
+            "(the model's own chat markers)".into()
+        } else {
+            "(plain lines: docs/SERVE.md)".into()
+        }
+    });
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",
-        "template": if chat { "(the model's own chat markers)" } else { "(plain lines: docs/SERVE.md)" },
+        "template": template,
         "details": details(),
         "model_info": {"general.architecture": "llama", "llama.context_length": generator.context_length()},
         "capabilities": ["completion"],

@@ -29,12 +29,7 @@ pub enum DataFormat {
     Qa,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
+pub use enigma_chat::Role;
 
 /// One conversation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -193,30 +188,11 @@ pub fn render(
     conv: &Conversation,
 ) -> Result<(Vec<u32>, Vec<bool>)> {
     let d = tok.data();
-    let mut ids = vec![d.bos];
-    let mut mask = vec![false];
-    for (role, text) in &conv.turns {
-        let enc = tok.encode(text)?;
-        match role {
-            Role::System => {
-                mask.extend(std::iter::repeat_n(false, enc.len()));
-                ids.extend(enc);
-            }
-            Role::User => {
-                ids.push(markers.user);
-                mask.extend(std::iter::repeat_n(false, enc.len() + 1));
-                ids.extend(enc);
-            }
-            Role::Assistant => {
-                ids.push(markers.assistant);
-                mask.push(false);
-                mask.extend(std::iter::repeat_n(true, enc.len() + 1));
-                ids.extend(enc);
-                ids.push(d.eos);
-            }
-        }
-    }
-    Ok((ids, mask))
+    let turns = conv.turns.iter().map(|(role, text)| (*role, text.as_str()));
+    // The one layout `enigma chat` and the server prompt such a model with (enigma-chat).
+    enigma_chat::marker_layout(turns, markers, d.bos, d.eos, usize::MAX, |text, _| {
+        tok.encode(text)
+    })
 }
 
 /// Where one example's tokens are.

@@ -22,6 +22,16 @@ pub use read::is_gguf;
 /// it back and a chat front end can find it.
 pub const KEEP_TEMPLATE: &str = "gguf.chat_template";
 
+/// The chat template a model file keeps under [`KEEP_TEMPLATE`] (from a GGUF file, or a Hugging Face
+/// `tokenizer_config.json`), if it has one.
+pub fn chat_template<'a>(file: &enigma_core::EnigmaFile<'a>) -> Result<Option<&'a str>> {
+    file.tensor(KEEP_TEMPLATE)
+        .map(|t| {
+            std::str::from_utf8(t.bytes).context("the model's chat template is not UTF-8 text")
+        })
+        .transpose()
+}
+
 /// Token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
 pub mod token_type {
     pub const NORMAL: i32 = 1;

@@ -6,10 +6,11 @@
 
 use crate::capability::{
     ChatMessage, EngineLoad, FinishReason, GenerateRequest, GenerationStats, LanguageModel, Piece,
-    Provided, Role, TextGeneration, TokenLogprob, Tokenization, TopLogprob,
+    Provided, TextGeneration, TokenLogprob, Tokenization, TopLogprob,
 };
 use crate::module::{Deps, Health, Module, ModuleError};
 use crate::spec::{ModuleConfig, ModuleSpec};
+use enigma_chat::{ChatError, ChatFormat};
 use enigma_core::{KvType, SamplerConfig, Tokenizer, Utf8Stream};
 use enigma_runtime::batch::{self, BatchConfig, BatchError, Batcher, Event, ModelHost};
 use enigma_runtime::{Backend, ModelFile};
@@ -25,6 +26,8 @@ pub struct Inference {
     model: Arc<dyn LanguageModel>,
     tokenizer: Arc<dyn Tokenization>,
     engine: Batcher,
+    /// How a conversation becomes the prompt, and which tokens end a reply.
+    chat: ChatFormat,
     pub sampling: SamplerConfig,
     pub max_tokens: usize,
 }
@@ -202,6 +205,10 @@ impl Inference {
             let event = stream.recv_timeout(POLL).map_err(ModuleError::failed)?;
             match event {
                 None => {}
+                // A template's end of turn (`<|im_end|>`) ends the reply as EOS does, unseen.
+                Some(Event::Token { id, .. }) if self.chat.ends_reply(id) => {
+                    finish = Some(FinishReason::EndOfText);
+                }
                 Some(Event::Token { id, logprobs }) => {
                     first.get_or_insert_with(|| start.elapsed().as_secs_f64());
                     stats.generated_tokens += 1;
@@ -252,39 +259,18 @@ impl Inference {
         Ok(stats)
     }
 
-    /// The token ids the model is given for `messages`: its own chat markers when it was trained on
-    /// conversations (the layout `enigma train` renders), plain text lines to continue otherwise.
+    /// The token ids the model is given for `messages`: enigma-chat's layout for this model (its own
+    /// template, its markers, or plain lines), the same as `enigma chat` gives it.
     fn chat_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModuleError> {
         let parsed = self.tokenizer_file()?;
         let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
-        let room = self.context_length();
-        let Some(markers) = tok.meta().chat else {
-            let mut text = String::new();
-            for m in messages {
-                text.push_str(&m.content);
-                text.push('\n');
-            }
-            return self.tokenizer.encode(&text, true, room);
-        };
-        let mut ids = vec![tok.bos()];
-        for m in messages {
-            let left = room.saturating_sub(ids.len());
-            let enc = self.tokenizer.encode(&m.content, false, left)?;
-            match m.role {
-                Role::System => ids.extend(enc),
-                Role::User => {
-                    ids.push(markers.user);
-                    ids.extend(enc);
-                }
-                Role::Assistant => {
-                    ids.push(markers.assistant);
-                    ids.extend(enc);
-                    ids.push(tok.eos());
-                }
-            }
-        }
-        ids.push(markers.assistant);
-        Ok(ids)
+        self.chat
+            .prompt(&tok, messages, self.context_length())
+            .map_err(|e| match e {
+                // A broken template is the model's fault; a refused or too long conversation the caller's.
+                ChatError::Template(_) => ModuleError::Failed(e.to_string()),
+                ChatError::Refused(_) | ChatError::Tokens(_) => ModuleError::Invalid(e.to_string()),
+            })
     }
 }
 
@@ -302,14 +288,15 @@ impl TextGeneration for Inference {
     }
 
     fn trained_for_chat(&self) -> bool {
-        self.tokenizer_file()
-            .ok()
-            .and_then(|f| {
-                Tokenizer::from_file(&f)
-                    .ok()
-                    .map(|t| t.meta().chat.is_some())
-            })
-            .unwrap_or(false)
+        self.chat.is_chat()
+    }
+
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModuleError> {
+        self.chat_ids(messages)
+    }
+
+    fn chat_template(&self) -> Option<String> {
+        self.chat.template().map(str::to_string)
     }
 
     fn generate(
@@ -396,12 +383,18 @@ impl Module for InferenceModule {
             },
             ..BatchConfig::default()
         };
+        let chat = {
+            let parsed = tokenizer.file().parse().map_err(ModuleError::failed)?;
+            let tok = Tokenizer::from_file(&parsed).map_err(ModuleError::failed)?;
+            ChatFormat::of(&parsed, &tok).map_err(ModuleError::failed)?
+        };
         let engine =
             Batcher::new(Arc::new(Host(model.clone())), engine).map_err(ModuleError::failed)?;
         let inference = Arc::new(Inference {
             model,
             tokenizer,
             engine,
+            chat,
             sampling,
             max_tokens: super::int(config, "max_tokens", 256) as usize,
         });
