@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// Default: the inference module's `max_sequences` (16).
     #[arg(long)]
     pub parallel: Option<usize>,
+    /// Prompt tokens read per step beside the sequences decoding (llama.cpp's `--ubatch-size`): larger reads
+    /// a prompt faster, smaller keeps the other streams' tokens coming and lets a cancel take effect sooner.
+    /// Default: the inference module's `prefill_tokens` (64).
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Address to listen on. Anything but a loopback address is reachable from other machines: set a key.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -75,13 +80,20 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .then(|| Box::new(advertise) as enigma_serve::OnReady),
         ..crate::modules::server_hooks(&home)
     };
-    if args.parallel == Some(0) {
-        bail!("--parallel must be at least 1");
+    let mut engine = Vec::new();
+    for (flag, key, value) in [
+        ("--parallel", "max_sequences", args.parallel),
+        ("--prefill-chunk", "prefill_tokens", args.prefill_chunk),
+    ] {
+        match value {
+            Some(0) => bail!("{flag} must be at least 1"),
+            Some(n) => engine.push(format!("{key}={n}")),
+            None => {}
+        }
     }
     let model = args.model.clone();
-    let parallel = args.parallel;
     let startup = Box::new(move |m: &ModuleManager| {
-        start(m, &home, model.as_deref(), threads, parallel).map_err(|e| format!("{e:#}"))
+        start(m, &home, model.as_deref(), threads, &engine).map_err(|e| format!("{e:#}"))
     });
     enigma_serve::run(options, manager, hooks, startup)?;
     Ok(())
@@ -117,7 +129,7 @@ fn start(
     home: &std::path::Path,
     model: Option<&str>,
     threads: Option<usize>,
-    parallel: Option<usize>,
+    engine: &[String],
 ) -> Result<()> {
     let _lock = crate::modules::state_lock(home, "serve")?;
     let report = m.restore()?;
@@ -166,14 +178,13 @@ fn start(
             "inference",
             &LoadOptions {
                 with_deps: true,
-                set: parallel
-                    .map(|n| vec![format!("max_sequences={n}")])
-                    .unwrap_or_default(),
+                set: engine.to_vec(),
             },
         )?;
-    } else if let Some(n) = parallel {
+    } else if !engine.is_empty() {
+        let set = engine.join(" --set ");
         eprintln!(
-            "note: --parallel {n} is ignored: the saved modules already generate (set it with `enigma modules load inference --set max_sequences={n}`)"
+            "note: --parallel and --prefill-chunk are ignored: the saved modules already generate (set them with `enigma modules load inference --set {set}`)"
         );
     }
     let generator = m.get::<dyn enigma_modules::capability::TextGeneration>("text_generation")?;

@@ -184,6 +184,13 @@ const INFERENCE: &[Field] = &[
         4096,
         "sequences decoded together; more requests wait",
     ),
+    int(
+        "prefill_tokens",
+        64,
+        1,
+        65536,
+        "prompt tokens read per step beside the decoding sequences (a cancel takes effect between steps)",
+    ),
     choice("kv_cache", "f32", &["f32", "f16"], "KV cache element type"),
 ];
 

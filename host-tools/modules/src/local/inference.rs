@@ -377,6 +377,7 @@ impl Module for InferenceModule {
         let engine = BatchConfig {
             kv_tokens: super::int(config, "kv_tokens", 0).max(0) as usize,
             max_sequences: super::int(config, "max_sequences", 16).max(1) as usize,
+            prefill_tokens: super::int(config, "prefill_tokens", 64).max(1) as usize,
             kv: match super::text(config, "kv_cache").as_str() {
                 "f16" => KvType::F16,
                 _ => KvType::F32,
