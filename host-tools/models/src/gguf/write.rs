@@ -8,7 +8,8 @@
 
 use super::import::{gguf_name, is_stacked};
 use super::read::{GgmlType, ValueType, DEFAULT_ALIGNMENT, MAGIC};
-use super::{byte_chars, token_type, KEEP_TEMPLATE, SPM_SPACE};
+use super::{token_type, KEEP_TEMPLATE};
+use crate::bpe::{byte_chars, SPM_SPACE};
 use anyhow::{ensure, Context, Result};
 use enigma_core::config::ParamLayout;
 use enigma_core::kernels::DType;
