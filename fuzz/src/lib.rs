@@ -17,6 +17,7 @@ pub mod llama2c_checkpoint;
 pub mod llama2c_tokenizer;
 pub mod modules_json;
 pub mod sampler;
+pub mod safetensors;
 pub mod tokenizer_json;
 pub mod train_data;
 

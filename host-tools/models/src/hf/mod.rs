@@ -96,8 +96,12 @@ impl Shards {
                 index.display()
             );
             files.into_iter().collect()
-        } else {
+        } else if dir.join(WEIGHTS).exists() {
             vec![WEIGHTS.to_string()]
+        } else if dir.is_dir() {
+            bail!("no {WEIGHTS} or {INDEX} in the folder: not a Hugging Face model folder with safetensors weights");
+        } else {
+            bail!("not a folder");
         };
         let maps = names
             .into_iter()
