@@ -23,7 +23,10 @@ const TOKENIZER: &str = r#"{"added_tokens": [{"id": 7, "content": "<|end|>", "sp
 pub fn check(data: &[u8]) {
     if let Ok(st) = SafeTensors::parse(data) {
         for t in &st.tensors {
-            assert!(t.bytes.len() <= data.len(), "a tensor reaches past the file");
+            assert!(
+                t.bytes.len() <= data.len(),
+                "a tensor reaches past the file"
+            );
             if t.numel() <= WIDEN_LIMIT {
                 assert_eq!(t.to_f32().len() as u64, t.numel());
             }
