@@ -34,6 +34,8 @@ pub const TOK_PIECES: &str = "tokenizer.pieces";
 pub const TOK_OFFSETS: &str = "tokenizer.offsets";
 pub const TOK_SCORES: &str = "tokenizer.scores";
 pub const TOK_SORTED: &str = "tokenizer.sorted";
+/// Optional, one u8: the regex pre-tokenizer's [`crate::pretok::Split`]; absent means none.
+pub const TOK_SPLIT: &str = "tokenizer.split";
 
 /// The postcard-encoded header. The writer (std side) and this reader share it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,13 @@
 //! (bytes without a piece fall back to `<0xNN>` tokens), then repeatedly merge the adjacent pair whose merged
 //! piece has the highest score (leftmost on ties) until no pair merges; optional EOS.
 //! Decoding strips the leading space of the first piece after BOS and turns `<0xNN>` into that byte.
+//! A byte-level vocabulary may carry a regex pre-tokenizer ([`Split`]): the characters are then merged chunk
+//! by chunk, and no merge crosses a chunk's edge.
 
-use crate::format::{EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED};
+use crate::format::{
+    EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, TOK_SPLIT,
+};
+use crate::pretok::{self, Split};
 use crate::{Error, Result};
 use core::cmp::Ordering;
 
@@ -64,6 +69,7 @@ pub struct Tokenizer<'a> {
     meta: TokenizerMeta,
     /// The longest piece, in bytes (at least 1): how much text one token can cover at most.
     longest: usize,
+    split: Split,
 }
 
 static BYTES: [u8; 256] = {
@@ -104,13 +110,33 @@ impl<'a> Tokenizer<'a> {
     /// Views the tokenizer stored in a `.enigma` file.
     pub fn from_file(file: &EnigmaFile<'a>) -> Result<Self> {
         let v = file.config().vocab_size as u64;
-        Self::new(
+        let tok = Self::new(
             file.header().tokenizer,
             file.raw_u8(TOK_PIECES)?,
             file.u32s(TOK_OFFSETS, &[v + 1])?,
             file.f32s(TOK_SCORES, &[v])?,
             file.u32s(TOK_SORTED, &[v])?,
-        )
+        )?;
+        // Optional: files without it (all before the Hugging Face import) merge the text as one run.
+        let split = if file.tensor(TOK_SPLIT).is_none() {
+            Split::None
+        } else {
+            match file.raw_u8(TOK_SPLIT)? {
+                [kind] => Split::from_u8(*kind)
+                    .ok_or(Error::BadTokenizer("unknown pre-tokenizer split"))?,
+                _ => return Err(Error::BadTokenizer("the split tensor is not one byte")),
+            }
+        };
+        Ok(tok.with_split(split))
+    }
+
+    /// The same vocabulary, cutting text as `split` says before merging.
+    pub fn with_split(self, split: Split) -> Self {
+        Tokenizer { split, ..self }
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
     }
 
     /// Checks that the arrays describe a vocabulary every lookup stays inside.
@@ -157,6 +183,7 @@ impl<'a> Tokenizer<'a> {
             sorted,
             meta,
             longest,
+            split: Split::None,
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -232,8 +259,28 @@ impl<'a> Tokenizer<'a> {
     /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
     /// at most.
     pub fn encode(&self, text: &str, bos: bool, eos: bool, out: &mut [u32]) -> Result<usize> {
-        let n = self.pre_tokenize(text, bos, out)?;
-        let mut n = self.merge(out, n);
+        self.encode_by(text, bos, eos, out, &mut |t, len| self.merge(t, len))
+    }
+
+    /// [`Tokenizer::encode`] with another merge loop (`merge(tokens, len)` returns the merged length), so a
+    /// host can use a faster one that gives the same ids. Each chunk of the split is merged alone; the first
+    /// with BOS and the dummy prefix before it, as one run.
+    pub fn encode_by(
+        &self,
+        text: &str,
+        bos: bool,
+        eos: bool,
+        out: &mut [u32],
+        merge: &mut dyn FnMut(&mut [u32], usize) -> usize,
+    ) -> Result<usize> {
+        let need = Self::max_tokens(text.len());
+        let mut n = self.begin(text, bos, need, out)?;
+        let mut run = 0;
+        for chunk in pretok::chunks(text, self.split) {
+            n = self.push_chars(chunk, need, out, n)?;
+            n = run + merge(&mut out[run..n], n - run);
+            run = n;
+        }
         if eos {
             let found = out.len();
             *out.get_mut(n).ok_or(Error::BufferTooSmall {
@@ -250,8 +297,13 @@ impl<'a> Tokenizer<'a> {
     /// character (byte tokens where no piece covers it), unmerged. Returns the count written to `out`.
     pub fn pre_tokenize(&self, text: &str, bos: bool, out: &mut [u32]) -> Result<usize> {
         let need = Self::max_tokens(text.len());
-        let mut n = 0;
-        let push = |out: &mut [u32], n: &mut usize, id: u32| match out.get_mut(*n) {
+        let n = self.begin(text, bos, need, out)?;
+        self.push_chars(text, need, out, n)
+    }
+
+    /// Writes `id` at `out[*n]`; `need` is what the error reports as the buffer's needed size.
+    fn push(out: &mut [u32], n: &mut usize, id: u32, need: usize) -> Result<()> {
+        match out.get_mut(*n) {
             Some(slot) => {
                 *slot = id;
                 *n += 1;
@@ -262,23 +314,34 @@ impl<'a> Tokenizer<'a> {
                 needed: need,
                 found: out.len(),
             }),
-        };
+        }
+    }
+
+    /// Optional BOS and the dummy prefix of non-empty `text`; returns the count written.
+    fn begin(&self, text: &str, bos: bool, need: usize, out: &mut [u32]) -> Result<usize> {
+        let mut n = 0;
         if bos {
-            push(out, &mut n, self.meta.bos)?;
+            Self::push(out, &mut n, self.meta.bos, need)?;
         }
         if self.meta.add_dummy_prefix && !text.is_empty() {
             if let Some(space) = self.lookup(b" ") {
-                push(out, &mut n, space)?;
+                Self::push(out, &mut n, space, need)?;
             }
         }
+        Ok(n)
+    }
+
+    /// One token per character of `text` (byte tokens where no piece covers it) from `out[n]` on; returns
+    /// the new count.
+    fn push_chars(&self, text: &str, need: usize, out: &mut [u32], mut n: usize) -> Result<usize> {
         let mut utf8 = [0u8; 4];
         for ch in text.chars() {
             let bytes = ch.encode_utf8(&mut utf8).as_bytes();
             match self.lookup(bytes) {
-                Some(id) => push(out, &mut n, id)?,
+                Some(id) => Self::push(out, &mut n, id, need)?,
                 None => {
                     for &b in bytes {
-                        push(out, &mut n, self.byte_token(b)?)?;
+                        Self::push(out, &mut n, self.byte_token(b)?, need)?;
                     }
                 }
             }

@@ -173,6 +173,7 @@ pub fn tokenizer_data(tok: &Tokenizer<'_>) -> TokenizerData {
         pad: m.pad,
         add_dummy_prefix: m.add_dummy_prefix,
         chat: m.chat,
+        split: tok.split(),
     }
 }
 

@@ -4,9 +4,10 @@ use crate::{Error, Result};
 use enigma_core::config::Config;
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
-    MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, VERSION,
+    MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
+use enigma_core::pretok::Split;
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -23,6 +24,9 @@ pub struct TokenizerData {
     pub pad: Option<u32>,
     pub add_dummy_prefix: bool,
     pub chat: Option<ChatTokens>,
+    /// The regex pre-tokenizer of a byte-level vocabulary; written as the optional `tokenizer.split`
+    /// tensor when it is not `None`.
+    pub split: Split,
 }
 
 impl TokenizerData {
@@ -175,6 +179,13 @@ impl<'a> ModelWriter<'a> {
                 le_bytes(&sorted, u32::to_le_bytes),
             ),
         ];
+        let split = [tok.split as u8];
+        let split_tensor = (tok.split != Split::None).then_some((
+            TOK_SPLIT,
+            DType::U8,
+            [1u64].as_slice(),
+            split.as_slice(),
+        ));
         let all: Vec<(&str, DType, &[u64], &[u8])> = self
             .tensors
             .iter()
@@ -184,6 +195,7 @@ impl<'a> ModelWriter<'a> {
                     .iter()
                     .map(|(n, d, s, b)| (*n, *d, s.as_slice(), b.as_slice())),
             )
+            .chain(split_tensor)
             .collect();
         if all.len() > MAX_TENSORS {
             return Err(Error::Invalid(format!(

@@ -41,6 +41,7 @@ fn tokenizer() -> TokenizerData {
         pad: None,
         add_dummy_prefix: true,
         chat: None,
+        split: enigma_core::pretok::Split::None,
     }
 }
 

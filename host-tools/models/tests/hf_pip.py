@@ -3,10 +3,12 @@
 in host-tools/models/tests/hf.rs.
 
     hf_pip.py model OUT_DIR KIND DTYPE CORPUS
-        KIND: bytelevel (GPT-2 / Llama 3 style) or spm (Llama 2 style: Metaspace, byte_fallback);
-        DTYPE: f32 (untied lm_head) or f16 (tied to the embedding).
+        KIND: bytelevel (GPT-2 style: ByteLevel with its regex), llama3 (Llama 3's Split regex, then ByteLevel
+              without one) or spm (Llama 2 style: Metaspace, byte_fallback);
+        DTYPE: f32 (untied lm_head), f16 or bf16 (tied to the embedding; numpy has no bfloat16, so bf16
+              shards go through safetensors.serialize_file as raw bytes).
         Trains a BPE tokenizer with `tokenizers` on CORPUS (its first 1 MB, with a generated line of
-        non-ASCII words after every 20th line), writes a random small Llama (dim 64, 2 layers, 4 heads, 2 KV heads) as
+        non-ASCII words after every 20th line and one of odd spacing and long numbers after every 20th other), writes a random small Llama (dim 64, 2 layers, 4 heads, 2 KV heads) as
         two safetensors shards and an index, config.json, tokenizer.json and tokenizer_config.json (with a
         chat template), and expected.json:
           ids, logits      a token sequence and numpy's forward of it in the HF layout (rotate_half RoPE on
@@ -20,8 +22,9 @@ import random
 import sys
 
 import numpy as np
+import safetensors
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, CTX = 64, 128, 2, 4, 2, 128
 VOCAB = 1000
@@ -36,8 +39,24 @@ UNICODE_WORDS = [
 ]
 
 
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def spacing_line(rng):
+    """Runs of spaces and tabs, long numbers, contractions and punctuation: where regex splits cut."""
+    parts = []
+    for _ in range(rng.randint(4, 10)):
+        word = rng.choice(["the", "LORD", "don't", "I'LL", "you've", "12345", "3.14159", "2024", "(verse)", "...", "--"])
+        parts.append(rng.choice([" ", "  ", "   ", "\t", " \t "]) + word)
+    return rng.choice(["", "  ", "\t"]) + "".join(parts) + rng.choice(["", " ", "   ", "!!"])
+
+
 def corpus(path):
-    """About TEXT_BYTES of the corpus, with a generated line of non-ASCII words after every 20th line."""
+    """About TEXT_BYTES of the corpus, with a generated line of non-ASCII words after every 20th line and a
+    line of odd spacing after every 20th other one."""
     with open(path, encoding="utf-8") as f:
         base = f.read(TEXT_BYTES)
     rng = random.Random(16)
@@ -47,13 +66,23 @@ def corpus(path):
         if i % 20 == 19:
             words = [rng.choice(UNICODE_WORDS) for _ in range(rng.randint(3, 9))]
             out.append(" ".join(words) + rng.choice([".", "!", " ok", "?"]))
+        if i % 20 == 9:
+            out.append(spacing_line(rng))
     return "\n".join(out)
 
 
 def train_tokenizer(kind, text):
-    if kind == "bytelevel":
+    if kind in ("bytelevel", "llama3"):
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if kind == "llama3":
+            tok.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=VOCAB,
@@ -151,21 +180,46 @@ def weights(rng, vocab, dtype, tied):
     return w
 
 
+def bf16(a):
+    """float32 values rounded to bfloat16 (to nearest even), as the uint16 bit patterns and as float32."""
+    bits = a.astype(np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return rounded, (rounded.astype(np.uint32) << 16).view(np.float32)
+
+
+def save_bf16(tensors, path):
+    """A safetensors file of BF16 tensors (`tensors`: name -> uint16 bits), through the pip package's
+    framework-free writer (its numpy one has no bfloat16)."""
+    arrays = {k: np.ascontiguousarray(v.astype("<u2")) for k, v in tensors.items()}
+    specs = {
+        k: safetensors.TensorSpec(dtype="bfloat16", shape=list(a.shape), data_ptr=a.ctypes.data, data_len=a.nbytes)
+        for k, a in arrays.items()
+    }
+    safetensors.serialize_file(specs, path, metadata={"format": "pt"})
+
+
 def model(out, kind, dtype_name, corpus_path):
     os.makedirs(out, exist_ok=True)
     text = corpus(corpus_path)
     tok, bos, eos = train_tokenizer(kind, text)
     tok.save(os.path.join(out, "tokenizer.json"))
     vocab = tok.get_vocab_size()
-    tied = dtype_name == "f16"
-    dtype = np.float16 if tied else np.float32
+    tied = dtype_name != "f32"
+    dtype = {"f32": np.float32, "f16": np.float16, "bf16": np.float32}[dtype_name]
     w = weights(np.random.default_rng(16), vocab, dtype, tied)
+    bits = {}
+    if dtype_name == "bf16":
+        for k in w:
+            bits[k], w[k] = bf16(w[k])
     names = sorted(w)
     half = len(names) // 2
     shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
     weight_map = {}
     for file, part in shards.items():
-        save_file({n: w[n] for n in part}, os.path.join(out, file), metadata={"format": "pt"})
+        if bits:
+            save_bf16({n: bits[n] for n in part}, os.path.join(out, file))
+        else:
+            save_file({n: w[n] for n in part}, os.path.join(out, file), metadata={"format": "pt"})
         weight_map.update({n: file for n in part})
     index = {"metadata": {"total_size": sum(v.nbytes for v in w.values())}, "weight_map": weight_map}
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
@@ -184,7 +238,7 @@ def model(out, kind, dtype_name, corpus_path):
         "rms_norm_eps": EPS,
         "hidden_act": "silu",
         "tie_word_embeddings": tied,
-        "torch_dtype": "float16" if tied else "float32",
+        "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype_name],
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)

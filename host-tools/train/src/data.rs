@@ -508,6 +508,7 @@ mod tests {
                 user: 3,
                 assistant: 4,
             }),
+            split: enigma_core::pretok::Split::None,
         });
         let conv = Conversation {
             turns: vec![

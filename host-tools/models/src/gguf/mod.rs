@@ -12,6 +12,7 @@ pub mod write;
 
 use crate::bpe::{self, NEVER_MERGED, SPM_SPACE};
 use anyhow::{bail, ensure, Context, Result};
+use enigma_core::pretok::Split;
 use read::{Array, Gguf, GgufFiles, ValueType};
 use std::path::Path;
 
@@ -86,8 +87,9 @@ fn token_id(g: &Gguf<'_>, key: &str, vocab: u32) -> Result<Option<u32>> {
 ///   (unless `tokenizer.ggml.add_space_prefix` is false), byte fallback through the `<0xNN>` pieces.
 /// - `gpt2` (byte-level BPE): pieces as the bytes their chars stand for, and merge `i` gives the piece it
 ///   makes the score `-i`, so the core's encoder (highest score first) applies merges in rank order.
-///   GPT-2's pre-tokenizer (its regex split) is not applied: ids can differ from llama.cpp's on text that
-///   the split would cut differently; generation from ids is unaffected.
+///   `tokenizer.ggml.pre` `gpt-2` and `llama-bpe` become the core's GPT-2 and Llama 3 regex splits; llama.cpp's
+///   other pre-tokenizers are not applied: ids can then differ from llama.cpp's on text that their split
+///   would cut differently; generation from ids is unaffected.
 ///
 /// Control, unknown and unused tokens get a score below the merge floor in both.
 pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerData> {
@@ -156,6 +158,12 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
             "tokenizer.ggml.model '{other}': only 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) vocabularies are read"
         ),
     };
+    // llama.cpp's names of the two regex splits the core has; its other pre-tokenizers are not applied.
+    let split = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
+        Some("gpt-2") if model == "gpt2" => Split::Gpt2,
+        Some("llama-bpe" | "llama3") if model == "gpt2" => Split::Llama3,
+        _ => Split::None,
+    };
     let eos = token_id(g, "tokenizer.ggml.eos_token_id", vocab)?;
     let bos = token_id(g, "tokenizer.ggml.bos_token_id", vocab)?;
     let (bos, eos) = match (bos, eos) {
@@ -173,6 +181,7 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
         pad: token_id(g, "tokenizer.ggml.padding_token_id", vocab)?,
         add_dummy_prefix,
         chat: None,
+        split,
     })
 }
 

@@ -9,14 +9,15 @@
 //!   `byte_fallback` uses the `<0x00>`..`<0xFF>` pieces.
 //!
 //! Merges become scores (`-rank`, [`crate::bpe::rank_merges`]), so the core's loop applies them in rank
-//! order, as the GGUF importer does for `gpt2` vocabularies. Differences from `tokenizers`, which the
-//! `hf_pip` test measures: the regex split of a `Split`/`ByteLevel(use_regex)` pre-tokenizer is not
-//! applied (text is merged as one run), added tokens written in the text are encoded as their characters
-//! rather than matched whole, and the SentencePiece-style prefix is added even to text that starts with a
-//! space.
+//! order, as the GGUF importer does for `gpt2` vocabularies. The regex split of a `ByteLevel` (with
+//! `use_regex`) or a `Split` by GPT-2's or Llama 3's regex is kept as the tokenizer's [`Split`]. Differences
+//! from `tokenizers` (docs/FORMAT.md, section 12): added tokens written in the text are encoded as their
+//! characters rather than matched whole, and the SentencePiece-style prefix is added even to text that
+//! starts with a space.
 
 use crate::bpe::{self, NEVER_MERGED, SPM_SPACE};
 use anyhow::{bail, ensure, Context, Result};
+use enigma_core::pretok::Split;
 use enigma_runtime::TokenizerData;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -68,8 +69,22 @@ fn type_of(v: &Value) -> &str {
     v.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
-/// The family and whether the core adds a dummy prefix, from the normalizer and pre-tokenizer.
-fn kind(j: &Value) -> Result<(Kind, bool)> {
+/// The regexes of `Split` pre-tokenizers the core cuts text by ([`enigma_core::pretok`]), as
+/// `tokenizer.json` writes them.
+const SPLITS: [(&str, Split); 2] = [
+    (
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+        Split::Gpt2,
+    ),
+    (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        Split::Llama3,
+    ),
+];
+
+/// The family, whether the core adds a dummy prefix, and the split, from the normalizer and
+/// pre-tokenizer.
+fn kind(j: &Value) -> Result<(Kind, bool, Split)> {
     let mut pre = Vec::new();
     if let Some(p) = j.get("pre_tokenizer") {
         flatten(p, "pretokenizers", &mut pre);
@@ -98,6 +113,7 @@ fn kind(j: &Value) -> Result<(Kind, bool)> {
         }
     }
     let mut byte_level = None;
+    let mut splits = Vec::new();
     for p in &pre {
         match type_of(p) {
             "ByteLevel" => {
@@ -105,7 +121,10 @@ fn kind(j: &Value) -> Result<(Kind, bool)> {
                     p.get("add_prefix_space")
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
-                )
+                );
+                if p.get("use_regex").and_then(Value::as_bool).unwrap_or(true) {
+                    splits.push(Split::Gpt2);
+                }
             }
             "Metaspace" => {
                 ensure!(
@@ -121,18 +140,41 @@ fn kind(j: &Value) -> Result<(Kind, bool)> {
                         .unwrap_or(true),
                 };
             }
-            // The regex split that byte-level tokenizers put before `ByteLevel` (Llama 3's): not applied,
-            // see the module's notes.
-            "Split" => {}
+            "Split" => {
+                let pattern = p.pointer("/pattern/Regex").and_then(Value::as_str);
+                let split = SPLITS
+                    .iter()
+                    .find(|(re, _)| Some(*re) == pattern)
+                    .map(|(_, s)| *s)
+                    .with_context(|| {
+                        format!(
+                            "tokenizer.json: a Split pre-tokenizer by {}: only GPT-2's and Llama 3's regexes are supported",
+                            p.get("pattern").map_or("nothing".into(), |v| v.to_string())
+                        )
+                    })?;
+                let behavior = p.get("behavior").and_then(Value::as_str).unwrap_or("");
+                ensure!(
+                    behavior == "Isolated"
+                        && !p.get("invert").and_then(Value::as_bool).unwrap_or(false),
+                    "tokenizer.json: a Split pre-tokenizer with behavior '{behavior}' (only Isolated, not inverted, is supported)"
+                );
+                splits.push(split);
+            }
             other => bail!("tokenizer.json: pre-tokenizer '{other}' is not supported"),
         }
     }
+    ensure!(
+        splits.len() <= 1,
+        "tokenizer.json: two regex splits one after the other are not supported"
+    );
+    let split = splits.first().copied().unwrap_or(Split::None);
     match (byte_level, spm) {
         (Some(_), true) => {
             bail!("tokenizer.json: both a ByteLevel and a Metaspace (▁) step: not a known family")
         }
-        (Some(p), false) => Ok((Kind::ByteLevel, p)),
-        (None, true) => Ok((Kind::SentencePiece, prefix)),
+        (Some(p), false) => Ok((Kind::ByteLevel, p, split)),
+        (None, true) if split == Split::None => Ok((Kind::SentencePiece, prefix, Split::None)),
+        (None, true) => bail!("tokenizer.json: a regex split in a SentencePiece-style tokenizer is not supported"),
         (None, false) => bail!(
             "tokenizer.json: neither a ByteLevel nor a Metaspace (▁) step: only byte-level and SentencePiece-style BPE are read"
         ),
@@ -160,7 +202,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
         ty == "BPE",
         "tokenizer.json: model type '{ty}': only BPE is read"
     );
-    let (kind, add_dummy_prefix) = kind(&j)?;
+    let (kind, add_dummy_prefix, split) = kind(&j)?;
     let n = vocab as usize;
     let mut texts: Vec<Option<String>> = vec![None; n];
     let mut special = vec![false; n];
@@ -261,6 +303,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             pad: None,
             add_dummy_prefix,
             chat: None,
+            split,
         },
         ids,
     })
@@ -348,11 +391,13 @@ mod tests {
         let j = serde_json::json!({
             "added_tokens": [{"id": 4, "content": "<|end|>", "special": true}],
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": "x"}}, {"type": "ByteLevel", "add_prefix_space": false}]},
+                {"type": "Split", "pattern": {"Regex": SPLITS[1].0}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
             "model": {"type": "BPE", "vocab": {"Ġ": 0, "a": 1, "Ġa": 2, "Ã©": 3}, "merges": ["Ġ a", "Ã ©"]}
         });
         let t = parse(&j.to_string(), 5).unwrap();
         assert_eq!(t.kind, Kind::ByteLevel);
+        assert_eq!(t.data.split, Split::Llama3);
         assert!(!t.data.add_dummy_prefix);
         assert_eq!(t.data.pieces[0], b" ");
         assert_eq!(t.data.pieces[2], b" a");
@@ -379,6 +424,9 @@ mod tests {
         let mut j = spm();
         j["pre_tokenizer"] = Value::Null;
         assert!(err(&j, 270).contains("neither a ByteLevel nor a Metaspace"));
+        let mut j = spm();
+        j["pre_tokenizer"] = serde_json::json!({"type": "Split", "pattern": {"Regex": "x"}});
+        assert!(err(&j, 270).contains("only GPT-2's and Llama 3's regexes"));
         let mut j = spm();
         j["normalizer"] = serde_json::json!({"type": "Lowercase"});
         assert!(err(&j, 270).contains("normalizer 'Lowercase'"));
