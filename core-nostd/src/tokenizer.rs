@@ -8,7 +8,8 @@
 //! by chunk, and no merge crosses a chunk's edge.
 
 use crate::format::{
-    EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, TOK_SPLIT,
+    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
+    TOK_SPLIT,
 };
 use crate::pretok::{self, Split};
 use crate::{Error, Result};
@@ -70,6 +71,9 @@ pub struct Tokenizer<'a> {
     /// The longest piece, in bytes (at least 1): how much text one token can cover at most.
     longest: usize,
     split: Split,
+    /// Ids whose piece, spelled in the text, encodes to that id whole (a Hugging Face tokenizer's added
+    /// tokens: `<|begin_of_text|>`, `<s>`).
+    added: &'a [u32],
 }
 
 static BYTES: [u8; 256] = {
@@ -127,7 +131,49 @@ impl<'a> Tokenizer<'a> {
                 _ => return Err(Error::BadTokenizer("the split tensor is not one byte")),
             }
         };
-        Ok(tok.with_split(split))
+        let added = match file.tensor(TOK_ADDED) {
+            None => &[][..],
+            Some(t) => file.u32s(TOK_ADDED, &[t.shape[0]])?,
+        };
+        tok.with_split(split).with_added(added)
+    }
+
+    /// The same vocabulary, encoding the pieces of `added` spelled in the text as those ids.
+    pub fn with_added(self, added: &'a [u32]) -> Result<Self> {
+        if added
+            .iter()
+            .any(|&id| id as usize >= self.vocab_size() || self.piece(id).is_empty())
+        {
+            return Err(Error::BadTokenizer(
+                "an added token is outside the vocabulary or has no bytes",
+            ));
+        }
+        Ok(Tokenizer { added, ..self })
+    }
+
+    pub fn added(&self) -> &'a [u32] {
+        self.added
+    }
+
+    /// The first added token spelled in `text`: (its byte offset, id, length); the longest at the
+    /// earliest offset.
+    fn find_added(&self, text: &str) -> Option<(usize, u32, usize)> {
+        if self.added.is_empty() {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        // Only whole characters: a piece of a hostile file need not be UTF-8, and the text is cut there.
+        (0..bytes.len())
+            .filter(|&at| text.is_char_boundary(at))
+            .find_map(|at| {
+                let rest = &bytes[at..];
+                self.added
+                    .iter()
+                    .map(|&id| (id, self.piece(id)))
+                    .filter(|(_, p)| rest.starts_with(p) && text.is_char_boundary(at + p.len()))
+                    .max_by_key(|(_, p)| p.len())
+                    .map(|(id, p)| (at, id, p.len()))
+            })
     }
 
     /// The same vocabulary, cutting text as `split` says before merging.
@@ -184,6 +230,7 @@ impl<'a> Tokenizer<'a> {
             meta,
             longest,
             split: Split::None,
+            added: &[],
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -274,12 +321,28 @@ impl<'a> Tokenizer<'a> {
         merge: &mut dyn FnMut(&mut [u32], usize) -> usize,
     ) -> Result<usize> {
         let need = Self::max_tokens(text.len());
-        let mut n = self.begin(text, bos, need, out)?;
+        let mut found = self.find_added(text);
+        // As `tokenizers`' Metaspace "first": no prefix when the text starts with an added token.
+        let prefixed = if found.is_some_and(|(at, _, _)| at == 0) {
+            ""
+        } else {
+            text
+        };
+        let mut n = self.begin(prefixed, bos, need, out)?;
         let mut run = 0;
-        for chunk in pretok::chunks(text, self.split) {
-            n = self.push_chars(chunk, need, out, n)?;
-            n = run + merge(&mut out[run..n], n - run);
+        let mut rest = text;
+        loop {
+            let plain = found.map_or(rest, |(at, _, _)| &rest[..at]);
+            for chunk in pretok::chunks(plain, self.split) {
+                n = self.push_chars(chunk, need, out, n)?;
+                n = run + merge(&mut out[run..n], n - run);
+                run = n;
+            }
+            let Some((at, id, len)) = found else { break };
+            Self::push(out, &mut n, id, need)?;
             run = n;
+            rest = &rest[at + len..];
+            found = self.find_added(rest);
         }
         if eos {
             let found = out.len();
@@ -415,6 +478,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Pieces `"<s>"`, `"\xff<"` (not UTF-8), `"a"`, `"s"`, with `added` as the added tokens.
+    fn tiny(added: &'static [u32]) -> Result<Tokenizer<'static>> {
+        static PIECES: &[u8] = b"<s>\xff<as";
+        static OFFSETS: [u32; 5] = [0, 3, 5, 6, 7];
+        static SCORES: [f32; 4] = [-1e30, -1e30, 0.0, 0.0];
+        static SORTED: [u32; 4] = [0, 2, 3, 1];
+        let meta = TokenizerMeta {
+            bos: 0,
+            eos: 0,
+            pad: None,
+            max_token_len: 3,
+            add_dummy_prefix: false,
+            byte_fallback: None,
+            chat: None,
+        };
+        Tokenizer::new(meta, PIECES, &OFFSETS, &SCORES, &SORTED)?.with_added(added)
+    }
+
+    #[test]
+    fn added_tokens_spelled_in_text_encode_whole() {
+        let enc = |t: &Tokenizer<'_>, text: &str| {
+            let mut out = [0u32; 16];
+            let n = t.encode(text, false, false, &mut out)?;
+            Ok::<_, Error>(heapless::Vec::<u32, 16>::from_slice(&out[..n]).unwrap_or_default())
+        };
+        // Without added tokens, "<" has no piece and no byte fallback.
+        assert!(matches!(
+            enc(&tiny(&[]).unwrap(), "a<s>"),
+            Err(Error::Unencodable { byte: b'<' })
+        ));
+        let t = tiny(&[0]).unwrap();
+        assert_eq!(enc(&t, "a<s>").unwrap().as_slice(), [2, 0]);
+        assert_eq!(enc(&t, "s<s><s>as").unwrap().as_slice(), [3, 0, 0, 2, 3]);
+        // A piece that is not UTF-8 is never found in text, and cutting there cannot split a character.
+        let t = tiny(&[0, 1]).unwrap();
+        assert_eq!(enc(&t, "\u{ff}<s>").map(|v| v.len()).ok(), None);
+        assert_eq!(enc(&t, "<s>a").unwrap().as_slice(), [0, 2]);
+        assert!(matches!(tiny(&[9]), Err(Error::BadTokenizer(_))));
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub fn tokenizer_data(tok: &Tokenizer<'_>) -> TokenizerData {
         add_dummy_prefix: m.add_dummy_prefix,
         chat: m.chat,
         split: tok.split(),
+        added: tok.added().to_vec(),
     }
 }
 

@@ -4,7 +4,8 @@ use crate::{Error, Result};
 use enigma_core::config::Config;
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
-    MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, TOK_SPLIT, VERSION,
+    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
+    TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
 use enigma_core::pretok::Split;
@@ -27,6 +28,8 @@ pub struct TokenizerData {
     /// The regex pre-tokenizer of a byte-level vocabulary; written as the optional `tokenizer.split`
     /// tensor when it is not `None`.
     pub split: Split,
+    /// Ids that text spelling their piece encodes to whole (`tokenizer.added`, written when not empty).
+    pub added: Vec<u32>,
 }
 
 impl TokenizerData {
@@ -186,6 +189,14 @@ impl<'a> ModelWriter<'a> {
             [1u64].as_slice(),
             split.as_slice(),
         ));
+        let added = le_bytes(&tok.added, u32::to_le_bytes);
+        let added_shape = [tok.added.len() as u64];
+        let added_tensor = (!tok.added.is_empty()).then_some((
+            TOK_ADDED,
+            DType::U32,
+            added_shape.as_slice(),
+            added.as_slice(),
+        ));
         let all: Vec<(&str, DType, &[u64], &[u8])> = self
             .tensors
             .iter()
@@ -196,6 +207,7 @@ impl<'a> ModelWriter<'a> {
                     .map(|(n, d, s, b)| (*n, *d, s.as_slice(), b.as_slice())),
             )
             .chain(split_tensor)
+            .chain(added_tensor)
             .collect();
         if all.len() > MAX_TENSORS {
             return Err(Error::Invalid(format!(

@@ -45,6 +45,7 @@ fn tiny_tokenizer() -> TokenizerData {
         add_dummy_prefix: true,
         chat: None,
         split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 

@@ -42,6 +42,7 @@ fn tokenizer() -> TokenizerData {
         add_dummy_prefix: true,
         chat: None,
         split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 

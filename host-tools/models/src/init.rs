@@ -128,6 +128,7 @@ pub fn byte_tokenizer() -> TokenizerData {
         add_dummy_prefix: false,
         chat: None,
         split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 
@@ -145,6 +146,7 @@ pub fn tokenizer_of(file: &EnigmaFile<'_>) -> enigma_core::Result<TokenizerData>
         add_dummy_prefix: meta.add_dummy_prefix,
         chat: meta.chat,
         split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     })
 }
 

@@ -162,6 +162,7 @@ pub fn read_tokenizer(bytes: &[u8], vocab_size: u32) -> Result<TokenizerData> {
         add_dummy_prefix: true,
         chat: None,
         split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     })
 }
 

@@ -123,6 +123,18 @@ fn check_ids(f: &Folder, tok: &Tokenizer<'_>) -> (usize, usize) {
         assert_eq!(String::from_utf8_lossy(&out), text, "line {n} decodes back");
     }
     assert!(bytes >= 900_000, "{bytes} bytes of text");
+    for t in f.expected["specials"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let ours = enigma_runtime::tokenize::encode(tok, text, false, false).unwrap();
+        assert_eq!(
+            ours,
+            ids(&t["ids"]),
+            "{text:?}: added tokens spelled in the text"
+        );
+        let mut buf = vec![0u32; Tokenizer::max_tokens(text.len())];
+        let k = tok.encode(text, false, false, &mut buf).unwrap();
+        assert_eq!(buf[..k], ours[..], "{text:?}: the core's encoder");
+    }
     assert!(
         lines
             .iter()

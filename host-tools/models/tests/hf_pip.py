@@ -15,6 +15,7 @@ in host-tools/models/tests/hf.rs.
                            the permuted q/k rows), every position's logits, in float64
           lines            the text's lines, each with `tokenizers`' ids (no special tokens added) and
                            `chunks`, the pre-tokenizer's split of the line as substrings
+          specials         texts that spell the added tokens (BOS, EOS, ...), with `tokenizers`' ids
 """
 import json
 import os
@@ -254,7 +255,15 @@ def model(out, kind, dtype_name, corpus_path):
         if "".join(chunks) != line:
             chunks = None
         lines.append({"text": line, "ids": tok.encode(line, add_special_tokens=False).ids, "chunks": chunks})
-    expected = {"ids": ids, "logits": forward(w, ids, tied).tolist(), "lines": lines, "bos": tok.token_to_id(bos),
+    special_texts = [
+        f"{bos}Once upon a time, {eos}the end{eos}",
+        f"In the beginning{bos} God {eos}\tcreated {bos}{bos}",
+        f"{eos}",
+        "a <0x41> and <unk>, not <s or s>",
+    ]
+    specials = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids} for t in special_texts]
+    expected = {"ids": ids, "logits": forward(w, ids, tied).tolist(), "lines": lines, "specials": specials,
+                "bos": tok.token_to_id(bos),
                 "eos": tok.token_to_id(eos), "template": template}
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)

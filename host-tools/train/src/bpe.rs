@@ -273,6 +273,7 @@ impl Bpe {
             add_dummy_prefix: false,
             chat: Some(reserved_chat_markers()),
             split: enigma_core::pretok::Split::None,
+            added: Vec::new(),
         }
     }
 

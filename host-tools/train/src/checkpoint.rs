@@ -185,6 +185,7 @@ impl Checkpoint {
                     .chat
                     .map(|[user, assistant]| enigma_core::format::ChatTokens { user, assistant }),
                 split: enigma_core::pretok::Split::None,
+                added: Vec::new(),
             },
             options: h.options,
             step: h.step,

@@ -509,6 +509,7 @@ mod tests {
                 assistant: 4,
             }),
             split: enigma_core::pretok::Split::None,
+            added: Vec::new(),
         });
         let conv = Conversation {
             turns: vec![

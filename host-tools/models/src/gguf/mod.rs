@@ -182,6 +182,7 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
         add_dummy_prefix,
         chat: None,
         split,
+        added: Vec::new(),
     })
 }
 

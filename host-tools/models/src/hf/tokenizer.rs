@@ -11,9 +11,9 @@
 //! Merges become scores (`-rank`, [`crate::bpe::rank_merges`]), so the core's loop applies them in rank
 //! order, as the GGUF importer does for `gpt2` vocabularies. The regex split of a `ByteLevel` (with
 //! `use_regex`) or a `Split` by GPT-2's or Llama 3's regex is kept as the tokenizer's [`Split`]. Differences
-//! from `tokenizers` (docs/FORMAT.md, section 12): added tokens written in the text are encoded as their
-//! characters rather than matched whole, and the SentencePiece-style prefix is added even to text that
-//! starts with a space.
+//! from `tokenizers` (docs/FORMAT.md, section 12): the SentencePiece-style prefix is added even to text that
+//! starts with a space, and added tokens are matched in the text as written (their `lstrip`, `rstrip`,
+//! `single_word` and `normalized` flags are not read).
 
 use crate::bpe::{self, NEVER_MERGED, SPM_SPACE};
 use anyhow::{bail, ensure, Context, Result};
@@ -206,7 +206,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
     let n = vocab as usize;
     let mut texts: Vec<Option<String>> = vec![None; n];
     let mut special = vec![false; n];
-    let mut put = |id: &Value, content: &str, is_special: bool| -> Result<()> {
+    let mut put = |id: &Value, content: &str, is_special: bool| -> Result<usize> {
         let i = id
             .as_u64()
             .and_then(|i| usize::try_from(i).ok())
@@ -216,7 +216,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             })?;
         texts[i] = Some(content.to_string());
         special[i] |= is_special;
-        Ok(())
+        Ok(i)
     };
     let entries = model
         .get("vocab")
@@ -225,6 +225,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
     for (piece, id) in entries {
         put(id, piece, false)?;
     }
+    let mut added = Vec::new();
     for (k, t) in j
         .get("added_tokens")
         .and_then(Value::as_array)
@@ -237,8 +238,12 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             .and_then(Value::as_str)
             .with_context(|| format!("tokenizer.json: added token {k} has no content"))?;
         let id = t.get("id").unwrap_or(&Value::Null);
+        ensure!(
+            !content.is_empty(),
+            "tokenizer.json: added token {k} is empty"
+        );
         // Added tokens are matched whole by `tokenizers`, never built by merges.
-        put(id, content, true)?;
+        added.push(put(id, content, true)? as u32);
     }
     let inverse = bpe::byte_char_inverse();
     let mut pieces = Vec::with_capacity(n);
@@ -304,6 +309,11 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             add_dummy_prefix,
             chat: None,
             split,
+            added: {
+                added.sort_unstable();
+                added.dedup();
+                added
+            },
         },
         ids,
     })
