@@ -298,6 +298,59 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn one_line(e: anyhow::Error) -> String {
+        let e = format!("{e:#}");
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn an_index_naming_files_outside_the_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = |map: &str| {
+            std::fs::write(
+                dir.path().join(INDEX),
+                format!(r#"{{"weight_map": {map}}}"#),
+            )
+            .unwrap();
+            one_line(Shards::open(dir.path()).err().unwrap())
+        };
+        assert!(index(r#"{"a": "../x.safetensors"}"#).contains("not a file name in the folder"));
+        assert!(index(r#"{"a": "/etc/passwd"}"#).contains("not a file name in the folder"));
+        assert!(index(r#"{"a": ".."}"#).contains("not a file name in the folder"));
+        assert!(index(r#"{"a": 3}"#).contains("not a string"));
+        assert!(index("{}").contains("empty"));
+        assert!(index(r#"{"a": "missing.safetensors"}"#).contains("missing.safetensors"));
+    }
+
+    proptest! {
+        /// config.json, tokenizer.json and tokenizer_config.json cut anywhere or with bytes written over
+        /// them give a value or a one-line error, never a panic.
+        #[test]
+        fn hostile_json_files_never_panic(cut in 0usize..2000, at in 0usize..2000, with in "[ -~]{1,6}") {
+            let tok = r#"{"added_tokens": [{"id": 2, "content": "<s>", "special": true}],
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"},
+                "model": {"type": "BPE", "vocab": {"▁": 0, "a": 1, "▁a": 3}, "merges": ["▁ a"], "byte_fallback": false}}"#;
+            let config = r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 4,
+                "max_position_embeddings": 16, "eos_token_id": 2}"#;
+            let tc = r#"{"chat_template": "{{ x }}", "bos_token": {"content": "<s>"}}"#;
+            for text in [tok, config, tc] {
+                let mut variants = vec![text.chars().take(cut).collect::<String>()];
+                let mut chars: Vec<char> = text.chars().collect();
+                let at = at % chars.len();
+                chars.splice(at..(at + with.len()).min(chars.len()), with.chars());
+                variants.push(chars.into_iter().collect());
+                for v in variants {
+                    if let Err(e) = tokenizer::parse(&v, 4) { one_line(e); }
+                    if let Err(e) = config::parse(&v, false) { one_line(e); }
+                    if let Err(e) = tokenizer::parse_config(&v) { one_line(e); }
+                }
+            }
+        }
+    }
 
     #[test]
     fn unpermute_inverts_hf_permute() {
