@@ -204,7 +204,7 @@ fn id_of(tok: &tokenizer::HfTokenizer, name: Option<&str>, what: &str) -> Result
 }
 
 /// A Hugging Face model folder as `.enigma` bytes with the matrices stored as `to` (f32 keeps every weight
-/// exactly as far as f32 holds it: F16 and BF16 widen without loss).
+/// exactly: F16 and BF16 widen without loss). Holds the mapped files, one parameter in f32, and the output.
 pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
     let shards = Shards::open(dir)?;
     let tensors = shards.parse()?;
@@ -252,11 +252,14 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
     tok.data.pad = id_of(&tok, named(|t| t.pad.as_ref()), "pad")?;
     let kind = tok.kind;
     let mut w = ModelWriter::new(c, tok.data);
-    let mut params = Vec::new();
+    // A tensor at a time: only one stacked parameter is ever held in f32 (a 7B model's w1 is 5.8 GB).
+    let mut kept = Vec::new();
     for spec in ParamLayout::new(&c).iter() {
-        params.extend(param(&tensors, &spec, &c)?);
+        let values = param(&tensors, &spec, &c)?;
+        kept.extend(enigma_runtime::quantize::add_param(
+            &mut w, &spec, &values, to,
+        )?);
     }
-    let kept = enigma_runtime::quantize::add_params(&mut w, &c, &params, to)?;
     if !kept.is_empty() {
         eprintln!(
             "note: {} stay f32: their rows are not whole blocks of 32",
