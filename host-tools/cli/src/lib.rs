@@ -469,6 +469,19 @@ pub fn info(model: &str) -> Result<()> {
         },
         t.add_dummy_prefix
     );
+    let tok = enigma_core::Tokenizer::from_file(&f)?;
+    let split = match tok.split() {
+        enigma_core::pretok::Split::None => None,
+        enigma_core::pretok::Split::Gpt2 => Some("GPT-2's regex"),
+        enigma_core::pretok::Split::Llama3 => Some("Llama 3's regex"),
+    };
+    if split.is_some() || !tok.added().is_empty() {
+        println!(
+            "             split before merging: {}; {} added tokens matched whole in text",
+            split.unwrap_or("none"),
+            tok.added().len()
+        );
+    }
     for d in [DType::F32, DType::F16, DType::Q8_0] {
         if let Some(m) = c.memory_estimate(d, KvType::F32) {
             println!(

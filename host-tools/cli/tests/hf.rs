@@ -44,6 +44,10 @@ fn a_pip_written_folder_imports_quantized_and_runs() {
         info.contains("SentencePiece-style BPE, stored as q8_0"),
         "{info}"
     );
+    assert!(
+        info.contains("split before merging: none; 259 added tokens matched whole in text"),
+        "{info}"
+    );
     let run = support::greedy_run(&out, "ROMEO:", 8);
     assert!(run.status.success());
     // Again without --force: the output exists.
