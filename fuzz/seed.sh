@@ -15,7 +15,7 @@ C="$FUZZ/corpus"
 for d in "$SHARED/models" "$SHARED/data"; do
     [ -d "$d" ] || { echo "seed.sh: $d is missing (set ENIGMA_SHARED)" >&2; exit 1; }
 done
-mkdir -p "$C"/{gguf,enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler}
+mkdir -p "$C"/{gguf,enigma_file,llama2c_checkpoint,llama2c_tokenizer,tokenizer_json,train_data,modules_json,sampler,safetensors}
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 

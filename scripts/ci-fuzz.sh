@@ -57,7 +57,7 @@ max_len() {
     case "$1" in
         enigma_file | llama2c_checkpoint) echo 1100000 ;; # stories260K
         llama2c_tokenizer) echo 440000 ;;                 # Llama 2's 32000-piece tokenizer.bin
-        tokenizer_json | train_data | gguf) echo 65536 ;;
+        tokenizer_json | train_data | gguf | safetensors) echo 65536 ;;
         *) echo 16384 ;;
     esac
 }

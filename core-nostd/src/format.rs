@@ -34,6 +34,10 @@ pub const TOK_PIECES: &str = "tokenizer.pieces";
 pub const TOK_OFFSETS: &str = "tokenizer.offsets";
 pub const TOK_SCORES: &str = "tokenizer.scores";
 pub const TOK_SORTED: &str = "tokenizer.sorted";
+/// Optional, one u8: the regex pre-tokenizer's [`crate::pretok::Split`]; absent means none.
+pub const TOK_SPLIT: &str = "tokenizer.split";
+/// Optional, u32 ids: the added tokens that text spelling their piece encodes to whole.
+pub const TOK_ADDED: &str = "tokenizer.added";
 
 /// The postcard-encoded header. The writer (std side) and this reader share it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,8 @@ mod error;
 pub mod format;
 pub mod generate;
 pub mod model;
+pub mod pretok;
+mod pretok_marks;
 pub mod sampler;
 pub mod tokenizer;
 pub mod utf8;

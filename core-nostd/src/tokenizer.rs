@@ -4,8 +4,14 @@
 //! (bytes without a piece fall back to `<0xNN>` tokens), then repeatedly merge the adjacent pair whose merged
 //! piece has the highest score (leftmost on ties) until no pair merges; optional EOS.
 //! Decoding strips the leading space of the first piece after BOS and turns `<0xNN>` into that byte.
+//! A byte-level vocabulary may carry a regex pre-tokenizer ([`Split`]): the characters are then merged chunk
+//! by chunk, and no merge crosses a chunk's edge.
 
-use crate::format::{EnigmaFile, TokenizerMeta, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED};
+use crate::format::{
+    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
+    TOK_SPLIT,
+};
+use crate::pretok::{self, Split};
 use crate::{Error, Result};
 use core::cmp::Ordering;
 
@@ -64,6 +70,10 @@ pub struct Tokenizer<'a> {
     meta: TokenizerMeta,
     /// The longest piece, in bytes (at least 1): how much text one token can cover at most.
     longest: usize,
+    split: Split,
+    /// Ids whose piece, spelled in the text, encodes to that id whole (a Hugging Face tokenizer's added
+    /// tokens: `<|begin_of_text|>`, `<s>`).
+    added: &'a [u32],
 }
 
 static BYTES: [u8; 256] = {
@@ -104,13 +114,75 @@ impl<'a> Tokenizer<'a> {
     /// Views the tokenizer stored in a `.enigma` file.
     pub fn from_file(file: &EnigmaFile<'a>) -> Result<Self> {
         let v = file.config().vocab_size as u64;
-        Self::new(
+        let tok = Self::new(
             file.header().tokenizer,
             file.raw_u8(TOK_PIECES)?,
             file.u32s(TOK_OFFSETS, &[v + 1])?,
             file.f32s(TOK_SCORES, &[v])?,
             file.u32s(TOK_SORTED, &[v])?,
-        )
+        )?;
+        // Optional: files without it (all before the Hugging Face import) merge the text as one run.
+        let split = if file.tensor(TOK_SPLIT).is_none() {
+            Split::None
+        } else {
+            match file.raw_u8(TOK_SPLIT)? {
+                [kind] => Split::from_u8(*kind)
+                    .ok_or(Error::BadTokenizer("unknown pre-tokenizer split"))?,
+                _ => return Err(Error::BadTokenizer("the split tensor is not one byte")),
+            }
+        };
+        let added = match file.tensor(TOK_ADDED) {
+            None => &[][..],
+            Some(t) => file.u32s(TOK_ADDED, &[t.shape[0]])?,
+        };
+        tok.with_split(split).with_added(added)
+    }
+
+    /// The same vocabulary, encoding the pieces of `added` spelled in the text as those ids.
+    pub fn with_added(self, added: &'a [u32]) -> Result<Self> {
+        if added
+            .iter()
+            .any(|&id| id as usize >= self.vocab_size() || self.piece(id).is_empty())
+        {
+            return Err(Error::BadTokenizer(
+                "an added token is outside the vocabulary or has no bytes",
+            ));
+        }
+        Ok(Tokenizer { added, ..self })
+    }
+
+    pub fn added(&self) -> &'a [u32] {
+        self.added
+    }
+
+    /// The first added token spelled in `text`: (its byte offset, id, length); the longest at the
+    /// earliest offset.
+    fn find_added(&self, text: &str) -> Option<(usize, u32, usize)> {
+        if self.added.is_empty() {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        // Only whole characters: a piece of a hostile file need not be UTF-8, and the text is cut there.
+        (0..bytes.len())
+            .filter(|&at| text.is_char_boundary(at))
+            .find_map(|at| {
+                let rest = &bytes[at..];
+                self.added
+                    .iter()
+                    .map(|&id| (id, self.piece(id)))
+                    .filter(|(_, p)| rest.starts_with(p) && text.is_char_boundary(at + p.len()))
+                    .max_by_key(|(_, p)| p.len())
+                    .map(|(id, p)| (at, id, p.len()))
+            })
+    }
+
+    /// The same vocabulary, cutting text as `split` says before merging.
+    pub fn with_split(self, split: Split) -> Self {
+        Tokenizer { split, ..self }
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
     }
 
     /// Checks that the arrays describe a vocabulary every lookup stays inside.
@@ -157,6 +229,8 @@ impl<'a> Tokenizer<'a> {
             sorted,
             meta,
             longest,
+            split: Split::None,
+            added: &[],
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -232,8 +306,44 @@ impl<'a> Tokenizer<'a> {
     /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
     /// at most.
     pub fn encode(&self, text: &str, bos: bool, eos: bool, out: &mut [u32]) -> Result<usize> {
-        let n = self.pre_tokenize(text, bos, out)?;
-        let mut n = self.merge(out, n);
+        self.encode_by(text, bos, eos, out, &mut |t, len| self.merge(t, len))
+    }
+
+    /// [`Tokenizer::encode`] with another merge loop (`merge(tokens, len)` returns the merged length), so a
+    /// host can use a faster one that gives the same ids. Each chunk of the split is merged alone; the first
+    /// with BOS and the dummy prefix before it, as one run.
+    pub fn encode_by(
+        &self,
+        text: &str,
+        bos: bool,
+        eos: bool,
+        out: &mut [u32],
+        merge: &mut dyn FnMut(&mut [u32], usize) -> usize,
+    ) -> Result<usize> {
+        let need = Self::max_tokens(text.len());
+        let mut found = self.find_added(text);
+        // As `tokenizers`' Metaspace "first": no prefix when the text starts with an added token.
+        let prefixed = if found.is_some_and(|(at, _, _)| at == 0) {
+            ""
+        } else {
+            text
+        };
+        let mut n = self.begin(prefixed, bos, need, out)?;
+        let mut run = 0;
+        let mut rest = text;
+        loop {
+            let plain = found.map_or(rest, |(at, _, _)| &rest[..at]);
+            for chunk in pretok::chunks(plain, self.split) {
+                n = self.push_chars(chunk, need, out, n)?;
+                n = run + merge(&mut out[run..n], n - run);
+                run = n;
+            }
+            let Some((at, id, len)) = found else { break };
+            Self::push(out, &mut n, id, need)?;
+            run = n;
+            rest = &rest[at + len..];
+            found = self.find_added(rest);
+        }
         if eos {
             let found = out.len();
             *out.get_mut(n).ok_or(Error::BufferTooSmall {
@@ -250,8 +360,13 @@ impl<'a> Tokenizer<'a> {
     /// character (byte tokens where no piece covers it), unmerged. Returns the count written to `out`.
     pub fn pre_tokenize(&self, text: &str, bos: bool, out: &mut [u32]) -> Result<usize> {
         let need = Self::max_tokens(text.len());
-        let mut n = 0;
-        let push = |out: &mut [u32], n: &mut usize, id: u32| match out.get_mut(*n) {
+        let n = self.begin(text, bos, need, out)?;
+        self.push_chars(text, need, out, n)
+    }
+
+    /// Writes `id` at `out[*n]`; `need` is what the error reports as the buffer's needed size.
+    fn push(out: &mut [u32], n: &mut usize, id: u32, need: usize) -> Result<()> {
+        match out.get_mut(*n) {
             Some(slot) => {
                 *slot = id;
                 *n += 1;
@@ -262,23 +377,34 @@ impl<'a> Tokenizer<'a> {
                 needed: need,
                 found: out.len(),
             }),
-        };
+        }
+    }
+
+    /// Optional BOS and the dummy prefix of non-empty `text`; returns the count written.
+    fn begin(&self, text: &str, bos: bool, need: usize, out: &mut [u32]) -> Result<usize> {
+        let mut n = 0;
         if bos {
-            push(out, &mut n, self.meta.bos)?;
+            Self::push(out, &mut n, self.meta.bos, need)?;
         }
         if self.meta.add_dummy_prefix && !text.is_empty() {
             if let Some(space) = self.lookup(b" ") {
-                push(out, &mut n, space)?;
+                Self::push(out, &mut n, space, need)?;
             }
         }
+        Ok(n)
+    }
+
+    /// One token per character of `text` (byte tokens where no piece covers it) from `out[n]` on; returns
+    /// the new count.
+    fn push_chars(&self, text: &str, need: usize, out: &mut [u32], mut n: usize) -> Result<usize> {
         let mut utf8 = [0u8; 4];
         for ch in text.chars() {
             let bytes = ch.encode_utf8(&mut utf8).as_bytes();
             match self.lookup(bytes) {
-                Some(id) => push(out, &mut n, id)?,
+                Some(id) => Self::push(out, &mut n, id, need)?,
                 None => {
                     for &b in bytes {
-                        push(out, &mut n, self.byte_token(b)?)?;
+                        Self::push(out, &mut n, self.byte_token(b)?, need)?;
                     }
                 }
             }
@@ -352,6 +478,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Pieces `"<s>"`, `"\xff<"` (not UTF-8), `"a"`, `"s"`, with `added` as the added tokens.
+    fn tiny(added: &'static [u32]) -> Result<Tokenizer<'static>> {
+        static PIECES: &[u8] = b"<s>\xff<as";
+        static OFFSETS: [u32; 5] = [0, 3, 5, 6, 7];
+        static SCORES: [f32; 4] = [-1e30, -1e30, 0.0, 0.0];
+        static SORTED: [u32; 4] = [0, 2, 3, 1];
+        let meta = TokenizerMeta {
+            bos: 0,
+            eos: 0,
+            pad: None,
+            max_token_len: 3,
+            add_dummy_prefix: false,
+            byte_fallback: None,
+            chat: None,
+        };
+        Tokenizer::new(meta, PIECES, &OFFSETS, &SCORES, &SORTED)?.with_added(added)
+    }
+
+    #[test]
+    fn added_tokens_spelled_in_text_encode_whole() {
+        let enc = |t: &Tokenizer<'_>, text: &str| {
+            let mut out = [0u32; 16];
+            let n = t.encode(text, false, false, &mut out)?;
+            Ok::<_, Error>(heapless::Vec::<u32, 16>::from_slice(&out[..n]).unwrap_or_default())
+        };
+        // Without added tokens, "<" has no piece and no byte fallback.
+        assert!(matches!(
+            enc(&tiny(&[]).unwrap(), "a<s>"),
+            Err(Error::Unencodable { byte: b'<' })
+        ));
+        let t = tiny(&[0]).unwrap();
+        assert_eq!(enc(&t, "a<s>").unwrap().as_slice(), [2, 0]);
+        assert_eq!(enc(&t, "s<s><s>as").unwrap().as_slice(), [3, 0, 0, 2, 3]);
+        // A piece that is not UTF-8 is never found in text, and cutting there cannot split a character.
+        let t = tiny(&[0, 1]).unwrap();
+        assert_eq!(enc(&t, "\u{ff}<s>").map(|v| v.len()).ok(), None);
+        assert_eq!(enc(&t, "<s>a").unwrap().as_slice(), [0, 2]);
+        assert!(matches!(tiny(&[9]), Err(Error::BadTokenizer(_))));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod llama2c_checkpoint;
 pub mod llama2c_tokenizer;
 pub mod modules_json;
+pub mod safetensors;
 pub mod sampler;
 pub mod tokenizer_json;
 pub mod train_data;

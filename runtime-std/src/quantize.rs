@@ -147,18 +147,35 @@ pub fn add_params(
     let mut at = 0usize;
     for spec in layout.iter() {
         let n = spec.numel() as usize;
-        let dt = dtype_for(&spec, to);
-        if dt == DType::F32 && to != DType::F32 && !spec.is_norm() {
-            kept.push(spec.name);
-        }
-        let data = &params[at..at + n];
-        check_finite(spec.name, data)?;
-        let bytes =
-            encode(dt, data).map_err(|e| Error::Invalid(format!("tensor '{}': {e}", spec.name)))?;
-        w.tensor(spec.name, dt, &spec.shape[..spec.ndim()], bytes);
+        kept.extend(add_param(w, &spec, &params[at..at + n], to)?);
         at += n;
     }
     Ok(kept)
+}
+
+/// Adds one parameter of the layout (`data`: its f32 values, `spec.numel()` of them) to `w`, stored as
+/// [`dtype_for`] says; returns its name when it is a matrix that had to stay f32. An importer that reads a
+/// tensor at a time calls this rather than [`add_params`], so it never holds the whole model in f32.
+pub fn add_param(
+    w: &mut ModelWriter<'_>,
+    spec: &TensorSpec,
+    data: &[f32],
+    to: DType,
+) -> Result<Option<&'static str>> {
+    if data.len() as u64 != spec.numel() {
+        return Err(Error::Invalid(format!(
+            "tensor '{}': {} values for {} elements",
+            spec.name,
+            data.len(),
+            spec.numel()
+        )));
+    }
+    let dt = dtype_for(spec, to);
+    check_finite(spec.name, data)?;
+    let bytes =
+        encode(dt, data).map_err(|e| Error::Invalid(format!("tensor '{}': {e}", spec.name)))?;
+    w.tensor(spec.name, dt, &spec.shape[..spec.ndim()], bytes);
+    Ok((dt == DType::F32 && to != DType::F32 && !spec.is_norm()).then_some(spec.name))
 }
 
 /// The tokenizer of a parsed model, back on the heap so it can be written again.
@@ -173,6 +190,8 @@ pub fn tokenizer_data(tok: &Tokenizer<'_>) -> TokenizerData {
         pad: m.pad,
         add_dummy_prefix: m.add_dummy_prefix,
         chat: m.chat,
+        split: tok.split(),
+        added: tok.added().to_vec(),
     }
 }
 

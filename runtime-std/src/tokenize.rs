@@ -35,13 +35,13 @@ impl Ord for Cand {
 /// Encodes `text` like [`Tokenizer::encode`], without its quadratic cost.
 pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
     let mut ids = vec![0u32; Tokenizer::max_tokens(text.len())];
-    let n = tok.pre_tokenize(text, bos, &mut ids)?;
+    let n = tok.encode_by(text, bos, eos, &mut ids, &mut |run, len| {
+        let merged = merge(run[..len].to_vec(), |a, b| tok.merge_pair(a, b));
+        run[..merged.len()].copy_from_slice(&merged);
+        merged.len()
+    })?;
     ids.truncate(n);
-    let mut out = merge(ids, |a, b| tok.merge_pair(a, b));
-    if eos {
-        out.push(tok.eos());
-    }
-    Ok(out)
+    Ok(ids)
 }
 
 /// The core's merge loop ([`Tokenizer::merge`]) in O(n log n): repeatedly merges the adjacent pair whose

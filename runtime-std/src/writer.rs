@@ -4,10 +4,12 @@ use crate::{Error, Result};
 use enigma_core::config::{Config, ParamLayout};
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
-    MAX_TENSORS, PRELUDE_LEN, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED, VERSION,
+    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
+    TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
 use enigma_core::EnigmaFile;
+use enigma_core::pretok::Split;
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -24,6 +26,11 @@ pub struct TokenizerData {
     pub pad: Option<u32>,
     pub add_dummy_prefix: bool,
     pub chat: Option<ChatTokens>,
+    /// The regex pre-tokenizer of a byte-level vocabulary; written as the optional `tokenizer.split`
+    /// tensor when it is not `None`.
+    pub split: Split,
+    /// Ids that text spelling their piece encodes to whole (`tokenizer.added`, written when not empty).
+    pub added: Vec<u32>,
 }
 
 impl TokenizerData {
@@ -146,7 +153,7 @@ impl<'a> ModelWriter<'a> {
     pub fn carry_extras(&mut self, file: &EnigmaFile<'_>) -> &mut Self {
         let layout = ParamLayout::new(&self.config);
         let ours = |name: &str| {
-            [TOK_PIECES, TOK_OFFSETS, TOK_SCORES, TOK_SORTED].contains(&name)
+            [TOK_PIECES, TOK_OFFSETS, TOK_SCORES, TOK_SORTED, TOK_SPLIT, TOK_ADDED].contains(&name)
                 || layout.iter().any(|spec| spec.name == name)
         };
         for t in file.tensors().filter(|t| !ours(t.name)) {
@@ -210,6 +217,21 @@ impl<'a> ModelWriter<'a> {
                 le_bytes(&sorted, u32::to_le_bytes),
             ),
         ];
+        let split = [tok.split as u8];
+        let split_tensor = (tok.split != Split::None).then_some((
+            TOK_SPLIT,
+            DType::U8,
+            [1u64].as_slice(),
+            split.as_slice(),
+        ));
+        let added = le_bytes(&tok.added, u32::to_le_bytes);
+        let added_shape = [tok.added.len() as u64];
+        let added_tensor = (!tok.added.is_empty()).then_some((
+            TOK_ADDED,
+            DType::U32,
+            added_shape.as_slice(),
+            added.as_slice(),
+        ));
         let all: Vec<(&str, DType, &[u64], &[u8])> = self
             .tensors
             .iter()
@@ -219,6 +241,8 @@ impl<'a> ModelWriter<'a> {
                     .iter()
                     .map(|(n, d, s, b)| (*n, *d, s.as_slice(), b.as_slice())),
             )
+            .chain(split_tensor)
+            .chain(added_tensor)
             .collect();
         if all.len() > MAX_TENSORS {
             return Err(Error::Invalid(format!(

@@ -39,6 +39,8 @@ fn file_of(c: Config) -> ModelFile {
         pad: None,
         add_dummy_prefix: false,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     };
     let n = ParamLayout::new(&c).total_numel() as usize;
     let mut w = ModelWriter::new(c, tok);

@@ -44,6 +44,8 @@ fn tiny_tokenizer() -> TokenizerData {
         pad: Some(0),
         add_dummy_prefix: true,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 

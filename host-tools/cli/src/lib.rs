@@ -161,6 +161,22 @@ pub enum Import {
         #[arg(long)]
         force: bool,
     },
+    /// A Hugging Face model folder of a Llama-family model: config.json, model.safetensors (or shards named
+    /// by model.safetensors.index.json; F32, F16 or BF16), tokenizer.json (byte-level or SentencePiece-style
+    /// BPE) and, when there, tokenizer_config.json's chat template.
+    Hf {
+        /// The folder.
+        dir: PathBuf,
+        /// Where to write the .enigma file; an existing file (above all an input) is refused without --force.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store the weight matrices as f32, f16, bf16, q8_0 or q4_0 (norms stay f32).
+        #[arg(long, default_value = "f32")]
+        quantize: String,
+        /// Replace the output file when it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +266,12 @@ pub fn main(cli: Cli) -> Result<()> {
             output,
             force,
         }) => import_gguf(&file, &output, force),
+        Command::Import(Import::Hf {
+            dir,
+            output,
+            quantize,
+            force,
+        }) => import_hf(&dir, &output, &quantize, force),
         Command::Export(Export::Gguf {
             model,
             output,
@@ -323,12 +345,23 @@ fn import_llama2c(
 
 fn import_gguf(file: &Path, output: &Path, force: bool) -> Result<()> {
     enigma_models::check_output(output, &[file], force)?;
-    let bytes = enigma_models::gguf::import_file(file)?;
-    // Check the result loads before it replaces anything.
-    ModelFile::from_bytes(&bytes, output)?.model(enigma_core::kernels::kernels())?;
-    enigma_runtime::fsutil::atomic_write(output, &bytes)?;
+    write_imported(output, &enigma_models::gguf::import_file(file)?)
+}
+
+/// Writes an imported model, after checking it loads, so that nothing is replaced by a file that does not.
+fn write_imported(output: &Path, bytes: &[u8]) -> Result<()> {
+    ModelFile::from_bytes(bytes, output)?.model(enigma_core::kernels::kernels())?;
+    enigma_runtime::fsutil::atomic_write(output, bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
+}
+
+fn import_hf(dir: &Path, output: &Path, dtype: &str, force: bool) -> Result<()> {
+    let dtype = enigma_runtime::quantize::parse_dtype(dtype)?;
+    enigma_models::check_output(output, &[dir], force)?;
+    let bytes = enigma_models::hf::import_dir(dir, dtype)
+        .with_context(|| format!("{} (a Hugging Face folder)", dir.display()))?;
+    write_imported(output, &bytes)
 }
 
 fn export_gguf(model: &str, output: &Path, force: bool) -> Result<()> {
@@ -436,6 +469,19 @@ pub fn info(model: &str) -> Result<()> {
         },
         t.add_dummy_prefix
     );
+    let tok = enigma_core::Tokenizer::from_file(&f)?;
+    let split = match tok.split() {
+        enigma_core::pretok::Split::None => None,
+        enigma_core::pretok::Split::Gpt2 => Some("GPT-2's regex"),
+        enigma_core::pretok::Split::Llama3 => Some("Llama 3's regex"),
+    };
+    if split.is_some() || !tok.added().is_empty() {
+        println!(
+            "             split before merging: {}; {} added tokens matched whole in text",
+            split.unwrap_or("none"),
+            tok.added().len()
+        );
+    }
     for d in [DType::F32, DType::F16, DType::Q8_0] {
         if let Some(m) = c.memory_estimate(d, KvType::F32) {
             println!(

@@ -41,6 +41,8 @@ fn tokenizer() -> TokenizerData {
         pad: None,
         add_dummy_prefix: true,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 

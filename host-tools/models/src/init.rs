@@ -127,6 +127,8 @@ pub fn byte_tokenizer() -> TokenizerData {
         pad: Some(0),
         add_dummy_prefix: false,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     }
 }
 
@@ -143,6 +145,8 @@ pub fn tokenizer_of(file: &EnigmaFile<'_>) -> enigma_core::Result<TokenizerData>
         pad: meta.pad,
         add_dummy_prefix: meta.add_dummy_prefix,
         chat: meta.chat,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     })
 }
 

@@ -15,7 +15,9 @@
 //! Only this module deletes, renames or resizes a folder, and each of those holds the folder's lock, so a
 //! model being trained or served is never pulled from under its user. docs/MODELS.md is the user's guide.
 
+mod bpe;
 pub mod gguf;
+pub mod hf;
 pub mod init;
 pub mod llama2c;
 

@@ -161,6 +161,8 @@ pub fn read_tokenizer(bytes: &[u8], vocab_size: u32) -> Result<TokenizerData> {
         pad: None,
         add_dummy_prefix: true,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     })
 }
 

@@ -142,6 +142,8 @@ fn tiny_enigma(seed: u64) -> Vec<u8> {
         pad: None,
         add_dummy_prefix: true,
         chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
     };
     let mut rng = XorShift::new(seed);
     let params = rng.fill(ParamLayout::new(&c).total_numel() as usize, -0.5, 0.5);

@@ -176,26 +176,60 @@ impl XorShift {
 /// with `args` and returns its stdout; `None` after [`skip_or_fail`] when python3 lacks numpy or gguf. A
 /// failing script fails the test.
 pub fn gguf_pip(test: &str, args: &[&str]) -> Option<String> {
+    models_script(
+        test,
+        "gguf_pip.py",
+        "numpy, gguf",
+        "numpy gguf==0.19.0",
+        args,
+    )
+}
+
+/// Runs `host-tools/models/tests/hf_pip.py` (Hugging Face folders written by the pip `safetensors` and
+/// `tokenizers` packages) with `args`, as [`gguf_pip`] runs its script.
+pub fn hf_pip(test: &str, args: &[&str]) -> Option<String> {
+    models_script(
+        test,
+        "hf_pip.py",
+        "numpy, safetensors, tokenizers",
+        "numpy safetensors==0.8.0 tokenizers==0.23.3",
+        args,
+    )
+}
+
+/// Runs a Python script of host-tools/models/tests once `import {imports}` works; otherwise
+/// [`skip_or_fail`] saying what to `pip install`.
+fn models_script(
+    test: &str,
+    script: &str,
+    imports: &str,
+    install: &str,
+    args: &[&str],
+) -> Option<String> {
     let have = std::process::Command::new("python3")
-        .args(["-c", "import numpy, gguf"])
+        .args(["-c", &format!("import {imports}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
         skip_or_fail(
             test,
-            "python3 with numpy and gguf is missing (pip install numpy gguf==0.19.0; .ci/run installs them)",
+            &format!(
+                "python3 with {imports} is missing (pip install {install}; .ci/run installs them)"
+            ),
         );
         return None;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/gguf_pip.py");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests")
+        .join(script);
     let out = std::process::Command::new("python3")
-        .arg(script)
+        .arg(path)
         .args(args)
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "gguf_pip.py {args:?}: {}",
+        "{script} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Some(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -272,6 +272,8 @@ impl Bpe {
             pad: Some(PAD),
             add_dummy_prefix: false,
             chat: Some(reserved_chat_markers()),
+            split: enigma_core::pretok::Split::None,
+            added: Vec::new(),
         }
     }
 

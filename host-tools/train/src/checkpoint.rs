@@ -184,6 +184,8 @@ impl Checkpoint {
                 chat: t
                     .chat
                     .map(|[user, assistant]| enigma_core::format::ChatTokens { user, assistant }),
+                split: enigma_core::pretok::Split::None,
+                added: Vec::new(),
             },
             options: h.options,
             step: h.step,

@@ -484,6 +484,8 @@ mod tests {
                 user: 3,
                 assistant: 4,
             }),
+            split: enigma_core::pretok::Split::None,
+            added: Vec::new(),
         });
         let conv = Conversation {
             turns: vec![

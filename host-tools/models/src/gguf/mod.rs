@@ -10,10 +10,11 @@ pub mod import;
 pub mod read;
 pub mod write;
 
+use crate::bpe::{self, NEVER_MERGED, SPM_SPACE};
 use anyhow::{bail, ensure, Context, Result};
+use enigma_core::pretok::Split;
 use enigma_runtime::ModelWriter;
 use read::{Array, Gguf, GgufFiles, ValueType};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub use read::is_gguf;
@@ -41,12 +42,6 @@ pub mod token_type {
     pub const UNUSED: i32 = 5;
     pub const BYTE: i32 = 6;
 }
-
-/// Below the core encoder's floor of -1e10: a piece with this score is never the result of a merge, so
-/// text cannot turn into a control token by spelling it.
-const NEVER_MERGED: f32 = -1e30;
-/// SentencePiece's visible space.
-const SPM_SPACE: &str = "\u{2581}";
 
 /// `tokenizer.ggml.tokens`, checked to be an array of strings.
 pub struct Tokens<'a> {
@@ -97,37 +92,15 @@ fn token_id(g: &Gguf<'_>, key: &str, vocab: u32) -> Result<Option<u32>> {
     Ok(Some(id))
 }
 
-/// GPT-2's printable stand-ins for bytes: byte `b` is the char at index `b` ("byte-level BPE").
-fn byte_chars() -> [char; 256] {
-    let mut out = ['\0'; 256];
-    let mut extra = 256u32;
-    for (b, o) in out.iter_mut().enumerate() {
-        let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
-        *o = if printable {
-            char::from(b as u8)
-        } else {
-            let c = char::from_u32(extra).unwrap_or('\0');
-            extra += 1;
-            c
-        };
-    }
-    out
-}
-
-/// The bytes a GPT-2-style token string stands for; `None` when a char is not one of the 256 stand-ins
-/// (an added token written as plain text).
-fn gpt2_bytes(s: &str, inverse: &HashMap<char, u8>) -> Option<Vec<u8>> {
-    s.chars().map(|c| inverse.get(&c).copied()).collect()
-}
-
 /// The vocabulary of a GGUF file for a model of `vocab` tokens.
 ///
 /// - `llama` (SentencePiece): pieces with `▁` as space, the file's scores, SentencePiece's dummy prefix
 ///   (unless `tokenizer.ggml.add_space_prefix` is false), byte fallback through the `<0xNN>` pieces.
 /// - `gpt2` (byte-level BPE): pieces as the bytes their chars stand for, and merge `i` gives the piece it
 ///   makes the score `-i`, so the core's encoder (highest score first) applies merges in rank order.
-///   GPT-2's pre-tokenizer (its regex split) is not applied: ids can differ from llama.cpp's on text that
-///   the split would cut differently; generation from ids is unaffected.
+///   `tokenizer.ggml.pre` `gpt-2` and `llama-bpe` become the core's GPT-2 and Llama 3 regex splits; llama.cpp's
+///   other pre-tokenizers are not applied: ids can then differ from llama.cpp's on text that their split
+///   would cut differently; generation from ids is unaffected.
 ///
 /// Control, unknown and unused tokens get a score below the merge floor in both.
 pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerData> {
@@ -154,8 +127,7 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
         .context("tokenizer.ggml.tokens is not strings")?;
     let mut pieces = Vec::new();
     let mut scores = Vec::new();
-    let add_dummy_prefix;
-    match model {
+    let add_dummy_prefix = match model {
         "llama" => {
             let file_scores = numbers(g, "tokenizer.ggml.scores", n)?;
             for (i, s) in strings.enumerate() {
@@ -165,62 +137,44 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
                 ensure!(score.is_finite(), "token {i} has a score that is not a number");
                 scores.push(if special(i) { NEVER_MERGED } else { score });
             }
-            add_dummy_prefix = g
-                .get("tokenizer.ggml.add_space_prefix")
+            g.get("tokenizer.ggml.add_space_prefix")
                 .and_then(|v| v.as_bool())
-                .unwrap_or(true);
+                .unwrap_or(true)
         }
         "gpt2" => {
-            let chars = byte_chars();
-            let inverse: HashMap<char, u8> =
-                chars.iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
+            let inverse = bpe::byte_char_inverse();
             for (i, s) in strings.enumerate() {
-                let text = String::from_utf8_lossy(s);
-                let bytes = if special(i) {
-                    None
-                } else {
-                    gpt2_bytes(&text, &inverse)
-                };
-                let single = text.chars().count() == 1;
-                pieces.push(bytes.unwrap_or_else(|| text.as_bytes().to_vec()));
-                // Reachable only through a merge, which scores it below; one char is reached directly.
-                scores.push(if single && !special(i) { 0.0 } else { NEVER_MERGED });
+                let (bytes, score) =
+                    bpe::byte_level_piece(&String::from_utf8_lossy(s), special(i), &inverse);
+                pieces.push(bytes);
+                scores.push(score);
             }
-            let ids: HashMap<&[u8], usize> = pieces
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.as_slice(), i))
-                .collect();
-            let mut ranks: Vec<(usize, f32)> = Vec::new();
             if let Some(m) = g.get("tokenizer.ggml.merges") {
                 let merges = m
                     .as_array()
                     .and_then(|a| a.strings())
                     .context("tokenizer.ggml.merges is not an array of strings")?;
-                for (rank, line) in merges.enumerate() {
+                let joined = merges.enumerate().map(|(rank, line)| {
                     let line = String::from_utf8_lossy(line);
                     let (a, b) = line
                         .split_once(' ')
                         .with_context(|| format!("merge {rank} ({line:?}) is not two tokens"))?;
-                    let mut joined = gpt2_bytes(a, &inverse).unwrap_or_default();
-                    joined.extend(gpt2_bytes(b, &inverse).unwrap_or_default());
-                    if let Some(&id) = ids.get(joined.as_slice()) {
-                        ranks.push((id, -(rank as f32)));
-                    }
-                }
+                    Ok(bpe::gpt2_join(a, b, &inverse))
+                });
+                bpe::rank_merges(&pieces, &mut scores, joined, special)?;
             }
-            // The first merge that makes a piece is its rank.
-            for (id, score) in ranks.into_iter().rev() {
-                if !special(id) {
-                    scores[id] = score;
-                }
-            }
-            add_dummy_prefix = false;
+            false
         }
         other => bail!(
             "tokenizer.ggml.model '{other}': only 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) vocabularies are read"
         ),
-    }
+    };
+    // llama.cpp's names of the two regex splits the core has; its other pre-tokenizers are not applied.
+    let split = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
+        Some("gpt-2") if model == "gpt2" => Split::Gpt2,
+        Some("llama-bpe" | "llama3") if model == "gpt2" => Split::Llama3,
+        _ => Split::None,
+    };
     let eos = token_id(g, "tokenizer.ggml.eos_token_id", vocab)?;
     let bos = token_id(g, "tokenizer.ggml.bos_token_id", vocab)?;
     let (bos, eos) = match (bos, eos) {
@@ -238,6 +192,8 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
         pad: token_id(g, "tokenizer.ggml.padding_token_id", vocab)?,
         add_dummy_prefix,
         chat: None,
+        split,
+        added: Vec::new(),
     })
 }
 

@@ -607,6 +607,15 @@ fn split_name(path: &Path) -> Option<(String, u32, u32)> {
     Some((stem.to_string(), index.parse().ok()?, count.parse().ok()?))
 }
 
+/// A regular file mapped read-only; errors name it. Shared with the safetensors reader.
+pub fn map_file(p: &Path) -> Result<memmap2::Mmap> {
+    enigma_runtime::load::ensure_regular_file(p)?;
+    let f = std::fs::File::open(p).with_context(|| p.display().to_string())?;
+    // SAFETY: the map is read-only; a file truncated under it by another process is outside what a
+    // reader can defend against, as with `.enigma` files (runtime-std/src/load.rs).
+    unsafe { memmap2::Mmap::map(&f) }.with_context(|| p.display().to_string())
+}
+
 /// The files of a GGUF model held in memory: one, or every part of a split model.
 pub struct GgufFiles {
     maps: Vec<(PathBuf, memmap2::Mmap)>,
@@ -627,11 +636,7 @@ impl GgufFiles {
         };
         let mut maps = Vec::new();
         for p in paths {
-            enigma_runtime::load::ensure_regular_file(&p)?;
-            let f = std::fs::File::open(&p).with_context(|| p.display().to_string())?;
-            // SAFETY: the map is read-only; a file truncated under it by another process is outside what a
-            // reader can defend against, as with `.enigma` files (runtime-std/src/load.rs).
-            let m = unsafe { memmap2::Mmap::map(&f) }.with_context(|| p.display().to_string())?;
+            let m = map_file(&p)?;
             maps.push((p, m));
         }
         Ok(GgufFiles { maps })

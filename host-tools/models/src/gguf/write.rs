@@ -8,10 +8,12 @@
 
 use super::import::{gguf_name, is_stacked};
 use super::read::{GgmlType, ValueType, DEFAULT_ALIGNMENT, MAGIC};
-use super::{byte_chars, token_type, KEEP_TEMPLATE, SPM_SPACE};
+use super::{token_type, KEEP_TEMPLATE};
+use crate::bpe::{byte_chars, SPM_SPACE};
 use anyhow::{ensure, Context, Result};
 use enigma_core::config::ParamLayout;
 use enigma_core::kernels::DType;
+use enigma_core::pretok::Split;
 use enigma_core::{EnigmaFile, Tokenizer};
 
 /// Scores at or below this never merge in the core's encoder: those tokens are control tokens.
@@ -193,7 +195,12 @@ fn gpt2_vocab(out: &mut Out, tok: &Tokenizer<'_>) -> Result<()> {
     merged.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let merges: Vec<Vec<u8>> = merged.into_iter().map(|(_, _, l)| l).collect();
     out.kv_str("tokenizer.ggml.model", "gpt2");
-    out.kv_str("tokenizer.ggml.pre", "default");
+    let pre = match tok.split() {
+        Split::None => "default",
+        Split::Gpt2 => "gpt-2",
+        Split::Llama3 => "llama-bpe",
+    };
+    out.kv_str("tokenizer.ggml.pre", pre);
     out.kv_strs("tokenizer.ggml.tokens", &pieces);
     out.kv_i32s("tokenizer.ggml.token_type", &types);
     out.kv_strs("tokenizer.ggml.merges", &merges);
