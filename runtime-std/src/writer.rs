@@ -8,8 +8,8 @@ use enigma_core::format::{
     TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
-use enigma_core::EnigmaFile;
 use enigma_core::pretok::Split;
+use enigma_core::EnigmaFile;
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -153,7 +153,15 @@ impl<'a> ModelWriter<'a> {
     pub fn carry_extras(&mut self, file: &EnigmaFile<'_>) -> &mut Self {
         let layout = ParamLayout::new(&self.config);
         let ours = |name: &str| {
-            [TOK_PIECES, TOK_OFFSETS, TOK_SCORES, TOK_SORTED, TOK_SPLIT, TOK_ADDED].contains(&name)
+            [
+                TOK_PIECES,
+                TOK_OFFSETS,
+                TOK_SCORES,
+                TOK_SORTED,
+                TOK_SPLIT,
+                TOK_ADDED,
+            ]
+            .contains(&name)
                 || layout.iter().any(|spec| spec.name == name)
         };
         for t in file.tensors().filter(|t| !ours(t.name)) {
