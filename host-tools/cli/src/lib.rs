@@ -469,7 +469,9 @@ pub fn info(model: &str) -> Result<()> {
         },
         t.add_dummy_prefix
     );
-    let tok = enigma_core::Tokenizer::from_file(&f)?;
+    // The header was only read so far; the tokenizer's own checks name the file like the others.
+    let tok = enigma_core::Tokenizer::from_file(&f)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", resolved.describe()))?;
     let split = match tok.split() {
         enigma_core::pretok::Split::None => None,
         enigma_core::pretok::Split::Gpt2 => Some("GPT-2's regex"),
