@@ -11,6 +11,10 @@
 //! alphabetic characters that are not letters (combining marks such as Devanagari's vowel signs, letter
 //! numbers, circled letters: `pretok_marks.rs`, 320 ranges), so no Unicode crate is needed in `no_std`.
 
+// Without the `pretok` feature (the firmware) nothing calls the splitters, and the Unicode tables behind
+// `is_alphabetic` and the marks table (10 KiB of flash) stay out of the image.
+#![cfg_attr(not(feature = "pretok"), allow(dead_code))]
+
 use crate::pretok_marks::NOT_LETTERS;
 
 /// Which split a tokenizer applies before merging.
@@ -165,8 +169,13 @@ fn llama3(s: &str) -> usize {
 pub fn first_chunk(s: &str, split: Split) -> usize {
     let n = match split {
         Split::None => s.len(),
+        #[cfg(feature = "pretok")]
         Split::Gpt2 => gpt2(s),
+        #[cfg(feature = "pretok")]
         Split::Llama3 => llama3(s),
+        // `Tokenizer::from_file` refuses such a vocabulary in a build without the feature.
+        #[cfg(not(feature = "pretok"))]
+        Split::Gpt2 | Split::Llama3 => s.len(),
     };
     // Every alternative above matches at least one char of non-empty text; this keeps a chunk non-empty
     // whatever changes there.
@@ -201,7 +210,7 @@ impl<'t> Iterator for Chunks<'t> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "pretok"))]
 mod tests {
     use super::*;
 

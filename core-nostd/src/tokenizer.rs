@@ -135,6 +135,11 @@ impl<'a> Tokenizer<'a> {
             None => &[][..],
             Some(t) => file.u32s(TOK_ADDED, &[t.shape[0]])?,
         };
+        if (split != Split::None || !added.is_empty()) && !cfg!(feature = "pretok") {
+            return Err(Error::BadTokenizer(
+                "it splits text by a regex or matches added tokens before merging, which this build leaves out (enigma-core's `pretok` feature)",
+            ));
+        }
         tok.with_split(split).with_added(added)
     }
 
@@ -158,7 +163,8 @@ impl<'a> Tokenizer<'a> {
     /// The first added token spelled in `text`: (its byte offset, id, length); the longest at the
     /// earliest offset.
     fn find_added(&self, text: &str) -> Option<(usize, u32, usize)> {
-        if self.added.is_empty() {
+        // Without `pretok` (the firmware) no file with added tokens loads, and this code stays out of flash.
+        if !cfg!(feature = "pretok") || self.added.is_empty() {
             return None;
         }
         let bytes = text.as_bytes();
