@@ -849,12 +849,12 @@ impl<'a> Transformer<'a> {
             exec.split(out, 1, &|r0, part| {
                 k.matvec(part, w.slice_rows(r0, part.len()), x)
             });
-        } else if let (WeightView::F32 { data, .. }, true) = (
+        } else if let (WeightView::F32 { data, .. }, Some(stage)) = (
             w,
             // Bare metal has one thread: leaving the row split out there keeps its code out of flash.
-            cfg!(not(target_os = "none"))
-                && exec.threads() > 1
-                && stage.len() >= t * out.len().div_ceil(t).next_multiple_of(ROW_BLOCK),
+            stage
+                .get_mut(..t * (out.len() / t).next_multiple_of(ROW_BLOCK))
+                .filter(|_| cfg!(not(target_os = "none")) && exec.threads() > 1),
         ) {
             self.linear_rows(exec, out, data, x, t, stage);
         } else {
@@ -870,7 +870,7 @@ impl<'a> Transformer<'a> {
     /// streamed every weight (twice the memory traffic on two threads, and each thread's cache holding the
     /// same rows). Each block of [`ROW_BLOCK`] rows is a product of its own, `(T, ROW_BLOCK)`, in `stage`;
     /// a second split over tokens copies the blocks into `out`. The dot products are the ones a token split
-    /// computes, so the outputs are the same bits.
+    /// computes, so the outputs are the same bits. `stage` holds the output's rows rounded up to whole blocks.
     fn linear_rows(
         &self,
         exec: &dyn Exec,
@@ -881,9 +881,7 @@ impl<'a> Transformer<'a> {
         stage: &mut [f32],
     ) {
         let (n, d) = (out.len() / t, x.len() / t);
-        let blocks = n.div_ceil(ROW_BLOCK);
         let block_len = ROW_BLOCK * t;
-        let stage = &mut stage[..blocks * block_len];
         let matmul = self.kernels.matmul_f32;
         exec.split(stage, block_len, &|b0, part| {
             for (b, block) in (b0..).zip(part.chunks_exact_mut(block_len)) {

@@ -116,6 +116,22 @@ fn enigma_in(link: &Link, ns: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `enigma run ARGS` on this host's models home, as the reference a remote run must equal; its stdout.
+fn local_run(home: &std::path::Path, args: &[&str]) -> String {
+    let local = Command::new(env!("CARGO_BIN_EXE_enigma"))
+        .arg("run")
+        .args(args)
+        .env("ENIGMA_HOME", home)
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    String::from_utf8_lossy(&local.stdout).into_owned()
+}
+
 /// `enigma devices --json` from namespace B until the advertised engine shows (its first announcements
 /// may go out before B listens), for at most 20 s.
 fn find_device(link: &Link, name: &str) -> Value {
@@ -266,19 +282,9 @@ fn enigma_serve_advertise_is_found_and_answers_from_another_namespace() {
         stderr.contains(&format!("({model}) at http://{ADDR_A}:{SERVE_PORT}")),
         "{stderr}"
     );
-    let local = Command::new(env!("CARGO_BIN_EXE_enigma"))
-        .args([&["run"][..], &args[..]].concat())
-        .env("ENIGMA_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
     assert_eq!(
         String::from_utf8_lossy(&remote.stdout).trim_end(),
-        String::from_utf8_lossy(&local.stdout).trim_end()
+        local_run(home.path(), &args).trim_end()
     );
 }
 
@@ -358,18 +364,8 @@ fn network_announces_a_restored_api_server_and_remote_inference_auto_uses_it() {
     };
     assert_eq!(line("PEER "), format!("http://{ADDR_A}:{API_PORT}"));
     let text: String = serde_json::from_str(&line("TEXT ")).unwrap();
-    let local = Command::new(env!("CARGO_BIN_EXE_enigma"))
-        .args(["run", "-p", prompt, "-n", "12", "--temp", "0"])
-        .env("ENIGMA_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&local.stdout).trim_end(),
+        local_run(home.path(), &["-p", prompt, "-n", "12", "--temp", "0"]).trim_end(),
         format!("{prompt}{text}").trim_end()
     );
 }
