@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Decode speed of a Q4_K_M-style GGUF file (q4_K, q6_K for attn_v / ffn_down on llama.cpp's "more bits"
 # layers and for the classifier) against the same random-weight model imported as q4_0 and as q8_0. The GGUF
-# runs as `enigma run -m x.gguf` runs it: its k-quants are widened to q8_0 on load (docs/FORMAT.md, section 11;
-# no native k-quant kernels yet), so this shows what a Q4_K_M file costs here today. The 110M shape by default:
+# runs as `enigma run -m x.gguf` runs it: tensors all in q4_K or all in q6_K are multiplied natively, those
+# whose layers mix the two (attn_v, ffn_down) are widened to q8_0 on load (docs/FORMAT.md, section 11), so
+# this shows what a Q4_K_M file costs here. The 110M shape by default:
 # its rows (768, 2048) are whole super-blocks of 256, so every matrix is a k-quant (15M's 288 are not, and fall
 # back to q8_0 as llama.cpp does). Each round runs the three back to back; medians over the rounds.
 #
@@ -32,7 +33,7 @@ mix=$("$E" info "$k" | sed -n 's/^gguf tensors: //p')
 
 results_begin gguf_kquants "Decode speed: a Q4_K_M-style GGUF against q4_0 and q8_0" \
     "ROUNDS=$ROUNDS STEPS=$STEPS SHAPE=$SHAPE THREADS=$THREADS bash benches/gguf_kquants.sh"
-results_line "\`enigma bench\` on a random-weight $SHAPE llama2.c checkpoint: \`q4_k_m\` is the GGUF file written by benches/llama2c_to_kquants_gguf.py ($(stat -c %s "$k") bytes; tensors: $mix), run directly; \`q4_0\` ($(stat -c %s "$WORK/r$SHAPE-q4_0.enigma") bytes) and \`q8_0\` ($(stat -c %s "$WORK/r$SHAPE-q8_0.enigma") bytes) are \`enigma import llama2c --quantize\` of the same checkpoint. 1 prompt token, $STEPS generated tokens, $THREADS thread(s), medians over the rounds. The GGUF's k-quants are dequantized on load and held as q8_0."
+results_line "\`enigma bench\` on a random-weight $SHAPE llama2.c checkpoint: \`q4_k_m\` is the GGUF file written by benches/llama2c_to_kquants_gguf.py ($(stat -c %s "$k") bytes; tensors: $mix), run directly; \`q4_0\` ($(stat -c %s "$WORK/r$SHAPE-q4_0.enigma") bytes) and \`q8_0\` ($(stat -c %s "$WORK/r$SHAPE-q8_0.enigma") bytes) are \`enigma import llama2c --quantize\` of the same checkpoint. 1 prompt token, $STEPS generated tokens, $THREADS thread(s), medians over the rounds. The GGUF's q4_K and q6_K tensors are multiplied as they are (by the best kernel tier of this CPU); attn_v and ffn_down, whose layers mix the two, are held as q8_0."
 results_line ""
 
 raw="$WORK/gguf_kquants_rounds.txt"

@@ -3,8 +3,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use enigma_benches::{data, MATVEC_SHAPES};
 use enigma_kernels::{
-    bf16, f16, kernels_for, quantize_bf16, quantize_f16, quantize_q4_0, quantize_q8_0, BlockQ4_0,
-    BlockQ8_0, Gemm, Tier, WeightView, QK,
+    bf16, f16, kernels_for, kquants::QK_K, quantize_bf16, quantize_f16, quantize_q4_0,
+    quantize_q8_0, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, Gemm, Tier, WeightView, QK,
 };
 
 /// The tiers this CPU runs; the ones it lacks are reported once as skipped, never benched.
@@ -32,6 +32,25 @@ struct Stored {
     bf16: Vec<bf16>,
     q8: Vec<BlockQ8_0>,
     q4: Vec<BlockQ4_0>,
+    /// Random super-blocks with small scales (nothing here quantizes to k-quants): their speed does not
+    /// depend on the values.
+    q4k: Vec<BlockQ4K>,
+    q6k: Vec<BlockQ6K>,
+}
+
+/// `n` super-blocks of `B` from pseudo-random bytes, with the f16 scales at `scales` set to 2^-8.
+fn kblocks<B: bytemuck::Pod>(n: usize, scales: &[usize], seed: u64) -> Vec<B> {
+    let size = std::mem::size_of::<B>();
+    let mut rng = enigma_testkit::XorShift::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut b: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
+            for &at in scales {
+                b[at..at + 2].copy_from_slice(&f16::from_f32(1.0 / 256.0).to_bits().to_le_bytes());
+            }
+            bytemuck::pod_read_unaligned(&b)
+        })
+        .collect()
 }
 
 impl Stored {
@@ -44,18 +63,23 @@ impl Stored {
         quantize_q8_0(&w, &mut q8);
         let mut q4 = vec![BlockQ4_0::ZERO; w.len() / QK];
         quantize_q4_0(&w, &mut q4);
+        let nk = w.len() / QK_K;
         Stored {
             f32: w,
             f16: f16s,
             bf16: bf16s,
             q8,
             q4,
+            q4k: kblocks(nk, &[0, 2], 3),
+            q6k: kblocks(nk, &[208], 4),
         }
     }
 
-    fn views(&self, cols: usize) -> [(WeightView<'_>, usize); 5] {
+    /// Every dtype's view with the weight bytes it streams; the k-quants only where rows are whole
+    /// super-blocks.
+    fn views(&self, cols: usize) -> Vec<(WeightView<'_>, usize)> {
         let n = self.f32.len();
-        [
+        let mut v = vec![
             (
                 WeightView::F32 {
                     data: &self.f32,
@@ -91,7 +115,24 @@ impl Stored {
                 },
                 n / QK * 18,
             ),
-        ]
+        ];
+        if cols.is_multiple_of(QK_K) {
+            v.push((
+                WeightView::Q4K {
+                    blocks: &self.q4k,
+                    cols,
+                },
+                n / QK_K * 144,
+            ));
+            v.push((
+                WeightView::Q6K {
+                    blocks: &self.q6k,
+                    cols,
+                },
+                n / QK_K * 210,
+            ));
+        }
+        v
     }
 }
 

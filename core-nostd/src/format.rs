@@ -38,6 +38,9 @@ pub const TOK_SORTED: &str = "tokenizer.sorted";
 pub const TOK_SPLIT: &str = "tokenizer.split";
 /// Optional, u32 ids: the added tokens that text spelling their piece encodes to whole.
 pub const TOK_ADDED: &str = "tokenizer.added";
+/// Optional, one u8 of 1: text is encoded without BOS in front (a GGUF file's `add_bos_token` false, a
+/// Hugging Face tokenizer whose post-processor adds none); absent means BOS, as llama2.c and Llama do.
+pub const TOK_NO_BOS: &str = "tokenizer.no_bos";
 
 /// The postcard-encoded header. The writer (std side) and this reader share it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,8 +8,8 @@
 //! by chunk, and no merge crosses a chunk's edge.
 
 use crate::format::{
-    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
-    TOK_SPLIT,
+    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES, TOK_SCORES,
+    TOK_SORTED, TOK_SPLIT,
 };
 use crate::pretok::{self, Split};
 use crate::{Error, Result};
@@ -74,6 +74,8 @@ pub struct Tokenizer<'a> {
     /// Ids whose piece, spelled in the text, encodes to that id whole (a Hugging Face tokenizer's added
     /// tokens: `<|begin_of_text|>`, `<s>`).
     added: &'a [u32],
+    /// Whether `encode(.., bos: true, ..)` puts BOS first ([`TOK_NO_BOS`]).
+    adds_bos: bool,
 }
 
 static BYTES: [u8; 256] = {
@@ -140,7 +142,28 @@ impl<'a> Tokenizer<'a> {
                 "it splits text by a regex or matches added tokens before merging, which this build leaves out (enigma-core's `pretok` feature)",
             ));
         }
-        tok.with_split(split).with_added(added)
+        let adds_bos = match file.tensor(TOK_NO_BOS) {
+            None => true,
+            Some(_) => match file.raw_u8(TOK_NO_BOS)? {
+                [1] => false,
+                _ => {
+                    return Err(Error::BadTokenizer(
+                        "the no-BOS tensor is not one byte of 1",
+                    ))
+                }
+            },
+        };
+        Ok(tok.with_split(split).with_added(added)?.with_bos(adds_bos))
+    }
+
+    /// Whether text is encoded with BOS in front when the caller asks for it (the vocabulary's own rule).
+    pub fn with_bos(mut self, adds_bos: bool) -> Self {
+        self.adds_bos = adds_bos;
+        self
+    }
+
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos
     }
 
     /// The same vocabulary, encoding the pieces of `added` spelled in the text as those ids.
@@ -237,6 +260,7 @@ impl<'a> Tokenizer<'a> {
             longest,
             split: Split::None,
             added: &[],
+            adds_bos: true,
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -306,11 +330,13 @@ impl<'a> Tokenizer<'a> {
     /// text than the longest piece. Lets a caller refuse a text too long for its context before encoding it.
     pub fn min_tokens(&self, text_len: usize, bos: bool, eos: bool) -> usize {
         let prefix = usize::from(self.meta.add_dummy_prefix && text_len > 0);
-        (text_len + prefix).div_ceil(self.longest) + usize::from(bos) + usize::from(eos)
+        (text_len + prefix).div_ceil(self.longest)
+            + usize::from(bos && self.adds_bos)
+            + usize::from(eos)
     }
 
     /// Encodes `text` into `out`, returning the token count. `out` needs [`Tokenizer::max_tokens`] slots
-    /// at most.
+    /// at most. `bos` asks for BOS first, which a vocabulary without one ([`Tokenizer::adds_bos`]) leaves out.
     pub fn encode(&self, text: &str, bos: bool, eos: bool, out: &mut [u32]) -> Result<usize> {
         self.encode_by(text, bos, eos, out, &mut |t, len| self.merge(t, len))
     }
@@ -386,10 +412,11 @@ impl<'a> Tokenizer<'a> {
         }
     }
 
-    /// Optional BOS and the dummy prefix of non-empty `text`; returns the count written.
+    /// BOS (when asked for and the vocabulary uses it) and the dummy prefix of non-empty `text`; returns the
+    /// count written.
     fn begin(&self, text: &str, bos: bool, need: usize, out: &mut [u32]) -> Result<usize> {
         let mut n = 0;
-        if bos {
+        if bos && self.adds_bos {
             Self::push(out, &mut n, self.meta.bos, need)?;
         }
         if self.meta.add_dummy_prefix && !text.is_empty() {

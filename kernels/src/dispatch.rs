@@ -5,6 +5,8 @@
 //! time (no_std), which is what makes those wrappers sound to call.
 
 use crate::gemm::Gemm;
+#[cfg(feature = "kquants")]
+use crate::kquants::{BlockQ4K, BlockQ6K};
 use crate::qgemm::{self, PackedFormat, QGemmMicro, QuantizeX};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::{frame, generic, WeightView};
@@ -115,6 +117,12 @@ pub struct Kernels {
     pub qtile_q8_0: frame::QMatvec<BlockQ8_0>,
     /// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q4_0 weights and q8_0 activations
     pub qmatvec_q4_0: frame::QMatvec<BlockQ4_0>,
+    /// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q4_K weights and q8_0 activations
+    #[cfg(feature = "kquants")]
+    pub qmatvec_q4_k: frame::QMatvec<BlockQ4K>,
+    /// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q6_K weights and q8_0 activations
+    #[cfg(feature = "kquants")]
+    pub qmatvec_q6_k: frame::QMatvec<BlockQ6K>,
     /// `out (d) = weight (d) * x (d) / rms(x)`
     pub rmsnorm: fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32),
     /// in-place softmax of `x (n)`
@@ -155,6 +163,14 @@ impl Kernels {
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matvec_quantized(out, blocks, x, self.qmatvec_q4_0)
             }
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, .. } => {
+                frame::matvec_quantized(out, blocks, x, self.qmatvec_q4_k)
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, .. } => {
+                frame::matvec_quantized(out, blocks, x, self.qmatvec_q6_k)
+            }
             WeightView::Q8_0x16(_) | WeightView::Q4_0x16(_) => self.matmul(out, w, x, 1),
         }
     }
@@ -173,6 +189,14 @@ impl Kernels {
             }
             WeightView::Q4_0 { blocks, .. } => {
                 frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_0; 2])
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, .. } => {
+                frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q4_k; 2])
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, .. } => {
+                frame::matmul_quantized(out, blocks, x, t, [self.qmatvec_q6_k; 2])
             }
             WeightView::Q8_0x16(p) => {
                 let micro = self.qgemm_q8_0.unwrap_or(qgemm::micro_q8_0);
@@ -269,6 +293,10 @@ macro_rules! simd_table {
             attn_scores_f16: $w::attn_scores_f16,
             attn_accum_f16: $w::attn_accum_f16,
             qtile_q8_0: $w::qmatvec_q8_0,
+            #[cfg(feature = "kquants")]
+            qmatvec_q4_k: $w::qmatvec_q4_k,
+            #[cfg(feature = "kquants")]
+            qmatvec_q6_k: $w::qmatvec_q6_k,
             qgemm_q8_0: None,
             qgemm_q4_0: None,
             qgemm_quantize: None,
@@ -290,6 +318,10 @@ pub(crate) static GENERIC: Kernels = Kernels {
     qmatvec_q8_0: generic::qmatvec_q8_0,
     qtile_q8_0: generic::qmatvec_q8_0,
     qmatvec_q4_0: generic::qmatvec_q4_0,
+    #[cfg(feature = "kquants")]
+    qmatvec_q4_k: crate::kquants::qmatvec_q4_k,
+    #[cfg(feature = "kquants")]
+    qmatvec_q6_k: crate::kquants::qmatvec_q6_k,
     rmsnorm: generic::rmsnorm,
     softmax: generic::softmax,
     rope: generic::rope,

@@ -1,6 +1,6 @@
 //! The part of each op that is the same in every tier: splitting work into the pieces kernels see.
 
-use crate::quant::{quantize_q8_0, BlockQ8_0, QK};
+use crate::quant::{quantize_q8_0, BlockQ8_0, QBlock, QK};
 use core::mem::size_of;
 use half::{bf16, f16};
 
@@ -11,7 +11,8 @@ pub const X_CHUNK_BLOCKS: usize = 256;
 #[cfg(not(target_pointer_width = "64"))]
 pub const X_CHUNK_BLOCKS: usize = 32;
 
-/// A kernel adding one column chunk: `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, `w` starting at the chunk.
+/// A kernel adding one column chunk: `out (n) += w (n, stride)[:, ..nb] · xq (nb · B::COLS / 32)`, `w`
+/// starting at the chunk.
 pub type QMatvec<B> = fn(out: &mut [f32], w: &[B], stride: usize, xq: &[BlockQ8_0]);
 
 /// Tokens quantized together by [`matmul_quantized`]: a block of weight rows is fetched from memory once and
@@ -26,12 +27,12 @@ const T_TILE: usize = 1;
 /// kernel's per-call preparation of `x` is small beside the rows it serves).
 const W_TILE_BYTES: usize = 128 * 1024;
 
-/// `out (n) = w (n, d / 32) · x (d)` for block-quantized weights: [`matmul_quantized`] with one token.
-pub fn matvec_quantized<B>(out: &mut [f32], w: &[B], x: &[f32], kernel: QMatvec<B>) {
+/// `out (n) = w (n, d / B::COLS) · x (d)` for block-quantized weights: [`matmul_quantized`] with one token.
+pub fn matvec_quantized<B: QBlock>(out: &mut [f32], w: &[B], x: &[f32], kernel: QMatvec<B>) {
     matmul_quantized(out, w, x, 1, [kernel; 2])
 }
 
-/// `out (t, n) = x (t, d) · w (n, d / 32)ᵀ` for block-quantized weights: quantizes `x` to q8_0 (llama.cpp's
+/// `out (t, n) = x (t, d) · w (n, d / B::COLS)ᵀ` for block-quantized weights: quantizes `x` to q8_0 (llama.cpp's
 /// activation format), one stack-sized column chunk of up to [`T_TILE`] tokens at a time, and lets
 /// `[stream, tile]` do the integer dot products. One token streams all rows through `stream` in one call;
 /// several go through `tile` in L2-sized blocks of rows, each used by every token of the tile before the
@@ -39,9 +40,9 @@ pub fn matvec_quantized<B>(out: &mut [f32], w: &[B], x: &[f32], kernel: QMatvec<
 ///
 /// Every tier quantizes `x` with the same scalar code, and each output is summed over the same column chunks
 /// in the same order whatever the tiling, so tiers differ only in float summation order inside a kernel.
-/// Panics when `d` is not a multiple of 32 or `w` is not `n` rows of `d / 32` blocks (caller bugs:
-/// `WeightView::from_bytes` checks both).
-pub fn matmul_quantized<B>(
+/// Panics when `d` is not a multiple of `B::COLS` or `w` is not `n` rows of `d / B::COLS` blocks (caller
+/// bugs: `WeightView::from_bytes` checks both).
+pub fn matmul_quantized<B: QBlock>(
     out: &mut [f32],
     w: &[B],
     x: &[f32],
@@ -57,11 +58,11 @@ pub fn matmul_quantized<B>(
         return;
     }
     assert!(
-        d.is_multiple_of(QK) && x.len() == t * d && out.len() == t * n,
-        "quantized matmul needs whole blocks of 32 columns"
+        d.is_multiple_of(B::COLS) && x.len() == t * d && out.len() == t * n,
+        "quantized matmul needs whole blocks of columns"
     );
-    let stride = d / QK;
-    assert_eq!(w.len(), n * stride, "weights are not (n, d / 32) blocks");
+    let stride = d / B::COLS;
+    assert_eq!(w.len(), n * stride, "weights are not (n, d / cols) blocks");
     // One token (decode) gets a one-token buffer: the stack buffer is zeroed on every call.
     if t == 1 {
         tiles::<B, 1>(out, w, x, n, d, stream)
@@ -70,7 +71,7 @@ pub fn matmul_quantized<B>(
     }
 }
 
-fn tiles<B, const TT: usize>(
+fn tiles<B: QBlock, const TT: usize>(
     out: &mut [f32],
     w: &[B],
     x: &[f32],
@@ -78,14 +79,17 @@ fn tiles<B, const TT: usize>(
     d: usize,
     kernel: QMatvec<B>,
 ) {
-    let stride = d / QK;
+    let stride = d / B::COLS;
+    // Activation blocks per weight block, and weight blocks per chunk of activations.
+    let per = B::COLS / QK;
+    let chunk = X_CHUNK_BLOCKS / per;
     let mut xq = [[BlockQ8_0::ZERO; X_CHUNK_BLOCKS]; TT];
     for (xs, os) in x.chunks(TT * d).zip(out.chunks_mut(TT * n)) {
         let tt = xs.len() / d;
-        for c0 in (0..stride).step_by(X_CHUNK_BLOCKS) {
-            let nb = (stride - c0).min(X_CHUNK_BLOCKS);
+        for c0 in (0..stride).step_by(chunk) {
+            let nb = (stride - c0).min(chunk);
             for (q, xt) in xq.iter_mut().zip(xs.chunks_exact(d)) {
-                quantize_q8_0(&xt[c0 * QK..(c0 + nb) * QK], &mut q[..nb]);
+                quantize_q8_0(&xt[c0 * B::COLS..(c0 + nb) * B::COLS], &mut q[..nb * per]);
             }
             let rows = if tt == 1 {
                 n
@@ -99,7 +103,7 @@ fn tiles<B, const TT: usize>(
                         &mut o[r0..r0 + rn],
                         &w[r0 * stride + c0..],
                         stride,
-                        &q[..nb],
+                        &q[..nb * per],
                     );
                 }
             }

@@ -1,6 +1,8 @@
-//! Scalar dequantizers of GGML's k-quant super-blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), for weights read from
-//! GGUF files. The model does not multiply these formats yet: the GGUF importer widens them with these and
-//! stores q8_0 (docs/FORMAT.md, "GGUF"). Native k-quant matvecs would start from these as their reference.
+//! GGML's k-quant super-blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), for weights read from GGUF files: scalar
+//! dequantizers for all five, and for Q4_K and Q6_K (what a Q4_K_M file is made of) the scalar references of
+//! the products the model runs on them, `out += w · xq` against q8_0 activations as for q8_0 and q4_0
+//! weights. The SIMD tiers' versions are property-tested against these. The other three are widened to q8_0
+//! by the GGUF importer (docs/FORMAT.md, "GGUF").
 //!
 //! Every format packs 256 weights (`QK_K`) into one super-block of 16 or 8 sub-blocks, each with its own
 //! small integer scale (and, for the "affine" formats Q2_K/Q4_K/Q5_K, a minimum) that multiplies one f16
@@ -15,10 +17,67 @@
 //! Q6_K 210 B: ql[128] (low nibbles), qh[64] (2 high bits), scales[16] (i8), d f16
 //! ```
 
+use crate::quant::{BlockQ8_0, QBlock, QK};
 use half::f16;
 
 /// Weights per super-block.
 pub const QK_K: usize = 256;
+
+/// q8_0 activation blocks per super-block.
+const XB: usize = QK_K / QK;
+
+/// A Q4_K super-block as it lies in the file (144 bytes, align 2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4K {
+    /// The super-block scale of the sub-block scales, as f16 bits.
+    pub d: u16,
+    /// The super-block scale of the sub-block mins, as f16 bits.
+    pub dmin: u16,
+    /// 8 six-bit scales and 8 six-bit mins ([`scale_min_k4`]).
+    pub scales: [u8; 12],
+    /// Four runs of 32 bytes: low nibbles are sub-block `2c`, high nibbles sub-block `2c + 1`.
+    pub qs: [u8; 128],
+}
+const _: () = assert!(core::mem::size_of::<BlockQ4K>() == 144);
+
+/// A Q6_K super-block as it lies in the file (210 bytes, align 1: its f16 is kept as bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ6K {
+    /// Low 4 bits of each quant ([`q6_k_quant`]).
+    pub ql: [u8; 128],
+    /// High 2 bits of each quant.
+    pub qh: [u8; 64],
+    /// One signed scale per 16 weights.
+    pub scales: [i8; 16],
+    /// The super-block scale, f16 little-endian.
+    pub d: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
+
+impl BlockQ4K {
+    pub fn scales_f32(&self) -> (f32, f32) {
+        (
+            f16::from_bits(self.d).to_f32(),
+            f16::from_bits(self.dmin).to_f32(),
+        )
+    }
+}
+
+impl BlockQ6K {
+    pub fn scale(&self) -> f32 {
+        f16::from_bits(u16::from_le_bytes(self.d)).to_f32()
+    }
+}
+
+impl QBlock for BlockQ4K {
+    const COLS: usize = QK_K;
+}
+
+impl QBlock for BlockQ6K {
+    const COLS: usize = QK_K;
+}
 
 /// The k-quant formats, by their GGML names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,16 +142,29 @@ fn half_at(b: &[u8], at: usize) -> f32 {
 /// Scale and min of sub-block `j` (0..8) from the 12 bytes Q4_K and Q5_K pack them in: sub-blocks 0..4
 /// keep 6 bits in bytes `j` (scale) and `j + 4` (min); 4..8 keep their low 4 bits in byte `j + 4` and their
 /// top 2 bits in the spare top bits of bytes `j - 4` (scale) and `j` (min).
-fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
+pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
         (
             (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
             (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
         )
-    };
+    }
+}
+
+fn scale_min_k4_f32(j: usize, s: &[u8]) -> (f32, f32) {
+    let (sc, m) = scale_min_k4(j, s);
     (f32::from(sc), f32::from(m))
+}
+
+/// Quant `l` (0..32) of run `run` (0..4) of one 128-weight half of a Q6_K block, 0..64 (the weight is
+/// `scale · (q - 32)`): runs 0 and 2 take the low and high nibbles of `ql[l]`, runs 1 and 3 those of
+/// `ql[l + 32]`, each with two bits of `qh[l]` on top.
+#[inline]
+pub fn q6_k_quant(ql: &[u8], qh: &[u8], run: usize, l: usize) -> u8 {
+    let low = (ql[l + 32 * (run & 1)] >> (4 * (run >> 1))) & 0x0F;
+    low | (((qh[l] >> (2 * run)) & 3) << 4)
 }
 
 fn q2_k(b: &[u8], y: &mut [f32]) {
@@ -159,8 +231,8 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
     // Four chunks of 64 weights: the low nibbles of 32 bytes are one sub-block, the high nibbles the next.
     for chunk in 0..4 {
         let q = &qs[chunk * 32..chunk * 32 + 32];
-        let (s0, m0) = scale_min_k4(2 * chunk, scales);
-        let (s1, m1) = scale_min_k4(2 * chunk + 1, scales);
+        let (s0, m0) = scale_min_k4_f32(2 * chunk, scales);
+        let (s1, m1) = scale_min_k4_f32(2 * chunk + 1, scales);
         let out = &mut y[chunk * 64..chunk * 64 + 64];
         for l in 0..32 {
             out[l] = d * s0 * f32::from(q[l] & 0x0F) - dmin * m0;
@@ -174,8 +246,8 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
     let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
     for chunk in 0..4 {
         let q = &qs[chunk * 32..chunk * 32 + 32];
-        let (s0, m0) = scale_min_k4(2 * chunk, scales);
-        let (s1, m1) = scale_min_k4(2 * chunk + 1, scales);
+        let (s0, m0) = scale_min_k4_f32(2 * chunk, scales);
+        let (s1, m1) = scale_min_k4_f32(2 * chunk + 1, scales);
         // The fifth bits: two bit planes of qh per chunk.
         let (u0, u1) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         let out = &mut y[chunk * 64..chunk * 64 + 64];
@@ -201,17 +273,76 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
         let out = &mut y[half * 128..half * 128 + 128];
         for l in 0..32 {
             let is = l / 16;
-            let q = [
-                (ql[l] & 0x0F) | ((qh[l] & 3) << 4),
-                (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4),
-                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-            ];
-            for (run, q) in q.into_iter().enumerate() {
+            for run in 0..4 {
                 let s = f32::from(sc[is + 2 * run] as i8);
-                out[run * 32 + l] = d * s * f32::from(q as i8 - 32);
+                let q = q6_k_quant(ql, qh, run, l) as i8 - 32;
+                out[run * 32 + l] = d * s * f32::from(q);
             }
         }
+    }
+}
+
+/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)` for Q4_K weights and q8_0 activations: the scalar
+/// reference. Sub-block `j` of a super-block meets activation block `j`, so its weight `d·sc·q - dmin·m`
+/// splits into an integer dot scaled once and the block's sum of quants times the min.
+pub fn qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]) {
+    by_block(out, w, stride, xq, |b, x| {
+        let (d, dmin) = b.scales_f32();
+        let (mut s, mut m) = (0.0f32, 0.0f32);
+        for (j, x) in x.iter().enumerate() {
+            let (sc, mn) = scale_min_k4(j, &b.scales);
+            let q = &b.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let shift = 4 * (j % 2);
+            let (mut dot, mut xs) = (0i32, 0i32);
+            for (q, a) in q.iter().zip(&x.qs) {
+                dot += i32::from((q >> shift) & 0x0F) * i32::from(*a);
+                xs += i32::from(*a);
+            }
+            let da = x.scale();
+            s += da * f32::from(sc) * dot as f32;
+            m += da * f32::from(mn) * xs as f32;
+        }
+        d * s - dmin * m
+    })
+}
+
+/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)` for Q6_K weights and q8_0 activations: the scalar
+/// reference. Activation block `g` meets run `g % 4` of half `g / 4`, whose two 16-weight halves have a
+/// scale each.
+pub fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]) {
+    by_block(out, w, stride, xq, |b, x| {
+        let mut s = 0.0f32;
+        for (g, x) in x.iter().enumerate() {
+            let (half, run) = (g / 4, g % 4);
+            let (ql, qh) = (&b.ql[half * 64..], &b.qh[half * 32..]);
+            let mut dot = 0i32;
+            for (l, a) in x.qs.iter().enumerate() {
+                let sc = i32::from(b.scales[half * 8 + 2 * run + l / 16]);
+                dot += sc * (i32::from(q6_k_quant(ql, qh, run, l)) - 32) * i32::from(*a);
+            }
+            s += x.scale() * dot as f32;
+        }
+        b.scale() * s
+    })
+}
+
+/// Adds to each output the sum over its row's first `xq.len() / 8` super-blocks of `dot(block, its 8
+/// activation blocks)`.
+fn by_block<B>(
+    out: &mut [f32],
+    w: &[B],
+    stride: usize,
+    xq: &[BlockQ8_0],
+    dot: impl Fn(&B, &[BlockQ8_0]) -> f32,
+) {
+    let nb = xq.len() / XB;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * stride..r * stride + nb];
+        *o += row
+            .iter()
+            .zip(xq.chunks_exact(XB))
+            .map(|(b, x)| dot(b, x))
+            .sum::<f32>();
     }
 }
 

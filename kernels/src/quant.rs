@@ -10,6 +10,20 @@ use half::{bf16, f16};
 /// Elements per quantization block.
 pub const QK: usize = 32;
 
+/// A block of quantized weights that the quantized matvec frame walks: `COLS` columns of one row, a multiple
+/// of [`QK`], meeting `COLS / 32` q8_0 activation blocks.
+pub trait QBlock {
+    const COLS: usize;
+}
+
+impl QBlock for BlockQ8_0 {
+    const COLS: usize = QK;
+}
+
+impl QBlock for BlockQ4_0 {
+    const COLS: usize = QK;
+}
+
 /// 32 weights `qs[i] * d`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]

@@ -1,5 +1,8 @@
 //! The one view of a weight matrix that the forward pass reads through, whatever its storage dtype.
 
+#[cfg(feature = "kquants")]
+use crate::kquants::{BlockQ4K, BlockQ6K};
+use crate::kquants::{KQuant, QK_K};
 use crate::qgemm::{Packed, PackedFormat};
 use crate::quant::{dequantize_q4_0, dequantize_q8_0, BlockQ4_0, BlockQ8_0, QK};
 use half::{bf16, f16};
@@ -13,17 +16,23 @@ pub enum DType {
     BF16 = 2,
     Q8_0 = 3,
     Q4_0 = 4,
+    /// GGML's Q4_K super-blocks, kept as a GGUF file has them (GGML's type number)
+    Q4K = 12,
+    /// GGML's Q6_K super-blocks (GGML's type number)
+    Q6K = 14,
     U8 = 16,
     U32 = 17,
 }
 
 impl DType {
-    pub const ALL: [DType; 7] = [
+    pub const ALL: [DType; 9] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q8_0,
         DType::Q4_0,
+        DType::Q4K,
+        DType::Q6K,
         DType::U8,
         DType::U32,
     ];
@@ -39,15 +48,18 @@ impl DType {
             DType::BF16 => "bf16",
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
+            DType::Q4K => "q4_K",
+            DType::Q6K => "q6_K",
             DType::U8 => "u8",
             DType::U32 => "u32",
         }
     }
 
-    /// Elements per storage block (32 for the block-quantized types, else 1).
+    /// Elements per storage block (32 for q8_0 and q4_0, 256 for the k-quants, else 1).
     pub fn block_elems(self) -> usize {
         match self {
             DType::Q8_0 | DType::Q4_0 => 32,
+            DType::Q4K | DType::Q6K => QK_K,
             _ => 1,
         }
     }
@@ -60,6 +72,8 @@ impl DType {
             DType::U8 => 1,
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
+            DType::Q4K => KQuant::Q4K.block_bytes(),
+            DType::Q6K => KQuant::Q6K.block_bytes(),
         }
     }
 
@@ -76,7 +90,8 @@ impl DType {
 /// A read-only weight matrix `(rows, cols)`, row-major, in one of the dtypes the kernels multiply.
 ///
 /// This is the single seam at the matmul boundary: the model holds these and never matches on dtype itself.
-/// Quantized rows are whole blocks: `cols` is a multiple of 32 and a row is `cols / 32` blocks.
+/// Quantized rows are whole blocks: `cols` is a multiple of 32 (256 for the k-quants) and a row is that many
+/// blocks.
 #[derive(Clone, Copy, Debug)]
 pub enum WeightView<'a> {
     /// (rows, cols)
@@ -95,6 +110,12 @@ pub enum WeightView<'a> {
         blocks: &'a [BlockQ4_0],
         cols: usize,
     },
+    /// (rows, cols / 256)
+    #[cfg(feature = "kquants")]
+    Q4K { blocks: &'a [BlockQ4K], cols: usize },
+    /// (rows, cols / 256)
+    #[cfg(feature = "kquants")]
+    Q6K { blocks: &'a [BlockQ6K], cols: usize },
     /// q8_0 repacked in groups of 16 rows for the int8 GEMM ([`crate::qgemm`]); built at load time by std
     /// hosts, never stored in a file
     Q8_0x16(Packed<'a>),
@@ -121,7 +142,8 @@ fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Result<&[T], ViewError> {
 impl<'a> WeightView<'a> {
     /// Views little-endian tensor bytes `(rows, cols)` of `dtype` in place, without copying.
     ///
-    /// Alignment needed: 4 bytes for f32, 2 for f16, bf16, q8_0 and q4_0 (their scales are `u16`).
+    /// Alignment needed: 4 bytes for f32, 2 for f16, bf16, q8_0, q4_0 and q4_K (their scales are `u16`), 1 for
+    /// q6_K.
     pub fn from_bytes(
         dtype: DType,
         bytes: &'a [u8],
@@ -153,6 +175,16 @@ impl<'a> WeightView<'a> {
                 cols,
             }),
             DType::Q4_0 => Ok(WeightView::Q4_0 {
+                blocks: cast(bytes)?,
+                cols,
+            }),
+            #[cfg(feature = "kquants")]
+            DType::Q4K => Ok(WeightView::Q4K {
+                blocks: cast(bytes)?,
+                cols,
+            }),
+            #[cfg(feature = "kquants")]
+            DType::Q6K => Ok(WeightView::Q6K {
                 blocks: cast(bytes)?,
                 cols,
             }),
@@ -223,6 +255,10 @@ impl<'a> WeightView<'a> {
             WeightView::BF16 { .. } => DType::BF16,
             WeightView::Q8_0 { .. } | WeightView::Q8_0x16(_) => DType::Q8_0,
             WeightView::Q4_0 { .. } | WeightView::Q4_0x16(_) => DType::Q4_0,
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { .. } => DType::Q4K,
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { .. } => DType::Q6K,
         }
     }
 
@@ -233,6 +269,8 @@ impl<'a> WeightView<'a> {
             | WeightView::BF16 { cols, .. }
             | WeightView::Q8_0 { cols, .. }
             | WeightView::Q4_0 { cols, .. } => cols,
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { cols, .. } | WeightView::Q6K { cols, .. } => cols,
             WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.cols,
         }
     }
@@ -244,6 +282,10 @@ impl<'a> WeightView<'a> {
             WeightView::BF16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
             WeightView::Q8_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
             WeightView::Q4_0 { blocks, cols } => blocks.len().checked_div(cols / QK).unwrap_or(0),
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, cols } => blocks.len().checked_div(cols / QK_K).unwrap_or(0),
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, cols } => blocks.len().checked_div(cols / QK_K).unwrap_or(0),
             WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.rows,
         }
     }
@@ -278,6 +320,22 @@ impl<'a> WeightView<'a> {
                     cols,
                 }
             }
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, cols } => {
+                let nb = cols / QK_K;
+                WeightView::Q4K {
+                    blocks: &blocks[start * nb..(start + n) * nb],
+                    cols,
+                }
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, cols } => {
+                let nb = cols / QK_K;
+                WeightView::Q6K {
+                    blocks: &blocks[start * nb..(start + n) * nb],
+                    cols,
+                }
+            }
             WeightView::Q8_0x16(p) => WeightView::Q8_0x16(window(p, start, n)),
             WeightView::Q4_0x16(p) => WeightView::Q4_0x16(window(p, start, n)),
         }
@@ -300,6 +358,18 @@ impl<'a> WeightView<'a> {
             WeightView::Q4_0 { blocks, cols } => {
                 let nb = cols / QK;
                 dequantize_q4_0(&blocks[r * nb..(r + 1) * nb], out)
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, cols } => {
+                let nb = cols / QK_K;
+                let b = bytemuck::cast_slice(&blocks[r * nb..(r + 1) * nb]);
+                KQuant::Q4K.dequantize(b, out)
+            }
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, cols } => {
+                let nb = cols / QK_K;
+                let b = bytemuck::cast_slice(&blocks[r * nb..(r + 1) * nb]);
+                KQuant::Q6K.dequantize(b, out)
             }
             WeightView::Q8_0x16(p) => crate::qgemm::unpack_row(PackedFormat::Q8_0, &p, r, out),
             WeightView::Q4_0x16(p) => crate::qgemm::unpack_row(PackedFormat::Q4_0, &p, r, out),

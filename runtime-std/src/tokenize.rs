@@ -110,7 +110,11 @@ pub fn encode_within(
         }
         .into());
     }
-    let ids = encode(tok, text, bos, eos)?;
+    let mut ids = encode(tok, text, bos, eos)?;
+    // A vocabulary without BOS and an empty prompt: the model still needs one token to start from.
+    if bos && ids.is_empty() {
+        ids.push(tok.bos());
+    }
     if ids.len() > max {
         return Err(Error::PromptTooLong {
             tokens: ids.len(),

@@ -4,8 +4,8 @@ use crate::{Error, Result};
 use enigma_core::config::{Config, ParamLayout};
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
-    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED,
-    TOK_SPLIT, VERSION,
+    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES, TOK_SCORES,
+    TOK_SORTED, TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
 use enigma_core::pretok::Split;
@@ -118,6 +118,11 @@ impl<'a> ModelWriter<'a> {
         self.source = source.into();
         self.notes = notes.into();
         self
+    }
+
+    /// Records that the vocabulary encodes text without BOS in front ([`TOK_NO_BOS`]); by default it has one.
+    pub fn without_bos(&mut self) -> &mut Self {
+        self.tensor(TOK_NO_BOS, DType::U8, &[1], vec![1u8])
     }
 
     /// Adds a tensor of raw little-endian bytes.

@@ -89,6 +89,8 @@ enum Layout {
 pub struct ChatFormat {
     layout: Layout,
     bos: u32,
+    /// Whether the vocabulary puts BOS first (`Tokenizer::adds_bos`); a rendered template without it gets it.
+    adds_bos: bool,
     eos: u32,
     bos_text: String,
     eos_text: String,
@@ -144,6 +146,7 @@ impl ChatFormat {
         ChatFormat {
             layout,
             bos: tok.bos(),
+            adds_bos: tok.adds_bos(),
             eos: tok.eos(),
             bos_text: text(tok.bos()),
             eos_text: text(tok.eos()),
@@ -268,7 +271,7 @@ impl ChatFormat {
             }
         }
         flush(&mut ids, start, bytes.len())?;
-        if ids.first() != Some(&self.bos) {
+        if self.adds_bos && ids.first() != Some(&self.bos) {
             ids.insert(0, self.bos);
         }
         Ok(ids)

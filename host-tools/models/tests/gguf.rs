@@ -47,9 +47,11 @@ fn dequantized_values_equal_the_pip_packages() {
     }
 }
 
+/// Q4_K and Q6_K tensors are kept as they are (their values are the pip package's exactly); a tensor whose
+/// layers mix them (`ffn_down` here, as in llama.cpp's Q4_K_M) becomes q8_0, within its rounding.
 #[test]
-fn a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding() {
-    let test = "a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding";
+fn a_q4_k_m_style_model_keeps_its_k_quants_and_widens_mixed_tensors() {
+    let test = "a_q4_k_m_style_model_keeps_its_k_quants_and_widens_mixed_tensors";
     let dir = tempfile::tempdir().unwrap();
     if gguf_pip(test, &["model", dir.path().to_str().unwrap()]).is_none() {
         return;
@@ -69,14 +71,27 @@ fn a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding() {
     assert_eq!(c.vocab_size, 512);
     assert!(!c.tied_classifier);
     assert!(f.tensor(enigma_models::gguf::KEEP_TEMPLATE).is_some());
+    let mut kept = 0;
     for spec in ParamLayout::new(&c).iter() {
         let t = f.tensor(spec.name).unwrap();
-        let want_dtype = if spec.is_norm() {
-            DType::F32
-        } else {
-            DType::Q8_0
+        let stacked = import::is_stacked(&spec);
+        let layers = if stacked { c.n_layers } else { 1 };
+        let types: Vec<&str> = (0..layers)
+            .map(|l| {
+                g.tensor(&import::gguf_name(spec.name, l).unwrap())
+                    .unwrap()
+                    .ty
+                    .name()
+            })
+            .collect();
+        let want_dtype = match types.as_slice() {
+            _ if spec.is_norm() => DType::F32,
+            [t, rest @ ..] if rest.iter().all(|r| r == t) && *t == "q4_K" => DType::Q4K,
+            [t, rest @ ..] if rest.iter().all(|r| r == t) && *t == "q6_K" => DType::Q6K,
+            _ => DType::Q8_0,
         };
-        assert_eq!(t.dtype, want_dtype, "{}", spec.name);
+        assert_eq!(t.dtype, want_dtype, "{} ({types:?})", spec.name);
+        kept += usize::from(matches!(want_dtype, DType::Q4K | DType::Q6K));
         let mut ours = Vec::new();
         if spec.is_norm() {
             ours.extend_from_slice(f.f32s(spec.name, &spec.shape[..spec.ndim()]).unwrap());
@@ -96,6 +111,10 @@ fn a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding() {
             theirs.extend(e.tensor(&name).unwrap().to_f32());
         }
         assert_eq!(ours.len(), theirs.len(), "{}", spec.name);
+        if want_dtype != DType::Q8_0 {
+            assert!(ours == theirs, "{}: kept as it was", spec.name);
+            continue;
+        }
         // q8_0 rounds each value to half a step of its block's scale (amax / 127).
         for (b, (o, t)) in ours.chunks(32).zip(theirs.chunks(32)).enumerate() {
             let amax = t.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -105,10 +124,97 @@ fn a_q4_k_m_style_model_imports_as_q8_0_within_its_rounding() {
             }
         }
     }
+    // The embedding, wq, wk, wv, wo, w1, w3 and the classifier.
+    assert_eq!(kept, 8);
+}
+
+/// Every position's logits of `tokens` through our forward pass.
+fn logits(file: &EnigmaFile<'_>, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let t = enigma_core::Transformer::from_file(file, enigma_core::kernels::kernels()).unwrap();
+    let mut bufs = enigma_runtime::HostSession::try_new(&t, 64).unwrap();
+    let (mut cache, mut scratch) = bufs.parts(&t.config).unwrap();
+    let mut out = vec![Vec::new(); tokens.len()];
+    let serial = enigma_core::model::Serial;
+    t.forward_each(&serial, &mut cache, &mut scratch, tokens, 0, &mut |i, l| {
+        out[i] = l.to_vec()
+    })
+    .unwrap();
+    out
+}
+
+/// The Q4_K/Q6_K products (the SIMD tier this CPU has) against the same model with every matrix
+/// dequantized to f32: they differ only by the q8_0 rounding of the activations.
+#[test]
+fn k_quant_products_follow_the_dequantized_weights() {
+    let test = "k_quant_products_follow_the_dequantized_weights";
+    let dir = tempfile::tempdir().unwrap();
+    if gguf_pip(test, &["model", dir.path().to_str().unwrap()]).is_none() {
+        return;
+    }
+    let files = GgufFiles::open(&dir.path().join("model.gguf")).unwrap();
+    let bytes = import::to_enigma(&files.parse().unwrap(), "model.gguf").unwrap();
+    let mem = AlignedBytes::copy_from(&bytes);
+    let native = EnigmaFile::parse(&mem).unwrap();
+    assert_eq!(native.tensor("w1").unwrap().dtype, DType::Q4K);
+    let (wide, _) = enigma_runtime::quantize::requantize(&native, DType::F32).unwrap();
+    let wide_mem = AlignedBytes::copy_from(&wide);
+    let wide = EnigmaFile::parse(&wide_mem).unwrap();
+    let tokens = [1u32, 40, 7, 300, 511, 12, 99, 3];
+    // The same weights in q8_0 meet the same activation rounding: its distance from f32 is the yardstick
+    // (this random model amplifies the rounding to ~10% of the largest logit at some positions).
+    let (q8, _) = enigma_runtime::quantize::requantize(&native, DType::Q8_0).unwrap();
+    let q8_mem = AlignedBytes::copy_from(&q8);
+    let q8 = EnigmaFile::parse(&q8_mem).unwrap();
+    let (ours, q8, exact) = (
+        logits(&native, &tokens),
+        logits(&q8, &tokens),
+        logits(&wide, &tokens),
+    );
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    for pos in 0..tokens.len() {
+        let scale = exact[pos].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (kq, q8) = (dist(&ours[pos], &exact[pos]), dist(&q8[pos], &exact[pos]));
+        eprintln!("position {pos}: k-quants {kq:.3}, q8_0 {q8:.3}, largest logit {scale:.1}");
+        assert!(
+            kq <= 1.5 * q8 + 1e-3 * scale,
+            "position {pos}: {kq} against q8_0's {q8}"
+        );
+    }
+}
+
+/// `add_bos_token` false survives GGUF → `.enigma` → GGUF, and text then encodes without BOS; true (the
+/// default) with it.
+#[test]
+fn add_bos_token_is_kept_and_applied() {
+    for adds in [true, false] {
+        let bytes = tiny_enigma_with(1, |w| {
+            if !adds {
+                w.without_bos();
+            }
+        });
+        let mem = AlignedBytes::copy_from(&bytes);
+        let gguf = write::to_gguf(&EnigmaFile::parse(&mem).unwrap(), "tiny").unwrap();
+        let g = Gguf::parse(&gguf).unwrap();
+        let key = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool());
+        assert_eq!(key, Some(adds));
+        let back = import::to_enigma(&g, "tiny.gguf").unwrap();
+        let mem = AlignedBytes::copy_from(&back);
+        let file = EnigmaFile::parse(&mem).unwrap();
+        let tok = enigma_core::Tokenizer::from_file(&file).unwrap();
+        assert_eq!(tok.adds_bos(), adds);
+        let ids = enigma_runtime::tokenize::encode(&tok, "ab a", true, false).unwrap();
+        assert_eq!(ids.first() == Some(&tok.bos()), adds, "{ids:?}");
+    }
 }
 
 /// A tiny model (dim 32, one layer, 300 tokens with byte fallback) as `.enigma` bytes.
 fn tiny_enigma(seed: u64) -> Vec<u8> {
+    tiny_enigma_with(seed, |_| {})
+}
+
+fn tiny_enigma_with(seed: u64, extra: impl FnOnce(&mut ModelWriter<'_>)) -> Vec<u8> {
     let c = Config {
         dim: 32,
         hidden_dim: 64,
@@ -149,6 +255,7 @@ fn tiny_enigma(seed: u64) -> Vec<u8> {
     let params = rng.fill(ParamLayout::new(&c).total_numel() as usize, -0.5, 0.5);
     let mut w = ModelWriter::new(c, tok);
     enigma_runtime::quantize::add_params(&mut w, &c, &params, DType::Q8_0).unwrap();
+    extra(&mut w);
     w.to_bytes().unwrap()
 }
 

@@ -145,7 +145,8 @@ def model(out, big, name="model.gguf", **writer_options):
         put(f"blk.{l}.attn_output.weight", T.Q4_K, dim, dim)
         put(f"blk.{l}.ffn_gate.weight", T.Q4_K, hidden, dim)
         put(f"blk.{l}.ffn_up.weight", T.Q4_K, hidden, dim)
-        put(f"blk.{l}.ffn_down.weight", T.Q6_K, dim, hidden)
+        # llama.cpp's Q4_K_M gives some layers' ffn_down (and attn_v) more bits: a tensor of mixed types.
+        put(f"blk.{l}.ffn_down.weight", T.Q6_K if l == 0 else T.Q4_K, dim, hidden)
     for x in (w, e):
         x.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
     put("output.weight", T.Q6_K, vocab, dim)

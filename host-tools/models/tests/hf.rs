@@ -134,6 +134,13 @@ fn check_ids(f: &Folder, tok: &Tokenizer<'_>) -> (usize, usize) {
         let mut buf = vec![0u32; Tokenizer::max_tokens(text.len())];
         let k = tok.encode(text, false, false, &mut buf).unwrap();
         assert_eq!(buf[..k], ours[..], "{text:?}: the core's encoder");
+        // With the special tokens the post-processor adds: BOS in front or not, as `tokenizers` does.
+        let with_bos = enigma_runtime::tokenize::encode(tok, text, true, false).unwrap();
+        assert_eq!(
+            with_bos,
+            ids(&t["with_bos"]),
+            "{text:?}: with BOS as the vocabulary wants"
+        );
     }
     assert!(
         lines

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import safetensors
 from safetensors.numpy import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, CTX = 64, 128, 2, 4, 2, 128
 VOCAB = 1000
@@ -108,6 +108,14 @@ def train_tokenizer(kind, text):
     else:
         sys.exit(f"unknown tokenizer kind {kind}")
     tok.train_from_iterator(text.split("\n"), trainer=trainer)
+    if kind == "bytelevel":
+        # GPT-2's: no BOS in front of the text.
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        # Llama 2's and Llama 3's: BOS in front.
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return tok, bos, eos
 
 
@@ -261,7 +269,11 @@ def model(out, kind, dtype_name, corpus_path):
         f"{eos}",
         "a <0x41> and <unk>, not <s or s>",
     ]
-    specials = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids} for t in special_texts]
+    specials = [
+        {"text": t, "ids": tok.encode(t, add_special_tokens=False).ids,
+         "with_bos": tok.encode(t, add_special_tokens=True).ids}
+        for t in special_texts
+    ]
     expected = {"ids": ids, "logits": forward(w, ids, tied).tolist(), "lines": lines, "specials": specials,
                 "bos": tok.token_to_id(bos),
                 "eos": tok.token_to_id(eos), "template": template}

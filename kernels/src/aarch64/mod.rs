@@ -6,10 +6,14 @@
 
 mod attn_f16;
 mod gemm128;
+#[cfg(feature = "kquants")]
+mod kquants_neon;
 mod neon;
 mod qgemm_neon;
 
 use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
+#[cfg(feature = "kquants")]
+use crate::kquants::{BlockQ4K, BlockQ6K};
 use crate::qgemm::{XBlock, QG};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
@@ -52,6 +56,11 @@ mod w {
     wrappers! { neon:
         qmatvec_q8_0_dotprod(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qmatvec_q4_0_dotprod(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]);
+    }
+    #[cfg(feature = "kquants")]
+    wrappers! { kquants_neon:
+        qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]);
     }
     wrappers! { gemm128:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);

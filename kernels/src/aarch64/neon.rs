@@ -322,7 +322,7 @@ pub(super) fn attn_accum(out: &mut [f32], probs: &[f32], values: &[f32]) {
 }
 
 #[inline]
-fn ld_i8(q: &[i8]) -> int8x16_t {
+pub(super) fn ld_i8(q: &[i8]) -> int8x16_t {
     assert!(q.len() >= 16);
     // SAFETY: 16 readable bytes (checked above).
     unsafe { vld1q_s8(q.as_ptr()) }
@@ -342,7 +342,7 @@ fn unpack_q4(q: &[u8; QK / 2]) -> (int8x16_t, int8x16_t) {
 
 /// `acc + Σ x·y` over 16 i8 pairs, widening through i16 (`smull` can't overflow: |x·y| ≤ 2^14).
 #[inline]
-fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
+pub(super) fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
     let lo = vmull_s8(vget_low_s8(x), vget_low_s8(y));
     let hi = vmull_high_s8(x, y);
     vpadalq_s16(vpadalq_s16(acc, lo), hi)

@@ -11,6 +11,7 @@
 //! | matvec/matmul f32, f16, bf16; attn_scores | 1e-4 | 1e-5 | summation order only (widening is exact), d < 300 |
 //! | gemm f32 | 1e-5 | 1e-5 | same summation order; FMA rounding only (see `gemm.rs`) |
 //! | q8_0 / q4_0 matvec | 1e-4 | 1e-5 | same quantized x, exact integer block sums; only float order differs |
+//! | q4_K / q6_K matvec | as q8_0 | 1e-5 | the same; Q4_K's mins are a separate float sum per super-block |
 //! | packed q8_0 / q4_0 GEMM | (nb+4)·2ε·Σ\|w·x\| | 1e-5 | the same, per output (`qgemm.rs`) |
 //! | rmsnorm, rope, attn_accum | 1e-6 | 1e-5 | a few roundings per element (FMA vs mul+add) |
 //! | softmax, silu_mul | 1e-6 | 1e-5 | vectorised exp: relative error ≤ 3e-7 (see `exp_sweep`) |
@@ -18,6 +19,8 @@
 mod attn_f16;
 mod cortex_m;
 mod gemm;
+#[cfg(feature = "kquants")]
+mod kquants;
 mod ops;
 mod qgemm;
 mod quant;
@@ -78,6 +81,8 @@ pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rto
 macro_rules! tier_tests {
     ($m:ident, $table:expr, $supported:expr, props = $props:tt, $(#[$attr:meta])*) => {
         mod $m {
+            #[cfg(feature = "kquants")]
+            use super::kquants;
             use super::{attn_f16, gemm, ops, qgemm};
             use crate::Kernels;
 
@@ -93,6 +98,12 @@ macro_rules! tier_tests {
             $(#[$attr])* #[test] fn gemm_edges() { gemm::edge_gemm(k()) }
             $(#[$attr])* #[test] fn attention_f16_edges() { attn_f16::edge_attn_f16(k()) }
             $(#[$attr])* #[test] fn attention_f16() { attn_f16::prop_attn_f16(k()) }
+            #[cfg(feature = "kquants")]
+            $(#[$attr])* #[test] fn kquants_extremes() { kquants::edge_kquants_extremes(k()) }
+            #[cfg(feature = "kquants")]
+            $(#[$attr])* #[test] fn kquants_matvec() { kquants::prop_matvec_kquants(k()) }
+            #[cfg(feature = "kquants")]
+            $(#[$attr])* #[test] fn kquants_stride() { kquants::prop_kquants_stride(k()) }
             $(#[$attr])* #[test] fn qgemm_extremes() { qgemm::edge_qgemm_extremes(k()) }
             $(#[$attr])* #[test] fn qgemm() { qgemm::prop_qgemm(k()) }
             $(#[$attr])* #[test] fn qgemm_chunks() { qgemm::prop_qgemm_chunks(k()) }

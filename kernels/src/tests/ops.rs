@@ -101,7 +101,12 @@ fn q4b(n: usize) -> BoxedStrategy<Vec<BlockQ4_0>> {
 /// Tiers and the reference share the quantized x and the exact integer block sums; they differ in the float
 /// sum over `nb` blocks only, so the budget is `atol = (nb + 4) · 2ε · Σ_j |w_j · x_j|` per row (cancellation
 /// can make the result itself tiny, so no fixed atol fits raw blocks with large scales).
-fn q_case(k: &Kernels, view: WeightView<'_>, n: usize, x: &[f32]) -> Result<(), TestCaseError> {
+pub(crate) fn q_case(
+    k: &Kernels,
+    view: WeightView<'_>,
+    n: usize,
+    x: &[f32],
+) -> Result<(), TestCaseError> {
     let (mut got, mut want) = (vec![f32::NAN; n], vec![0.0; n]);
     k.matvec(&mut got, view, x);
     G.matvec(&mut want, view, x);

@@ -254,6 +254,10 @@ fn views_from_bytes() {
             WeightView::BF16 { data, .. } => data.as_ptr() as *const u8,
             WeightView::Q8_0 { blocks, .. } => blocks.as_ptr() as *const u8,
             WeightView::Q4_0 { blocks, .. } => blocks.as_ptr() as *const u8,
+            #[cfg(feature = "kquants")]
+            WeightView::Q4K { blocks, .. } => blocks.as_ptr() as *const u8,
+            #[cfg(feature = "kquants")]
+            WeightView::Q6K { blocks, .. } => blocks.as_ptr() as *const u8,
             WeightView::Q8_0x16(p) | WeightView::Q4_0x16(p) => p.data.as_ptr(),
         };
         assert_eq!(first, at0.as_ptr());

@@ -49,7 +49,7 @@ fn st_tail(c: &mut [f32], v: __m256) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -68,7 +68,7 @@ fn hmax(v: __m256) -> f32 {
 /// f16 bits → f32 through F16C (the `half` crate's software path would cost more than the dot it scales).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn f16_to_f32(bits: u16) -> f32 {
+pub(super) fn f16_to_f32(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 

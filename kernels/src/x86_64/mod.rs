@@ -10,10 +10,14 @@ mod avx2;
 mod avx512;
 mod gemm256;
 mod gemm512;
+#[cfg(feature = "kquants")]
+mod kquants_avx2;
 mod qgemm_avx2;
 mod qgemm_avx512;
 
 use crate::dispatch::{attn_f16_ops, simd_ops, simd_table, wrappers, Kernels, Tier};
+#[cfg(feature = "kquants")]
+use crate::kquants::{BlockQ4K, BlockQ6K};
 use crate::qgemm::{XBlock, QG};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
@@ -81,6 +85,11 @@ pub(crate) fn avx512_table() -> &'static Kernels {
 mod avx2_w {
     use super::*;
     simd_ops!(wrappers!(avx2:));
+    #[cfg(feature = "kquants")]
+    wrappers! { kquants_avx2:
+        qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]);
+    }
     wrappers! { gemm256:
         gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm);
     }
@@ -99,6 +108,11 @@ mod avx2_w {
 mod avx512_w {
     use super::*;
     simd_ops!(wrappers!(avx512:));
+    #[cfg(feature = "kquants")]
+    wrappers! { kquants_avx2:
+        qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]);
+        qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]);
+    }
     wrappers! { avx512:
         qmatvec_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);
         qtile_q8_0_vnni(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]);

@@ -10,6 +10,7 @@ use super::read::{GgmlType, Gguf, Tensor};
 use super::{tokens, KEEP_TEMPLATE};
 use anyhow::{ensure, Context, Result};
 use enigma_core::config::{self, Config, ParamLayout, TensorSpec};
+use enigma_core::kernels::kquants::KQuant;
 use enigma_core::kernels::DType;
 use enigma_runtime::{ModelWriter, TokenizerData};
 
@@ -139,15 +140,18 @@ fn native(ty: GgmlType) -> Option<DType> {
         GgmlType::BF16 => DType::BF16,
         GgmlType::Q8_0 => DType::Q8_0,
         GgmlType::Q4_0 => DType::Q4_0,
+        GgmlType::K(KQuant::Q4K) => DType::Q4K,
+        GgmlType::K(KQuant::Q6K) => DType::Q6K,
         GgmlType::K(_) => return None,
     })
 }
 
 /// One stacked (or single) tensor of the layout, its dtype and bytes.
 /// - norms: f32 (GGUF writers keep them f32; an f16 one is widened);
-/// - every part in one type the kernels multiply: those bytes, concatenated (no re-quantization);
-/// - otherwise (k-quants, or layers in different types): widened to f32 and quantized to q8_0, or f32
-///   when rows are not whole blocks of 32.
+/// - every part in one type the kernels multiply (Q4_K and Q6_K included): those bytes, concatenated (no
+///   re-quantization);
+/// - otherwise (Q2_K, Q3_K, Q5_K, or layers in different types, as a Q4_K_M file's `attn_v` and `ffn_down`
+///   mix Q4_K and Q6_K): widened to f32 and quantized to q8_0, or f32 when rows are not whole blocks of 32.
 ///
 /// Also returns the GGUF types its parts had, when any was widened.
 fn stacked_tensor(
@@ -207,6 +211,13 @@ pub fn writer(g: &Gguf<'_>, source: &str) -> Result<ModelWriter<'static>> {
     let config = config(g)?;
     let tok: TokenizerData = super::tokenizer(g, config.vocab_size)?;
     let mut w = ModelWriter::new(config, tok);
+    // llama.cpp's default when the key is absent is BOS, as here.
+    if g.get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        == Some(false)
+    {
+        w.without_bos();
+    }
     let mut widened = Vec::new();
     for spec in ParamLayout::new(&config).iter() {
         let (dt, bytes, from) = stacked_tensor(g, &spec, &config)?;

@@ -79,6 +79,8 @@ fn ggml_type(d: DType) -> Option<GgmlType> {
         DType::BF16 => GgmlType::BF16,
         DType::Q8_0 => GgmlType::Q8_0,
         DType::Q4_0 => GgmlType::Q4_0,
+        DType::Q4K => GgmlType::K(enigma_core::kernels::kquants::KQuant::Q4K),
+        DType::Q6K => GgmlType::K(enigma_core::kernels::kquants::KQuant::Q6K),
         DType::U8 | DType::U32 => return None,
     })
 }
@@ -236,7 +238,7 @@ pub fn to_gguf(file: &EnigmaFile<'_>, name: &str) -> Result<Vec<u8>> {
     if let Some(pad) = m.pad {
         kv.kv_u32("tokenizer.ggml.padding_token_id", pad);
     }
-    kv.kv_bool("tokenizer.ggml.add_bos_token", true);
+    kv.kv_bool("tokenizer.ggml.add_bos_token", tok.adds_bos());
     kv.kv_bool("tokenizer.ggml.add_eos_token", false);
     if let Some(t) = file.tensor(KEEP_TEMPLATE) {
         kv.kv_str("tokenizer.chat_template", &String::from_utf8_lossy(t.bytes));

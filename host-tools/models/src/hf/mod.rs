@@ -247,11 +247,21 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
         "config.json: a BOS or EOS id is outside the {} tokens",
         c.vocab_size
     );
+    // BOS goes first when tokenizer_config.json says so, else when the post-processor puts it there.
+    let adds_bos = bos.is_some()
+        && tc.as_ref().and_then(|t| t.add_bos).unwrap_or_else(|| {
+            tok.leading
+                .as_ref()
+                .is_some_and(|t| tok.ids.get(t).copied() == bos)
+        });
     tok.data.bos = bos.unwrap_or(eos);
     tok.data.eos = eos;
     tok.data.pad = id_of(&tok, named(|t| t.pad.as_ref()), "pad")?;
     let kind = tok.kind;
     let mut w = ModelWriter::new(c, tok.data);
+    if !adds_bos {
+        w.without_bos();
+    }
     // A tensor at a time: only one stacked parameter is ever held in f32 (a 7B model's w1 is 5.8 GB).
     let mut kept = Vec::new();
     for spec in ParamLayout::new(&c).iter() {

@@ -45,6 +45,23 @@ pub struct HfTokenizer {
     /// Every token's text as the file writes it (added tokens included), by id: BOS/EOS named by text in
     /// `tokenizer_config.json` are found here.
     pub ids: HashMap<String, u32>,
+    /// The special token the post-processor puts before a single text (`TemplateProcessing`, as Llama's
+    /// `<s>` or `<|begin_of_text|>`); `None` when it adds none (no post-processor, or GPT-2's `ByteLevel`).
+    pub leading: Option<String>,
+}
+
+/// [`HfTokenizer::leading`] of `tokenizer.json`.
+fn leading_special(j: &Value) -> Option<String> {
+    let mut procs = Vec::new();
+    flatten(j.get("post_processor")?, "processors", &mut procs);
+    let single = procs
+        .iter()
+        .find(|p| type_of(p) == "TemplateProcessing")?
+        .get("single")?
+        .as_array()?;
+    // Only what comes before the text itself (`$A`, a `Sequence` piece) counts.
+    let first = single.first()?.get("SpecialToken")?;
+    first.get("id").and_then(Value::as_str).map(str::to_string)
 }
 
 /// The entries of a pre-tokenizer or normalizer, a `Sequence` flattened.
@@ -315,6 +332,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
                 added
             },
         },
+        leading: leading_special(&j),
         ids,
     })
 }
@@ -332,6 +350,8 @@ pub struct TokenizerConfig {
     pub eos: Option<String>,
     pub pad: Option<String>,
     pub chat_template: Option<String>,
+    /// `add_bos_token`, which overrides what the post-processor does (transformers rebuilds it from this).
+    pub add_bos: Option<bool>,
 }
 
 pub fn parse_config(text: &str) -> Result<TokenizerConfig> {
@@ -354,6 +374,7 @@ pub fn parse_config(text: &str) -> Result<TokenizerConfig> {
         eos: named_token(&j, "eos_token").map(str::to_string),
         pad: named_token(&j, "pad_token").map(str::to_string),
         chat_template,
+        add_bos: j.get("add_bos_token").and_then(Value::as_bool),
     })
 }
 
