@@ -117,7 +117,7 @@ fn small_model_threads(name: &str) -> Option<usize> {
     match enigma_models::resolve_model(name).ok()? {
         enigma_models::ResolvedModel::BuiltIn => Some(1),
         enigma_models::ResolvedModel::File(p) => {
-            let len = std::fs::metadata(p).ok()?.len();
+            let len = enigma_models::peek(&p).ok()?.file_len;
             (len < crate::SMALL_MODEL_BYTES as u64).then_some(1)
         }
     }

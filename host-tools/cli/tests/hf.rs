@@ -50,6 +50,24 @@ fn a_pip_written_folder_imports_quantized_and_runs() {
     );
     let run = support::greedy_run(&out, "ROMEO:", 8);
     assert!(run.status.success());
+    // The folder runs in place (f32, as its safetensors are) and gives the f32 import's tokens.
+    let f32_model = dir.path().join("llama-f32.enigma");
+    enigma()
+        .args(["import", "hf"])
+        .arg(&folder)
+        .arg("-o")
+        .arg(&f32_model)
+        .assert()
+        .success();
+    let in_place = support::greedy_run(&folder, "ROMEO:", 12);
+    let imported = support::greedy_run(&f32_model, "ROMEO:", 12);
+    assert!(
+        in_place.status.success(),
+        "{}",
+        String::from_utf8_lossy(&in_place.stderr)
+    );
+    assert!(!imported.stdout.is_empty());
+    assert_eq!(in_place.stdout, imported.stdout);
     // Again without --force: the output exists.
     let again = enigma()
         .args(["import", "hf"])

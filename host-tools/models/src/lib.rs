@@ -205,6 +205,12 @@ pub fn training_note(step: u64) -> String {
 
 /// Reads and checks the prelude and header of a model file (not its data): cheap for any size.
 pub fn peek(path: &Path) -> Result<Peek> {
+    if path.is_dir() && hf::is_hf_dir(path) {
+        return hf::peek(path).map_err(|e| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        });
+    }
     enigma_runtime::load::ensure_regular_file(path)?;
     if gguf::is_gguf(path) {
         return gguf::peek(path).map_err(|e| ModelError::Corrupt {
@@ -325,6 +331,9 @@ impl ResolvedModel {
             ResolvedModel::File(path) if gguf::is_gguf(path) => {
                 gguf::load(path).map_err(|e| ModelError::Refused(format!("{e:#}")))?
             }
+            ResolvedModel::File(path) if path.is_dir() => {
+                hf::load(path).map_err(|e| ModelError::Refused(format!("{e:#}")))?
+            }
             ResolvedModel::File(path) => ModelFile::open_shared(path, purpose)?,
         })
     }
@@ -347,6 +356,9 @@ fn model_in_dir(dir: &Path) -> Result<ResolvedModel> {
     let file = dir.join(MODEL_FILE);
     if file.is_file() {
         Ok(ResolvedModel::File(file))
+    } else if hf::is_hf_dir(dir) {
+        // A Hugging Face folder runs in place, as a GGUF file does.
+        Ok(ResolvedModel::File(dir.to_path_buf()))
     } else {
         Err(ModelError::NotAModel(dir.to_path_buf()))
     }

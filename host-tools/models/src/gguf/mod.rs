@@ -200,7 +200,7 @@ pub fn tokenizer(g: &Gguf<'_>, vocab: u32) -> Result<enigma_runtime::TokenizerDa
 /// A GGUF model file (or the first part of a split one) as a validated in-memory `.enigma` model.
 ///
 /// The GGUF file is mapped and read in place; the `.enigma` image is built in memory (the tensors the
-/// kernels multiply are copied as they are, k-quants are widened to q8_0), so a GGUF model runs on the
+/// kernels multiply are copied as they are, q2_K/q3_K/q5_K are widened to q8_0), so a GGUF model runs on the
 /// same code path as every other model, and costs its size in memory once more while it runs.
 pub fn load(path: &Path) -> Result<enigma_runtime::ModelFile> {
     with_writer(path, |w| Ok(w.to_model(path)?))

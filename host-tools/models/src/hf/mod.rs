@@ -206,12 +206,61 @@ fn id_of(tok: &tokenizer::HfTokenizer, name: Option<&str>, what: &str) -> Result
 /// A Hugging Face model folder as `.enigma` bytes with the matrices stored as `to` (f32 keeps every weight
 /// exactly: F16 and BF16 widen without loss). Holds the mapped files, one parameter in f32, and the output.
 pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
-    let shards = Shards::open(dir)?;
-    let tensors = shards.parse()?;
+    with_writer(dir, Some(to), |w| Ok(w.to_bytes()?))
+}
+
+/// A Hugging Face model folder run in place (`enigma run -m DIR`): built in memory as a `.enigma` model
+/// with the matrices in the safetensors' own type (f16 and bf16 stay as they are; a mix, or f32, is f32).
+pub fn load(dir: &Path) -> Result<enigma_runtime::ModelFile> {
+    with_writer(dir, None, |w| Ok(w.to_model(dir)?))
+        .with_context(|| format!("the Hugging Face folder {}", dir.display()))
+}
+
+/// `config.json`, with the classifier tied when the weights have no `lm_head`.
+fn folder_config(dir: &Path, tensors: &HashMap<String, Tensor<'_>>) -> Result<config::HfConfig> {
     let tied_by_weights = !tensors.contains_key("lm_head.weight")
         && tensors.contains_key("model.embed_tokens.weight");
-    let hf = config::parse(&read_text(&dir.join(CONFIG))?, tied_by_weights)
-        .with_context(|| dir.join(CONFIG).display().to_string())?;
+    config::parse(&read_text(&dir.join(CONFIG))?, tied_by_weights)
+        .with_context(|| dir.join(CONFIG).display().to_string())
+}
+
+/// The model a folder holds, from `config.json` and the safetensors headers (no tensor data is read).
+pub fn peek(dir: &Path) -> Result<crate::Peek> {
+    let shards = Shards::open(dir)?;
+    let tensors = shards.parse()?;
+    let hf = folder_config(dir, &tensors)?;
+    Ok(crate::Peek {
+        config: hf.config,
+        source: format!("hf:{}", dir.display()),
+        notes: format!(
+            "Hugging Face folder (safetensors {})",
+            Shards::dtypes(&tensors)
+        ),
+        created_unix: 0,
+        file_len: shards.maps.iter().map(|(_, m)| m.len() as u64).sum(),
+    })
+}
+
+/// Runs `f` on the `.enigma` writer of the folder, matrices stored as `to` (`None`: as in the files).
+fn with_writer<T>(
+    dir: &Path,
+    to: Option<DType>,
+    f: impl FnOnce(ModelWriter<'_>) -> Result<T>,
+) -> Result<T> {
+    let shards = Shards::open(dir)?;
+    let tensors = shards.parse()?;
+    let to = to.unwrap_or_else(|| {
+        let mut types = tensors.values().map(|t| t.dtype);
+        match types.next() {
+            Some(first) if types.all(|t| t == first) => match first {
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F32 => DType::F32,
+            },
+            _ => DType::F32,
+        }
+    });
+    let hf = folder_config(dir, &tensors)?;
     let c = hf.config;
     ensure!(
         c.head_size() % 2 == 0,
@@ -305,7 +354,7 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
     if tensors.is_empty() {
         bail!("the safetensors files hold no tensors");
     }
-    Ok(w.to_bytes()?)
+    f(w)
 }
 
 #[cfg(test)]
