@@ -1,0 +1,469 @@
+//! The forward pass on the device: the same steps as enigma_core's `Transformer::layers` and `classify`
+//! (embedding, then per layer RMSNorm → q, k, v → RoPE → KV store → attention → wo (+ residual) → RMSNorm →
+//! w1, w3 → SwiGLU → w2 (+ residual); final norm, classifier), with weights uploaded once and the KV cache and
+//! every activation on the device. Only token ids, positions and block tables go up per step, and only the
+//! sampled ids (or, when asked, logits) come back.
+//!
+//! The cache holds `slots` sequences of the whole context each (a paged cache of `slots` blocks of `S`
+//! positions): slot 0 is the single sequence of `run`; [`DeviceModel::decode_batch`] steps up to
+//! [`MAX_BATCH`] sequences at once, each weight read once for all of them.
+
+use crate::ops::{self, Buf, DeviceMatrix, KvShape, QuantScratch, Rows};
+use crate::ptx::MAX_BATCH;
+use crate::{Error, Gpu, Result};
+use enigma_core::config::{Config, KvType};
+use enigma_core::model::Weights;
+use enigma_core::sampler::{Sampler, SamplerConfig};
+
+/// Tokens of a prompt per forward call: a chunk large enough to keep the tensor cores busy, small enough
+/// that its activations are a few MB on the largest presets.
+pub const CHUNK: usize = 256;
+
+struct Layerless {
+    embedding: DeviceMatrix,
+    classifier: Option<DeviceMatrix>,
+    final_norm: Buf<f32>,
+}
+
+struct Stacked {
+    attn_norm: Buf<f32>,
+    ffn_norm: Buf<f32>,
+    wq: DeviceMatrix,
+    wk: DeviceMatrix,
+    wv: DeviceMatrix,
+    wo: DeviceMatrix,
+    w1: DeviceMatrix,
+    w2: DeviceMatrix,
+    w3: DeviceMatrix,
+}
+
+/// Activations for up to `rows` rows.
+struct Acts {
+    rows: usize,
+    x: Buf<f32>,
+    xb: Buf<f32>,
+    q: Buf<f32>,
+    k: Buf<f32>,
+    v: Buf<f32>,
+    att: Buf<f32>,
+    hb: Buf<f32>,
+    hb2: Buf<f32>,
+    quant: QuantScratch,
+    logits: Buf<f32>,
+    probs: Buf<f32>,
+    tokens: Buf<i32>,
+    pos: Buf<i32>,
+    tables: Buf<i32>,
+    ids: Buf<i32>,
+    coins: Buf<f32>,
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum Sampling {
+    Greedy,
+    /// Temperature and top-p on the device, coins from the host's seeded generator.
+    TopP {
+        temperature: f32,
+        top_p: f32,
+    },
+}
+
+impl Sampling {
+    /// The device can sample what `cfg` asks when it needs no top-k and no repetition penalty; `None`
+    /// otherwise (the caller then samples on the host from [`DeviceModel::logits`]).
+    pub fn of(cfg: &SamplerConfig) -> Option<Sampling> {
+        let t = cfg.temperature;
+        if t.is_nan() || t <= 0.0 {
+            return Some(Sampling::Greedy);
+        }
+        let penalty = cfg.repetition_penalty;
+        let penalised = !(penalty == 1.0 || penalty.is_nan() || penalty <= 0.0);
+        (cfg.top_k == 0 && !penalised).then_some(Sampling::TopP {
+            temperature: t,
+            top_p: cfg.top_p,
+        })
+    }
+}
+
+pub struct DeviceModel {
+    gpu: Gpu,
+    pub config: Config,
+    top: Layerless,
+    layers: Stacked,
+    kc: Buf<u8>,
+    vc: Buf<u8>,
+    kv: KvShape,
+    acts: Acts,
+}
+
+fn upload_norm(gpu: &Gpu, v: &[f32]) -> Result<Buf<f32>> {
+    Buf::upload(gpu, v)
+}
+
+impl DeviceModel {
+    /// Uploads `weights` (the file's own views, not CPU-repacked ones) and makes a KV cache of `slots`
+    /// sequences of `config.seq_len` positions in `kv` elements.
+    pub fn new(
+        gpu: Gpu,
+        config: Config,
+        weights: &Weights<'_>,
+        kv: KvType,
+        slots: usize,
+    ) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let (d, h, hs) = (c.dim as usize, c.hidden_dim as usize, c.head_size());
+        let (nh, kvd) = (c.n_heads as usize, c.kv_dim());
+        let rows = CHUNK.max(MAX_BATCH);
+        let top = Layerless {
+            embedding: DeviceMatrix::upload(&gpu, weights.token_embedding)?,
+            classifier: if c.tied_classifier {
+                None
+            } else {
+                Some(DeviceMatrix::upload(&gpu, weights.classifier)?)
+            },
+            final_norm: upload_norm(&gpu, weights.final_norm)?,
+        };
+        let layers = Stacked {
+            attn_norm: upload_norm(&gpu, weights.attn_norm)?,
+            ffn_norm: upload_norm(&gpu, weights.ffn_norm)?,
+            wq: DeviceMatrix::upload(&gpu, weights.wq)?,
+            wk: DeviceMatrix::upload(&gpu, weights.wk)?,
+            wv: DeviceMatrix::upload(&gpu, weights.wv)?,
+            wo: DeviceMatrix::upload(&gpu, weights.wo)?,
+            w1: DeviceMatrix::upload(&gpu, weights.w1)?,
+            w2: DeviceMatrix::upload(&gpu, weights.w2)?,
+            w3: DeviceMatrix::upload(&gpu, weights.w3)?,
+        };
+        let kvs = KvShape {
+            layers: c.n_layers as usize,
+            kv_heads: c.n_kv_heads as usize,
+            head_size: hs,
+            block: c.seq_len as usize,
+            blocks: slots.max(1),
+            f16: kv == KvType::F16,
+        };
+        let kv_bytes = kvs.elems() * if kvs.f16 { 2 } else { 4 };
+        let v = c.vocab_size as usize;
+        let acts = Acts {
+            rows,
+            x: Buf::zeros(&gpu, rows * d)?,
+            xb: Buf::zeros(&gpu, rows * d)?,
+            q: Buf::zeros(&gpu, rows * nh * hs)?,
+            k: Buf::zeros(&gpu, rows * kvd)?,
+            v: Buf::zeros(&gpu, rows * kvd)?,
+            att: Buf::zeros(&gpu, rows * nh * hs)?,
+            hb: Buf::zeros(&gpu, rows * h)?,
+            hb2: Buf::zeros(&gpu, rows * h)?,
+            quant: QuantScratch::new(&gpu, MAX_BATCH * d.max(h).max(nh * hs))?,
+            logits: Buf::zeros(&gpu, MAX_BATCH * v)?,
+            probs: Buf::zeros(&gpu, MAX_BATCH * v)?,
+            tokens: Buf::zeros(&gpu, rows)?,
+            pos: Buf::zeros(&gpu, rows)?,
+            tables: Buf::zeros(&gpu, rows)?,
+            ids: Buf::zeros(&gpu, MAX_BATCH)?,
+            coins: Buf::zeros(&gpu, MAX_BATCH)?,
+        };
+        Ok(DeviceModel {
+            kc: Buf::zeros(&gpu, kv_bytes)?,
+            vc: Buf::zeros(&gpu, kv_bytes)?,
+            gpu,
+            config,
+            top,
+            layers,
+            kv: kvs,
+            acts,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Bytes of weights one decode step reads (every matrix once; the embedding only a row): the numerator of
+    /// the bandwidth bound.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let l = &self.layers;
+        let classifier = self.top.classifier.as_ref().unwrap_or(&self.top.embedding);
+        [&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3, classifier]
+            .iter()
+            .map(|m| m.bytes())
+            .sum()
+    }
+
+    /// Slots (sequences) the KV cache holds.
+    pub fn slots(&self) -> usize {
+        self.kv.blocks
+    }
+
+    /// Runs `(token, position, slot)` rows through every layer, leaving the residual stream in `x`. A slot's
+    /// rows must be consecutive positions of it whose earlier positions are already cached.
+    fn layers(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
+        let c = self.config;
+        let t = rows.len();
+        if t == 0 || t > self.acts.rows {
+            return Err(Error::Invalid(format!(
+                "{t} rows in one step (1..={})",
+                self.acts.rows
+            )));
+        }
+        for &(tok, p, slot) in rows {
+            if tok >= c.vocab_size || p >= c.seq_len as usize || slot >= self.kv.blocks {
+                return Err(Error::Invalid(format!(
+                    "token {tok} at position {p} of slot {slot}: outside the vocabulary ({}), context ({}) or cache ({} slots)",
+                    c.vocab_size, c.seq_len, self.kv.blocks
+                )));
+            }
+        }
+        let (d, h, hs) = (c.dim as usize, c.hidden_dim as usize, c.head_size());
+        let (nh, nkv, kvd) = (c.n_heads as usize, c.n_kv_heads as usize, c.kv_dim());
+        let g = &self.gpu;
+        let a = &mut self.acts;
+        let as_i32 = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+        a.tokens
+            .write(g, &rows.iter().map(|r| r.0 as i32).collect::<Vec<_>>())?;
+        a.pos
+            .write(g, &rows.iter().map(|r| as_i32(r.1)).collect::<Vec<_>>())?;
+        a.tables
+            .write(g, &rows.iter().map(|r| as_i32(r.2)).collect::<Vec<_>>())?;
+        let a = &self.acts;
+        let (w, kv) = (&self.layers, self.kv);
+        let r = Rows {
+            rows: t,
+            pos: a.pos.at(0),
+            tables: a.tables.at(0),
+            tb: 1,
+        };
+        let scale = 1.0 / (hs as f32).sqrt();
+        ops::embed(g, a.x.at(0), &self.top.embedding, a.tokens.at(0), t)?;
+        let q = &a.quant;
+        for l in 0..c.n_layers as usize {
+            ops::rmsnorm(
+                g,
+                a.xb.at(0),
+                a.x.at(0),
+                w.attn_norm.at(l * d),
+                t,
+                d,
+                c.norm_eps,
+            )?;
+            ops::linear(
+                g,
+                a.q.at(0),
+                &w.wq,
+                l * nh * hs,
+                nh * hs,
+                a.xb.at(0),
+                t,
+                false,
+                q,
+            )?;
+            ops::linear(g, a.k.at(0), &w.wk, l * kvd, kvd, a.xb.at(0), t, false, q)?;
+            ops::linear(g, a.v.at(0), &w.wv, l * kvd, kvd, a.xb.at(0), t, false, q)?;
+            ops::rope(
+                g,
+                a.q.at(0),
+                a.k.at(0),
+                a.pos.at(0),
+                t,
+                nh,
+                nkv,
+                hs,
+                c.rope_theta,
+            )?;
+            // Every row's keys and values are stored before attention, so a chunk's rows see each other.
+            ops::kv_store(
+                g,
+                self.kc.at(0),
+                self.vc.at(0),
+                a.k.at(0),
+                a.v.at(0),
+                r,
+                l,
+                kv,
+            )?;
+            ops::attention(
+                g,
+                a.att.at(0),
+                a.q.at(0),
+                self.kc.at(0),
+                self.vc.at(0),
+                r,
+                l,
+                nh,
+                kv,
+                scale,
+            )?;
+            ops::linear(g, a.x.at(0), &w.wo, l * d, d, a.att.at(0), t, true, q)?;
+            ops::rmsnorm(
+                g,
+                a.xb.at(0),
+                a.x.at(0),
+                w.ffn_norm.at(l * d),
+                t,
+                d,
+                c.norm_eps,
+            )?;
+            ops::linear(g, a.hb.at(0), &w.w1, l * h, h, a.xb.at(0), t, false, q)?;
+            ops::linear(g, a.hb2.at(0), &w.w3, l * h, h, a.xb.at(0), t, false, q)?;
+            ops::silu_mul(g, a.hb.at(0), a.hb2.at(0), t * h)?;
+            ops::linear(g, a.x.at(0), &w.w2, l * d, d, a.hb.at(0), t, true, q)?;
+        }
+        Ok(())
+    }
+
+    /// Logits of rows `which` (indices into the last step's rows, at most 8) into the device's logits buffer.
+    fn classify(&self, which: &[usize]) -> Result<()> {
+        let c = &self.config;
+        let (d, v) = (c.dim as usize, c.vocab_size as usize);
+        let (g, a) = (&self.gpu, &self.acts);
+        for (j, &row) in which.iter().enumerate() {
+            ops::rmsnorm(
+                g,
+                a.xb.at(j * d),
+                a.x.at(row * d),
+                self.top.final_norm.at(0),
+                1,
+                d,
+                c.norm_eps,
+            )?;
+        }
+        let cls = self.top.classifier.as_ref().unwrap_or(&self.top.embedding);
+        ops::linear(
+            g,
+            a.logits.at(0),
+            cls,
+            0,
+            v,
+            a.xb.at(0),
+            which.len(),
+            false,
+            &a.quant,
+        )
+    }
+
+    /// Runs `tokens` of slot 0 at positions `start..`, chunk by chunk, leaving the last token's logits on the
+    /// device.
+    pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<()> {
+        self.forward_slot(0, tokens, start)
+    }
+
+    fn forward_slot(&mut self, slot: usize, tokens: &[u32], start: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("no tokens to run".into()));
+        }
+        for (i, part) in tokens.chunks(CHUNK).enumerate() {
+            let rows: Vec<_> = part
+                .iter()
+                .enumerate()
+                .map(|(j, &tok)| (tok, start + i * CHUNK + j, slot))
+                .collect();
+            self.layers(&rows)?;
+        }
+        let last = (tokens.len() - 1) % CHUNK;
+        self.classify(&[last])
+    }
+
+    /// One decode step of up to 8 sequences: `(token, position, slot)` each, every weight read once for all.
+    /// Leaves each row's logits on the device.
+    pub fn decode_batch(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
+        if rows.len() > MAX_BATCH {
+            return Err(Error::Invalid(format!(
+                "{} sequences in one decode step (at most {MAX_BATCH})",
+                rows.len()
+            )));
+        }
+        self.layers(rows)?;
+        let which: Vec<usize> = (0..rows.len()).collect();
+        self.classify(&which)
+    }
+
+    /// The logits of the last `rows` rows classified, `(rows, V)`, copied to the host (tests, host sampling).
+    pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
+        self.acts
+            .logits
+            .read(&self.gpu, rows * self.config.vocab_size as usize)
+    }
+
+    /// Picks the next token of each of the last `coins.len()` classified rows on the device; only the ids
+    /// come back. `coins` are used by top-p sampling only.
+    pub fn sample(&mut self, how: Sampling, coins: &[f32]) -> Result<Vec<u32>> {
+        let rows = coins.len();
+        let v = self.config.vocab_size as usize;
+        let (g, a) = (&self.gpu, &mut self.acts);
+        match how {
+            Sampling::Greedy => ops::argmax(g, a.ids.at(0), a.logits.at(0), rows, v)?,
+            Sampling::TopP { temperature, top_p } => {
+                a.coins.write(g, coins)?;
+                ops::sample_top_p(
+                    g,
+                    a.ids.at(0),
+                    a.logits.at(0),
+                    a.probs.at(0),
+                    rows,
+                    v,
+                    temperature,
+                    top_p,
+                    a.coins.at(0),
+                )?
+            }
+        }
+        let ids = a.ids.read(g, rows)?;
+        // The kernels return indices below V; anything else would be a kernel bug, refused rather than used.
+        ids.iter()
+            .map(|&i| {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&i| i < self.config.vocab_size)
+                    .ok_or_else(|| Error::Invalid(format!("the device sampled token {i}")))
+            })
+            .collect()
+    }
+
+    /// Feeds `prompt` into slot 0 from position 0 and generates up to `max_new` tokens, calling `on_token`
+    /// with each (it returns false to stop). Sampling runs on the device where it can ([`Sampling::of`]),
+    /// otherwise on the host from copied logits. Stops at the context's end; returns the generated ids.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let how = Sampling::of(sampler.config());
+        let ctx = self.config.seq_len as usize;
+        if prompt.len() > ctx {
+            return Err(Error::Invalid(format!(
+                "a prompt of {} tokens in a context of {ctx}",
+                prompt.len()
+            )));
+        }
+        let mut out = Vec::new();
+        self.forward(prompt, 0)?;
+        let mut pos = prompt.len();
+        let v = self.config.vocab_size as usize;
+        let mut probs = vec![enigma_core::sampler::ProbIndex::default(); v];
+        while out.len() < max_new {
+            let next = match how {
+                Some(Sampling::Greedy) => self.sample(Sampling::Greedy, &[0.0])?[0],
+                Some(s) => {
+                    let coin = sampler.next_f32();
+                    self.sample(s, &[coin])?[0]
+                }
+                None => {
+                    let mut logits = self.logits(1)?;
+                    sampler.sample(&mut logits, &mut probs)?
+                }
+            };
+            sampler.observe(next);
+            out.push(next);
+            if !on_token(next) || pos >= ctx {
+                break;
+            }
+            self.forward(&[next], pos)?;
+            pos += 1;
+        }
+        Ok(out)
+    }
+}
