@@ -62,7 +62,8 @@ pub fn libraries() -> Result<()> {
     Ok(())
 }
 
-/// One GPU: its context, the stream every launch goes to, and every kernel, loaded.
+/// One GPU: its context, the stream every launch goes to, and every kernel, loaded. Clones share them.
+#[derive(Clone)]
 pub struct Gpu {
     pub(crate) stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,

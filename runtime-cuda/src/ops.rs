@@ -72,6 +72,15 @@ impl<T: DeviceRepr> Buf<T> {
             .map_err(driver("copy to the device"))
     }
 
+    /// Copies all of `self` into `dst` on the device.
+    pub fn copy_to(&self, gpu: &Gpu, dst: &mut Buf<T>) -> Result<()> {
+        need("copy", dst.len, self.len)?;
+        let mut view = dst.slice.slice_mut(..self.len);
+        gpu.stream
+            .memcpy_dtod(&self.slice.slice(..self.len), &mut view)
+            .map_err(driver("copy on the device"))
+    }
+
     pub fn read(&self, gpu: &Gpu, n: usize) -> Result<Vec<T>> {
         let view = self.slice.slice(..n.min(self.len));
         gpu.stream
