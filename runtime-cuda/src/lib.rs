@@ -103,7 +103,8 @@ impl Gpu {
         })?;
         let name = ctx.name().map_err(driver("device name"))?;
         let total_mem = ctx.total_mem().map_err(driver("memory"))?;
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream().map_err(driver("stream"))?;
         let mut functions = HashMap::new();
         for (file, _) in SOURCES {
             let ptx = ptx_cached(file, arch)?;

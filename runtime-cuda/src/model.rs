@@ -11,6 +11,7 @@
 use crate::ops::{self, Buf, DeviceMatrix, KvShape, QuantScratch, Rows};
 use crate::ptx::MAX_BATCH;
 use crate::{Error, Gpu, Result};
+use cudarc::driver::{sys, CudaGraph};
 use enigma_core::config::{Config, KvType};
 use enigma_core::model::Weights;
 use enigma_core::sampler::{Sampler, SamplerConfig};
@@ -95,6 +96,10 @@ pub struct DeviceModel {
     vc: Buf<u8>,
     kv: KvShape,
     acts: Acts,
+    /// Captured decode steps of 1..=8 rows.
+    graph: [Option<CudaGraph>; MAX_BATCH],
+    graphs: bool,
+    graph_error: Option<String>,
 }
 
 fn upload_norm(gpu: &Gpu, v: &[f32]) -> Result<Buf<f32>> {
@@ -174,6 +179,9 @@ impl DeviceModel {
             layers,
             kv: kvs,
             acts,
+            graph: Default::default(),
+            graphs: std::env::var_os("ENIGMA_CUDA_GRAPH").is_none_or(|v| v != "0"),
+            graph_error: None,
         })
     }
 
@@ -197,9 +205,9 @@ impl DeviceModel {
         self.kv.blocks
     }
 
-    /// Runs `(token, position, slot)` rows through every layer, leaving the residual stream in `x`. A slot's
+    /// Checks `(token, position, slot)` rows and puts them on the device for [`Self::launch_layers`]. A slot's
     /// rows must be consecutive positions of it whose earlier positions are already cached.
-    fn layers(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
+    fn upload_rows(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
         let c = self.config;
         let t = rows.len();
         if t == 0 || t > self.acts.rows {
@@ -216,8 +224,6 @@ impl DeviceModel {
                 )));
             }
         }
-        let (d, h, hs) = (c.dim as usize, c.hidden_dim as usize, c.head_size());
-        let (nh, nkv, kvd) = (c.n_heads as usize, c.n_kv_heads as usize, c.kv_dim());
         let g = &self.gpu;
         let a = &mut self.acts;
         let as_i32 = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
@@ -227,6 +233,17 @@ impl DeviceModel {
             .write(g, &rows.iter().map(|r| as_i32(r.1)).collect::<Vec<_>>())?;
         a.tables
             .write(g, &rows.iter().map(|r| as_i32(r.2)).collect::<Vec<_>>())?;
+        Ok(())
+    }
+
+    /// Every launch of the layers for `t` rows whose tokens, positions and slots [`Self::upload_rows`] put on
+    /// the device, leaving the residual stream in `x`. Only launches: a decode step's sequence of them is
+    /// captured into a CUDA graph once and replayed, since positions and slots are read from device memory.
+    fn launch_layers(&self, t: usize) -> Result<()> {
+        let c = self.config;
+        let (d, h, hs) = (c.dim as usize, c.hidden_dim as usize, c.head_size());
+        let (nh, nkv, kvd) = (c.n_heads as usize, c.n_kv_heads as usize, c.kv_dim());
+        let g = &self.gpu;
         let a = &self.acts;
         let (w, kv) = (&self.layers, self.kv);
         let r = Rows {
@@ -359,7 +376,12 @@ impl DeviceModel {
                 .enumerate()
                 .map(|(j, &tok)| (tok, start + i * CHUNK + j, slot))
                 .collect();
-            self.layers(&rows)?;
+            if tokens.len() == 1 {
+                // Decode: the captured graph.
+                return self.step(&rows);
+            }
+            self.upload_rows(&rows)?;
+            self.launch_layers(rows.len())?;
         }
         let last = (tokens.len() - 1) % CHUNK;
         self.classify(&[last])
@@ -374,9 +396,64 @@ impl DeviceModel {
                 rows.len()
             )));
         }
-        self.layers(rows)?;
-        let which: Vec<usize> = (0..rows.len()).collect();
-        self.classify(&which)
+        self.step(rows)
+    }
+
+    /// A decode step of `rows` (1..=8) with each row's logits: one CUDA graph launch once the step of that
+    /// many rows has been captured (launch overhead, not bandwidth, bounds small models otherwise).
+    fn step(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
+        self.upload_rows(rows)?;
+        let t = rows.len();
+        let which: Vec<usize> = (0..t).collect();
+        if !self.graphs {
+            self.launch_layers(t)?;
+            return self.classify(&which);
+        }
+        if self.graph[t - 1].is_none() {
+            match self.capture(t, &which) {
+                Ok(graph) => self.graph[t - 1] = Some(graph),
+                Err(e) => {
+                    // Plain launches compute the same; the reason is kept for `launches()`.
+                    self.graphs = false;
+                    self.graph_error = Some(e.to_string());
+                    self.launch_layers(t)?;
+                    return self.classify(&which);
+                }
+            }
+        }
+        match &self.graph[t - 1] {
+            Some(graph) => graph.launch().map_err(crate::driver("graph launch")),
+            None => Err(Error::Invalid("no decode graph".into())),
+        }
+    }
+
+    /// Records the launches of a decode step of `t` rows into a graph.
+    fn capture(&self, t: usize, which: &[usize]) -> Result<CudaGraph> {
+        let s = &self.gpu.stream;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(crate::driver("graph capture"))?;
+        // The capture is ended whatever happened inside it, so the stream is usable again.
+        let launched = self.launch_layers(t).and_then(|_| self.classify(which));
+        let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        launched?;
+        graph
+            .map_err(crate::driver("graph capture"))?
+            .ok_or_else(|| Error::Invalid("the captured decode graph is empty".into()))
+    }
+
+    /// How decode steps are launched: a CUDA graph per step, or plain launches and why.
+    pub fn launches(&self) -> String {
+        match (&self.graph_error, self.graphs) {
+            (Some(e), _) => format!("plain launches (graph capture failed: {e})"),
+            (None, true) => "one CUDA graph per decode step".into(),
+            (None, false) => "plain launches (ENIGMA_CUDA_GRAPH=0)".into(),
+        }
+    }
+
+    /// Turns decode graphs on or off (the GPU tests compare both; `ENIGMA_CUDA_GRAPH=0` starts with them off).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.graph_error = None;
     }
 
     /// The logits of the last `rows` rows classified, `(rows, V)`, copied to the host (tests, host sampling).

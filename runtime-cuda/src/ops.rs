@@ -432,6 +432,7 @@ pub struct Rows {
 }
 
 /// Reference: KvCache::store. Keys and values `(rows, NKV * HS)` into layer `layer` of the cache.
+#[allow(clippy::too_many_arguments)]
 pub fn kv_store(
     gpu: &Gpu,
     kc: u64,
@@ -482,7 +483,7 @@ pub fn attention(
     s: KvShape,
     scale: f32,
 ) -> Result<()> {
-    if s.head_size > 256 || nh % s.kv_heads != 0 {
+    if s.head_size > 256 || s.kv_heads == 0 || !nh.is_multiple_of(s.kv_heads) {
         return Err(Error::Invalid(format!(
             "attention: head size {} (at most 256), {nh} heads over {} KV heads",
             s.head_size, s.kv_heads

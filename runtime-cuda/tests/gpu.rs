@@ -464,10 +464,26 @@ fn argmax_and_top_p_sample_like_the_cpu() {
 }
 
 /// Greedy tokens of `weights` on the CPU: `n` after `prompt`, with every step's logits.
-fn cpu_greedy(c: &Config, w: Weights<'_>, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+fn cpu_greedy(
+    c: &Config,
+    w: Weights<'_>,
+    kv: KvType,
+    prompt: &[u32],
+    n: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
     let m = Transformer::new(*c, w, kernels()).unwrap();
-    let mut kv = vec![0.0f32; KvCache::len(c)];
-    let mut cache = KvCache::new(&mut kv[..], c).unwrap();
+    let len = KvCache::len(c);
+    let (f32s, f16s) = if kv == KvType::F32 {
+        (len, 0)
+    } else {
+        (0, len)
+    };
+    let (mut k32, mut k16) = (vec![0.0f32; f32s], vec![f16::ZERO; f16s]);
+    let mut cache = if kv == KvType::F32 {
+        KvCache::new(&mut k32[..], c).unwrap()
+    } else {
+        KvCache::new(&mut k16[..], c).unwrap()
+    };
     let mut sbuf = vec![0.0f32; Scratch::len(c, 64)];
     let mut scratch = Scratch::new(&mut sbuf, c, 64).unwrap();
     let mut logits = m
@@ -487,16 +503,18 @@ fn cpu_greedy(c: &Config, w: Weights<'_>, prompt: &[u32], n: usize) -> (Vec<u32>
     (out, all)
 }
 
-/// The device's greedy tokens after `prompt`, with every step's logits.
+/// The device's greedy tokens after `prompt`, with every step's logits. With `graphs`, each decode step is
+/// one CUDA graph launch (captured at the first); without, plain launches.
 fn gpu_greedy(
     g: &Gpu,
     c: &Config,
     w: &Weights<'_>,
-    kv: KvType,
+    (kv, graphs): (KvType, bool),
     prompt: &[u32],
     n: usize,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut m = DeviceModel::new(g.clone(), *c, w, kv, 1).unwrap();
+    m.set_graphs(graphs);
     m.forward(prompt, 0).unwrap();
     let (mut out, mut all) = (Vec::new(), Vec::new());
     for i in 0..n {
@@ -504,6 +522,9 @@ fn gpu_greedy(
         let next = m.sample(enigma_cuda::Sampling::Greedy, &[0.0]).unwrap()[0];
         out.push(next);
         m.forward(&[next], prompt.len() + i).unwrap();
+    }
+    if graphs {
+        assert_eq!(m.launches(), "one CUDA graph per decode step");
     }
     (out, all)
 }
@@ -537,14 +558,18 @@ fn stories260k_greedy_matches_the_cpu() {
     let c = *file.config();
     let w = Weights::from_file(&file).unwrap();
     let prompt = [1u32, 403, 407, 261];
-    let (want, wl) = cpu_greedy(&c, w, &prompt, 64);
-    for kv in [KvType::F32, KvType::F16] {
-        let (got, gl) = gpu_greedy(&g, &c, &w, kv, &prompt, 64);
-        assert_eq!(got, want, "kv {kv:?}: logit gap {}", logit_gap(&wl, &gl));
+    for (kv, graphs) in [
+        (KvType::F32, true),
+        (KvType::F32, false),
+        (KvType::F16, true),
+    ] {
+        let (want, wl) = cpu_greedy(&c, w, kv, &prompt, 64);
+        let (got, gl) = gpu_greedy(&g, &c, &w, (kv, graphs), &prompt, 64);
+        let gap = logit_gap(&wl, &gl);
+        assert_eq!(got, want, "kv {kv:?} graphs {graphs}: logit gap {gap}");
         assert!(
-            logit_gap(&wl, &gl) < 1e-3,
-            "kv {kv:?}: logits differ by {}",
-            logit_gap(&wl, &gl)
+            gap < 1e-3,
+            "kv {kv:?} graphs {graphs}: logits differ by {gap}"
         );
     }
 }
@@ -608,8 +633,8 @@ fn small_preset_greedy_matches_the_cpu_in_every_dtype() {
             classifier: v(8),
             ..base
         };
-        let (want, wl) = cpu_greedy(&c, w, &prompt, 64);
-        let (got, gl) = gpu_greedy(&g, &c, &w, KvType::F32, &prompt, 64);
+        let (want, wl) = cpu_greedy(&c, w, KvType::F32, &prompt, 64);
+        let (got, gl) = gpu_greedy(&g, &c, &w, (KvType::F32, true), &prompt, 64);
         let gap = logit_gap(&wl, &gl);
         let tol = match dtype {
             "f16" => 5e-3,

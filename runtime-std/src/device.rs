@@ -153,6 +153,14 @@ impl Runner {
         match self.never {}
     }
 
+    /// How decode steps are launched (a CUDA graph per step, or plain launches and why).
+    pub fn launches(&self) -> String {
+        #[cfg(feature = "cuda")]
+        return self.model.launches();
+        #[cfg(not(feature = "cuda"))]
+        match self.never {}
+    }
+
     /// Waits for the device to finish what was launched (timing).
     pub fn synchronize(&self) -> Result<()> {
         #[cfg(feature = "cuda")]

@@ -93,6 +93,7 @@ pub(crate) fn bench(args: &BenchArgs, file: &ModelFile, gpu: &Gpu, kv: KvType) -
     let per_token = 2.0 * c.n_layers as f64 * (d * (2.0 * q + 2.0 * kvd) + 3.0 * d * h);
     let flops = per_token * prefill;
     println!("device:      {}", describe(gpu));
+    println!("launches:    {}", runner.launches());
     println!(
         "model:       {} ({} weight bytes per token)",
         args.engine.model_name(),
