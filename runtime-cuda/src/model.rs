@@ -161,7 +161,8 @@ impl DeviceModel {
             att: Buf::zeros(&gpu, rows * nh * hs)?,
             hb: Buf::zeros(&gpu, rows * h)?,
             hb2: Buf::zeros(&gpu, rows * h)?,
-            quant: QuantScratch::new(&gpu, MAX_BATCH * d.max(h).max(nh * hs))?,
+            // Every row of a prompt chunk, for the int8 GEMM.
+            quant: QuantScratch::new(&gpu, rows * d.max(h).max(nh * hs))?,
             logits: Buf::zeros(&gpu, MAX_BATCH * v)?,
             probs: Buf::zeros(&gpu, MAX_BATCH * v)?,
             tokens: Buf::zeros(&gpu, rows)?,

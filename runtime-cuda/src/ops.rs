@@ -238,8 +238,9 @@ pub fn quantize_q8(gpu: &Gpu, q: &QuantScratch, x: u64, elems: usize) -> Result<
 }
 
 /// `out (t, n) (+)= x (t, w.cols) · w[r0..r0 + n]ᵀ`: the decode matvec for up to 8 rows at a time (weights read
-/// once per 8 rows), the tensor-core GEMM for longer chunks of f16/bf16/quantized weights. `x` and `out` are
-/// addresses of f32 rows; the caller sized them for `t` rows. `q` holds `t * cols` quantized activations.
+/// once per 8 rows), the tensor-core GEMM for longer chunks (f16/bf16 on f16/bf16 `mma`, q8_0/q4_0 on int8
+/// `mma` over quantized x). `x` and `out` are addresses of f32 rows; the caller sized them for `t` rows. `q`
+/// holds the quantized activations: `t * cols` of them for a quantized GEMM, `8 * cols` otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     gpu: &Gpu,
@@ -266,6 +267,8 @@ pub fn linear(
         let name = ["", "gemm_f16", "gemm_bf16", "gemm_q8_0", "gemm_q4_0"][w.dtype_index()];
         let grid = cfg((n.div_ceil(64), t.div_ceil(64)), 128);
         if w.quantized() {
+            // The int8 tensor-core GEMM takes x quantized to q8_0 blocks, as the CPU's int8 GEMM does.
+            quantize_q8(gpu, q, x, t * d)?;
             launch!(
                 gpu,
                 name,
@@ -273,7 +276,8 @@ pub fn linear(
                 out,
                 wp,
                 sp,
-                x,
+                q.qs.at(0),
+                q.d.at(0),
                 int(t)?,
                 int(n)?,
                 int(d)?,
