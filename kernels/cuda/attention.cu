@@ -100,6 +100,92 @@ __device__ __forceinline__ void attention(float* __restrict__ out, const float* 
     }
 }
 
+// Prefill, flash-style: the rows of one prompt chunk are consecutive positions of one sequence (the rows of
+// `tables` are all that sequence's), so a block takes 16 of them for one head and streams the cached keys and
+// values through shared memory 16 positions at a time, each tile read once for all 16 rows instead of once per
+// row. Each warp owns 4 rows and keeps their online softmax in registers. Same reference as `attention`.
+// Launch: grid (NH, ceil(T / 16)), block 128.
+#define PF_ROWS 16
+#define PF_TILE 16
+#define PF_ROWS_PER_WARP (PF_ROWS / ATT_WARPS)
+
+template <typename T>
+__device__ __forceinline__ void attention_prefill(float* __restrict__ out, const float* __restrict__ q,
+                                                  const T* kc, const T* vc, const int* pos, const int* tables,
+                                                  int TB, int layer, int L, int NH, int NKV, int HS, int BLK,
+                                                  float scale, int rows) {
+    __shared__ float ks[PF_TILE * MAX_HS], vs[PF_TILE * MAX_HS];
+    int h = blockIdx.x, r0 = blockIdx.y * PF_ROWS;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int kh = h / (NH / NKV);
+    int last = min(r0 + PF_ROWS, rows) - 1;
+    int max_pos = 0;
+    for (int r = r0; r <= last; r++) max_pos = max(max_pos, pos[r]);
+    float qv[PF_ROWS_PER_WARP][EPL], acc[PF_ROWS_PER_WARP][EPL], m[PF_ROWS_PER_WARP], l[PF_ROWS_PER_WARP];
+    int my_pos[PF_ROWS_PER_WARP];
+#pragma unroll
+    for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+        int r = r0 + warp * PF_ROWS_PER_WARP + i;
+        // A row past the chunk's end attends to nothing (-1) and writes nothing.
+        my_pos[i] = r < rows ? pos[r] : -1;
+        m[i] = NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < EPL; k++) {
+            int d = lane + 32 * k;
+            qv[i][k] = (r < rows && d < HS) ? q[((size_t)r * NH + h) * HS + d] : 0.0f;
+            acc[i][k] = 0.0f;
+        }
+    }
+    for (int p0 = 0; p0 <= max_pos; p0 += PF_TILE) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < PF_TILE * HS; idx += blockDim.x) {
+            int p = p0 + idx / HS, e = idx % HS;
+            float kv = 0.0f, vv = 0.0f;
+            if (p <= max_pos) {
+                int blk = tables[(size_t)r0 * TB + p / BLK];
+                size_t at = kv_at(blk, layer, L, kh, NKV, p % BLK, BLK, HS) + e;
+                kv = kv_load(kc, at);
+                vv = kv_load(vc, at);
+            }
+            ks[idx] = kv;
+            vs[idx] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+            for (int j = 0; j < PF_TILE && p0 + j <= my_pos[i]; j++) {
+                float s = 0.0f;
+#pragma unroll
+                for (int k = 0; k < EPL; k++) {
+                    int d = lane + 32 * k;
+                    if (d < HS) s += qv[i][k] * ks[j * HS + d];
+                }
+                s = warp_sum(s) * scale;
+                float m_new = fmaxf(m[i], s);
+                float corr = expf(m[i] - m_new), e = expf(s - m_new);
+                l[i] = l[i] * corr + e;
+#pragma unroll
+                for (int k = 0; k < EPL; k++) {
+                    int d = lane + 32 * k;
+                    acc[i][k] = acc[i][k] * corr + (d < HS ? e * vs[j * HS + d] : 0.0f);
+                }
+                m[i] = m_new;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < PF_ROWS_PER_WARP; i++) {
+        int r = r0 + warp * PF_ROWS_PER_WARP + i;
+        if (r >= rows) continue;
+#pragma unroll
+        for (int k = 0; k < EPL; k++) {
+            int d = lane + 32 * k;
+            if (d < HS) out[((size_t)r * NH + h) * HS + d] = acc[i][k] / l[i];
+        }
+    }
+}
+
 #define KV_KERNELS(SUFFIX, T)                                                                              \
     extern "C" __global__ void __launch_bounds__(128)                                                      \
         kv_store_##SUFFIX(T* kc, T* vc, const float* k, const float* v, const int* pos, const int* tables, \
@@ -111,6 +197,12 @@ __device__ __forceinline__ void attention(float* __restrict__ out, const float* 
                            const int* tables, int TB, int layer, int L, int NH, int NKV, int HS, int BLK,  \
                            float scale) {                                                                  \
         attention<T>(out, q, kc, vc, pos, tables, TB, layer, L, NH, NKV, HS, BLK, scale);                  \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                      \
+        attention_prefill_##SUFFIX(float* out, const float* q, const T* kc, const T* vc, const int* pos,   \
+                                   const int* tables, int TB, int layer, int L, int NH, int NKV, int HS,   \
+                                   int BLK, float scale, int rows) {                                       \
+        attention_prefill<T>(out, q, kc, vc, pos, tables, TB, layer, L, NH, NKV, HS, BLK, scale, rows);    \
     }
 KV_KERNELS(f32, float)
 KV_KERNELS(f16, half_bits)

@@ -301,18 +301,14 @@ impl DeviceModel {
                 l,
                 kv,
             )?;
-            ops::attention(
-                g,
-                a.att.at(0),
-                a.q.at(0),
-                self.kc.at(0),
-                self.vc.at(0),
-                r,
-                l,
-                nh,
-                kv,
-                scale,
-            )?;
+            // More rows than a decode batch are a prompt chunk of one sequence (`forward_slot`): tiled.
+            let attend = if t > MAX_BATCH {
+                ops::attention_prefill
+            } else {
+                ops::attention
+            };
+            let (kc, vc) = (self.kc.at(0), self.vc.at(0));
+            attend(g, a.att.at(0), a.q.at(0), kc, vc, r, l, nh, kv, scale)?;
             ops::linear(g, a.x.at(0), &w.wo, l * d, d, a.att.at(0), t, true, q)?;
             ops::rmsnorm(
                 g,

@@ -520,6 +520,55 @@ pub fn attention(
     Ok(())
 }
 
+/// [`attention`] for a prompt chunk: `r.rows` consecutive positions of one sequence (every row's table is
+/// that sequence's), tiled flash-style so each block reads the cached keys and values once for 16 rows.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    gpu: &Gpu,
+    out: u64,
+    q: u64,
+    kc: u64,
+    vc: u64,
+    r: Rows,
+    layer: usize,
+    nh: usize,
+    s: KvShape,
+    scale: f32,
+) -> Result<()> {
+    if s.head_size > 256 || s.kv_heads == 0 || !nh.is_multiple_of(s.kv_heads) {
+        return Err(Error::Invalid(format!(
+            "attention: head size {} (at most 256), {nh} heads over {} KV heads",
+            s.head_size, s.kv_heads
+        )));
+    }
+    let name = if s.f16 {
+        "attention_prefill_f16"
+    } else {
+        "attention_prefill_f32"
+    };
+    launch!(
+        gpu,
+        name,
+        cfg((nh, r.rows.div_ceil(16)), 128),
+        out,
+        q,
+        kc,
+        vc,
+        r.pos,
+        r.tables,
+        int(r.tb)?,
+        int(layer)?,
+        int(s.layers)?,
+        int(nh)?,
+        int(s.kv_heads)?,
+        int(s.head_size)?,
+        int(s.block)?,
+        scale,
+        int(r.rows)?
+    );
+    Ok(())
+}
+
 /// Reference: enigma_core::sampler::argmax, per row of `logits (rows, v)`, into `out (rows)` (i32).
 pub fn argmax(gpu: &Gpu, out: u64, logits: u64, rows: usize, v: usize) -> Result<()> {
     launch!(gpu, "argmax", cfg((rows, 1), 1024), out, logits, int(v)?);

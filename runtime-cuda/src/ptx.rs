@@ -72,6 +72,8 @@ pub fn kernel_names(file: &str) -> Vec<&'static str> {
             "kv_store_f16",
             "attention_f32",
             "attention_f16",
+            "attention_prefill_f32",
+            "attention_prefill_f16",
         ],
         "sample.cu" => vec!["argmax", "sample_top_p"],
         _ => Vec::new(),

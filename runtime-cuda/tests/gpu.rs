@@ -332,8 +332,14 @@ fn attention_matches_the_cpu() {
             };
             ops::kv_store(&g, kc.at(0), vc.at(0), kd.at(0), vd.at(0), r, layer, shape).unwrap();
         }
-        for rows in [1usize, 4, 8] {
-            let pos: Vec<i32> = (0..rows).map(|i| (ctx - 1 - i * 23) as i32).collect();
+        // 1, 4 and 8 decode rows at scattered positions; then a prompt chunk of 40 consecutive positions
+        // through the tiled prefill kernel (not a multiple of its 16 rows, crossing blocks of the table).
+        for rows in [1usize, 4, 8, 40] {
+            let pos: Vec<i32> = if rows > 8 {
+                (0..rows).map(|i| (150 + i) as i32).collect()
+            } else {
+                (0..rows).map(|i| (ctx - 1 - i * 23) as i32).collect()
+            };
             let tables: Vec<i32> = (0..rows).flat_map(|_| table.clone()).collect();
             let q = rng.fill(rows * nh * hs, -1.0, 1.0);
             let (pd, td, qd) = (
@@ -349,7 +355,12 @@ fn attention_matches_the_cpu() {
                 tb,
             };
             let scale = 1.0 / (hs as f32).sqrt();
-            ops::attention(
+            let attend = if rows > 8 {
+                ops::attention_prefill
+            } else {
+                ops::attention
+            };
+            attend(
                 &g,
                 out.at(0),
                 qd.at(0),
