@@ -25,33 +25,13 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, signed char*
     if (lane == 0) d[blk] = h2f(f2h(scale));
 }
 
-// Each lane's partial sums of one weight row, reduced over the warp and written (or added) by lane 0. All
-// reductions come before the one branch: shuffles interleaved with lane-0 stores made ptxas spill.
-template <int B>
-__device__ __forceinline__ void store_rows(float* __restrict__ out, float* acc, int row, int N, int lane,
-                                           int accumulate) {
-#pragma unroll
-    for (int b = 0; b < B; b++) acc[b] = warp_sum(acc[b]);
-    if (lane == 0) {
-#pragma unroll
-        for (int b = 0; b < B; b++) {
-            float* o = out + (size_t)b * N + row;
-            *o = accumulate ? *o + acc[b] : acc[b];
-        }
-    }
-}
+// Each lane's partial sums of one weight row against B rows of x, added into `acc`; the kernels below reduce
+// them over the warp. One helper per weight type, shared by the plain and the SwiGLU-fused kernels.
 
 // Reference: enigma_kernels::generic::matvec_f16 (and matvec_bf16): each weight widened exactly to f32.
 template <int B, bool BF>
-__device__ __forceinline__ void matvec_half(float* __restrict__ out, const half_bits* __restrict__ w,
-                                            const float* __restrict__ x, int N, int D, int accumulate) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= N) return;
-    float acc[B];
-#pragma unroll
-    for (int b = 0; b < B; b++) acc[b] = 0.0f;
-    const half_bits* wr = w + (size_t)row * D;
+__device__ __forceinline__ void half_partial(float* acc, const half_bits* __restrict__ wr,
+                                             const float* __restrict__ x, int D, int lane) {
     if ((D & 7) == 0) {
         // 8 weights (16 bytes) per lane per step; rows start 16-byte aligned because D is a multiple of 8.
         for (int c = lane * 8; c < D; c += 256) {
@@ -83,20 +63,12 @@ __device__ __forceinline__ void matvec_half(float* __restrict__ out, const half_
             for (int b = 0; b < B; b++) acc[b] += wf * x[(size_t)b * D + c];
         }
     }
-    store_rows<B>(out, acc, row, N, lane, accumulate);
 }
 
-// Reference: enigma_kernels::generic::matvec_f32. f32 weights (stories260K as llama2.c wrote it); 4 per 128-bit load.
+// Reference: enigma_kernels::generic::matvec_f32. f32 weights (stories260K as llama2.c wrote it); 4 per load.
 template <int B>
-__device__ __forceinline__ void matvec_f32(float* __restrict__ out, const float* __restrict__ w,
-                                           const float* __restrict__ x, int N, int D, int accumulate) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= N) return;
-    float acc[B];
-#pragma unroll
-    for (int b = 0; b < B; b++) acc[b] = 0.0f;
-    const float* wr = w + (size_t)row * D;
+__device__ __forceinline__ void f32_partial(float* acc, const float* __restrict__ wr, const float* __restrict__ x,
+                                            int D, int lane) {
     if ((D & 3) == 0) {
         for (int c = lane * 4; c < D; c += 128) {
             float4 wv = *reinterpret_cast<const float4*>(wr + c);
@@ -113,27 +85,20 @@ __device__ __forceinline__ void matvec_f32(float* __restrict__ out, const float*
             for (int b = 0; b < B; b++) acc[b] += wf * x[(size_t)b * D + c];
         }
     }
-    store_rows<B>(out, acc, row, N, lane, accumulate);
 }
 
-// Reference: enigma_kernels::generic::vec_dot_q8_0_q8_0 per row. One lane per block of 32: two 128-bit loads
-// of weights, eight dp4a per row of x. wq (N, D) int8, wd (N, D / 32) f16 bits; xq (B, D) int8, xd (B, D / 32).
+// Reference: enigma_kernels::generic::vec_dot_q8_0_q8_0. One lane per block of 32: two 128-bit loads of
+// weights, eight dp4a per row of x. wq: the row's D int8, wd: its D / 32 f16 scales; xq (B, D), xd (B, D / 32).
 template <int B>
-__device__ __forceinline__ void matvec_q8(float* __restrict__ out, const signed char* __restrict__ wq,
-                                          const half_bits* __restrict__ wd, const signed char* __restrict__ xq,
-                                          const float* __restrict__ xd, int N, int D, int accumulate) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= N) return;
+__device__ __forceinline__ void q8_partial(float* acc, const signed char* __restrict__ wq,
+                                           const half_bits* __restrict__ wd, const signed char* __restrict__ xq,
+                                           const float* __restrict__ xd, int D, int lane) {
     int nb = D / QK;
-    float acc[B];
-#pragma unroll
-    for (int b = 0; b < B; b++) acc[b] = 0.0f;
     for (int blk = lane; blk < nb; blk += 32) {
-        const uint4* wp = reinterpret_cast<const uint4*>(wq + (size_t)row * D + blk * QK);
+        const uint4* wp = reinterpret_cast<const uint4*>(wq + blk * QK);
         uint4 w0 = wp[0], w1 = wp[1];
         int ww[8] = {(int)w0.x, (int)w0.y, (int)w0.z, (int)w0.w, (int)w1.x, (int)w1.y, (int)w1.z, (int)w1.w};
-        float dw = h2f(wd[(size_t)row * nb + blk]);
+        float dw = h2f(wd[blk]);
 #pragma unroll
         for (int b = 0; b < B; b++) {
             const uint4* xp = reinterpret_cast<const uint4*>(xq + (size_t)b * D + blk * QK);
@@ -150,27 +115,20 @@ __device__ __forceinline__ void matvec_q8(float* __restrict__ out, const signed 
             acc[b] += (float)s * (dw * xd[(size_t)b * nb + blk]);
         }
     }
-    store_rows<B>(out, acc, row, N, lane, accumulate);
 }
 
-// Reference: enigma_kernels::generic::vec_dot_q4_0_q8_0 per row. Byte j of a block holds element j in its low
-// nibble and j + 16 in its high one (llama.cpp's order), so the low nibbles meet x's first 16 bytes and the high
-// ones its last 16; the `- 8` is applied once per block as `8 · Σ x`. wq (N, D / 2) bytes, wd (N, D / 32).
+// Reference: enigma_kernels::generic::vec_dot_q4_0_q8_0. Byte j of a block holds element j in its low nibble
+// and j + 16 in its high one (llama.cpp's order), so the low nibbles meet x's first 16 bytes and the high ones its
+// last 16; the `- 8` is applied once per block as `8 · Σ x`. wq: the row's D / 2 bytes, wd: its scales.
 template <int B>
-__device__ __forceinline__ void matvec_q4(float* __restrict__ out, const unsigned char* __restrict__ wq,
-                                          const half_bits* __restrict__ wd, const signed char* __restrict__ xq,
-                                          const float* __restrict__ xd, int N, int D, int accumulate) {
-    int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= N) return;
+__device__ __forceinline__ void q4_partial(float* acc, const unsigned char* __restrict__ wq,
+                                           const half_bits* __restrict__ wd, const signed char* __restrict__ xq,
+                                           const float* __restrict__ xd, int D, int lane) {
     int nb = D / QK;
-    float acc[B];
-#pragma unroll
-    for (int b = 0; b < B; b++) acc[b] = 0.0f;
     for (int blk = lane; blk < nb; blk += 32) {
-        uint4 w = *reinterpret_cast<const uint4*>(wq + (size_t)row * (D / 2) + blk * (QK / 2));
+        uint4 w = *reinterpret_cast<const uint4*>(wq + blk * (QK / 2));
         u32 ww[4] = {w.x, w.y, w.z, w.w};
-        float dw = h2f(wd[(size_t)row * nb + blk]);
+        float dw = h2f(wd[blk]);
 #pragma unroll
         for (int b = 0; b < B; b++) {
             const uint4* xp = reinterpret_cast<const uint4*>(xq + (size_t)b * D + blk * QK);
@@ -188,40 +146,168 @@ __device__ __forceinline__ void matvec_q4(float* __restrict__ out, const unsigne
             acc[b] += (float)(s - 8 * sx) * (dw * xd[(size_t)b * nb + blk]);
         }
     }
-    store_rows<B>(out, acc, row, N, lane, accumulate);
 }
 
-// One entry point per dtype and batch size: the launcher picks `matvec_<dtype>_b<B>` for B rows.
-#define MATVEC_HALF(B)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(128, 1) matvec_f32_b##B(                                    \
-        float* out, const float* w, const float* x, int N, int D, int accumulate) {                       \
-        matvec_f32<B>(out, w, x, N, D, accumulate);                                                       \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128, 1) matvec_f16_b##B(                                    \
-        float* out, const half_bits* w, const float* x, int N, int D, int accumulate) {                   \
-        matvec_half<B, false>(out, w, x, N, D, accumulate);                                               \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128, 1) matvec_bf16_b##B(                                   \
-        float* out, const half_bits* w, const float* x, int N, int D, int accumulate) {                   \
-        matvec_half<B, true>(out, w, x, N, D, accumulate);                                                \
+// The partial sums reduced over the warp and written (or added) by lane 0. All reductions come before the one
+// branch: shuffles interleaved with lane-0 stores made ptxas spill.
+template <int B>
+__device__ __forceinline__ void store_rows(float* __restrict__ out, float* acc, int row, int N, int lane,
+                                           int accumulate) {
+#pragma unroll
+    for (int b = 0; b < B; b++) acc[b] = warp_sum(acc[b]);
+    if (lane == 0) {
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            float* o = out + (size_t)b * N + row;
+            *o = accumulate ? *o + acc[b] : acc[b];
+        }
     }
-#define MATVEC_Q(B)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(128, 1) matvec_q8_0_b##B(                                   \
-        float* out, const signed char* wq, const half_bits* wd, const signed char* xq, const float* xd,   \
-        int N, int D, int accumulate) {                                                                   \
-        matvec_q8<B>(out, wq, wd, xq, xd, N, D, accumulate);                                              \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128, 1) matvec_q4_0_b##B(                                   \
-        float* out, const unsigned char* wq, const half_bits* wd, const signed char* xq, const float* xd, \
-        int N, int D, int accumulate) {                                                                   \
-        matvec_q4<B>(out, wq, wd, xq, xd, N, D, accumulate);                                              \
+}
+
+// SwiGLU fused into the gate and up products: `out = silu(w1 · x) * (w3 · x)` per row (reference:
+// enigma_kernels::generic::silu_mul after the two products), so decode writes one hidden vector, not two, and
+// launches once.
+template <int B>
+__device__ __forceinline__ void store_glu(float* __restrict__ out, float* gate, float* up, int row, int N,
+                                          int lane) {
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        gate[b] = warp_sum(gate[b]);
+        up[b] = warp_sum(up[b]);
     }
-#define MATVEC_ALL(B) MATVEC_HALF(B) MATVEC_Q(B)
-MATVEC_ALL(1)
-MATVEC_ALL(2)
-MATVEC_ALL(3)
-MATVEC_ALL(4)
-MATVEC_ALL(5)
-MATVEC_ALL(6)
-MATVEC_ALL(7)
-MATVEC_ALL(8)
+    if (lane == 0) {
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            float v = gate[b];
+            out[(size_t)b * N + row] = v * (1.0f / (1.0f + expf(-v))) * up[b];
+        }
+    }
+}
+
+#define ROW() \
+    int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); \
+    int lane = threadIdx.x & 31; \
+    if (row >= N) return;
+#define ZERO(acc) \
+    float acc[B]; \
+    _Pragma("unroll") for (int b = 0; b < B; b++) acc[b] = 0.0f;
+
+template <int B, bool BF>
+__device__ __forceinline__ void mv_half(float* out, const half_bits* w, const float* x, int N, int D, int accumulate) {
+    ROW();
+    ZERO(acc);
+    half_partial<B, BF>(acc, w + (size_t)row * D, x, D, lane);
+    store_rows<B>(out, acc, row, N, lane, accumulate);
+}
+template <int B, bool BF>
+__device__ __forceinline__ void glu_half(float* out, const half_bits* w1, const half_bits* w3, const float* x, int N,
+                                         int D) {
+    ROW();
+    ZERO(gate);
+    ZERO(up);
+    half_partial<B, BF>(gate, w1 + (size_t)row * D, x, D, lane);
+    half_partial<B, BF>(up, w3 + (size_t)row * D, x, D, lane);
+    store_glu<B>(out, gate, up, row, N, lane);
+}
+template <int B>
+__device__ __forceinline__ void mv_f32(float* out, const float* w, const float* x, int N, int D, int accumulate) {
+    ROW();
+    ZERO(acc);
+    f32_partial<B>(acc, w + (size_t)row * D, x, D, lane);
+    store_rows<B>(out, acc, row, N, lane, accumulate);
+}
+template <int B>
+__device__ __forceinline__ void glu_f32(float* out, const float* w1, const float* w3, const float* x, int N, int D) {
+    ROW();
+    ZERO(gate);
+    ZERO(up);
+    f32_partial<B>(gate, w1 + (size_t)row * D, x, D, lane);
+    f32_partial<B>(up, w3 + (size_t)row * D, x, D, lane);
+    store_glu<B>(out, gate, up, row, N, lane);
+}
+template <int B>
+__device__ __forceinline__ void mv_q8(float* out, const signed char* wq, const half_bits* wd, const signed char* xq,
+                                      const float* xd, int N, int D, int accumulate) {
+    ROW();
+    ZERO(acc);
+    q8_partial<B>(acc, wq + (size_t)row * D, wd + (size_t)row * (D / QK), xq, xd, D, lane);
+    store_rows<B>(out, acc, row, N, lane, accumulate);
+}
+template <int B>
+__device__ __forceinline__ void glu_q8(float* out, const signed char* w1, const half_bits* d1, const signed char* w3,
+                                       const half_bits* d3, const signed char* xq, const float* xd, int N, int D) {
+    ROW();
+    ZERO(gate);
+    ZERO(up);
+    q8_partial<B>(gate, w1 + (size_t)row * D, d1 + (size_t)row * (D / QK), xq, xd, D, lane);
+    q8_partial<B>(up, w3 + (size_t)row * D, d3 + (size_t)row * (D / QK), xq, xd, D, lane);
+    store_glu<B>(out, gate, up, row, N, lane);
+}
+template <int B>
+__device__ __forceinline__ void mv_q4(float* out, const unsigned char* wq, const half_bits* wd, const signed char* xq,
+                                      const float* xd, int N, int D, int accumulate) {
+    ROW();
+    ZERO(acc);
+    q4_partial<B>(acc, wq + (size_t)row * (D / 2), wd + (size_t)row * (D / QK), xq, xd, D, lane);
+    store_rows<B>(out, acc, row, N, lane, accumulate);
+}
+template <int B>
+__device__ __forceinline__ void glu_q4(float* out, const unsigned char* w1, const half_bits* d1,
+                                       const unsigned char* w3, const half_bits* d3, const signed char* xq,
+                                       const float* xd, int N, int D) {
+    ROW();
+    ZERO(gate);
+    ZERO(up);
+    q4_partial<B>(gate, w1 + (size_t)row * (D / 2), d1 + (size_t)row * (D / QK), xq, xd, D, lane);
+    q4_partial<B>(up, w3 + (size_t)row * (D / 2), d3 + (size_t)row * (D / QK), xq, xd, D, lane);
+    store_glu<B>(out, gate, up, row, N, lane);
+}
+
+// One entry point per dtype and batch size: the launcher picks `matvec_<dtype>_b<B>` (and `swiglu_<dtype>_b<B>`)
+// for B rows.
+#define KERNEL extern "C" __global__ void __launch_bounds__(128, 1)
+#define MATVEC(B)                                                                                              \
+    KERNEL matvec_f32_b##B(float* out, const float* w, const float* x, int N, int D, int accumulate) {         \
+        mv_f32<B>(out, w, x, N, D, accumulate);                                                                \
+    }                                                                                                          \
+    KERNEL matvec_f16_b##B(float* out, const half_bits* w, const float* x, int N, int D, int accumulate) {     \
+        mv_half<B, false>(out, w, x, N, D, accumulate);                                                        \
+    }                                                                                                          \
+    KERNEL matvec_bf16_b##B(float* out, const half_bits* w, const float* x, int N, int D, int accumulate) {    \
+        mv_half<B, true>(out, w, x, N, D, accumulate);                                                         \
+    }                                                                                                          \
+    KERNEL matvec_q8_0_b##B(float* out, const signed char* wq, const half_bits* wd, const signed char* xq,     \
+                            const float* xd, int N, int D, int accumulate) {                                   \
+        mv_q8<B>(out, wq, wd, xq, xd, N, D, accumulate);                                                       \
+    }                                                                                                          \
+    KERNEL matvec_q4_0_b##B(float* out, const unsigned char* wq, const half_bits* wd, const signed char* xq,   \
+                            const float* xd, int N, int D, int accumulate) {                                   \
+        mv_q4<B>(out, wq, wd, xq, xd, N, D, accumulate);                                                       \
+    }                                                                                                          \
+    KERNEL swiglu_f32_b##B(float* out, const float* w1, const float* w3, const float* x, int N, int D) {       \
+        glu_f32<B>(out, w1, w3, x, N, D);                                                                      \
+    }                                                                                                          \
+    KERNEL swiglu_f16_b##B(float* out, const half_bits* w1, const half_bits* w3, const float* x, int N,        \
+                           int D) {                                                                            \
+        glu_half<B, false>(out, w1, w3, x, N, D);                                                              \
+    }                                                                                                          \
+    KERNEL swiglu_bf16_b##B(float* out, const half_bits* w1, const half_bits* w3, const float* x, int N,       \
+                            int D) {                                                                           \
+        glu_half<B, true>(out, w1, w3, x, N, D);                                                               \
+    }                                                                                                          \
+    KERNEL swiglu_q8_0_b##B(float* out, const signed char* w1, const half_bits* d1, const signed char* w3,     \
+                            const half_bits* d3, const signed char* xq, const float* xd, int N, int D) {       \
+        glu_q8<B>(out, w1, d1, w3, d3, xq, xd, N, D);                                                          \
+    }                                                                                                          \
+    KERNEL swiglu_q4_0_b##B(float* out, const unsigned char* w1, const half_bits* d1, const unsigned char* w3, \
+                            const half_bits* d3, const signed char* xq, const float* xd, int N, int D) {       \
+        glu_q4<B>(out, w1, d1, w3, d3, xq, xd, N, D);                                                          \
+    }
+MATVEC(1)
+MATVEC(2)
+MATVEC(3)
+MATVEC(4)
+MATVEC(5)
+MATVEC(6)
+MATVEC(7)
+MATVEC(8)

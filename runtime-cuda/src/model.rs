@@ -319,9 +319,8 @@ impl DeviceModel {
                 d,
                 c.norm_eps,
             )?;
-            ops::linear(g, a.hb.at(0), &w.w1, l * h, h, a.xb.at(0), t, false, q)?;
-            ops::linear(g, a.hb2.at(0), &w.w3, l * h, h, a.xb.at(0), t, false, q)?;
-            ops::silu_mul(g, a.hb.at(0), a.hb2.at(0), t * h)?;
+            let (gate_up, hb) = ((&w.w1, &w.w3), a.hb.at(0));
+            ops::swiglu(g, hb, a.hb2.at(0), gate_up, l * h, h, a.xb.at(0), t, q)?;
             ops::linear(g, a.x.at(0), &w.w2, l * d, d, a.hb.at(0), t, true, q)?;
         }
         Ok(())

@@ -291,7 +291,7 @@ pub fn linear(
     // f32 weights (small llama2.c models) have no tensor-core path: 8 rows at a time through the matvec.
     for t0 in (0..t).step_by(MAX_BATCH) {
         let rows = MAX_BATCH.min(t - t0);
-        let name = matvec_name(w.dtype_index(), rows);
+        let name = matvec_name(w.dtype_index(), rows, false);
         let (xr, or) = (x + (t0 * d * 4) as u64, out + (t0 * n * 4) as u64);
         let grid = cfg((n.div_ceil(4), 1), 128);
         if w.quantized() {
@@ -312,6 +312,58 @@ pub fn linear(
         } else {
             launch!(gpu, name, grid, or, wp, xr, int(n)?, int(d)?, acc);
         }
+    }
+    Ok(())
+}
+
+/// The SwiGLU hidden layer `out (t, n) = silu(x · w1[r0..r0 + n]ᵀ) * (x · w3[r0..r0 + n]ᵀ)`: for up to 8 rows
+/// one fused kernel reads both matrices' rows and writes only the product; longer chunks take the two GEMMs
+/// (the up product into `tmp (t, n)`) and `silu_mul`.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu(
+    gpu: &Gpu,
+    out: u64,
+    tmp: u64,
+    (w1, w3): (&DeviceMatrix, &DeviceMatrix),
+    r0: usize,
+    n: usize,
+    x: u64,
+    t: usize,
+    q: &QuantScratch,
+) -> Result<()> {
+    if w1.dtype != w3.dtype || w1.cols != w3.cols || r0 + n > w1.rows.min(w3.rows) {
+        return Err(Error::Invalid(
+            "the gate and up matrices differ in type or shape".into(),
+        ));
+    }
+    if t > MAX_BATCH {
+        linear(gpu, out, w1, r0, n, x, t, false, q)?;
+        linear(gpu, tmp, w3, r0, n, x, t, false, q)?;
+        return silu_mul(gpu, out, tmp, t * n);
+    }
+    let d = w1.cols;
+    let ((p1, s1), (p3, s3)) = (w1.row(r0), w3.row(r0));
+    let name = matvec_name(w1.dtype_index(), t, true);
+    let grid = cfg((n.div_ceil(4), 1), 128);
+    if w1.quantized() {
+        quantize_q8(gpu, q, x, t * d)?;
+        let (xq, xd) = (q.qs.at(0), q.d.at(0));
+        launch!(
+            gpu,
+            name,
+            grid,
+            out,
+            p1,
+            s1,
+            p3,
+            s3,
+            xq,
+            xd,
+            int(n)?,
+            int(d)?
+        );
+    } else {
+        launch!(gpu, name, grid, out, p1, p3, x, int(n)?, int(d)?);
     }
     Ok(())
 }

@@ -26,27 +26,33 @@ pub const MAX_BATCH: usize = 8;
 
 /// The entry points the launchers use, per file; the PTX test checks each is in its file's PTX.
 pub fn kernel_names(file: &str) -> Vec<&'static str> {
-    const MATVEC: [[&str; MAX_BATCH]; 5] = {
+    // matvec_<dtype>_b<B>, then swiglu_<dtype>_b<B>, dtype-major.
+    const MATVEC: [[&str; MAX_BATCH]; 10] = {
         macro_rules! row {
-            ($d:literal) => {
+            ($k:literal, $d:literal) => {
                 [
-                    concat!("matvec_", $d, "_b1"),
-                    concat!("matvec_", $d, "_b2"),
-                    concat!("matvec_", $d, "_b3"),
-                    concat!("matvec_", $d, "_b4"),
-                    concat!("matvec_", $d, "_b5"),
-                    concat!("matvec_", $d, "_b6"),
-                    concat!("matvec_", $d, "_b7"),
-                    concat!("matvec_", $d, "_b8"),
+                    concat!($k, "_", $d, "_b1"),
+                    concat!($k, "_", $d, "_b2"),
+                    concat!($k, "_", $d, "_b3"),
+                    concat!($k, "_", $d, "_b4"),
+                    concat!($k, "_", $d, "_b5"),
+                    concat!($k, "_", $d, "_b6"),
+                    concat!($k, "_", $d, "_b7"),
+                    concat!($k, "_", $d, "_b8"),
                 ]
             };
         }
         [
-            row!("f32"),
-            row!("f16"),
-            row!("bf16"),
-            row!("q8_0"),
-            row!("q4_0"),
+            row!("matvec", "f32"),
+            row!("matvec", "f16"),
+            row!("matvec", "bf16"),
+            row!("matvec", "q8_0"),
+            row!("matvec", "q4_0"),
+            row!("swiglu", "f32"),
+            row!("swiglu", "f16"),
+            row!("swiglu", "bf16"),
+            row!("swiglu", "q8_0"),
+            row!("swiglu", "q4_0"),
         ]
     };
     match file {
@@ -80,10 +86,11 @@ pub fn kernel_names(file: &str) -> Vec<&'static str> {
     }
 }
 
-/// `matvec_<dtype>_b<rows>`, for `dtype` one of [`DTYPES`] and `rows` in 1..=8.
-pub(crate) fn matvec_name(dtype: usize, rows: usize) -> &'static str {
+/// `matvec_<dtype>_b<rows>` (or `swiglu_<dtype>_b<rows>` with `glu`), `dtype` indexing f32, f16, bf16, q8_0,
+/// q4_0 and `rows` in 1..=8.
+pub(crate) fn matvec_name(dtype: usize, rows: usize, glu: bool) -> &'static str {
     let all = kernel_names("matvec.cu");
-    all[dtype * MAX_BATCH + rows - 1]
+    all[(usize::from(glu) * 5 + dtype) * MAX_BATCH + rows - 1]
 }
 
 /// The virtual architecture PTX is compiled for: the GPU's own, from Ampere (mma.sync on bf16) up.
@@ -217,10 +224,12 @@ mod tests {
 
     #[test]
     fn matvec_names_match_dtype_and_rows() {
-        assert_eq!(matvec_name(0, 1), "matvec_f32_b1");
-        assert_eq!(matvec_name(3, 8), "matvec_q8_0_b8");
-        assert_eq!(matvec_name(4, 5), "matvec_q4_0_b5");
-        assert_eq!(5 * MAX_BATCH + 1, kernel_names("matvec.cu").len());
+        assert_eq!(matvec_name(0, 1, false), "matvec_f32_b1");
+        assert_eq!(matvec_name(3, 8, false), "matvec_q8_0_b8");
+        assert_eq!(matvec_name(4, 5, false), "matvec_q4_0_b5");
+        assert_eq!(matvec_name(0, 1, true), "swiglu_f32_b1");
+        assert_eq!(matvec_name(4, 8, true), "swiglu_q4_0_b8");
+        assert_eq!(10 * MAX_BATCH + 1, kernel_names("matvec.cu").len());
     }
 
     #[test]

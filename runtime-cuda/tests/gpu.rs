@@ -178,6 +178,69 @@ fn products_match_the_cpu_for_every_dtype_and_batch() {
     }
 }
 
+/// The SwiGLU layer (`silu(x·w1ᵀ) * (x·w3ᵀ)`): fused for 1..8 rows, two GEMMs and `silu_mul` for a chunk, at
+/// `medium`'s (2048, 768) in every type, against the CPU's two products and `silu_mul`.
+#[test]
+fn fused_swiglu_matches_the_cpu() {
+    let Some(g) = gpu("fused_swiglu_matches_the_cpu") else {
+        return;
+    };
+    let mut rng = XorShift::new(9);
+    let (n, d) = (2048, 768);
+    let (w1, w3) = (rng.fill(n * d, -0.5, 0.5), rng.fill(n * d, -0.5, 0.5));
+    for dtype in DTYPES {
+        let (o1, o3) = (Owned::of(dtype, &w1), Owned::of(dtype, &w3));
+        let (v1, v3) = (o1.view(d), o3.view(d));
+        let m1 = DeviceMatrix::upload(&g, v1).unwrap();
+        let m3 = DeviceMatrix::upload(&g, v3).unwrap();
+        for t in [1usize, 4, 8, 33] {
+            let x = rng.fill(t * d, -1.0, 1.0);
+            let (mut gate, mut up) = (vec![0.0f32; t * n], vec![0.0f32; t * n]);
+            for b in 0..t {
+                let xb = &x[b * d..(b + 1) * d];
+                for (v, o) in [(v1, &mut gate), (v3, &mut up)] {
+                    let o = &mut o[b * n..(b + 1) * n];
+                    match v {
+                        WeightView::F32 { data, .. } => generic::matvec_f32(o, data, xb),
+                        WeightView::F16 { data, .. } => generic::matvec_f16(o, data, xb),
+                        WeightView::BF16 { data, .. } => generic::matvec_bf16(o, data, xb),
+                        WeightView::Q8_0 { blocks, .. } => generic::matvec_q8_0(o, blocks, xb),
+                        WeightView::Q4_0 { blocks, .. } => generic::matvec_q4_0(o, blocks, xb),
+                        _ => unreachable!(),
+                    }
+                }
+            }
+            // The gate's size bounds how far rounding in it moves the output.
+            let scale: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(a, b)| (a.abs() + 1.0) * (b.abs() + 1.0))
+                .collect();
+            generic::silu_mul(&mut gate, &up);
+            let xd = Buf::upload(&g, &x).unwrap();
+            let (out, tmp) = (
+                Buf::<f32>::zeros(&g, t * n).unwrap(),
+                Buf::<f32>::zeros(&g, t * n).unwrap(),
+            );
+            let q = QuantScratch::new(&g, t.max(8) * d).unwrap();
+            ops::swiglu(&g, out.at(0), tmp.at(0), (&m1, &m3), 0, n, xd.at(0), t, &q).unwrap();
+            let rtol = match (t > 8, dtype) {
+                (true, "bf16") => 1e-2,
+                (true, "f16") => 2e-3,
+                _ => 1e-4,
+            };
+            assert_close(
+                &format!("swiglu {dtype} x {t}"),
+                &out.read(&g, t * n).unwrap(),
+                &gate,
+                &scale,
+                1e-4,
+                rtol,
+            );
+        }
+    }
+}
+
 #[test]
 fn norms_rope_swiglu_and_embedding_match_the_cpu() {
     let Some(g) = gpu("norms_rope_swiglu_and_embedding_match_the_cpu") else {
