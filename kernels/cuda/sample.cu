@@ -94,16 +94,19 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
         for (int t = 0; t < (int)blockDim.x; t++) total += chunk_mass[t];
         float r = coins[blockIdx.x] * total, cdf = 0.0f;
         owner = -1;
+        bool found = false;
         for (int t = 0; t < (int)blockDim.x; t++) {
             if (chunk_mass[t] > 0.0f) owner = t;
             if (r < cdf + chunk_mass[t]) {
                 owner = t;
+                found = true;
                 break;
             }
             cdf += chunk_mass[t];
         }
-        before = cdf;
-        // Rounding can leave r past the last run: then the last kept token, as the CPU's fallback does.
+        // Rounding can leave r past the last run: its owner then walks to its last kept token (r never falls
+        // below the running sum), the CPU's fallback.
+        before = found || owner < 0 ? cdf : cdf - chunk_mass[owner];
         if (owner < 0) out[blockIdx.x] = 0;
     }
     __syncthreads();
