@@ -383,6 +383,35 @@ impl DeviceModel {
         self.classify(&[last])
     }
 
+    /// Runs `tokens` of slot 0 from `start` and hands every position's logits to `on_logits(index in tokens,
+    /// logits (V))`, 8 rows at a time (scoring a text: `enigma eval`).
+    pub fn forward_each(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let v = self.config.vocab_size as usize;
+        for (i, part) in tokens.chunks(CHUNK).enumerate() {
+            let rows: Vec<_> = part
+                .iter()
+                .enumerate()
+                .map(|(j, &tok)| (tok, start + i * CHUNK + j, 0))
+                .collect();
+            self.upload_rows(&rows)?;
+            self.launch_layers(rows.len())?;
+            for g0 in (0..rows.len()).step_by(MAX_BATCH) {
+                let which: Vec<usize> = (g0..rows.len().min(g0 + MAX_BATCH)).collect();
+                self.classify(&which)?;
+                let logits = self.logits(which.len())?;
+                for (j, l) in logits.chunks_exact(v).enumerate() {
+                    on_logits(i * CHUNK + g0 + j, l);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One decode step of up to 8 sequences: `(token, position, slot)` each, every weight read once for all.
     /// Leaves each row's logits on the device.
     pub fn decode_batch(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {

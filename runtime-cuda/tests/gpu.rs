@@ -632,6 +632,28 @@ fn stories260k_greedy_matches_the_cpu() {
     let c = *file.config();
     let w = Weights::from_file(&file).unwrap();
     let prompt = [1u32, 403, 407, 261];
+    // Every position's logits of a 300-token text (two prompt chunks), as `enigma eval` scores them.
+    let text: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % c.vocab_size).collect();
+    let m = Transformer::new(c, w, kernels()).unwrap();
+    let mut kvb = vec![0.0f32; KvCache::len(&c)];
+    let mut cache = KvCache::new(&mut kvb[..], &c).unwrap();
+    let mut sbuf = vec![0.0f32; Scratch::len(&c, 64)];
+    let mut scratch = Scratch::new(&mut sbuf, &c, 64).unwrap();
+    let mut cpu = Vec::new();
+    m.forward_each(&Serial, &mut cache, &mut scratch, &text, 0, &mut |i, l| {
+        cpu.push((i, l.to_vec()))
+    })
+    .unwrap();
+    let mut dev = DeviceModel::new(g.clone(), c, &w, KvType::F32, 1).unwrap();
+    let mut got = Vec::new();
+    dev.forward_each(&text, 0, &mut |i, l| got.push((i, l.to_vec())))
+        .unwrap();
+    let (ci, cl): (Vec<usize>, Vec<Vec<f32>>) = cpu.into_iter().unzip();
+    let (gi, gl): (Vec<usize>, Vec<Vec<f32>>) = got.into_iter().unzip();
+    assert_eq!(gi, ci, "the positions scored");
+    let gap = logit_gap(&cl, &gl);
+    assert!(gap < 1e-3, "forward_each: logits differ by {gap}");
+
     for (kv, graphs) in [
         (KvType::F32, true),
         (KvType::F32, false),

@@ -120,6 +120,25 @@ impl Runner {
         }
     }
 
+    /// Runs `tokens` of sequence 0 from `start`, handing every position's logits to `on_logits`.
+    pub fn forward_each(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        return self
+            .model
+            .forward_each(tokens, start, on_logits)
+            .map_err(err);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (tokens, start, on_logits);
+            match self.never {}
+        }
+    }
+
     /// One decode step of up to 8 `(token, position, slot)` rows.
     pub fn decode_batch(&mut self, rows: &[(u32, usize, usize)]) -> Result<()> {
         #[cfg(feature = "cuda")]

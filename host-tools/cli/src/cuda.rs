@@ -1,7 +1,7 @@
 //! `--device cuda` where it goes beyond `run`: `enigma bench --device cuda`, and the commands that do not run
 //! on the GPU yet.
 
-use crate::BenchArgs;
+use crate::{BenchArgs, EvalArgs};
 use anyhow::{bail, Result};
 use enigma_core::KvType;
 use enigma_runtime::device::{copy_bandwidth, describe, Gpu, Runner};
@@ -11,8 +11,26 @@ use std::time::Instant;
 /// `command` runs on the CPU only: with a GPU backend it says so instead of silently using the CPU.
 pub(crate) fn cpu_only(backend: &Backend, command: &str) -> Result<()> {
     if backend.gpu().is_some() {
-        bail!("--device cuda: `enigma {command}` does not run on the GPU yet (`run` and `bench` do); use --device cpu");
+        bail!("--device cuda: `enigma {command}` does not run on the GPU yet (`run`, `eval` and `bench` do); use --device cpu");
     }
+    Ok(())
+}
+
+/// `enigma eval --device cuda`: the same windows and sums as on the CPU (`enigma_eval::perplexity::score`),
+/// each window's logits from the device.
+pub(crate) fn eval(args: &EvalArgs, file: &ModelFile, gpu: &Gpu) -> Result<()> {
+    let f = file.parse()?;
+    let tok = enigma_core::Tokenizer::from_file(&f)?;
+    let tokens = enigma_eval::perplexity::tokens_of_file_with(&tok, &args.data)?;
+    let seq_len = f.config().seq_len as usize;
+    let ctx = args.ctx.unwrap_or(seq_len);
+    let mut runner = Runner::load(gpu, &f, args.engine.kv_type()?, ctx.clamp(1, seq_len), 1)?;
+    let start = Instant::now();
+    let p =
+        enigma_eval::perplexity::score(&tokens, ctx, args.max_tokens, seq_len, &mut |w, sink| {
+            Ok(runner.forward_each(w, 0, sink)?)
+        })?;
+    crate::print_perplexity(&p, args, ctx, start.elapsed().as_secs_f64(), &describe(gpu));
     Ok(())
 }
 

@@ -206,7 +206,7 @@ pub struct EngineArgs {
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
     /// Where the model runs: cpu, or cuda / cuda:N (NVIDIA GPU N, as `enigma hardware` lists them).
-    /// `run` and `bench` run on the GPU; `chat` and `eval` refuse it for now.
+    /// `run`, `eval` and `bench` run on the GPU; `chat` refuses it for now.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
     /// KV cache element type: f32, or f16 (half the memory, and half the bytes attention reads per token at
@@ -535,7 +535,9 @@ pub fn info(model: &str) -> Result<()> {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let (file, backend) = open(&args.engine, "eval")?;
-    cuda::cpu_only(&backend, "eval")?;
+    if let Some(gpu) = backend.gpu() {
+        return cuda::eval(&args, &file, gpu);
+    }
     let model = file.model(backend.kernels())?;
     let tokens = enigma_eval::perplexity::tokens_of_file(&model, &args.data)?;
     let ctx = args
@@ -550,7 +552,24 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         args.max_tokens,
         args.engine.kv_type()?,
     )?;
-    let secs = start.elapsed().as_secs_f64();
+    print_perplexity(
+        &p,
+        &args,
+        ctx,
+        start.elapsed().as_secs_f64(),
+        &backend.describe(),
+    );
+    Ok(())
+}
+
+/// `eval`'s report, the same on every device: the result on stdout, the speed on stderr.
+pub(crate) fn print_perplexity(
+    p: &enigma_eval::perplexity::Perplexity,
+    args: &EvalArgs,
+    ctx: usize,
+    secs: f64,
+    device: &str,
+) {
     println!(
         "perplexity {:.4} (mean NLL {:.5} nats/token) over {} tokens of {}, windows of {ctx}",
         p.ppl(),
@@ -558,12 +577,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         p.scored,
         args.data.display()
     );
-    eprintln!(
-        "{:.1} tokens/s on {}",
-        p.scored as f64 / secs,
-        backend.describe()
-    );
-    Ok(())
+    eprintln!("{:.1} tokens/s on {device}", p.scored as f64 / secs);
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
