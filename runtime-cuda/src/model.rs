@@ -362,7 +362,8 @@ impl DeviceModel {
         self.forward_slot(0, tokens, start)
     }
 
-    fn forward_slot(&mut self, slot: usize, tokens: &[u32], start: usize) -> Result<()> {
+    /// [`Self::forward`] for any slot of the cache (a sequence of a batch, before [`Self::decode_batch`]).
+    pub fn forward_slot(&mut self, slot: usize, tokens: &[u32], start: usize) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to run".into()));
         }
