@@ -543,6 +543,10 @@ impl DeviceModel {
             )));
         }
         let mut out = Vec::new();
+        // The sampler sees the prompt, as the CPU's token loop shows it (its repetition penalty counts it).
+        for &t in prompt {
+            sampler.observe(t);
+        }
         self.forward(prompt, 0)?;
         let mut pos = prompt.len();
         let v = self.config.vocab_size as usize;

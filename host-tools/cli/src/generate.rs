@@ -427,8 +427,12 @@ fn run_cuda(
     let mut runner = enigma_runtime::device::Runner::load(gpu, &f, kv, reach, 1)?;
     let stdout = std::io::stdout();
     let mut printer = Printer::new(stdout.lock());
+    // Pieces as the CPU's token loop decodes them: after their predecessor (a leading space is dropped after
+    // BOS, byte tokens become their byte).
+    let mut prev = prompt.first().copied().unwrap_or(tok.bos());
     for &id in prompt.iter().skip(1) {
-        printer.piece(tok.piece(id));
+        printer.piece(tok.decode(prev, id));
+        prev = id;
     }
     let mut sampler = Sampler::new(sampler_cfg);
     let start = Instant::now();
@@ -438,7 +442,12 @@ fn run_cuda(
         &mut sampler,
         &mut |id| {
             // EOS (or BOS, a new document) ends the text, as on the CPU.
-            id != tok.eos() && id != tok.bos() && printer.piece(tok.piece(id))
+            if id == tok.eos() || id == tok.bos() {
+                return false;
+            }
+            let piece = tok.decode(prev, id);
+            prev = id;
+            printer.piece(piece)
         },
     )?;
     printer.finish();
