@@ -265,15 +265,53 @@ impl Drop for Pool {
     }
 }
 
-/// The CPU backend, or the stand-in for CUDA in builds without it.
+/// Where to run: `cpu`, or `cuda` / `cuda:N` (GPU N, counted as `enigma hardware` lists them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?} (cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+/// The CPU backend, or a GPU. The GPU variant's type is uninhabited in builds without the `cuda` feature
+/// ([`crate::device`]), so every `match` here is the same in both builds and no caller carries `cfg`.
 pub enum Backend {
     Cpu {
         kernels: &'static Kernels,
         pool: Option<Pool>,
     },
+    /// The host-side work (tokenizing, host sampling) still uses the CPU kernels.
+    Cuda {
+        gpu: crate::device::Gpu,
+        kernels: &'static Kernels,
+    },
 }
 
 impl Backend {
+    /// The backend `device` names; `threads` is for the CPU.
+    pub fn open(device: Device, threads: Option<usize>) -> Result<Self> {
+        match device {
+            Device::Cpu => Self::cpu(threads),
+            Device::Cuda(n) => Self::cuda(n),
+        }
+    }
+
     /// The CPU with `threads` threads (all cores when `None`), using the kernel tier `ENIGMA_KERNELS` names
     /// or the best this CPU supports.
     pub fn cpu(threads: Option<usize>) -> Result<Self> {
@@ -291,29 +329,56 @@ impl Backend {
         Ok(Backend::Cpu { kernels, pool })
     }
 
-    /// CUDA is not compiled into this build; the error says so instead of a missing symbol or a crash.
-    pub fn cuda(_device: usize) -> Result<Self> {
-        Err(Error::NoCuda(
-            "this build has no CUDA backend (the `cuda` feature is not enabled)",
-        ))
+    /// GPU `device`. Fails with one line when this build has no CUDA backend, or the machine no driver or no
+    /// such GPU (found by the same query as `enigma hardware`), before cudarc is asked anything that could
+    /// panic.
+    pub fn cuda(device: usize) -> Result<Self> {
+        if !crate::device::COMPILED {
+            return Err(Error::NoCuda(
+                "--device cuda: this build has no CUDA backend (built without CUDA: the `cuda` feature is off)",
+            ));
+        }
+        let gpus = crate::hardware::cuda()
+            .map_err(|why| Error::Cuda(format!("--device cuda: {why}")))?
+            .0;
+        if device >= gpus.len() {
+            return Err(Error::Cuda(format!(
+                "--device cuda:{device}: this machine has {} CUDA GPU(s)",
+                gpus.len()
+            )));
+        }
+        let kernels = kernels_from_env().map_err(Error::Kernels)?;
+        Ok(Backend::Cuda {
+            gpu: crate::device::open(device)?,
+            kernels,
+        })
     }
 
     pub fn kernels(&self) -> &'static Kernels {
         match self {
-            Backend::Cpu { kernels, .. } => kernels,
+            Backend::Cpu { kernels, .. } | Backend::Cuda { kernels, .. } => kernels,
         }
     }
 
     pub fn exec(&self) -> &dyn Exec {
         match self {
             Backend::Cpu { pool: Some(p), .. } => p,
-            Backend::Cpu { pool: None, .. } => &Serial,
+            Backend::Cpu { pool: None, .. } | Backend::Cuda { .. } => &Serial,
+        }
+    }
+
+    /// The GPU, when this backend is one.
+    pub fn gpu(&self) -> Option<&crate::device::Gpu> {
+        match self {
+            Backend::Cpu { .. } => None,
+            Backend::Cuda { gpu, .. } => Some(gpu),
         }
     }
 
     pub fn threads(&self) -> usize {
         match self {
             Backend::Cpu { pool, .. } => pool.as_ref().map_or(1, Pool::threads),
+            Backend::Cuda { .. } => 1,
         }
     }
 
@@ -322,6 +387,7 @@ impl Backend {
             Backend::Cpu { kernels, .. } => {
                 format!("cpu ({}, {} threads)", kernels.tier.name(), self.threads())
             }
+            Backend::Cuda { gpu, .. } => crate::device::describe(gpu),
         }
     }
 }
@@ -363,6 +429,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
+
+    /// Without a GPU (or without the feature), `--device cuda` is one clear error, never a panic.
+    #[test]
+    fn cuda_without_a_gpu_is_one_clear_error() {
+        if crate::hardware::cuda().is_ok_and(|(g, _)| !g.is_empty()) && crate::device::COMPILED {
+            // Not this test's case: runtime-cuda/tests/gpu.rs runs on GPU machines.
+            return;
+        }
+        let Err(e) = Backend::cuda(0) else {
+            panic!("a backend without a GPU")
+        };
+        let line = e.to_string();
+        assert!(line.starts_with("--device cuda"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("no CUDA") || line.contains("built without CUDA") || line.contains("GPU"),
+            "{line}"
+        );
     }
 
     /// A panic in any part reaches the caller, and the pool still works afterwards.

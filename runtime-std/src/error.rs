@@ -19,6 +19,9 @@ pub enum Error {
     Kernels(enigma_kernels::TierError),
     #[error("{0}")]
     NoCuda(&'static str),
+    /// `--device cuda` cannot run here (no driver, no such GPU), or the GPU failed.
+    #[error("{0}")]
+    Cuda(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

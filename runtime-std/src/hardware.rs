@@ -133,8 +133,9 @@ fn parse_meminfo(text: &str) -> (Option<u64>, Option<u64>) {
     )
 }
 
-/// The GPUs and the driver version, or why there are none.
-fn cuda() -> Result<(Vec<Gpu>, String), String> {
+/// The GPUs and the driver version, or why there are none: the one device query behind `enigma hardware`,
+/// the module manager's VRAM checks and `--device cuda` ([`crate::Backend::cuda`]).
+pub(crate) fn cuda() -> Result<(Vec<Gpu>, String), String> {
     // SAFETY: only tries to open the driver library; loading a shared library runs its initialisers, which
     // is what any CUDA program does.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {

@@ -2,6 +2,7 @@
 //! together over a paged KV pool (`batch`), and writes models.
 pub mod backend;
 pub mod batch;
+pub mod device;
 mod error;
 pub mod fsutil;
 pub mod hardware;
@@ -14,7 +15,7 @@ pub mod tmpfiles;
 pub mod tokenize;
 pub mod writer;
 
-pub use backend::{Backend, Pool};
+pub use backend::{Backend, Device, Pool};
 pub use batch::{Batcher, ModelHost};
 pub use enigma_core as core;
 pub use error::{Error, Result};

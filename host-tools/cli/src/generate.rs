@@ -376,6 +376,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let kv = args.engine.kv_type()?;
     let prompt_text = args.prompt_text()?;
     let (file, backend) = open(&args.engine, "run")?;
+    if let Some(gpu) = backend.gpu() {
+        return run_cuda(&args, &file, gpu, &prompt_text, sampler_cfg, predict, kv);
+    }
     let model = file.model(backend.kernels())?;
     let ctx = args
         .length
@@ -401,6 +404,61 @@ pub fn run(args: RunArgs) -> Result<()> {
         &mut sampler,
         turn,
     )?;
+    Ok(())
+}
+
+/// `enigma run --device cuda`: the weights and KV cache on the GPU, the prompt in chunks through the
+/// tensor-core GEMM, then one token per step with sampling on the device (host sampling from copied logits
+/// when top-k or a repetition penalty is asked for). Printed as `run` prints on the CPU.
+fn run_cuda(
+    args: &RunArgs,
+    file: &enigma_runtime::ModelFile,
+    gpu: &enigma_runtime::device::Gpu,
+    prompt_text: &str,
+    sampler_cfg: SamplerConfig,
+    predict: Option<usize>,
+    kv: enigma_core::KvType,
+) -> Result<()> {
+    let f = file.parse()?;
+    let tok = Tokenizer::from_file(&f)?;
+    let ctx = args.length.context(f.config().seq_len as usize)?;
+    let prompt = encode(&tok, prompt_text, true, ctx)?;
+    let reach = predict.map_or(ctx, |n| prompt.len().saturating_add(n).min(ctx));
+    let mut runner = enigma_runtime::device::Runner::load(gpu, &f, kv, reach, 1)?;
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(stdout.lock());
+    // Pieces as the CPU's token loop decodes them: after their predecessor (a leading space is dropped after
+    // BOS, byte tokens become their byte).
+    let mut prev = prompt.first().copied().unwrap_or(tok.bos());
+    for &id in prompt.iter().skip(1) {
+        printer.piece(tok.decode(prev, id));
+        prev = id;
+    }
+    let mut sampler = Sampler::new(sampler_cfg);
+    let start = Instant::now();
+    let ids = runner.generate(
+        &prompt,
+        predict.unwrap_or(usize::MAX),
+        &mut sampler,
+        &mut |id| {
+            // EOS (or BOS, a new document) ends the text, as on the CPU.
+            if id == tok.eos() || id == tok.bos() {
+                return false;
+            }
+            let piece = tok.decode(prev, id);
+            prev = id;
+            printer.piece(piece)
+        },
+    )?;
+    printer.finish();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "\n{} prompt + {} generated tokens in {secs:.2} s ({:.1} tok/s) on {}",
+        prompt.len(),
+        ids.len(),
+        ids.len() as f64 / secs.max(1e-9),
+        enigma_runtime::device::describe(gpu)
+    );
     Ok(())
 }
 
@@ -456,6 +514,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let predict = args.length.predict()?;
     let kv = args.engine.kv_type()?;
     let (file, backend) = open(&args.engine, "chat")?;
+    crate::cuda::cpu_only(&backend, "chat")?;
     let model = file.model(backend.kernels())?;
     let format = ChatFormat::of(&file.parse()?, &model.tokenizer)?;
     let ctx = args

@@ -1,5 +1,6 @@
 //! The `enigma` command line: clap types and dispatch over the host-tools crates.
 
+mod cuda;
 pub mod generate;
 pub mod models;
 pub mod modules;
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use enigma_core::kernels::DType;
 use enigma_core::KvType;
-use enigma_runtime::{Backend, ModelFile};
+use enigma_runtime::{Backend, Device, ModelFile};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -204,6 +205,10 @@ pub struct EngineArgs {
     /// Worker threads (default: all cores; one for models under 16 MiB, where threads cost more than they save).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Where the model runs: cpu, or cuda / cuda:N (NVIDIA GPU N, as `enigma hardware` lists them).
+    /// `run`, `eval` and `bench` run on the GPU; `chat` refuses it for now.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
     /// KV cache element type: f32, or f16 (half the memory, and half the bytes attention reads per token at
     /// long contexts; keys and values are rounded to f16, all arithmetic stays f32). Default f32.
     #[arg(long = "kv-cache", value_name = "TYPE", value_parser = parse_kv_type)]
@@ -214,6 +219,10 @@ pub struct EngineArgs {
     /// llama.cpp's name for the values' cache type; keys and values share one type here (--kv-cache).
     #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
     pub cache_type_v: Option<KvType>,
+}
+
+pub(crate) fn parse_device(name: &str) -> std::result::Result<Device, String> {
+    name.parse()
 }
 
 fn parse_kv_type(name: &str) -> std::result::Result<KvType, String> {
@@ -403,7 +412,7 @@ pub(crate) fn open(engine: &EngineArgs, purpose: &str) -> Result<(ModelFile, Bac
     let threads = engine
         .threads
         .or_else(|| (file.bytes().len() < SMALL_MODEL_BYTES).then_some(1));
-    let backend = Backend::cpu(threads)?;
+    let backend = Backend::open(engine.device, threads)?;
     Ok((file, backend))
 }
 
@@ -526,6 +535,9 @@ pub fn info(model: &str) -> Result<()> {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let (file, backend) = open(&args.engine, "eval")?;
+    if let Some(gpu) = backend.gpu() {
+        return cuda::eval(&args, &file, gpu);
+    }
     let model = file.model(backend.kernels())?;
     let tokens = enigma_eval::perplexity::tokens_of_file(&model, &args.data)?;
     let ctx = args
@@ -540,7 +552,24 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         args.max_tokens,
         args.engine.kv_type()?,
     )?;
-    let secs = start.elapsed().as_secs_f64();
+    print_perplexity(
+        &p,
+        &args,
+        ctx,
+        start.elapsed().as_secs_f64(),
+        &backend.describe(),
+    );
+    Ok(())
+}
+
+/// `eval`'s report, the same on every device: the result on stdout, the speed on stderr.
+pub(crate) fn print_perplexity(
+    p: &enigma_eval::perplexity::Perplexity,
+    args: &EvalArgs,
+    ctx: usize,
+    secs: f64,
+    device: &str,
+) {
     println!(
         "perplexity {:.4} (mean NLL {:.5} nats/token) over {} tokens of {}, windows of {ctx}",
         p.ppl(),
@@ -548,17 +577,15 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         p.scored,
         args.data.display()
     );
-    eprintln!(
-        "{:.1} tokens/s on {}",
-        p.scored as f64 / secs,
-        backend.describe()
-    );
-    Ok(())
+    eprintln!("{:.1} tokens/s on {device}", p.scored as f64 / secs);
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let kv = args.engine.kv_type()?;
     let (file, backend) = open(&args.engine, "bench")?;
+    if let Some(gpu) = backend.gpu() {
+        return cuda::bench(&args, &file, gpu, kv);
+    }
     let model = file.model(backend.kernels())?;
     let report = enigma_eval::report::Report::measure(
         &model,

@@ -73,6 +73,9 @@ fn note_ignored(engine: &EngineArgs, ctx_size: Option<usize>) {
     if engine.threads.is_some() {
         ignored.push("-t/--threads");
     }
+    if engine.device != crate::Device::Cpu {
+        ignored.push("--device");
+    }
     if engine.kv_cache.is_some() || engine.cache_type_k.is_some() || engine.cache_type_v.is_some() {
         ignored.push("the KV cache type");
     }

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Worker threads of the model (default: all cores; one for models under 16 MiB).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Where the model runs: cpu, or cuda / cuda:N. The server does not run on the GPU yet: with cuda it
+    /// says why and stops (without a GPU, that there is none).
+    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
+    pub device: enigma_runtime::Device,
     /// Sequences decoded together in one step (llama.cpp's `--parallel`); more requests wait their turn.
     /// The KV cache is shared, not split: each sequence takes the blocks its prompt and reply need.
     /// Default: the inference module's `max_sequences` (16).
@@ -51,6 +55,10 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    if let enigma_runtime::Device::Cuda(n) = args.device {
+        let backend = enigma_runtime::Backend::cuda(n)?;
+        crate::cuda::cpu_only(&backend, "serve")?;
+    }
     let home = enigma_models::home();
     // This process hosts modules for its life: a saved api_server (or one loaded through the module routes)
     // listens here beside the server's own listener.

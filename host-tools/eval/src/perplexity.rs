@@ -1,7 +1,7 @@
 //! `enigma eval`: perplexity of a model on a text file.
 
 use anyhow::{bail, Context, Result};
-use enigma_core::{Exec, KvType};
+use enigma_core::{Exec, KvType, Tokenizer};
 use enigma_runtime::{HostSession, Model};
 use std::path::Path;
 
@@ -21,16 +21,22 @@ impl Perplexity {
 
 /// Encodes a text file with the model's tokenizer (BOS first), in O(n log n).
 pub fn tokens_of_file(model: &Model<'_>, path: &Path) -> Result<Vec<u32>> {
+    tokens_of_file_with(&model.tokenizer, path)
+}
+
+/// [`tokens_of_file`] with a tokenizer alone (a model that runs on a GPU has no CPU `Model`).
+pub fn tokens_of_file_with(tokenizer: &Tokenizer<'_>, path: &Path) -> Result<Vec<u32>> {
     let bytes = enigma_runtime::load::read_file(path)?;
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     Ok(enigma_runtime::tokenize::encode(
-        &model.tokenizer,
-        text,
-        true,
-        false,
+        tokenizer, text, true, false,
     )?)
 }
+
+/// Runs a window's input tokens from position 0 on a fresh cache and hands each position's logits to the sink:
+/// `run(tokens, sink(index in tokens, logits (V)))`. The CPU's and the GPU's forward passes both fit it.
+pub type WindowRunner<'a> = &'a mut dyn FnMut(&[u32], &mut dyn FnMut(usize, &[f32])) -> Result<()>;
 
 /// Scores `tokens` in independent windows of `ctx` tokens: within a window, each token is predicted from
 /// the ones before it. `max_tokens` caps the tokens read (0 = all). The KV cache keeps `kv` elements.
@@ -42,12 +48,29 @@ pub fn perplexity(
     max_tokens: usize,
     kv: KvType,
 ) -> Result<Perplexity> {
-    let c = &model.transformer.config;
-    if ctx < 2 || ctx > c.seq_len as usize {
-        bail!(
-            "--ctx must be between 2 and the model's context ({}), not {ctx}",
-            c.seq_len
-        );
+    // Windows never reach past `ctx`: the cache and scratch are sized by it, not by the header's context.
+    let seq_len = model.transformer.config.seq_len as usize;
+    let transformer = model.transformer.with_context(ctx);
+    let c = &transformer.config;
+    let mut bufs = HostSession::try_with_kv(&transformer, 64, kv)?;
+    score(tokens, ctx, max_tokens, seq_len, &mut |window, sink| {
+        let (mut cache, mut s) = bufs.parts(c)?;
+        transformer.forward_each(exec, &mut cache, &mut s, window, 0, sink)?;
+        Ok(())
+    })
+}
+
+/// [`perplexity`] over any forward pass: `tokens` (at most `max_tokens`, 0 = all) in independent windows of
+/// `ctx` tokens (2..=`seq_len`), each run by `run`.
+pub fn score(
+    tokens: &[u32],
+    ctx: usize,
+    max_tokens: usize,
+    seq_len: usize,
+    run: WindowRunner<'_>,
+) -> Result<Perplexity> {
+    if ctx < 2 || ctx > seq_len {
+        bail!("--ctx must be between 2 and the model's context ({seq_len}), not {ctx}");
     }
     let tokens = if max_tokens > 0 {
         &tokens[..tokens.len().min(max_tokens)]
@@ -57,31 +80,19 @@ pub fn perplexity(
     if tokens.len() < 2 {
         bail!("the text is too short to score: {} tokens", tokens.len());
     }
-    // Windows never reach past `ctx`: the cache and scratch are sized by it, not by the header's context.
-    let transformer = model.transformer.with_context(ctx);
-    let c = &transformer.config;
-    let mut bufs = HostSession::try_with_kv(&transformer, 64, kv)?;
     let (mut sum, mut scored) = (0.0f64, 0usize);
     for window in tokens.chunks(ctx).filter(|w| w.len() >= 2) {
-        let (mut cache, mut s) = bufs.parts(c)?;
-        transformer.forward_each(
-            exec,
-            &mut cache,
-            &mut s,
-            &window[..window.len() - 1],
-            0,
-            &mut |i, logits| {
-                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-                let lse = max
-                    + logits
-                        .iter()
-                        .map(|&v| (v as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                sum += lse - logits[window[i + 1] as usize] as f64;
-                scored += 1;
-            },
-        )?;
+        run(&window[..window.len() - 1], &mut |i, logits| {
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max
+                + logits
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            sum += lse - logits[window[i + 1] as usize] as f64;
+            scored += 1;
+        })?;
     }
     Ok(Perplexity {
         scored,
