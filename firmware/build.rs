@@ -291,9 +291,19 @@ fn main() {
             cols,
         );
     }
-    if config.tied_classifier {
-        tensors.push_str("pub const T_CLASSIFIER: Tensor = T_TOKEN_EMBEDDING;\n");
+    // The parameters by their layout names, for the core's `Weights::assemble` (which also decides what a
+    // tied classifier is).
+    tensors.push_str("pub const PARAMS: &[(&str, Tensor)] = &[\n");
+    for spec in layout.iter() {
+        writeln!(
+            tensors,
+            "    ({:?}, T_{}),",
+            spec.name,
+            spec.name.to_uppercase()
+        )
+        .unwrap();
     }
+    tensors.push_str("];\n");
     let v = config.vocab_size as u64;
     use enigma_core::format::{TOK_OFFSETS, TOK_PIECES, TOK_SCORES, TOK_SORTED};
     let pieces_len = file.tensor(TOK_PIECES).map_or(0, |t| t.bytes.len() as u64);

@@ -106,8 +106,9 @@ impl<'a> Weights<'a> {
         )
     }
 
-    /// The one place the struct is filled: `matrix` and `norm` fetch a parameter by its layout name.
-    fn assemble(
+    /// The one place the struct is filled: `matrix` and `norm` fetch a parameter by its layout name. Public
+    /// for readers of other containers (the firmware looks the names up in the table its build wrote).
+    pub fn assemble(
         c: &Config,
         matrix: impl Fn(&'static str) -> Result<WeightView<'a>>,
         norm: impl Fn(&'static str) -> Result<&'a [f32]>,

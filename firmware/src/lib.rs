@@ -18,7 +18,9 @@ use core::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use embedded_io::{Read, Write};
 use enigma_core::generate::{Session, Stop};
 use enigma_core::kernels::{self, DType, Kernels, Tier, WeightView};
-use enigma_core::{ProbIndex, Sampler, SamplerConfig, Serial, Tokenizer, Transformer, Weights};
+use enigma_core::{
+    Config, ProbIndex, Sampler, SamplerConfig, Serial, Tokenizer, Transformer, Weights,
+};
 
 /// `T` placed on a 64-byte boundary (the `.enigma` reader's requirement, so tensors can be viewed in place).
 #[repr(C, align(64))]
@@ -218,24 +220,24 @@ fn view(t: &build::Tensor) -> Result<WeightView<'static>, Error> {
     WeightView::from_bytes(dtype, bytes(t), t.rows, t.cols).map_err(|_| Error::Layout)
 }
 
-/// The model's parameters, viewed in flash where the build found them (the core's `Weights::from_file`
-/// did the same checks on the host, in build.rs).
-fn weights() -> Result<Weights<'static>, Error> {
-    use build::*;
-    Ok(Weights {
-        token_embedding: view(&T_TOKEN_EMBEDDING)?,
-        attn_norm: cast(&T_ATTN_NORM)?,
-        wq: view(&T_WQ)?,
-        wk: view(&T_WK)?,
-        wv: view(&T_WV)?,
-        wo: view(&T_WO)?,
-        ffn_norm: cast(&T_FFN_NORM)?,
-        w1: view(&T_W1)?,
-        w2: view(&T_W2)?,
-        w3: view(&T_W3)?,
-        final_norm: cast(&T_FINAL_NORM)?,
-        classifier: view(&T_CLASSIFIER)?,
-    })
+/// The model's parameters, viewed in flash where the build found them, put together by the core's own
+/// `Weights::assemble` (the core's `Weights::from_file` did the same checks on the host, in build.rs).
+fn weights(config: &Config) -> Result<Weights<'static>, Error> {
+    let param = |name: &'static str| {
+        build::PARAMS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t)
+            .ok_or(enigma_core::Error::MissingTensor { name })
+    };
+    let missing = |name| move |_| enigma_core::Error::MissingTensor { name };
+    // Any failure means flash does not hold what build.rs described.
+    Weights::assemble(
+        config,
+        |n| view(param(n)?).map_err(missing(n)),
+        |n| cast(param(n)?).map_err(missing(n)),
+    )
+    .map_err(|_| Error::Layout)
 }
 
 /// CRC-32 (IEEE), bit by bit: no table in flash, and the header is small.
@@ -293,7 +295,7 @@ impl Engine {
         let mut config = build::CONFIG;
         config.seq_len = CTX;
         let kernels = pick_kernels();
-        let model = Transformer::new(config, weights()?, kernels)?;
+        let model = Transformer::new(config, weights(&config)?, kernels)?;
         let tokenizer = Tokenizer::new(
             build::TOKENIZER,
             bytes(&build::T_TOK_PIECES),

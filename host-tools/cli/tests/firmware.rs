@@ -103,6 +103,19 @@ fn generate_args(prompt: &str, n: usize, temperature: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// 64 greedy tokens of `m` from [`PROMPT`], from `enigma run` on the host and from the firmware on `board`
+/// (a QEMU board; the firmware must have run).
+fn greedy_both(board: &str, m: &Path, dir: &Path) -> (Vec<u8>, Flashed) {
+    let n = 64;
+    let host = support::greedy_run(m, PROMPT, n).stdout;
+    let _guard = lock();
+    let args = generate_args(PROMPT, n, "0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fw = flash(board, m, dir, &args);
+    assert!(fw.ok, "enigma flash failed");
+    (host, fw)
+}
+
 /// The decoded defmt log reached stderr (needs defmt-print: a failure under CI, a loud skip elsewhere).
 fn check_defmt(test: &str, stderr: &str, expect: &str) {
     if !require_tool(
@@ -130,13 +143,7 @@ fn qemu_f32_output_equals_enigma_run_byte_for_byte() {
     let Some(m) = model(dir.path(), None, test) else {
         return;
     };
-    let n = 64;
-    let host = support::greedy_run(&m, PROMPT, n).stdout;
-    let _guard = lock();
-    let args = generate_args(PROMPT, n, "0");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let fw = flash("mps2-an386", &m, dir.path(), &args);
-    assert!(fw.ok, "enigma flash failed");
+    let (host, fw) = greedy_both("mps2-an386", &m, dir.path());
     assert!(
         host.len() > PROMPT.len() + 100,
         "host printed too little: {host:?}"
@@ -160,14 +167,8 @@ fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
     let Some(m) = model(dir.path(), Some("q8_0"), test) else {
         return;
     };
-    let n = 64;
-    let host = support::greedy_run(&m, PROMPT, n).stdout;
-    let _guard = lock();
-    let args = generate_args(PROMPT, n, "0");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The real part's budget: the linker and build.rs prove the model, buffers and stack fit 1 MiB / 256 KiB.
-    let fw = flash("mps2-an386-small", &m, dir.path(), &args);
-    assert!(fw.ok, "enigma flash failed");
+    let (host, fw) = greedy_both("mps2-an386-small", &m, dir.path());
     assert!(fw.stderr.contains("of 1048576 bytes"), "no flash report");
     assert!(fw.stderr.contains("of 262144 bytes"), "no RAM report");
     // The same bytes, so the same tokens (decoding is deterministic and every token prints as it comes).
@@ -177,6 +178,31 @@ fn qemu_q8_0_on_a_1mib_256kib_budget_matches_the_host_token_for_token() {
         "the q8_0 firmware's text differs from enigma run's"
     );
     check_defmt(test, &fw.stderr, "kernels");
+}
+
+/// q4_0 runs the Cortex-M4's own q4_0 kernel (nibbles through `UXTB16` + `SMLAD`, kernels/src/arm/int8.rs),
+/// which only QEMU exercises; the host's q4_0 path quantizes the activations the same way.
+#[test]
+fn qemu_q4_0_matches_the_host_token_for_token() {
+    let test = "qemu_q4_0_matches_the_host_token_for_token";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), Some("q4_0"), test) else {
+        return;
+    };
+    let (host, fw) = greedy_both("mps2-an386", &m, dir.path());
+    assert!(
+        host.len() > PROMPT.len() + 100,
+        "host printed too little: {host:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fw.stdout),
+        String::from_utf8_lossy(&host),
+        "the q4_0 firmware's text differs from enigma run's"
+    );
+    check_defmt(test, &fw.stderr, "kernels cortex-m");
 }
 
 /// A byte-fallback tokenizer spells a character it has no piece for as one token per byte, and a sampling

@@ -1,122 +1,19 @@
-//! Cortex-M kernels (Armv7E-M and up): the q8_0 dot product on the DSP extension's `SXTB16` + `SMLAD`
-//! (four int8 multiply-adds in four instructions, not counting loads), and an f32 matvec with four
-//! independent accumulators so the FPU's multiply-add latency overlaps.
+//! Cortex-M kernels: the q8_0 and q4_0 matvecs on integers ([`int8`]: the DSP extension's `SXTB16` +
+//! `SMLAD` on Armv7E-M and up), and an f32 matvec with four independent accumulators so the FPU's
+//! multiply-add latency overlaps.
 //!
-//! The same code is built on every target: where the DSP instructions are missing (Armv6-M, hosts) the two
+//! The same code is built on every target: where the DSP instructions are missing (Armv6-M, hosts) the
 //! primitives are portable Rust with the instructions' exact semantics, which is what the host tests run.
 
-use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
+mod int8;
+mod ops;
 
-/// `SXTB16`: bytes 0 and 2 of `x`, each sign-extended into a 16-bit half.
-#[cfg(enigma_arm_dsp)]
-#[inline(always)]
-fn sxtb16(x: u32) -> u32 {
-    let r: u32;
-    // SAFETY: a register-only instruction of the DSP extension, which this target (Armv7E-M/v8-M Main) has.
-    unsafe {
-        core::arch::asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x,
-            options(pure, nomem, nostack, preserves_flags))
-    };
-    r
-}
-
-/// `SMLAD`: `acc + lo(a)·lo(b) + hi(a)·hi(b)`, halves as i16.
-#[cfg(enigma_arm_dsp)]
-#[inline(always)]
-fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-    let r: i32;
-    // SAFETY: a register-only DSP instruction (it may set the sticky Q flag, which nothing here reads).
-    unsafe {
-        core::arch::asm!("smlad {r}, {a}, {b}, {acc}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b,
-            acc = in(reg) acc, options(pure, nomem, nostack))
-    };
-    r
-}
-
-#[cfg(not(enigma_arm_dsp))]
-#[inline(always)]
-fn sxtb16(x: u32) -> u32 {
-    let lo = x as u8 as i8 as i16 as u16 as u32;
-    let hi = (x >> 16) as u8 as i8 as i16 as u16 as u32;
-    lo | (hi << 16)
-}
-
-#[cfg(not(enigma_arm_dsp))]
-#[inline(always)]
-fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-    let lo = (a as u16 as i16 as i32) * (b as u16 as i16 as i32);
-    let hi = ((a >> 16) as u16 as i16 as i32) * ((b >> 16) as u16 as i16 as i32);
-    acc.wrapping_add(lo).wrapping_add(hi)
-}
-
-/// `acc + Σ_{k<4} a_k · b_k` for four packed i8 each: bytes 0 and 2 via one `SXTB16`, 1 and 3 via the
-/// rotated one, then one `SMLAD` per pair.
-#[inline(always)]
-fn dot4(a: u32, b: u32, acc: i32) -> i32 {
-    let acc = smlad(sxtb16(a), sxtb16(b), acc);
-    smlad(sxtb16(a.rotate_right(8)), sxtb16(b.rotate_right(8)), acc)
-}
-
-/// 32 i8 as 8 little-endian words (LLVM folds each into one `LDR`, unaligned loads being legal on v7-M).
-#[inline(always)]
-fn words(q: &[i8; QK]) -> [u32; QK / 4] {
-    let mut w = [0u32; QK / 4];
-    for (w, c) in w.iter_mut().zip(q.chunks_exact(4)) {
-        *w = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
-    }
-    w
-}
-
-#[inline(always)]
-fn dot_block(a: &[i8; QK], b: &[i8; QK]) -> i32 {
-    let (a, b) = (words(a), words(b));
-    let mut acc = 0i32;
-    for (x, y) in a.iter().zip(&b) {
-        acc = dot4(*x, *y, acc);
-    }
-    acc
-}
-
-/// `Σ_blocks d_w · d_x · Σ_j w_j x_j` over `w (nb)` and `x (nb)`; same result as the generic reference up
-/// to float rounding (the integer part is exact).
-pub fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        sumf += dot_block(&a.qs, &b.qs) as f32 * (a.scale() * b.scale());
-    }
-    sumf
-}
-
-/// q4_0 × q8_0: nibbles are unpacked to i8 (minus 8) into a stack block, then the q8_0 dot runs.
-pub fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (a, b) in w.iter().zip(x) {
-        let mut q = [0i8; QK];
-        let (lo, hi) = q.split_at_mut(QK / 2);
-        for ((l, h), n) in lo.iter_mut().zip(hi).zip(a.qs) {
-            *l = (n & 0x0f) as i8 - 8;
-            *h = (n >> 4) as i8 - 8;
-        }
-        sumf += dot_block(&q, &b.qs) as f32 * a.scale() * b.scale();
-    }
-    sumf
-}
-
-/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q8_0 × q8_0.
-pub fn qmatvec_q8_0(out: &mut [f32], w: &[BlockQ8_0], stride: usize, xq: &[BlockQ8_0]) {
-    let nb = xq.len();
-    for (r, o) in out.iter_mut().enumerate() {
-        *o += vec_dot_q8_0_q8_0(&w[r * stride..r * stride + nb], xq);
-    }
-}
-
-/// `out (n) += w (n, stride)[:, ..nb] · xq (nb)`, q4_0 × q8_0.
-pub fn qmatvec_q4_0(out: &mut [f32], w: &[BlockQ4_0], stride: usize, xq: &[BlockQ8_0]) {
-    let nb = xq.len();
-    for (r, o) in out.iter_mut().enumerate() {
-        *o += vec_dot_q4_0_q8_0(&w[r * stride..r * stride + nb], xq);
-    }
-}
+#[cfg(test)]
+pub(crate) use int8::f16_to_f32_fast;
+pub use int8::{qmatvec_q4_0, qmatvec_q8_0};
+pub use ops::{attn_accum, attn_scores, silu_mul, softmax};
+#[cfg(test)]
+pub(crate) use ops::{exp, matvec_f32 as matvec_f32_rows};
 
 /// `out (n) = w (n, d) · x (d)` with four accumulators (columns `j mod 4`), so consecutive `VFMA`s do not
 /// wait on each other; Cortex-M4F's FPU has the registers for it.
@@ -148,12 +45,13 @@ pub fn matmul_f32(out: &mut [f32], w: &[f32], x: &[f32], t: usize) {
     }
     let (n, d) = (out.len() / t, x.len() / t);
     for i in 0..t {
-        matvec_f32(&mut out[i * n..(i + 1) * n], w, &x[i * d..(i + 1) * d]);
+        ops::matvec_f32(&mut out[i * n..(i + 1) * n], w, &x[i * d..(i + 1) * d]);
     }
 }
 
-/// The Cortex-M table: the kernels above, the generic ones elsewhere.
-#[cfg(target_arch = "arm")]
+/// The Cortex-M table: the kernels above, the generic ones elsewhere. Built on the host for the tests,
+/// which run the whole tier suite on its portable form.
+#[cfg(any(target_arch = "arm", test))]
 pub(crate) static CORTEX_M: crate::Kernels = crate::Kernels {
     tier: crate::Tier::CortexM,
     variant: if cfg!(enigma_arm_dsp) {
@@ -161,10 +59,24 @@ pub(crate) static CORTEX_M: crate::Kernels = crate::Kernels {
     } else {
         "cortex-m"
     },
-    matvec_f32,
+    matvec_f32: ops::matvec_f32,
     matmul_f32,
     qmatvec_q8_0,
     qtile_q8_0: qmatvec_q8_0,
     qmatvec_q4_0,
+    // Without an FPU the polynomial's dozen float operations are software calls that cost more than libm's
+    // `expf` (measured on the M0+: +1.5% per token); there the reference stays.
+    softmax: if cfg!(target_abi = "eabihf") {
+        softmax
+    } else {
+        crate::generic::softmax
+    },
+    silu_mul: if cfg!(target_abi = "eabihf") {
+        silu_mul
+    } else {
+        crate::generic::silu_mul
+    },
+    attn_scores,
+    attn_accum,
     ..crate::dispatch::GENERIC
 };

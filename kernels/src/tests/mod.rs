@@ -116,6 +116,10 @@ macro_rules! tier_tests {
 
 tier_tests!(generic, &crate::dispatch::GENERIC, true, props = false,);
 
+// The Cortex-M table in its portable form (the asm's arithmetic in Rust); on the MCU the firmware's
+// token-equality tests under QEMU run the asm.
+tier_tests!(cortex_m_portable, &crate::arm::CORTEX_M, true, props = true,);
+
 #[cfg(target_arch = "x86_64")]
 tier_tests!(
     avx2,

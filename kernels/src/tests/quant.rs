@@ -74,6 +74,11 @@ fn q8_0_rounding_matches_roundf() {
         prop_assert_eq!(crate::quant::round_half_away(y), want(y), "{:e}", y);
         Ok(())
     });
+    check(2048, any::<u32>(), |b| {
+        let y = f32::from_bits(b);
+        prop_assert_eq!(crate::quant::round_half_away(y), want(y), "{:e}", y);
+        Ok(())
+    });
 }
 
 /// q4_0: `|x - deq(q(x))| <= |d| + 8·|d - f16(d)|`: a full step, because the value opposite the extreme
