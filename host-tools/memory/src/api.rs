@@ -50,7 +50,8 @@ impl ApiEmbeddings {
         model: &str,
         api_key: Option<String>,
     ) -> Result<Self, ModuleError> {
-        let client = Client::new(base_url, api_key).map_err(|e| ModuleError::Config(e.to_string()))?;
+        let client =
+            Client::new(base_url, api_key).map_err(|e| ModuleError::Config(e.to_string()))?;
         let mut api = ApiEmbeddings {
             client,
             model: model.to_string(),
@@ -84,7 +85,11 @@ impl ApiEmbeddings {
             .and_then(Json::as_array)
             .ok_or_else(|| bad("without a data array".into()))?;
         if data.len() != texts.len() {
-            return Err(bad(format!("{} vectors for {} inputs", data.len(), texts.len())));
+            return Err(bad(format!(
+                "{} vectors for {} inputs",
+                data.len(),
+                texts.len()
+            )));
         }
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         for item in data {
@@ -102,12 +107,19 @@ impl ApiEmbeddings {
                 .iter()
                 .map(|x| x.as_f64().map(|x| x as f32).filter(|x| x.is_finite()))
                 .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| bad(format!("item {index} with a value that is not a finite number")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "item {index} with a value that is not a finite number"
+                    ))
+                })?;
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             if v.is_empty() || norm == 0.0 {
                 return Err(bad(format!("item {index} as an empty or zero vector")));
             }
-            if vectors[index].replace(v.iter().map(|x| x / norm).collect()).is_some() {
+            if vectors[index]
+                .replace(v.iter().map(|x| x / norm).collect())
+                .is_some()
+            {
                 return Err(bad(format!("index {index} twice")));
             }
         }

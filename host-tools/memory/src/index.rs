@@ -48,13 +48,7 @@ fn top(mut scored: Vec<(u32, f32)>, n: usize) -> Vec<(u32, f32)> {
 
 /// The `n` rows of `data` (`(rows, dim)`, row-major) with the highest inner product with `q`, best first:
 /// the whole matrix through the SIMD matvec kernel, a block of rows at a time.
-pub fn exact_search(
-    k: &Kernels,
-    data: &[f32],
-    dim: usize,
-    q: &[f32],
-    n: usize,
-) -> Vec<(u32, f32)> {
+pub fn exact_search(k: &Kernels, data: &[f32], dim: usize, q: &[f32], n: usize) -> Vec<(u32, f32)> {
     let rows = data.len() / dim;
     let mut scores = vec![0.0f32; rows];
     for (block, out) in data
@@ -175,9 +169,7 @@ impl VectorIndex {
     /// The method a query of `n` results takes now.
     pub fn method(&self, n: usize) -> Method {
         match &self.graph {
-            Some(_) if self.len() > self.exact_limit => Method::Hnsw {
-                ef: default_ef(n),
-            },
+            Some(_) if self.len() > self.exact_limit => Method::Hnsw { ef: default_ef(n) },
             _ => Method::Exact,
         }
     }

@@ -76,7 +76,8 @@ impl Memory {
         let e = self.embedder()?;
         let mut out = e.embed(&[text])?;
         let v = out.vectors.pop().filter(|_| out.vectors.is_empty());
-        let v = v.ok_or_else(|| ModuleError::Failed(format!("{} returned no vector", e.describe())))?;
+        let v =
+            v.ok_or_else(|| ModuleError::Failed(format!("{} returned no vector", e.describe())))?;
         Ok((e.model(), v))
     }
 }
@@ -86,7 +87,9 @@ impl ConversationStorage for Memory {
         format!("conversations in {}", self.store().path().display())
     }
     fn create(&self, title: &str) -> Result<i64, ModuleError> {
-        self.store().create_conversation(title).map_err(module_error)
+        self.store()
+            .create_conversation(title)
+            .map_err(module_error)
     }
     fn append(&self, conversation: i64, message: &ChatMessage) -> Result<i64, ModuleError> {
         self.store()
@@ -154,16 +157,15 @@ impl VectorSearch for Memory {
             .map(|(t, v)| (*t, source, v.as_slice()))
             .collect();
         let mut store = self.store();
-        let ids = store.add_passages(&e.model(), &items).map_err(module_error)?;
+        let ids = store
+            .add_passages(&e.model(), &items)
+            .map_err(module_error)?;
         store.prune(self.max_entries).map_err(module_error)?;
         Ok(ids)
     }
     fn search(&self, query: &str, n: usize) -> Result<Vec<Passage>, ModuleError> {
         let (model, q) = self.embed_one(query)?;
-        let found = self
-            .store()
-            .search(&model, &q, n)
-            .map_err(module_error)?;
+        let found = self.store().search(&model, &q, n).map_err(module_error)?;
         Ok(found
             .into_iter()
             .map(|f| Passage {

@@ -257,8 +257,12 @@ impl Store {
             });
         }
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
-            tx.execute_batch(step).map_err(|e| sql_error(&self.path, e))?;
+            let tx = self
+                .conn
+                .transaction()
+                .map_err(|e| sql_error(&self.path, e))?;
+            tx.execute_batch(step)
+                .map_err(|e| sql_error(&self.path, e))?;
             tx.execute_batch(&format!(
                 "PRAGMA user_version={}; PRAGMA application_id={APPLICATION_ID};",
                 i + 1
@@ -317,7 +321,10 @@ impl Store {
     /// Appends a message; it is committed (and synced) when this returns. Returns the message's id.
     pub fn append(&mut self, conversation: i64, message: &ChatMessage) -> Result<i64> {
         let t = now();
-        let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
         let changed = tx
             .execute(
                 "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
@@ -465,7 +472,10 @@ impl Store {
                 export.version
             )));
         }
-        let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
         let ids = import_into(&tx, &export).map_err(|e| sql_error(&self.path, e))?;
         tx.commit().map_err(|e| sql_error(&self.path, e))?;
         Ok(ids)
@@ -511,7 +521,11 @@ impl Store {
     /// Adds passages embedded by `model` (each `(text, source, vector)`), in one transaction. A model's index
     /// has one dimension, fixed by its first vector: a vector of another is refused before anything is
     /// written. Returns the new ids.
-    pub fn add_passages(&mut self, model: &str, items: &[(&str, &str, &[f32])]) -> Result<Vec<i64>> {
+    pub fn add_passages(
+        &mut self,
+        model: &str,
+        items: &[(&str, &str, &[f32])],
+    ) -> Result<Vec<i64>> {
         let dim = match (self.index_row(model)?, items.first()) {
             (Some((_, dim)), _) => dim,
             (None, Some((_, _, v))) => v.len(),
@@ -524,7 +538,10 @@ impl Store {
         // The index in memory first, so that appending to it and saving its graph happen with the rows.
         self.load_index(model)?;
         let t = now();
-        let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
         let index_id = ensure_index(&tx, model, dim).map_err(|e| sql_error(&self.path, e))?;
         let mut ids = Vec::with_capacity(items.len());
         for ((text, source, _), v) in items.iter().zip(&units) {
@@ -612,7 +629,10 @@ impl Store {
             };
             if index.needs_graph() {
                 index.build_graph();
-                let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+                let tx = self
+                    .conn
+                    .transaction()
+                    .map_err(|e| sql_error(&self.path, e))?;
                 save_graph(&tx, index_id, &index)
                     .and_then(|_| tx.commit())
                     .map_err(|e| sql_error(&self.path, e))?;
@@ -693,7 +713,10 @@ impl Store {
 
     /// Deletes passages; their indexes' graphs are dropped with them (rebuilt at the next load).
     pub fn forget_passages(&mut self, ids: &[i64]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sql_error(&self.path, e))?;
         for &id in ids {
             let index_id: Option<i64> = tx
                 .query_row("SELECT index_id FROM passages WHERE id = ?1", [id], |r| {

@@ -79,7 +79,11 @@ fn kill_9_loses_nothing_committed() {
             stored.len()
         );
         for (i, m) in stored.iter().enumerate() {
-            assert_eq!(m.content, format!("message {i}"), "round {round}: order or content");
+            assert_eq!(
+                m.content,
+                format!("message {i}"),
+                "round {round}: order or content"
+            );
         }
         let kept: Vec<i64> = s.passages().unwrap().iter().map(|p| p.id).collect();
         for id in &passages {

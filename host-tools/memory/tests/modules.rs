@@ -44,7 +44,10 @@ fn embedding_api_speaks_openai_and_never_shows_its_key() {
     for (got, text) in out.vectors.iter().zip(["the cat sat", "a dog barked"]) {
         let want = local.vector(text);
         assert_eq!(got.len(), want.len());
-        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{text}");
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{text}"
+        );
     }
     assert_eq!(out.tokens, 6);
     assert_eq!(
@@ -53,7 +56,10 @@ fn embedding_api_speaks_openai_and_never_shows_its_key() {
     );
     // Nothing a person or a file sees carries the key.
     let status = m.status("embedding_api").unwrap();
-    assert!(status.contains("fake-embed") && !status.contains("secret"), "{status}");
+    assert!(
+        status.contains("fake-embed") && !status.contains("secret"),
+        "{status}"
+    );
     let saved = std::fs::read_to_string(dir.path().join("modules.json")).unwrap();
     assert!(saved.contains("ENIGMA_TEST_EMBED_KEY_A") && !saved.contains("secret"));
 }
@@ -70,11 +76,17 @@ fn embedding_api_refusals_are_clear() {
         set: api_settings(&api, "ENIGMA_TEST_EMBED_KEY_B"),
     };
     let e = m.load("embedding_api", &opts).unwrap_err().to_string();
-    assert!(e.contains("Incorrect API key provided") && e.contains("401"), "{e}");
+    assert!(
+        e.contains("Incorrect API key provided") && e.contains("401"),
+        "{e}"
+    );
     assert!(!e.contains("sk-wrong-value"), "{e}");
     // openai_compatible without an address or a model says which.
     let e = m
-        .load("embedding_api", &LoadOptions::settings(&["provider=openai_compatible"]))
+        .load(
+            "embedding_api",
+            &LoadOptions::settings(&["provider=openai_compatible"]),
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs base_url"), "{e}");

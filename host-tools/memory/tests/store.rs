@@ -41,7 +41,10 @@ fn conversations_round_trip_through_export_and_import() {
     assert_eq!(t.messages(ids[0]).unwrap(), s.messages(a).unwrap());
     let ids = t.import_json(&all).unwrap();
     assert_eq!(ids.len(), 2);
-    assert_eq!(t.messages(ids[1]).unwrap(), vec![ChatMessage::system("be brief")]);
+    assert_eq!(
+        t.messages(ids[1]).unwrap(),
+        vec![ChatMessage::system("be brief")]
+    );
     assert_eq!(t.conversations().unwrap().len(), 3);
 
     // Deleting takes the messages with it.
@@ -57,14 +60,27 @@ fn unknown_conversations_and_bad_imports_are_clear_errors() {
         e.to_string(),
         "no conversation 42 (`enigma memory list` shows them)"
     );
-    assert!(matches!(s.delete_conversation(7), Err(Error::UnknownConversation(7))));
-    assert!(matches!(s.export(Some(7)), Err(Error::UnknownConversation(7))));
+    assert!(matches!(
+        s.delete_conversation(7),
+        Err(Error::UnknownConversation(7))
+    ));
+    assert!(matches!(
+        s.export(Some(7)),
+        Err(Error::UnknownConversation(7))
+    ));
     let e = s.import_json("{\"format\": \"something\"}").unwrap_err();
-    assert!(e.to_string().starts_with("not an Enigma memory export"), "{e}");
+    assert!(
+        e.to_string().starts_with("not an Enigma memory export"),
+        "{e}"
+    );
     let bad_role = r#"{"format":"enigma-memory","version":1,"conversations":[{"id":1,"title":"t","created_at":0,"updated_at":0,"messages":[{"role":"robot","content":"x","created_at":0}]}]}"#;
     assert!(s.import_json(bad_role).is_err());
     let newer = r#"{"format":"enigma-memory","version":9,"conversations":[]}"#;
-    assert!(s.import_json(newer).unwrap_err().to_string().contains("version 9"));
+    assert!(s
+        .import_json(newer)
+        .unwrap_err()
+        .to_string()
+        .contains("version 9"));
     // Nothing of a refused import was written.
     assert!(s.conversations().unwrap().is_empty());
 }
@@ -87,19 +103,26 @@ fn a_model_keeps_one_dimension_and_models_are_never_mixed() {
     // A query of the wrong width is refused the same way.
     assert!(matches!(
         s.search("small", &wide, 3),
-        Err(Error::DimensionMismatch { expected: 8, got: 16, .. })
+        Err(Error::DimensionMismatch {
+            expected: 8,
+            got: 16,
+            ..
+        })
     ));
     // Another model is another index; a search by a model with nothing stored says what there is.
     s.add_passages("wide", &[("wide", "note", &wide)]).unwrap();
     let e = s.search("third", &wide, 3).unwrap_err();
     assert!(
-        e.to_string().contains("nothing in memory is embedded with model \"third\"")
+        e.to_string()
+            .contains("nothing in memory is embedded with model \"third\"")
             && e.to_string().contains("\"small\" (8 wide, 1 passages)"),
         "{e}"
     );
     // Zero and non-finite vectors have no direction.
     assert!(s.add_passages("small", &[("z", "n", &[0.0; 8])]).is_err());
-    assert!(s.add_passages("small", &[("z", "n", &[f32::NAN; 8])]).is_err());
+    assert!(s
+        .add_passages("small", &[("z", "n", &[f32::NAN; 8])])
+        .is_err());
     assert_eq!(s.search("wide", &wide, 3).unwrap()[0].text, "wide");
 }
 
@@ -191,7 +214,10 @@ fn the_graph_is_saved_reused_and_rebuilt_when_damaged() {
 
     // Forgetting passages drops the graph; the next load rebuilds it over what is left.
     s.forget_passages(&ids[..10]).unwrap();
-    assert!(matches!(s.forget_passages(&[ids[0]]), Err(Error::UnknownEntry(_))));
+    assert!(matches!(
+        s.forget_passages(&[ids[0]]),
+        Err(Error::UnknownEntry(_))
+    ));
     drop(s);
     let mut s = Store::open(&path).unwrap();
     s.set_exact_limit(100);
@@ -221,8 +247,11 @@ fn a_corrupt_or_foreign_database_is_a_clear_error() {
         let mut s = Store::open(&damaged).unwrap();
         let c = s.create_conversation("x").unwrap();
         for i in 0..200 {
-            s.append(c, &ChatMessage::user(format!("message {i} {}", "x".repeat(200))))
-                .unwrap();
+            s.append(
+                c,
+                &ChatMessage::user(format!("message {i} {}", "x".repeat(200))),
+            )
+            .unwrap();
         }
     }
     // Fold the WAL into the file first, so the damage is what SQLite reads.
@@ -239,7 +268,9 @@ fn a_corrupt_or_foreign_database_is_a_clear_error() {
         s.check()?;
         s.conversations()
     });
-    let e = outcome.err().expect("a damaged database must not read as fine");
+    let e = outcome
+        .err()
+        .expect("a damaged database must not read as fine");
     assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
 
     // Someone else's SQLite database is refused, not written into.
