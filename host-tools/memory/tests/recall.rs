@@ -90,7 +90,7 @@ fn hnsw_recall_at_10_on_clustered_unit_vectors_at_the_default_breadth() {
     let centres: Vec<Vec<f32>> = (0..100)
         .map(|_| unit((0..DIM).map(|_| normal(&mut rng)).collect()))
         .collect();
-    let mut draw = |rng: &mut XorShift| {
+    let draw = |rng: &mut XorShift| {
         let c = &centres[(rng.next_u64() % centres.len() as u64) as usize];
         unit(c.iter().map(|x| x + 0.06 * normal(rng)).collect())
     };

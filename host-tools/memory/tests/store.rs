@@ -268,9 +268,7 @@ fn a_corrupt_or_foreign_database_is_a_clear_error() {
         s.check()?;
         s.conversations()
     });
-    let e = outcome
-        .err()
-        .expect("a damaged database must not read as fine");
+    let e = outcome.expect_err("a damaged database must not read as fine");
     assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
 
     // Someone else's SQLite database is refused, not written into.
