@@ -187,7 +187,7 @@ impl Hnsw {
         self.level.push(level);
         self.upper.push(vec![0; m * level as usize]);
         self.upper_len.push(vec![0; level as usize]);
-        let Some(mut ep) = self.entry else {
+        let Some(ep) = self.entry else {
             self.entry = Some(node);
             self.max_level = level;
             return;
@@ -199,7 +199,6 @@ impl Hnsw {
         };
         for layer in (level + 1..=self.max_level).rev() {
             best = self.greedy(k, data, q, best, layer);
-            ep = best.node;
         }
         let mut entries = vec![best];
         for layer in (0..=level.min(self.max_level)).rev() {
@@ -221,7 +220,6 @@ impl Hnsw {
             }
             entries = found;
         }
-        let _ = ep;
         if level > self.max_level {
             self.max_level = level;
             self.entry = Some(node);
@@ -536,4 +534,65 @@ pub fn dot(k: &Kernels, a: &[f32], b: &[f32]) -> f32 {
     let mut out = [0.0f32];
     (k.matvec_f32)(&mut out, a, b);
     out[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(n: usize, dim: usize) -> (Vec<f32>, Hnsw) {
+        let mut state = 7u64;
+        let data: Vec<f32> = (0..n * dim)
+            .map(|_| (splitmix(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect();
+        let params = Params {
+            m: 4,
+            ef_construction: 16,
+            seed: 3,
+        };
+        let mut g = Hnsw::new(dim, params);
+        let k = enigma_kernels::kernels();
+        let mut visited = Visited::default();
+        for _ in 0..n {
+            g.insert(k, &data, &mut visited);
+        }
+        (data, g)
+    }
+
+    #[test]
+    fn the_byte_image_reads_back_equal_and_every_damage_is_refused() {
+        let (_, g) = graph(60, 8);
+        let bytes = g.to_bytes();
+        assert_eq!(Hnsw::from_bytes(&bytes, 8, 60).unwrap(), g);
+        assert!(Hnsw::from_bytes(&bytes, 9, 60).is_err());
+        assert!(Hnsw::from_bytes(&bytes, 8, 61).is_err());
+        for cut in 0..bytes.len() {
+            assert!(
+                Hnsw::from_bytes(&bytes[..cut], 8, 60).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A link past the end, with a checksum that matches: caught by the range check, not trusted.
+        let mut body = bytes[..bytes.len() - 4].to_vec();
+        let last = body.len() - 4;
+        body[last..].copy_from_slice(&1000u32.to_le_bytes());
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let e = Hnsw::from_bytes(&body, 8, 60).unwrap_err();
+        assert!(e.contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn a_wide_search_finds_what_exact_search_finds() {
+        let (data, g) = graph(300, 16);
+        let k = enigma_kernels::kernels();
+        let mut visited = Visited::default();
+        for q in data.chunks_exact(16).take(20) {
+            let found = g.search(k, &data, q, 5, 300, &mut visited);
+            let exact = crate::index::exact_search(k, &data, 16, q, 5);
+            // The same rows; scores may differ in the last bit (the matvec sums 4-row tiles in another order).
+            let rows = |v: &[(u32, f32)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
+            assert_eq!(rows(&found), rows(&exact));
+        }
+    }
 }

@@ -39,7 +39,6 @@ fn top(mut scored: Vec<(u32, f32)>, n: usize) -> Vec<(u32, f32)> {
     let better = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if scored.len() > n && n > 0 {
         scored.select_nth_unstable_by(n - 1, better);
-        scored.truncate(n);
     }
     scored.truncate(n);
     scored.sort_unstable_by(better);
