@@ -164,6 +164,13 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Before each turn, find the passages of memory nearest it (the memory module's vector_search) and put
+    /// them in the prompt, saying which; the chat is saved as a conversation.
+    #[arg(long)]
+    pub memory: bool,
+    /// Passages per turn with --memory.
+    #[arg(long, default_value_t = 3, requires = "memory")]
+    pub memory_top: usize,
 }
 
 /// Writes generated pieces as text: bytes of a character split over byte-fallback tokens are held until
@@ -508,8 +515,17 @@ fn reusable(history: &[u32], fed: usize, ids: &[u32]) -> usize {
 
 pub fn chat(args: ChatArgs) -> Result<()> {
     if let Some(client) = args.remote.client()? {
+        anyhow::ensure!(
+            !args.memory,
+            "--memory works with a local model, not with --remote"
+        );
         return crate::remote::chat(&args, &client);
     }
+    let mut memory = if args.memory {
+        Some(crate::memory::ChatMemory::open(args.memory_top)?)
+    } else {
+        None
+    };
     let sampler_cfg = args.sampling.config()?;
     let predict = args.length.predict()?;
     let kv = args.engine.kv_type()?;
@@ -556,6 +572,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             }
             Input::Text(t) => t,
         };
+        let asked = text.clone();
+        let text = match &memory {
+            Some(m) => m.recall(&text)?,
+            None => text,
+        };
         messages.push(ChatMessage::user(text));
         // One slot stays free for the reply's first token.
         let room = ctx.saturating_sub(1);
@@ -598,9 +619,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         )?;
         history.clone_from(&ids);
         history.extend(&reply.ids);
-        messages.push(ChatMessage::assistant(
-            String::from_utf8_lossy(&reply.text).into_owned(),
-        ));
+        let said = String::from_utf8_lossy(&reply.text).into_owned();
+        if let Some(m) = &mut memory {
+            m.save(&asked, &said)?;
+        }
+        messages.push(ChatMessage::assistant(said));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod cuda;
 pub mod generate;
+pub mod memory;
 pub mod models;
 pub mod modules;
 pub mod remote;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Switch capabilities on and off: list, info, load, unload, status (docs/MODULES.md).
     #[command(subcommand)]
     Modules(crate::modules::ModulesCommand),
+    /// Memory: passages searched by meaning, stored conversations (the memory module; docs/MEMORY.md).
+    #[command(subcommand)]
+    Memory(crate::memory::MemoryCommand),
     /// Manage the models directory (ENIGMA_HOME): list, info, create, delete, rename, copy, convert.
     #[command(subcommand)]
     Models(crate::models::ModelsCommand),
@@ -301,6 +305,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Flash(args) => enigma_flash::flash(args),
         Command::Modules(cmd) => crate::modules::main(cmd),
         Command::Models(cmd) => crate::models::main(cmd),
+        Command::Memory(cmd) => crate::memory::main(cmd),
         #[cfg(feature = "serve")]
         Command::Serve(args) => crate::serve::serve(args),
         Command::Hardware { json } => crate::modules::hardware(json),

@@ -202,6 +202,7 @@ fn base_registry(home: &Path) -> Registry {
     enigma_modules::local::register(&mut registry, &store);
     enigma_train::module::register(&mut registry, &store);
     enigma_network::register(&mut registry);
+    enigma_memory::module::register(&mut registry, home);
     registry
 }
 
@@ -265,7 +266,7 @@ fn read(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
 }
 
 /// The manager with the wanted set loaded: this command hosts the modules for its own length.
-fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
+pub(crate) fn host(home: &Path) -> Result<(ModuleManager, RestoreReport)> {
     let manager = manager(home)?;
     let report = manager.restore()?;
     for (id, why) in &report.failed {

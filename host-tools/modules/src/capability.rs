@@ -227,6 +227,63 @@ pub trait Embeddings: Send + Sync {
     fn dimensions(&self) -> usize;
     /// One vector per text, in order, each L2-normalised, and the tokens read.
     fn embed(&self, texts: &[&str]) -> Result<Embedded, ModuleError>;
+    /// A stable name of the model the vectors come from: vectors of different models are never compared
+    /// (memory keeps an index per model). By default [`Embeddings::describe`].
+    fn model(&self) -> String {
+        self.describe()
+    }
+}
+
+/// A stored conversation, as listed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ConversationSummary {
+    pub id: i64,
+    pub title: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub messages: usize,
+}
+
+/// Conversations kept across sessions. Every call that returns has committed what it wrote.
+pub trait ConversationStorage: Send + Sync {
+    fn describe(&self) -> String;
+    /// A new, empty conversation; its id.
+    fn create(&self, title: &str) -> Result<i64, ModuleError>;
+    /// Appends a message to a conversation; the message's id. An unknown conversation is
+    /// [`ModuleError::Invalid`].
+    fn append(&self, conversation: i64, message: &ChatMessage) -> Result<i64, ModuleError>;
+    fn list(&self) -> Result<Vec<ConversationSummary>, ModuleError>;
+    fn messages(&self, conversation: i64) -> Result<Vec<ChatMessage>, ModuleError>;
+    fn delete(&self, conversation: i64) -> Result<(), ModuleError>;
+    /// One conversation (`Some(id)`) or all, as the JSON export format.
+    fn export(&self, conversation: Option<i64>) -> Result<serde_json::Value, ModuleError>;
+    /// Adds the conversations of an export (JSON text) under new ids, all or none; their ids.
+    fn import(&self, json: &str) -> Result<Vec<i64>, ModuleError>;
+}
+
+/// A passage of memory, as found by a search (or listed, with score 0).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Passage {
+    pub id: i64,
+    pub text: String,
+    /// Where it came from (`note`, `conversation 3`, a file name...).
+    pub source: String,
+    /// Cosine similarity with the query.
+    pub score: f32,
+}
+
+/// Passages searched by meaning, through whichever module provides `embeddings`.
+pub trait VectorSearch: Send + Sync {
+    fn describe(&self) -> String;
+    /// Embeds and stores `texts`, all or none; their ids.
+    fn add(&self, texts: &[&str], source: &str) -> Result<Vec<i64>, ModuleError>;
+    /// The `n` passages nearest `query`, best first.
+    fn search(&self, query: &str, n: usize) -> Result<Vec<Passage>, ModuleError>;
+    /// Every passage, oldest first.
+    fn list(&self) -> Result<Vec<Passage>, ModuleError>;
+    /// Deletes passages, all or none; an unknown id is [`ModuleError::Invalid`].
+    fn forget(&self, ids: &[i64]) -> Result<(), ModuleError>;
 }
 
 /// The outcome of a training run.
@@ -387,6 +444,8 @@ families!(
     TextGeneration,
     CodeGeneration,
     Embeddings,
+    ConversationStorage,
+    VectorSearch,
     Training,
     TextToSpeech,
     Tool,
