@@ -17,6 +17,7 @@
 
 mod attn_f16;
 mod cortex_m;
+mod encoder_ops;
 mod gemm;
 mod ops;
 mod qgemm;
