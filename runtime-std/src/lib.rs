@@ -2,6 +2,7 @@
 //! together over a paged KV pool (`batch`), and writes models.
 pub mod backend;
 pub mod batch;
+pub mod embed;
 mod error;
 pub mod fsutil;
 pub mod hardware;
@@ -16,6 +17,7 @@ pub mod writer;
 
 pub use backend::{Backend, Pool};
 pub use batch::{Batcher, ModelHost};
+pub use embed::Embedder;
 pub use enigma_core as core;
 pub use error::{Error, Result};
 pub use hardware::Hardware;

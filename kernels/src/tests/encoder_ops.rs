@@ -93,7 +93,11 @@ fn edges() {
         (t.layernorm)(&mut out, &x, &[1.0; 37], &[0.0; 37], 1e-12);
         let mean = out.iter().sum::<f32>() / 37.0;
         let var = out.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 37.0;
-        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{}", t.variant);
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+            "{}",
+            t.variant
+        );
         // GELU: 0 at 0, identity far right, 0 far left, Φ(1) at 1; tails of every length.
         for n in [1usize, 7, 8, 9, 17] {
             let mut v: Vec<f32> = (0..n).map(|i| [0.0, 1.0, 50.0, -50.0][i % 4]).collect();

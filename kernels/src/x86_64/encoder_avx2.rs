@@ -98,7 +98,11 @@ fn gelu8(v: __m256) -> __m256 {
         _mm256_andnot_ps(_mm256_set1_ps(-0.0), z),
         _mm256_set1_ps(erf::CLAMP),
     );
-    let e = _mm256_blendv_ps(e, _mm256_mul_ps(z, _mm256_set1_ps(1.0 / erf::CLAMP)), at_clamp);
+    let e = _mm256_blendv_ps(
+        e,
+        _mm256_mul_ps(z, _mm256_set1_ps(1.0 / erf::CLAMP)),
+        at_clamp,
+    );
     let half = _mm256_mul_ps(v, _mm256_set1_ps(0.5));
     _mm256_fmadd_ps(half, e, half)
 }
