@@ -64,7 +64,7 @@ fn strip_accents(c: char, mut f: impl FnMut(char)) {
     if (0xAC00..=0xD7A3).contains(&cp) {
         let s = cp - 0xAC00;
         let parts = [0x1100 + s / 588, 0x1161 + (s % 588) / 28, 0x11A7 + s % 28];
-        let n = if s % 28 == 0 { 2 } else { 3 };
+        let n = if s.is_multiple_of(28) { 2 } else { 3 };
         parts[..n]
             .iter()
             .filter_map(|&p| char::from_u32(p))

@@ -4,15 +4,17 @@
 //! that fills it (Cortex-M included) stay as they are; [`encoder_ops`] picks the table matching a `Kernels`
 //! tier. The scalar functions here are the reference; tiers without their own variant use them.
 
-use crate::dispatch::Tier;
 use crate::Kernels;
+
+/// `out (d) = (x - mean(x)) / sqrt(var(x) + eps) * weight (d) + bias (d)`
+pub type LayerNormFn = fn(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32);
 
 /// The encoder's ops for one tier.
 pub struct EncoderOps {
     /// The instruction sets these functions use.
     pub variant: &'static str,
     /// `out (d) = (x - mean(x)) / sqrt(var(x) + eps) * weight (d) + bias (d)`
-    pub layernorm: fn(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32),
+    pub layernorm: LayerNormFn,
     /// `x (n) = x * Φ(x)` in place, `Φ` the standard normal CDF through `erf`
     pub gelu: fn(x: &mut [f32]),
 }
@@ -28,7 +30,9 @@ pub(crate) static GENERIC: EncoderOps = EncoderOps {
 pub fn encoder_ops(k: &Kernels) -> &'static EncoderOps {
     match k.tier {
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 | Tier::Avx512 if crate::x86_64::has_avx2() => &crate::x86_64::ENCODER_AVX2,
+        crate::Tier::Avx2 | crate::Tier::Avx512 if crate::x86_64::has_avx2() => {
+            &crate::x86_64::ENCODER_AVX2
+        }
         _ => &GENERIC,
     }
 }
@@ -60,7 +64,9 @@ pub fn gelu(x: &mut [f32]) {
 }
 
 /// The coefficients of `erf(x) ≈ x·P(x²)/Q(x²)` on `[-4, 4]` (beyond, `erf` is ±1 in f32): Eigen's and XLA's
-/// f32 rational approximation, a few ulp from the true value. The SIMD tiers evaluate it.
+/// f32 rational approximation, a few ulp from the true value. The SIMD tiers evaluate it (only x86-64 has
+/// one so far).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod erf {
     pub const CLAMP: f32 = 4.0;
     /// Numerator, odd powers, highest first.
@@ -70,7 +76,7 @@ pub(crate) mod erf {
         -2.101_024e-6,
         -5.692_506_4e-5,
         -7.349_906_3e-4,
-        -2.954_600_0e-3,
+        -2.954_6e-3,
         -1.609_603_3e-2,
     ];
     /// Denominator, even powers, highest first.

@@ -23,6 +23,10 @@ pub struct EmbedArgs {
     /// With --tokens: keep every token (the Hugging Face tokenizer without truncation).
     #[arg(long, requires = "tokens")]
     pub no_truncate: bool,
+    /// Embed this many texts per call of the encoder, one call after another (default: all at once);
+    /// `--batch 1` is one sentence at a time, as a caller with one query does.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Threads to embed on (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -70,7 +74,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .collect::<enigma_runtime::Result<Vec<_>>>()?;
         serde_json::json!({ "model": args.model, "tokens": ids })
     } else {
-        let vecs = e.embed(&texts)?;
+        let per = args.batch.unwrap_or(texts.len()).max(1);
+        let mut vecs = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(per) {
+            vecs.extend(e.embed(chunk)?);
+        }
         serde_json::json!({
             "model": args.model,
             "dim": e.dim(),

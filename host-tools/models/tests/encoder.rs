@@ -156,7 +156,7 @@ fn token_ids_match_hugging_face_on_1mb() {
         total += got.len();
     }
     // Truncation keeps [CLS], the first 254 ids and [SEP].
-    let long = lines.iter().copied().collect::<Vec<_>>().join(" ");
+    let long = lines.join(" ");
     let t = e.tokenize(&long[..20_000.min(long.len())]).unwrap();
     let full = e.tokenize_all(&long[..20_000.min(long.len())]).unwrap();
     assert_eq!(t.len(), 256);
