@@ -267,3 +267,95 @@ impl<'a> WordPiece<'a> {
 fn is_char_start(b: u8) -> bool {
     b & 0xC0 != 0x80
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::TokenizerMeta;
+
+    const VOCAB: [&str; 14] = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "cafe", "!", "中", "a", "##b",
+        "ᄒ", "##ᅡ",
+    ];
+
+    /// Encodes `text` over [`VOCAB`] with at most `max` ids.
+    fn enc(text: &str, max: usize) -> heapless::Vec<u32, 64> {
+        let mut bytes = [0u8; 128];
+        let mut offsets = [0u32; VOCAB.len() + 1];
+        let mut at = 0;
+        for (i, p) in VOCAB.iter().enumerate() {
+            bytes[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+            offsets[i + 1] = at as u32;
+        }
+        let mut sorted: [u32; VOCAB.len()] = core::array::from_fn(|i| i as u32);
+        sorted.sort_unstable_by_key(|&i| VOCAB[i as usize].as_bytes());
+        let scores = [0.0f32; VOCAB.len()];
+        let meta = TokenizerMeta {
+            bos: 2,
+            eos: 3,
+            pad: Some(0),
+            max_token_len: 8,
+            add_dummy_prefix: false,
+            byte_fallback: None,
+            chat: None,
+        };
+        let vocab = Tokenizer::new(meta, &bytes[..at], &offsets, &scores, &sorted).unwrap();
+        let wp = WordPiece::new(vocab).unwrap();
+        let mut out = [0u32; 64];
+        let n = wp.encode(text, max, &mut out).unwrap();
+        heapless::Vec::from_slice(&out[..n]).unwrap()
+    }
+
+    #[test]
+    fn greedy_longest_match_with_continuations() {
+        assert_eq!(enc("unaffable", 64), [2, 4, 5, 6, 3]);
+        // One unknown part makes the whole word [UNK], not a partial spelling.
+        assert_eq!(enc("unaffablex a", 64), [2, 1, 10, 3]);
+        assert_eq!(enc("abbb", 64), [2, 10, 11, 11, 11, 3]);
+        assert_eq!(enc("", 64), [2, 3]);
+        assert_eq!(enc(" \t\n ", 64), [2, 3]);
+    }
+
+    #[test]
+    fn normalizes_as_bert_does() {
+        // Lower-cased, accents stripped (é is e + U+0301 under NFD), punctuation split off.
+        assert_eq!(enc("CAFÉ!", 64), [2, 7, 8, 3]);
+        assert_eq!(enc("Cafe\u{301}!!", 64), [2, 7, 8, 8, 3]);
+        // CJK ideographs are words of their own even inside a word; a control is dropped, joining its
+        // neighbours into one word.
+        assert_eq!(enc("a中a\u{7}b", 64), [2, 10, 9, 10, 11, 3]);
+        // A Hangul syllable decomposes to its jamo (하 = ᄒ + ᅡ).
+        assert_eq!(enc("하", 64), [2, 12, 13, 3]);
+        // Over 100 characters is [UNK] whatever its pieces.
+        let mut long = heapless::String::<128>::new();
+        for _ in 0..101 {
+            long.push('a').unwrap();
+        }
+        assert_eq!(enc(&long, 64), [2, 1, 3]);
+    }
+
+    #[test]
+    fn truncates_keeping_cls_and_sep() {
+        assert_eq!(enc("a a a a a", 4), [2, 10, 10, 3]);
+        // A word cut by the limit keeps its first pieces.
+        assert_eq!(enc("unaffable", 4), [2, 4, 5, 3]);
+        let mut out = [0u32; 1];
+        let wp_err = {
+            let bytes = b"[UNK]";
+            let offsets = [0u32, 5];
+            let meta = TokenizerMeta {
+                bos: 0,
+                eos: 0,
+                pad: None,
+                max_token_len: 5,
+                add_dummy_prefix: false,
+                byte_fallback: None,
+                chat: None,
+            };
+            let vocab = Tokenizer::new(meta, bytes, &offsets, &[0.0], &[0]).unwrap();
+            WordPiece::new(vocab).unwrap().encode("a", 8, &mut out)
+        };
+        assert!(matches!(wp_err, Err(Error::BufferTooSmall { .. })));
+    }
+}
