@@ -40,7 +40,7 @@ PY
 
 results_begin embed_vs_torch "Sentence embeddings: enigma embed against sentence-transformers on PyTorch CPU" \
     "ROUNDS=$ROUNDS SENTENCES=$SENTENCES DTYPE=$DTYPE bash benches/embed_vs_torch.sh"
-results_line "all-MiniLM-L6-v2, the first $SENTENCES TinyStories sentences, enigma's weights as $DTYPE; sentences/s at batch 1 (one sentence per call) and 32. enigma: the wall time of a whole \`enigma embed --stdin --batch B\` process ($ENIGMA_BIN; start-up, load, tokenizing and JSON included). PyTorch: \`SentenceTransformer.encode(batch_size=B)\` in a warmed-up process, float32, its default threads. Medians of $ROUNDS alternating rounds; ratio = enigma / PyTorch."
+results_line "all-MiniLM-L6-v2, the first $SENTENCES TinyStories sentences, enigma's weights as $DTYPE; sentences/s at batch 1 (one sentence per call) and 32. enigma: the wall time of a whole \`enigma embed --stdin --batch B\` process ($ENIGMA_BIN; start-up, load, tokenizing and JSON included). PyTorch: \`SentenceTransformer.encode(batch_size=B)\` in a warmed-up process, float32, with its default threads and with one. Medians of $ROUNDS alternating rounds; ratio = enigma / PyTorch."
 results_line ""
 python3 benches/embed_vs_torch.py "$ENIGMA_BIN" "$WORK/minilm.enigma" "$WORK/sentences.txt" "$ROUNDS" >"$WORK/out.txt"
 sed -n '/^TABLE$/,$p' "$WORK/out.txt" | tail -n +2 | results_block
