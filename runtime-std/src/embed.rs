@@ -63,37 +63,48 @@ impl Embedder {
 
     /// The token ids of `text`, `[CLS]` and `[SEP]` included, truncated to the model's length.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let parsed = self.file.parse()?;
-        let tok = WordPiece::from_file(&parsed)?;
-        let max = parsed.config().seq_len as usize;
-        let mut ids = vec![0u32; max];
-        let n = tok.encode(text, max, &mut ids)?;
-        ids.truncate(n);
-        Ok(ids)
+        Ok(self.tokenize_many(&[text])?.remove(0))
     }
 
-    /// Every token id of `text`, `[CLS]` and `[SEP]` included, however long (no truncation).
-    pub fn tokenize_all(&self, text: &str) -> Result<Vec<u32>> {
+    /// [`Embedder::tokenize`] of each text, the vocabulary checked once.
+    pub fn tokenize_many<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        self.tokenize_with(texts, true)
+    }
+
+    /// Every token id of each text, `[CLS]` and `[SEP]` included, however long (no truncation).
+    pub fn tokenize_untruncated<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        self.tokenize_with(texts, false)
+    }
+
+    fn tokenize_with<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Vec<u32>>> {
         let parsed = self.file.parse()?;
         let tok = WordPiece::from_file(&parsed)?;
-        // Each id covers at least one normalized character, and a UTF-8 byte normalizes to at most
-        // three (a 3-byte Hangul syllable decomposes to three jamo).
-        let max = 3 * text.len() + 2;
-        let mut ids = vec![0u32; max];
-        let n = tok.encode(text, max, &mut ids)?;
-        ids.truncate(n);
-        Ok(ids)
+        let seq = parsed.config().seq_len as usize;
+        let mut buf = Vec::new();
+        texts
+            .iter()
+            .map(|t| {
+                let t = t.as_ref();
+                // Untruncated, each id covers at least one normalized character, and a UTF-8 byte
+                // normalizes to at most three (a 3-byte Hangul syllable decomposes to three jamo).
+                let max = if truncate { seq } else { 3 * t.len() + 2 };
+                buf.resize(max.max(2), 0);
+                let n = tok.encode(t, max, &mut buf)?;
+                Ok(buf[..n].to_vec())
+            })
+            .collect()
     }
 
     /// One unit vector of [`Embedder::dim`] per text.
-    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
-        let ids = texts
-            .iter()
-            .map(|t| self.tokenize(t.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        let threads = self.threads.min(texts.len()).max(1);
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        self.embed_tokenized(&self.tokenize_many(texts)?)
+    }
+
+    /// Embeddings of tokenized sentences ([`Embedder::tokenize_many`]), split over the threads.
+    pub fn embed_tokenized(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let threads = self.threads.min(ids.len()).max(1);
         if threads == 1 {
-            return self.embed_ids(&ids);
+            return self.embed_ids(ids);
         }
         // Contiguous shares of about equal token counts, so the threads finish together.
         let total: usize = ids.iter().map(Vec::len).sum();
@@ -121,7 +132,7 @@ impl Embedder {
                 })
                 .collect()
         });
-        let mut out = Vec::with_capacity(texts.len());
+        let mut out = Vec::with_capacity(ids.len());
         for r in results {
             out.extend(r?);
         }
@@ -129,7 +140,7 @@ impl Embedder {
     }
 
     /// Embeddings of tokenized sentences, in packed batches of about [`BATCH_TOKENS`].
-    pub fn embed_ids(&self, sentences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    fn embed_ids(&self, sentences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let parsed = self.file.parse()?;
         let enc = Encoder::from_file(&parsed, self.kernels)?;
         let d = enc.dim();

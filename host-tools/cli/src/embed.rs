@@ -62,16 +62,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         e = e.with_threads(t);
     }
     let out = if args.tokens {
-        let ids = texts
-            .iter()
-            .map(|t| {
-                if args.no_truncate {
-                    e.tokenize_all(t)
-                } else {
-                    e.tokenize(t)
-                }
-            })
-            .collect::<enigma_runtime::Result<Vec<_>>>()?;
+        let ids = if args.no_truncate {
+            e.tokenize_untruncated(&texts)?
+        } else {
+            e.tokenize_many(&texts)?
+        };
         serde_json::json!({ "model": args.model, "tokens": ids })
     } else {
         let per = args.batch.unwrap_or(texts.len()).max(1);
