@@ -102,6 +102,18 @@ fn embeddings_match_the_reference() {
             assert!(d < 1e-5, "batching changed an embedding by {d}");
         }
     }
+    // The text generator's loader refuses an encoder by what it is, not by a missing tensor.
+    let bytes = hf::import_dir(Path::new(&dir), DType::Q8_0).unwrap();
+    let err = ModelFile::from_bytes(&bytes, "minilm")
+        .unwrap()
+        .model(kernels())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("sentence-embedding (encoder) model"),
+        "{err}"
+    );
     // Meaning, not just numbers: the two eating sentences are closer to each other than to the baby.
     let e = embedder(&dir, DType::F32);
     let v = e.embed(&sents[..3]).unwrap();
