@@ -8,7 +8,8 @@
 //! - [`tokenizer`]: byte-level BPE with scores in llama2.c's style;
 //! - [`sampler`]: greedy, temperature, top-k, top-p, repetition penalty, seeded PRNG;
 //! - [`generate`]: the token loop shared by the CLI, the server and the firmware;
-//! - [`utf8`]: token pieces to valid UTF-8, holding back characters split over tokens.
+//! - [`utf8`]: token pieces to valid UTF-8, holding back characters split over tokens;
+//! - [`encoder`], [`wordpiece`] (feature `encoder`): a BERT sentence encoder and its WordPiece tokenizer.
 //!
 //! Letters used in shape comments: `T` tokens in a chunk (rows of a batch step), `D` dim, `H` hidden (FFN)
 //! dim, `L` layers, `NH` query heads, `NKV` key/value heads, `HS` head size, `S` max sequence length, `V`
@@ -20,6 +21,8 @@
 extern crate std;
 
 pub mod config;
+#[cfg(feature = "encoder")]
+pub mod encoder;
 mod error;
 pub mod format;
 pub mod generate;
@@ -29,6 +32,10 @@ mod pretok_marks;
 pub mod sampler;
 pub mod tokenizer;
 pub mod utf8;
+#[cfg(feature = "encoder")]
+pub mod wordpiece;
+#[cfg(feature = "encoder")]
+mod wordpiece_tables;
 
 pub use config::{Config, KvType, ParamLayout, Preset, TensorSpec, PRESETS};
 pub use enigma_kernels as kernels;

@@ -13,6 +13,7 @@
 extern crate std;
 
 mod dispatch;
+pub mod encoder_ops;
 mod frame;
 mod gemm;
 // The frame of the SIMD tiers' `matmul_f32`; other targets use the scalar one.
@@ -39,6 +40,7 @@ mod tests;
 #[cfg(feature = "std")]
 pub use dispatch::kernels_from_env;
 pub use dispatch::{kernels, kernels_for, Kernels, Tier, TierError};
+pub use encoder_ops::{encoder_ops, EncoderOps};
 pub use frame::{QMatvec, X_CHUNK_BLOCKS};
 pub use gemm::Gemm;
 pub use half::{bf16, f16};

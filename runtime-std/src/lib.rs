@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod batch;
 pub mod device;
+pub mod embed;
 mod error;
 pub mod fsutil;
 pub mod hardware;
@@ -17,6 +18,7 @@ pub mod writer;
 
 pub use backend::{Backend, Device, Pool};
 pub use batch::{Batcher, ModelHost};
+pub use embed::Embedder;
 pub use enigma_core as core;
 pub use error::{Error, Result};
 pub use hardware::Hardware;

@@ -220,6 +220,12 @@ impl ModelFile {
     /// GEMM where `kernels` has micro-kernels for them (`packed.rs`; the first call packs).
     pub fn model(&self, kernels: &'static Kernels) -> Result<Model<'_>> {
         let file = self.parse()?;
+        if enigma_core::encoder::is_encoder(&file) {
+            return Err(Error::Invalid(format!(
+                "{} is a sentence-embedding (encoder) model, not a text generator: use `enigma embed`",
+                self.path.display()
+            )));
+        }
         let mut transformer = Transformer::from_file(&file, kernels).map_err(|e| self.err(e))?;
         let packed = self
             .packed

@@ -1,6 +1,7 @@
 //! The `enigma` command line: clap types and dispatch over the host-tools crates.
 
 mod cuda;
+pub mod embed;
 pub mod generate;
 pub mod memory;
 pub mod models;
@@ -42,6 +43,9 @@ pub enum Command {
     Run(RunArgs),
     /// Talk with a model; the conversation stays in the KV cache between turns.
     Chat(ChatArgs),
+    /// Sentence embeddings of texts as JSON, from an encoder model (all-MiniLM-L6-v2 imported by
+    /// `enigma import hf`).
+    Embed(crate::embed::EmbedArgs),
     /// Show a model file's config, size, tensors and provenance.
     Info {
         /// A .enigma file, a model folder, a model of the models home, or `default` (the built-in model).
@@ -308,6 +312,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Memory(cmd) => crate::memory::main(cmd),
         #[cfg(feature = "serve")]
         Command::Serve(args) => crate::serve::serve(args),
+        Command::Embed(args) => crate::embed::run(args),
         Command::Hardware { json } => crate::modules::hardware(json),
         Command::Devices { timeout, json } => crate::remote::devices(timeout, json),
         Command::Train(opts) => {
@@ -364,7 +369,12 @@ fn import_gguf(file: &Path, output: &Path, force: bool) -> Result<()> {
 
 /// Writes an imported model, after checking it loads, so that nothing is replaced by a file that does not.
 fn write_imported(output: &Path, bytes: &[u8]) -> Result<()> {
-    ModelFile::from_bytes(bytes, output)?.model(enigma_core::kernels::kernels())?;
+    let file = ModelFile::from_bytes(bytes, output)?;
+    if enigma_core::encoder::is_encoder(&file.parse()?) {
+        enigma_runtime::Embedder::from_file(file, enigma_core::kernels::kernels())?;
+    } else {
+        file.model(enigma_core::kernels::kernels())?;
+    }
     enigma_runtime::fsutil::atomic_write(output, bytes)?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())

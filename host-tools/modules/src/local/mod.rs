@@ -1,14 +1,16 @@
 //! The modules that run on this machine's own model: `model`, `tokenizer`, `inference`, `code_gen_local`,
-//! and `gguf_loader` (the first three over a GGUF file).
+//! and `gguf_loader` (the first three over a GGUF file); and `embedding_local` over an encoder model.
 //! Each takes what it builds on through the capability seam (inference asks for `language_model` and
 //! `tokenization`), so none knows another's type.
 
 mod code_gen;
+mod embedding;
 mod gguf_loader;
 mod inference;
 mod model;
 mod tokenizer;
 
+pub use embedding::LocalEmbeddings;
 pub use inference::Inference;
 pub use model::LoadedModel;
 
@@ -33,6 +35,10 @@ pub fn register(registry: &mut Registry, store: &ModelStore) {
     registry.register(Box::new(code_gen::CodeGenModule::new(catalog::by_id(
         "code_gen_local",
     ))));
+    registry.register(Box::new(embedding::EmbeddingModule::new(
+        catalog::by_id("embedding_local"),
+        store.clone(),
+    )));
     registry.register(Box::new(gguf_loader::GgufLoaderModule::new(
         catalog::by_id("gguf_loader"),
         store.clone(),
