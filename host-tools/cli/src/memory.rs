@@ -13,6 +13,7 @@ use std::sync::Arc;
 pub enum MemoryCommand {
     /// Embed texts and keep them as passages (each argument is one passage).
     Add {
+        /// The texts to keep, one passage each.
         #[arg(required = true)]
         texts: Vec<String>,
         /// Where the passages come from, shown with them.
@@ -21,6 +22,7 @@ pub enum MemoryCommand {
     },
     /// The passages nearest a query by meaning, best first, with their cosine similarity.
     Search {
+        /// What to look for, in words.
         query: String,
         /// How many passages.
         #[arg(short = 'k', long, default_value_t = 5)]
@@ -31,13 +33,16 @@ pub enum MemoryCommand {
     },
     /// Stored conversations; with --entries, the passages.
     List {
+        /// List the stored passages instead of the conversations.
         #[arg(long)]
         entries: bool,
+        /// Print JSON instead of lines.
         #[arg(long)]
         json: bool,
     },
     /// Write one conversation (--conversation ID) or all as JSON.
     Export {
+        /// Only this conversation (its id from `enigma memory list`).
         #[arg(long)]
         conversation: Option<i64>,
         /// The file to write (atomically); standard output when left out.
@@ -45,10 +50,15 @@ pub enum MemoryCommand {
         output: Option<PathBuf>,
     },
     /// Add the conversations of an export file, under new ids.
-    Import { file: PathBuf },
+    Import {
+        /// A file written by `enigma memory export`.
+        file: PathBuf,
+    },
     /// Delete passages by id, or a conversation with --conversation.
     Forget {
+        /// Ids of passages to delete (from `enigma memory search` or `list --entries`).
         ids: Vec<i64>,
+        /// Delete this conversation and its messages instead.
         #[arg(long)]
         conversation: Option<i64>,
     },
