@@ -217,13 +217,8 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
             add_f32(&mut w, &spec, &data)?;
         }
     }
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
     w.provenance(
-        format!("hf:{name}"),
+        super::source_name(dir),
         format!(
             "BERT sentence encoder imported from a Hugging Face folder, stored as {}",
             to.name()

@@ -220,6 +220,16 @@ pub fn load(dir: &Path) -> Result<enigma_runtime::ModelFile> {
         .with_context(|| format!("the Hugging Face folder {}", dir.display()))
 }
 
+/// `hf:` and the folder's own name, as a model's provenance names where it came from.
+fn source_name(dir: &Path) -> String {
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    format!("hf:{name}")
+}
+
 /// `config.json`, with the classifier tied when the weights have no `lm_head`.
 fn folder_config(dir: &Path, tensors: &HashMap<String, Tensor<'_>>) -> Result<config::HfConfig> {
     let tied_by_weights = !tensors.contains_key("lm_head.weight")
@@ -341,13 +351,8 @@ fn with_writer<T>(
             t.as_bytes().to_vec(),
         );
     }
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
     w.provenance(
-        format!("hf:{name}"),
+        source_name(dir),
         format!(
             "imported from a Hugging Face folder (safetensors {}, {}, stored as {})",
             Shards::dtypes(&tensors),
