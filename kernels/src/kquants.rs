@@ -17,6 +17,7 @@
 //! Q6_K 210 B: ql[128] (low nibbles), qh[64] (2 high bits), scales[16] (i8), d f16
 //! ```
 
+use crate::frame::X_CHUNK_BLOCKS;
 use crate::quant::{BlockQ8_0, QBlock, QK};
 use half::f16;
 
@@ -324,6 +325,30 @@ pub fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ
         }
         b.scale() * s
     })
+}
+
+/// The activation blocks' scales, and for Q4_K each block's scale times the sum of its quants (what a
+/// sub-block's min multiplies): computed once per call by the SIMD kernels, used by every row.
+#[cfg_attr(
+    not(all(
+        feature = "kquants",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn activation_scales(
+    xq: &[BlockQ8_0],
+    sums: bool,
+) -> ([f32; X_CHUNK_BLOCKS], [f32; X_CHUNK_BLOCKS]) {
+    assert!(xq.len() <= X_CHUNK_BLOCKS, "one chunk of activations");
+    let (mut da, mut dsum) = ([0f32; X_CHUNK_BLOCKS], [0f32; X_CHUNK_BLOCKS]);
+    for (i, x) in xq.iter().enumerate() {
+        da[i] = x.scale();
+        if sums {
+            dsum[i] = da[i] * x.qs.iter().map(|q| i32::from(*q)).sum::<i32>() as f32;
+        }
+    }
+    (da, dsum)
 }
 
 /// Adds to each output the sum over its row's first `xq.len() / 8` super-blocks of `dot(block, its 8

@@ -3,7 +3,7 @@
 //! scaled once in float. References: `kquants::qmatvec_q4_k` and `qmatvec_q6_k`.
 
 use super::neon::{dot16, ld_i8};
-use crate::kquants::{scale_min_k4, BlockQ4K, BlockQ6K, QK_K};
+use crate::kquants::{activation_scales, scale_min_k4, BlockQ4K, BlockQ6K, QK_K};
 use crate::quant::{BlockQ8_0, QK};
 use core::arch::aarch64::*;
 
@@ -32,12 +32,14 @@ fn dot32(x: [int8x16_t; 2], a: &BlockQ8_0) -> int32x4_t {
 #[target_feature(enable = "neon")]
 pub(super) fn qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]) {
     let nb = xq.len() / XB;
+    let (da, dsum) = activation_scales(xq, true);
     let nib = vdupq_n_u8(0x0F);
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * stride..r * stride + nb];
         let mut acc = vdupq_n_f32(0.0);
         let mut mins = 0.0f32;
-        for (b, x) in row.iter().zip(xq.chunks_exact(XB)) {
+        for (i, (b, x)) in row.iter().zip(xq.chunks_exact(XB)).enumerate() {
+            let (da, dsum) = (&da[i * XB..], &dsum[i * XB..]);
             let (d, dmin) = b.scales_f32();
             let mut m = 0.0f32;
             for c in 0..4 {
@@ -54,11 +56,9 @@ pub(super) fn qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &
                         vreinterpretq_s8_u8(n)
                     });
                     let (sc, mn) = scale_min_k4(j, &b.scales);
-                    let da = x[j].scale();
                     let s = vcvtq_f32_s32(dot32(v, &x[j]));
-                    acc = vfmaq_n_f32(acc, s, d * f32::from(sc) * da);
-                    let xs: i32 = x[j].qs.iter().map(|q| i32::from(*q)).sum();
-                    m += f32::from(mn) * da * xs as f32;
+                    acc = vfmaq_n_f32(acc, s, d * f32::from(sc) * da[j]);
+                    m += f32::from(mn) * dsum[j];
                 }
             }
             mins += dmin * m;

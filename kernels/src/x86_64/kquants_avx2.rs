@@ -6,7 +6,7 @@
 
 use super::avx2::{f16_to_f32, hsum};
 use crate::frame::X_CHUNK_BLOCKS;
-use crate::kquants::{BlockQ4K, BlockQ6K, QK_K};
+use crate::kquants::{activation_scales, BlockQ4K, BlockQ6K, QK_K};
 use crate::quant::{BlockQ8_0, QK};
 use core::arch::x86_64::*;
 
@@ -24,20 +24,6 @@ fn ld(q: &[u8]) -> __m256i {
 #[inline]
 fn ld_x(x: &BlockQ8_0) -> __m256i {
     ld(bytemuck::cast_slice(&x.qs))
-}
-
-/// The activation blocks' scales, and for Q4_K each block's scale times the sum of its quants (what a
-/// sub-block's min multiplies): computed once per call, used by every row.
-fn prepare(xq: &[BlockQ8_0], sums: bool) -> ([f32; X_CHUNK_BLOCKS], [f32; X_CHUNK_BLOCKS]) {
-    assert!(xq.len() <= X_CHUNK_BLOCKS, "one chunk of activations");
-    let (mut da, mut dsum) = ([0f32; X_CHUNK_BLOCKS], [0f32; X_CHUNK_BLOCKS]);
-    for (i, x) in xq.iter().enumerate() {
-        da[i] = x.scale();
-        if sums {
-            dsum[i] = da[i] * x.qs.iter().map(|q| i32::from(*q)).sum::<i32>() as f32;
-        }
-    }
-    (da, dsum)
 }
 
 /// A Q4_K super-block's 8 six-bit scales and 8 mins, each as 8 bytes in sub-block order:
@@ -72,7 +58,7 @@ fn ld_f32(v: &[f32]) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]) {
     let nb = xq.len() / XB;
-    let (da, dsum) = prepare(xq, true);
+    let (da, dsum) = activation_scales(xq, true);
     let (nib, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * stride..r * stride + nb];
@@ -126,7 +112,7 @@ fn half_sums(xq: &[BlockQ8_0]) -> [i16; 2 * X_CHUNK_BLOCKS] {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]) {
     let nb = xq.len() / XB;
-    let (da, _) = prepare(xq, false);
+    let (da, _) = activation_scales(xq, false);
     let sums = half_sums(xq);
     let (nib, m3, m30) = (
         _mm256_set1_epi8(0x0F),
