@@ -524,6 +524,17 @@ pub fn kv_store(
     Ok(())
 }
 
+/// What both attention kernels can run: heads of at most 256, query heads a multiple of the KV heads.
+fn attention_shape(nh: usize, s: KvShape) -> Result<()> {
+    if s.head_size > 256 || s.kv_heads == 0 || !nh.is_multiple_of(s.kv_heads) {
+        return Err(Error::Invalid(format!(
+            "attention: head size {} (at most 256), {nh} heads over {} KV heads",
+            s.head_size, s.kv_heads
+        )));
+    }
+    Ok(())
+}
+
 /// Reference: enigma_core's `KvView::attend`: `out (rows, nh, hs)` from `q (rows, nh, hs)` over each row's
 /// positions `0..=pos`, causal, with an online softmax.
 #[allow(clippy::too_many_arguments)]
@@ -539,12 +550,7 @@ pub fn attention(
     s: KvShape,
     scale: f32,
 ) -> Result<()> {
-    if s.head_size > 256 || s.kv_heads == 0 || !nh.is_multiple_of(s.kv_heads) {
-        return Err(Error::Invalid(format!(
-            "attention: head size {} (at most 256), {nh} heads over {} KV heads",
-            s.head_size, s.kv_heads
-        )));
-    }
+    attention_shape(nh, s)?;
     let name = if s.f16 {
         "attention_f16"
     } else {
@@ -587,12 +593,7 @@ pub fn attention_prefill(
     s: KvShape,
     scale: f32,
 ) -> Result<()> {
-    if s.head_size > 256 || s.kv_heads == 0 || !nh.is_multiple_of(s.kv_heads) {
-        return Err(Error::Invalid(format!(
-            "attention: head size {} (at most 256), {nh} heads over {} KV heads",
-            s.head_size, s.kv_heads
-        )));
-    }
+    attention_shape(nh, s)?;
     let name = if s.f16 {
         "attention_prefill_f16"
     } else {
