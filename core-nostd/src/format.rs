@@ -41,6 +41,10 @@ pub const TOK_ADDED: &str = "tokenizer.added";
 /// Optional, one u8 of 1: text is encoded without BOS in front (a GGUF file's `add_bos_token` false, a
 /// Hugging Face tokenizer whose post-processor adds none); absent means BOS, as llama2.c and Llama do.
 pub const TOK_NO_BOS: &str = "tokenizer.no_bos";
+/// Optional, one u8 of 1: the dummy prefix is left out of text that already starts with a space, as
+/// `tokenizers`' Metaspace and ByteLevel(`add_prefix_space`) do; absent means it is always added, as
+/// SentencePiece, llama2.c and llama.cpp do.
+pub const TOK_PREFIX_IF_UNSPACED: &str = "tokenizer.prefix_if_unspaced";
 
 /// The postcard-encoded header. The writer (std side) and this reader share it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,8 +8,8 @@
 //! by chunk, and no merge crosses a chunk's edge.
 
 use crate::format::{
-    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES, TOK_SCORES,
-    TOK_SORTED, TOK_SPLIT,
+    EnigmaFile, TokenizerMeta, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES,
+    TOK_PREFIX_IF_UNSPACED, TOK_SCORES, TOK_SORTED, TOK_SPLIT,
 };
 use crate::pretok::{self, Split};
 use crate::{Error, Result};
@@ -76,6 +76,8 @@ pub struct Tokenizer<'a> {
     added: &'a [u32],
     /// Whether `encode(.., bos: true, ..)` puts BOS first ([`TOK_NO_BOS`]).
     adds_bos: bool,
+    /// Whether text starting with a space goes without the dummy prefix ([`TOK_PREFIX_IF_UNSPACED`]).
+    prefix_if_unspaced: bool,
 }
 
 static BYTES: [u8; 256] = {
@@ -142,18 +144,28 @@ impl<'a> Tokenizer<'a> {
                 "it splits text by a regex or matches added tokens before merging, which this build leaves out (enigma-core's `pretok` feature)",
             ));
         }
-        let adds_bos = match file.tensor(TOK_NO_BOS) {
-            None => true,
-            Some(_) => match file.raw_u8(TOK_NO_BOS)? {
-                [1] => false,
-                _ => {
-                    return Err(Error::BadTokenizer(
-                        "the no-BOS tensor is not one byte of 1",
-                    ))
-                }
+        let adds_bos = !Self::flag(file, TOK_NO_BOS)?;
+        let mut tok = tok.with_split(split).with_added(added)?.with_bos(adds_bos);
+        tok.prefix_if_unspaced = Self::flag(file, TOK_PREFIX_IF_UNSPACED)?;
+        Ok(tok)
+    }
+
+    /// An optional one-byte flag tensor: absent is false, one byte of 1 is true, anything else an error.
+    fn flag(file: &EnigmaFile<'a>, name: &'static str) -> Result<bool> {
+        match file.tensor(name) {
+            None => Ok(false),
+            Some(_) => match file.raw_u8(name)? {
+                [1] => Ok(true),
+                _ => Err(Error::BadTokenizer("a flag tensor is not one byte of 1")),
             },
-        };
-        Ok(tok.with_split(split).with_added(added)?.with_bos(adds_bos))
+        }
+    }
+
+    /// Whether encoding `text` starts with the dummy prefix.
+    fn prefixes(&self, text: &str) -> bool {
+        self.meta.add_dummy_prefix
+            && !text.is_empty()
+            && !(self.prefix_if_unspaced && text.starts_with(' '))
     }
 
     /// Whether text is encoded with BOS in front when the caller asks for it (the vocabulary's own rule).
@@ -261,6 +273,7 @@ impl<'a> Tokenizer<'a> {
             split: Split::None,
             added: &[],
             adds_bos: true,
+            prefix_if_unspaced: false,
         };
         if sorted.iter().any(|&id| id as usize >= v) {
             return bad("the sorted index names a token outside the vocabulary");
@@ -329,7 +342,9 @@ impl<'a> Tokenizer<'a> {
     /// The fewest tokens `text_len` bytes can encode to (with BOS and EOS when asked): no token covers more
     /// text than the longest piece. Lets a caller refuse a text too long for its context before encoding it.
     pub fn min_tokens(&self, text_len: usize, bos: bool, eos: bool) -> usize {
-        let prefix = usize::from(self.meta.add_dummy_prefix && text_len > 0);
+        // Not counted where text starting with a space goes without it: this must stay a lower bound.
+        let prefix =
+            usize::from(self.meta.add_dummy_prefix && !self.prefix_if_unspaced && text_len > 0);
         (text_len + prefix).div_ceil(self.longest)
             + usize::from(bos && self.adds_bos)
             + usize::from(eos)
@@ -419,7 +434,7 @@ impl<'a> Tokenizer<'a> {
         if bos && self.adds_bos {
             Self::push(out, &mut n, self.meta.bos, need)?;
         }
-        if self.meta.add_dummy_prefix && !text.is_empty() {
+        if self.prefixes(text) {
             if let Some(space) = self.lookup(b" ") {
                 Self::push(out, &mut n, space, need)?;
             }

@@ -4,8 +4,8 @@ use crate::{Error, Result};
 use enigma_core::config::{Config, ParamLayout};
 use enigma_core::format::{
     ChatTokens, Header, Provenance, TensorEntry, TokenizerMeta, ALIGN, MAGIC, MAX_DIMS,
-    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES, TOK_SCORES,
-    TOK_SORTED, TOK_SPLIT, VERSION,
+    MAX_TENSORS, PRELUDE_LEN, TOK_ADDED, TOK_NO_BOS, TOK_OFFSETS, TOK_PIECES,
+    TOK_PREFIX_IF_UNSPACED, TOK_SCORES, TOK_SORTED, TOK_SPLIT, VERSION,
 };
 use enigma_core::kernels::DType;
 use enigma_core::pretok::Split;
@@ -122,7 +122,18 @@ impl<'a> ModelWriter<'a> {
 
     /// Records that the vocabulary encodes text without BOS in front ([`TOK_NO_BOS`]); by default it has one.
     pub fn without_bos(&mut self) -> &mut Self {
-        self.tensor(TOK_NO_BOS, DType::U8, &[1], vec![1u8])
+        self.flag(TOK_NO_BOS)
+    }
+
+    /// Records that text already starting with a space gets no dummy prefix ([`TOK_PREFIX_IF_UNSPACED`]);
+    /// by default every non-empty text gets one.
+    pub fn prefix_if_unspaced(&mut self) -> &mut Self {
+        self.flag(TOK_PREFIX_IF_UNSPACED)
+    }
+
+    /// An optional tokenizer flag: one byte of 1 (the core reads absent as false).
+    fn flag(&mut self, name: &str) -> &mut Self {
+        self.tensor(name, DType::U8, &[1], vec![1u8])
     }
 
     /// Adds a tensor of raw little-endian bytes.

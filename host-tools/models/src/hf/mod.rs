@@ -320,10 +320,13 @@ fn with_writer<T>(
     tok.data.bos = bos.unwrap_or(eos);
     tok.data.eos = eos;
     tok.data.pad = id_of(&tok, named(|t| t.pad.as_ref()), "pad")?;
-    let kind = tok.kind;
+    let (kind, prefix_if_unspaced) = (tok.kind, tok.prefix_if_unspaced);
     let mut w = ModelWriter::new(c, tok.data);
     if !adds_bos {
         w.without_bos();
+    }
+    if prefix_if_unspaced {
+        w.prefix_if_unspaced();
     }
     // A tensor at a time: only one stacked parameter is ever held in f32 (a 7B model's w1 is 5.8 GB).
     let mut kept = Vec::new();

@@ -11,8 +11,7 @@
 //! Merges become scores (`-rank`, [`crate::bpe::rank_merges`]), so the core's loop applies them in rank
 //! order, as the GGUF importer does for `gpt2` vocabularies. The regex split of a `ByteLevel` (with
 //! `use_regex`) or a `Split` by GPT-2's or Llama 3's regex is kept as the tokenizer's [`Split`]. Differences
-//! from `tokenizers` (docs/FORMAT.md, section 12): the SentencePiece-style prefix is added even to text that
-//! starts with a space, and added tokens are matched in the text as written (their `lstrip`, `rstrip`,
+//! from `tokenizers` (docs/FORMAT.md, section 12): added tokens are matched in the text as written (their `lstrip`, `rstrip`,
 //! `single_word` and `normalized` flags are not read).
 
 use crate::bpe::{self, NEVER_MERGED, SPM_SPACE};
@@ -48,6 +47,19 @@ pub struct HfTokenizer {
     /// The special token the post-processor puts before a single text (`TemplateProcessing`, as Llama's
     /// `<s>` or `<|begin_of_text|>`); `None` when it adds none (no post-processor, or GPT-2's `ByteLevel`).
     pub leading: Option<String>,
+    /// Text already starting with a space gets no dummy prefix (the pre-tokenizer's rule, not a
+    /// normalizer's `Prepend`): the writer's [`enigma_runtime::ModelWriter::prefix_if_unspaced`].
+    pub prefix_if_unspaced: bool,
+}
+
+/// How a tokenizer puts the dummy prefix (`▁` or a space) in front of text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prefix {
+    Never,
+    /// A normalizer's `Prepend`: every text, as SentencePiece does.
+    Always,
+    /// Metaspace and ByteLevel(`add_prefix_space`): only text not already starting with a space.
+    IfUnspaced,
 }
 
 /// [`HfTokenizer::leading`] of `tokenizer.json`.
@@ -99,9 +111,8 @@ const SPLITS: [(&str, Split); 2] = [
     ),
 ];
 
-/// The family, whether the core adds a dummy prefix, and the split, from the normalizer and
-/// pre-tokenizer.
-fn kind(j: &Value) -> Result<(Kind, bool, Split)> {
+/// The family, how the dummy prefix is added, and the split, from the normalizer and pre-tokenizer.
+fn kind(j: &Value) -> Result<(Kind, Prefix, Split)> {
     let mut pre = Vec::new();
     if let Some(p) = j.get("pre_tokenizer") {
         flatten(p, "pretokenizers", &mut pre);
@@ -111,12 +122,12 @@ fn kind(j: &Value) -> Result<(Kind, bool, Split)> {
         flatten(n, "normalizers", &mut norm);
     }
     let mut spm = false;
-    let mut prefix = false;
+    let mut prefix = Prefix::Never;
     for n in &norm {
         match type_of(n) {
             "Prepend" if n.get("prepend").and_then(Value::as_str) == Some(SPM_SPACE) => {
                 spm = true;
-                prefix = true;
+                prefix = Prefix::Always;
             }
             "Replace"
                 if n.pointer("/pattern/String").and_then(Value::as_str) == Some(" ")
@@ -149,13 +160,16 @@ fn kind(j: &Value) -> Result<(Kind, bool, Split)> {
                     "tokenizer.json: a Metaspace pre-tokenizer whose replacement is not '{SPM_SPACE}'"
                 );
                 spm = true;
-                prefix = match p.get("prepend_scheme").and_then(Value::as_str) {
+                let adds = match p.get("prepend_scheme").and_then(Value::as_str) {
                     Some(scheme) => scheme != "never",
                     None => p
                         .get("add_prefix_space")
                         .and_then(Value::as_bool)
                         .unwrap_or(true),
                 };
+                if adds && prefix == Prefix::Never {
+                    prefix = Prefix::IfUnspaced;
+                }
             }
             "Split" => {
                 let pattern = p.pointer("/pattern/Regex").and_then(Value::as_str);
@@ -189,7 +203,11 @@ fn kind(j: &Value) -> Result<(Kind, bool, Split)> {
         (Some(_), true) => {
             bail!("tokenizer.json: both a ByteLevel and a Metaspace (▁) step: not a known family")
         }
-        (Some(p), false) => Ok((Kind::ByteLevel, p, split)),
+        (Some(p), false) => Ok((
+            Kind::ByteLevel,
+            if p { Prefix::IfUnspaced } else { Prefix::Never },
+            split,
+        )),
         (None, true) if split == Split::None => Ok((Kind::SentencePiece, prefix, Split::None)),
         (None, true) => bail!("tokenizer.json: a regex split in a SentencePiece-style tokenizer is not supported"),
         (None, false) => bail!(
@@ -219,7 +237,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
         ty == "BPE",
         "tokenizer.json: model type '{ty}': only BPE is read"
     );
-    let (kind, add_dummy_prefix, split) = kind(&j)?;
+    let (kind, prefix, split) = kind(&j)?;
     let n = vocab as usize;
     let mut texts: Vec<Option<String>> = vec![None; n];
     let mut special = vec![false; n];
@@ -323,7 +341,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             bos: 0,
             eos: 0,
             pad: None,
-            add_dummy_prefix,
+            add_dummy_prefix: prefix != Prefix::Never,
             chat: None,
             split,
             added: {
@@ -333,6 +351,7 @@ pub fn parse(text: &str, vocab: u32) -> Result<HfTokenizer> {
             },
         },
         leading: leading_special(&j),
+        prefix_if_unspaced: prefix == Prefix::IfUnspaced,
         ids,
     })
 }
@@ -415,6 +434,20 @@ mod tests {
         // Ids the file does not use are placeholders.
         assert_eq!(t.data.pieces[269], b"<|unused 269|>");
         assert_eq!(t.data.meta().byte_fallback, Some(3));
+        // A Metaspace prepends only to text without a leading `▁`; a normalizer's Prepend, to all.
+        assert!(t.prefix_if_unspaced);
+        let mut j = spm();
+        j["pre_tokenizer"] = Value::Null;
+        j["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        let t = parse(&j.to_string(), 270).unwrap();
+        assert!(t.data.add_dummy_prefix && !t.prefix_if_unspaced);
+        j["pre_tokenizer"] = spm()["pre_tokenizer"].clone();
+        j["pre_tokenizer"]["prepend_scheme"] = "never".into();
+        j["normalizer"] = Value::Null;
+        let t = parse(&j.to_string(), 270).unwrap();
+        assert!(!t.data.add_dummy_prefix && !t.prefix_if_unspaced);
     }
 
     #[test]
