@@ -1082,3 +1082,143 @@ fn a_completion_model_gets_the_same_plain_lines_from_enigma_chat_and_the_server(
     );
     assert_eq!(r.json()["tokens"], serde_json::json!(served));
 }
+
+/// A ChatML model (`<|im_start|>`/`<|im_end|>` control tokens, EOS `</s>`) whose every step gives `a` and
+/// `<|im_end|>` the same logit and every other token 16 less: sampled, a reply is some `a`s and then the
+/// template's end of turn, never EOS (the weights are zero but for the embedding, the norms and those two
+/// classifier rows, so the residual stream is the embedding at every position).
+fn chatml_model(dir: &Path) -> PathBuf {
+    use enigma_core::config::{Config, ParamLayout, CLASSIFIER, TOKEN_EMBEDDING};
+    const A: usize = 3 + 256 + 1;
+    const IM_END: usize = A + 2;
+    let c = Config {
+        dim: 16,
+        hidden_dim: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        vocab_size: IM_END as u32 + 1,
+        seq_len: 256,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        tied_classifier: false,
+    };
+    let mut pieces: Vec<Vec<u8>> = vec![b"<unk>".to_vec(), b"<s>".to_vec(), b"</s>".to_vec()];
+    pieces.extend((0..=255u8).map(|b| format!("<0x{b:02X}>").into_bytes()));
+    for p in [" ", "a", "<|im_start|>", "<|im_end|>"] {
+        pieces.push(p.as_bytes().to_vec());
+    }
+    // Control pieces score below the merge floor, as a GGUF file's control tokens are imported.
+    let mut scores = vec![0.0; pieces.len()];
+    scores[IM_END - 1] = -1e10;
+    scores[IM_END] = -1e10;
+    let tok = enigma_runtime::TokenizerData {
+        pieces,
+        scores,
+        bos: 1,
+        eos: 2,
+        pad: None,
+        add_dummy_prefix: false,
+        chat: None,
+        split: enigma_core::pretok::Split::None,
+        added: Vec::new(),
+    };
+    let layout = ParamLayout::new(&c);
+    let mut params = vec![0.0f32; layout.total_numel() as usize];
+    for spec in layout.iter() {
+        let at = layout.flat_offset(spec.name).unwrap() as usize;
+        let span = &mut params[at..at + spec.numel() as usize];
+        if spec.is_norm() || spec.name == TOKEN_EMBEDDING {
+            span.fill(1.0);
+        } else if spec.name == CLASSIFIER {
+            let d = c.dim as usize;
+            span[A * d..(A + 1) * d].fill(1.0);
+            span[IM_END * d..(IM_END + 1) * d].fill(1.0);
+        }
+    }
+    let mut w = enigma_runtime::ModelWriter::new(c, tok);
+    w.provenance("test:chatml", "");
+    w.f32_params(&params).unwrap();
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    w.tensor(
+        enigma_models::gguf::KEEP_TEMPLATE,
+        enigma_core::kernels::DType::U8,
+        &[template.len() as u64],
+        template.as_bytes().to_vec(),
+    );
+    let path = dir.join("chatml.enigma");
+    std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// A reply of the ChatML model: only `a`s, ended by `<|im_end|>` before the token limit, whose letters
+/// never reach the text.
+fn assert_ended_by_im_end(reply: &str, limit: usize) {
+    assert!(reply.chars().all(|c| c == 'a'), "{reply:?}");
+    assert!(reply.len() < limit, "ran to the limit: {reply:?}");
+}
+
+#[test]
+fn a_chatml_reply_ends_at_im_end_in_enigma_chat_and_the_server() {
+    let dir = TempDir::new().unwrap();
+    let model = chatml_model(dir.path());
+    const LIMIT: usize = 48;
+
+    // `enigma chat`, two turns: each reply stops at `<|im_end|>`, and the second prompt closes the
+    // assistant's first turn with the `<|im_end|>` id (262) the template writes.
+    let out = assert_cmd::Command::new(enigma())
+        .arg("chat")
+        .arg("-m")
+        .arg(&model)
+        .args(["--verbose-prompt", "--temp", "1", "-s", "5", "-t", "1"])
+        .args(["-n", &LIMIT.to_string()])
+        .write_stdin("hi\nhello\n/quit\n")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(TEMPLATED), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 2, "{stdout:?}");
+    for r in &replies {
+        assert_ended_by_im_end(r, LIMIT);
+    }
+    let prompts: Vec<Vec<u32>> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("prompt ids: "))
+        .map(|(_, ids)| serde_json::from_str(ids).unwrap())
+        .collect();
+    assert_eq!(prompts.len(), 2, "{stderr}");
+    let closes = |p: &[u32]| p.iter().filter(|&&id| id == 262).count();
+    assert_eq!(closes(&prompts[0]), 1, "{:?}", prompts[0]);
+    assert_eq!(closes(&prompts[1]), 3, "{:?}", prompts[1]);
+
+    // The server: the same stop, reported as "stop", streamed or not, over several seeds (some replies
+    // must have letters, or the test would pass on a model that only ever ends at once).
+    let server = Server::fresh(&["-m", model.to_str().unwrap(), "-t", "1"], &[]);
+    let mut letters = 0;
+    for seed in 1..=12u64 {
+        let body = serde_json::json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": LIMIT, "temperature": 1, "seed": seed,
+        });
+        let r = server.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_ended_by_im_end(reply, LIMIT);
+        letters += reply.len();
+    }
+    assert!(letters > 0, "every reply was empty");
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": LIMIT, "temperature": 1, "seed": 3, "stream": true,
+    });
+    let r = server.post("/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("im_end"), "{}", r.body);
+    assert!(r.body.contains("\"finish_reason\":\"stop\""), "{}", r.body);
+    server.wait_idle(Duration::from_secs(1));
+}
