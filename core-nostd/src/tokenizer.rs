@@ -145,9 +145,11 @@ impl<'a> Tokenizer<'a> {
             ));
         }
         let adds_bos = !Self::flag(file, TOK_NO_BOS)?;
-        let mut tok = tok.with_split(split).with_added(added)?.with_bos(adds_bos);
-        tok.prefix_if_unspaced = Self::flag(file, TOK_PREFIX_IF_UNSPACED)?;
-        Ok(tok)
+        Ok(tok
+            .with_split(split)
+            .with_added(added)?
+            .with_bos(adds_bos)
+            .with_prefix_if_unspaced(Self::flag(file, TOK_PREFIX_IF_UNSPACED)?))
     }
 
     /// An optional one-byte flag tensor: absent is false, one byte of 1 is true, anything else an error.
@@ -176,6 +178,14 @@ impl<'a> Tokenizer<'a> {
 
     pub fn adds_bos(&self) -> bool {
         self.adds_bos
+    }
+
+    /// Whether text already starting with a space goes without the dummy prefix ([`TOK_PREFIX_IF_UNSPACED`]).
+    pub fn with_prefix_if_unspaced(self, yes: bool) -> Self {
+        Tokenizer {
+            prefix_if_unspaced: yes,
+            ..self
+        }
     }
 
     /// The same vocabulary, encoding the pieces of `added` spelled in the text as those ids.

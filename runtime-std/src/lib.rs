@@ -25,4 +25,4 @@ pub use hardware::Hardware;
 pub use load::{AlignedBytes, Model, ModelFile};
 pub use lock::{LockError, ModelLock};
 pub use session::HostSession;
-pub use writer::{ModelWriter, TokenizerData};
+pub use writer::{extras, Extra, ModelWriter, TokenizerData};

@@ -75,6 +75,44 @@ impl TokenizerData {
     }
 }
 
+/// A tensor of a model that is neither a parameter nor one of the tokenizer's arrays: a kept chat template,
+/// a tokenizer flag (`tokenizer.no_bos`, `tokenizer.split`, `tokenizer.added`, ...). Owned, so a model
+/// rewritten later (quantized, or trained on from `--init` across checkpoints) keeps what it said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extra {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// The [`Extra`] tensors of `file`. The split and added-token tensors are left out: [`TokenizerData`]
+/// carries those itself.
+pub fn extras(file: &EnigmaFile<'_>) -> Vec<Extra> {
+    let layout = ParamLayout::new(file.config());
+    let ours = |name: &str| {
+        [
+            TOK_PIECES,
+            TOK_OFFSETS,
+            TOK_SCORES,
+            TOK_SORTED,
+            TOK_SPLIT,
+            TOK_ADDED,
+        ]
+        .contains(&name)
+            || layout.iter().any(|spec| spec.name == name)
+    };
+    file.tensors()
+        .filter(|t| !ours(t.name))
+        .map(|t| Extra {
+            name: t.name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.iter().copied().take_while(|&d| d != 0).collect(),
+            bytes: t.bytes.to_vec(),
+        })
+        .collect()
+}
+
 /// Padding between tensors, fed to the data's CRC.
 static ZEROS: [u8; ALIGN] = [0; ALIGN];
 
@@ -164,27 +202,18 @@ impl<'a> ModelWriter<'a> {
         Ok(self)
     }
 
-    /// Adds the tensors of `file` that are neither parameters nor the tokenizer (a kept chat template) as
+    /// Adds the tensors of `file` that are neither parameters nor the tokenizer's arrays ([`extras`]) as
     /// they are, so that rewriting a model (quantize, convert) keeps them.
     pub fn carry_extras(&mut self, file: &EnigmaFile<'_>) -> &mut Self {
-        let layout = ParamLayout::new(&self.config);
-        let ours = |name: &str| {
-            [
-                TOK_PIECES,
-                TOK_OFFSETS,
-                TOK_SCORES,
-                TOK_SORTED,
-                TOK_SPLIT,
-                TOK_ADDED,
-            ]
-            .contains(&name)
-                || layout.iter().any(|spec| spec.name == name)
-        };
-        for t in file.tensors().filter(|t| !ours(t.name)) {
-            let dims = t.shape.iter().take_while(|&&d| d != 0).count();
-            self.tensor(t.name, t.dtype, &t.shape[..dims], t.bytes.to_vec());
+        for e in extras(file) {
+            self.extra(&e);
         }
         self
+    }
+
+    /// Adds one tensor [`extras`] took from another model.
+    pub fn extra(&mut self, e: &Extra) -> &mut Self {
+        self.tensor(&e.name, e.dtype, &e.shape, e.bytes.clone())
     }
 
     /// The whole file as bytes.

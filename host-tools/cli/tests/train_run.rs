@@ -545,3 +545,116 @@ fn a_failed_train_leaves_no_tokenizer_json_behind() {
     assert!(out.join("notes.txt").exists());
     assert!(!out.join("tokenizer.json").exists());
 }
+
+/// A byte-level model with everything a Hugging Face or GGUF import can put beside its weights: a chat
+/// template, the regex split, an added token, no BOS and the Metaspace prefix rule.
+fn foreign_model(path: &Path) {
+    use enigma_core::config::{Config, ParamLayout};
+    let c = Config {
+        dim: 32,
+        hidden_dim: 64,
+        n_layers: 1,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 258,
+        seq_len: 64,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        tied_classifier: true,
+    };
+    let mut pieces: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    pieces.push(b"<|im_end|>".to_vec());
+    pieces.push(b"th".to_vec());
+    let mut scores = vec![0.0; pieces.len()];
+    scores[256] = -1e10;
+    let tok = enigma_runtime::TokenizerData {
+        pieces,
+        scores,
+        bos: 256,
+        eos: 256,
+        pad: None,
+        add_dummy_prefix: true,
+        chat: None,
+        split: enigma_core::pretok::Split::Gpt2,
+        added: vec![256],
+    };
+    let n = ParamLayout::new(&c).total_numel() as usize;
+    let params = enigma_testkit::XorShift::new(9).fill(n, -0.05, 0.05);
+    let mut w = enigma_runtime::ModelWriter::new(c, tok);
+    w.provenance("test:foreign", "");
+    w.f32_params(&params).unwrap();
+    w.without_bos().prefix_if_unspaced();
+    w.tensor(
+        enigma_models::gguf::KEEP_TEMPLATE,
+        enigma_core::kernels::DType::U8,
+        &[TEMPLATE.len() as u64],
+        TEMPLATE.as_bytes().to_vec(),
+    );
+    std::fs::write(path, w.to_bytes().unwrap()).unwrap();
+}
+
+const TEMPLATE: &str = "{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}";
+
+/// What a model's tokenizer does beyond its pieces, as one comparable value.
+fn tokenizer_rules(path: &Path) -> (Vec<u8>, Vec<u32>, bool, Vec<u32>, Vec<u32>) {
+    let file = enigma_runtime::ModelFile::open(path).unwrap();
+    let parsed = file.parse().unwrap();
+    let tok = enigma_core::Tokenizer::from_file(&parsed).unwrap();
+    let template = parsed
+        .tensor(enigma_models::gguf::KEEP_TEMPLATE)
+        .map_or(Vec::new(), |t| t.bytes.to_vec());
+    let enc = |t: &str| enigma_runtime::tokenize::encode(&tok, t, true, false).unwrap();
+    (
+        template,
+        tok.added().to_vec(),
+        tok.adds_bos(),
+        enc(" the"),
+        enc("x<|im_end|>"),
+    )
+}
+
+#[test]
+fn fine_tuning_keeps_the_chat_template_split_added_tokens_and_flags_across_a_resume() {
+    let Some(s) = setup("finetune_keeps_tokenizer_rules", 1200) else {
+        return;
+    };
+    let init = s.dir.path().join("foreign.enigma");
+    foreign_model(&init);
+    let want = tokenizer_rules(&init);
+    // The rules are there to keep: no BOS, one prefix space (" the" has its own), `th` merged, the added
+    // token whole.
+    assert_eq!(want.0, TEMPLATE.as_bytes());
+    assert!(!want.2);
+    assert_eq!(want.3, vec![32, 257, 101]);
+    assert_eq!(want.4, vec![32, 120, 256]);
+    let ft = s.out("ft");
+    let train = |extra: &[&str]| {
+        let mut c = enigma();
+        c.args(["train", "--allow-small-data", "--quiet", "--steps", "2"])
+            .args(["--batch-size", "2", "--seq-len", "32", "--threads", "1"])
+            .arg("--data")
+            .arg(&s.data)
+            .arg("--out")
+            .arg(&ft)
+            .args(extra);
+        c
+    };
+    train(&["--init", init.to_str().unwrap(), "--stop-after", "1"])
+        .assert()
+        .success();
+    assert_eq!(
+        tokenizer_rules(&ft.join("model.enigma")),
+        want,
+        "after step 1"
+    );
+    train(&["--resume"]).assert().success();
+    assert_eq!(
+        Checkpoint::load(&ft.join(checkpoint::FILE)).unwrap().step,
+        2
+    );
+    assert_eq!(
+        tokenizer_rules(&ft.join("model.enigma")),
+        want,
+        "after the resume"
+    );
+}

@@ -98,7 +98,7 @@ fn merges_survive_save_and_load_and_the_core_encodes_identically() {
 
     // A model's tokenizer is recognised as ours again (fine-tuning keeps the fast encoder).
     let back = enigma_runtime::quantize::tokenizer_data(&model.tokenizer);
-    let vocab = Vocab::from_data(back).unwrap();
+    let vocab = Vocab::from_data(back, &[]).unwrap();
     assert!(vocab.bpe().is_some());
     assert_eq!(vocab.encode(SAMPLES[0]).unwrap(), bpe.encode(SAMPLES[0]));
 }

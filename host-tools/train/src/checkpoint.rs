@@ -16,7 +16,7 @@ use super::options::TrainOptions;
 use anyhow::{ensure, Context, Result};
 use enigma_core::Config;
 use enigma_runtime::fsutil::atomic_write_with;
-use enigma_runtime::TokenizerData;
+use enigma_runtime::{Extra, TokenizerData};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -39,6 +39,24 @@ struct TokJson {
     pad: Option<u32>,
     add_dummy_prefix: bool,
     chat: Option<[u32; 2]>,
+    /// `enigma_core::pretok::Split` as its number; absent in checkpoints written before it was kept.
+    #[serde(default)]
+    split: u8,
+    #[serde(default)]
+    added: Vec<u32>,
+    /// The `--init` model's other tensors (chat template, tokenizer flags), so every model the run
+    /// writes keeps them.
+    #[serde(default)]
+    extras: Vec<ExtraJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExtraJson {
+    name: String,
+    dtype: u8,
+    shape: Vec<u64>,
+    /// The bytes as hex.
+    bytes: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +78,8 @@ struct Header {
 pub struct Checkpoint {
     pub config: Config,
     pub tokenizer: TokenizerData,
+    /// Tensors the model keeps besides its parameters and vocabulary ([`enigma_runtime::extras`]).
+    pub extras: Vec<Extra>,
     pub options: TrainOptions,
     pub step: u64,
     pub data_pos: u64,
@@ -97,6 +117,18 @@ impl Checkpoint {
                 pad: t.pad,
                 add_dummy_prefix: t.add_dummy_prefix,
                 chat: t.chat.map(|c| [c.user, c.assistant]),
+                split: t.split as u8,
+                added: t.added.clone(),
+                extras: self
+                    .extras
+                    .iter()
+                    .map(|e| ExtraJson {
+                        name: e.name.clone(),
+                        dtype: e.dtype as u8,
+                        shape: e.shape.clone(),
+                        bytes: hex(&e.bytes),
+                    })
+                    .collect(),
             },
             options: self.options.clone(),
             step: self.step,
@@ -172,6 +204,21 @@ impl Checkpoint {
             pieces.len() == h.config.vocab_size as usize && t.scores.len() == pieces.len(),
             "the checkpoint's tokenizer does not match its vocabulary size"
         );
+        let split = enigma_core::pretok::Split::from_u8(t.split)
+            .context("the checkpoint's tokenizer split is unknown")?;
+        let extras = t
+            .extras
+            .into_iter()
+            .map(|e| {
+                Some(Extra {
+                    dtype: enigma_core::kernels::DType::from_code(e.dtype)?,
+                    bytes: unhex(&e.bytes)?,
+                    name: e.name,
+                    shape: e.shape,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .context("a kept tensor of the checkpoint is unreadable")?;
         Ok(Checkpoint {
             config: h.config,
             tokenizer: TokenizerData {
@@ -184,9 +231,10 @@ impl Checkpoint {
                 chat: t
                     .chat
                     .map(|[user, assistant]| enigma_core::format::ChatTokens { user, assistant }),
-                split: enigma_core::pretok::Split::None,
-                added: Vec::new(),
+                split,
+                added: t.added,
             },
+            extras,
             options: h.options,
             step: h.step,
             data_pos: h.data_pos,

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use enigma_core::config::{Config, ParamLayout, Preset};
 use enigma_core::kernels::Kernels;
 use enigma_runtime::fsutil::atomic_write;
-use enigma_runtime::{ModelFile, ModelLock, ModelWriter, TokenizerData};
+use enigma_runtime::{Extra, ModelFile, ModelLock, ModelWriter, TokenizerData};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -106,20 +106,30 @@ pub fn init_params(config: &Config, seed: u64) -> Vec<f32> {
     out
 }
 
+/// An existing model to fine-tune: its config, tokenizer, parameters and the tensors it keeps besides
+/// (chat template, tokenizer flags).
+struct Init {
+    config: Config,
+    tok: TokenizerData,
+    params: Vec<f32>,
+    extras: Vec<Extra>,
+}
+
 /// Parameters and tokenizer of an existing model, for fine-tuning: every tensor must have exactly the shape
 /// the model's config gives it (a mismatch is an error, never a silently skipped tensor).
-fn load_init(path: &Path) -> Result<(Config, TokenizerData, Vec<f32>)> {
+fn load_init(path: &Path) -> Result<Init> {
     let file = ModelFile::open(path)?;
     let f = file.parse()?;
     let tok = enigma_core::Tokenizer::from_file(&f)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let params = enigma_runtime::quantize::params_f32(&f)
         .with_context(|| format!("{}: cannot load its weights", path.display()))?;
-    Ok((
-        *f.config(),
-        enigma_runtime::quantize::tokenizer_data(&tok),
+    Ok(Init {
+        config: *f.config(),
+        tok: enigma_runtime::quantize::tokenizer_data(&tok),
         params,
-    ))
+        extras: enigma_runtime::extras(&f),
+    })
 }
 
 /// A JSON config; a `vocab_size` of 0 means the tokenizer's.
@@ -153,6 +163,8 @@ pub fn train_tokenizer(args: &TokenizerTrainArgs) -> Result<Bpe> {
 struct State {
     config: Config,
     vocab: Vocab,
+    /// What an `--init` model keeps besides parameters and vocabulary (chat template, tokenizer flags).
+    extras: Vec<Extra>,
     options: TrainOptions,
     step: u64,
     data_pos: u64,
@@ -163,15 +175,15 @@ struct State {
 fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<State> {
     let init = o.init.as_deref().map(load_init).transpose()?;
     let vocab = match (&init, &o.tokenizer) {
-        (Some((_, tok, _)), None) => Vocab::from_data(tok.clone())?,
-        (Some((_, tok, _)), Some(path)) => {
+        (Some(i), None) => Vocab::from_data(i.tok.clone(), &i.extras)?,
+        (Some(i), Some(path)) => {
             let given = Bpe::load(path)?.data();
             ensure!(
-                given.pieces == tok.pieces,
+                given.pieces == i.tok.pieces,
                 "--tokenizer {} is not the tokenizer of --init (a model keeps its tokenizer)",
                 path.display()
             );
-            Vocab::from_data(tok.clone())?
+            Vocab::from_data(i.tok.clone(), &i.extras)?
         }
         (None, Some(path)) => Vocab::from_bpe(Bpe::load(path)?),
         (None, None) => {
@@ -187,15 +199,20 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
             Vocab::from_bpe(bpe)
         }
     };
-    let init_chat = init.as_ref().is_some_and(|(_, tok, _)| tok.chat.is_some());
+    let init_chat = init.as_ref().is_some_and(|i| i.tok.chat.is_some());
     let mut vocab = vocab;
     advertise_chat(&mut vocab, !corpus.chats.is_empty(), init_chat);
     if let (Some(bpe), false) = (vocab.bpe(), out.join(TOKENIZER_FILE).exists()) {
         bpe.save(&out.join(TOKENIZER_FILE))?;
     }
     let v = vocab.vocab_size() as u32;
-    let (config, params) = match init {
-        Some((c, _, p)) => {
+    let (config, params, extras) = match init {
+        Some(Init {
+            config: c,
+            params: p,
+            extras,
+            ..
+        }) => {
             // A shape given alongside --init must be the model's own: weights are never reshaped.
             let wanted = match &o.config {
                 Some(path) => Some(read_config(path, c.vocab_size)?),
@@ -207,7 +224,7 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
                     "--config does not match the shape of --init's weights ({c:?}); convert the model explicitly instead"
                 );
             }
-            (c, p)
+            (c, p, extras)
         }
         None => {
             let mut c = match &o.config {
@@ -236,13 +253,14 @@ fn fresh(o: &TrainOptions, out: &Path, corpus: &super::data::Corpus) -> Result<S
                 c.param_count().saturating_mul(16),
                 &format!("training {} parameters", c.param_count()),
             )?;
-            (c, init_params(&c, o.seed))
+            (c, init_params(&c, o.seed), Vec::new())
         }
     };
     let adam = AdamW::new(&config, AdamWConfig::default());
     Ok(State {
         config,
         vocab,
+        extras,
         options: o.clone(),
         step: 0,
         data_pos: 0,
@@ -293,7 +311,8 @@ fn resumed(o: &TrainOptions, out: &Path) -> Result<State> {
     adam.t = ck.adam_t;
     Ok(State {
         config: ck.config,
-        vocab: Vocab::from_data(ck.tokenizer)?,
+        vocab: Vocab::from_data(ck.tokenizer, &ck.extras)?,
+        extras: ck.extras,
         options,
         step: ck.step,
         data_pos: ck.data_pos,
@@ -515,6 +534,7 @@ fn run_state(
         let ck = Checkpoint {
             config: c,
             tokenizer: st.vocab_data(),
+            extras: st.extras.clone(),
             options: st.options.clone(),
             step,
             data_pos: st.data_pos,
@@ -524,15 +544,7 @@ fn run_state(
             v: st.adam.v.clone(),
         };
         ck.save(&out.join(checkpoint::FILE))?;
-        write_model(
-            out,
-            &source,
-            &st.config,
-            st.vocab_data(),
-            &st.params,
-            dtype,
-            step,
-        )
+        write_model(out, &source, st, dtype, step)
     };
     let stop = o.stop_after.unwrap_or(total).min(total);
     while st.step < stop {
@@ -624,14 +636,15 @@ impl State {
 fn write_model(
     out: &Path,
     source: &str,
-    config: &Config,
-    tok: TokenizerData,
-    params: &[f32],
+    st: &State,
     dtype: enigma_core::kernels::DType,
     step: u64,
 ) -> Result<()> {
-    let mut w = ModelWriter::new(*config, tok);
+    let mut w = ModelWriter::new(st.config, st.vocab_data());
+    for e in &st.extras {
+        w.extra(e);
+    }
     w.provenance(source, enigma_models::training_note(step));
-    enigma_runtime::quantize::add_params(&mut w, config, params, dtype)?;
+    enigma_runtime::quantize::add_params(&mut w, &st.config, &st.params, dtype)?;
     Ok(atomic_write(&out.join(MODEL_FILE), &w.to_bytes()?)?)
 }

@@ -4,9 +4,9 @@
 use super::bpe::Bpe;
 use super::data::Encode;
 use anyhow::Result;
-use enigma_core::format::ChatTokens;
+use enigma_core::format::{ChatTokens, TOK_PREFIX_IF_UNSPACED};
 use enigma_core::Tokenizer;
-use enigma_runtime::TokenizerData;
+use enigma_runtime::{Extra, TokenizerData};
 
 pub struct Vocab {
     data: TokenizerData,
@@ -15,6 +15,8 @@ pub struct Vocab {
     pieces: Vec<u8>,
     offsets: Vec<u32>,
     sorted: Vec<u32>,
+    /// The model's `tokenizer.prefix_if_unspaced` flag, so training text encodes as inference does.
+    prefix_if_unspaced: bool,
 }
 
 impl Vocab {
@@ -25,12 +27,14 @@ impl Vocab {
             pieces: Vec::new(),
             offsets: Vec::new(),
             sorted: Vec::new(),
+            prefix_if_unspaced: false,
         }
     }
 
-    /// Any tokenizer; ours is recognised and gets the fast encoder. Whether it advertises chat markers is
-    /// the given data's say (see [`Vocab::set_chat`]).
-    pub fn from_data(data: TokenizerData) -> Result<Vocab> {
+    /// Any tokenizer (with the tensors its model keeps beside it, which may hold its flags); ours is
+    /// recognised and gets the fast encoder. Whether it advertises chat markers is the given data's say
+    /// (see [`Vocab::set_chat`]).
+    pub fn from_data(data: TokenizerData, extras: &[Extra]) -> Result<Vocab> {
         data.check_limits()?;
         if let Some(bpe) = Bpe::from_data(&data) {
             let mut v = Vocab::from_bpe(bpe);
@@ -51,11 +55,15 @@ impl Vocab {
             pieces,
             offsets,
             sorted,
+            prefix_if_unspaced: extras
+                .iter()
+                .any(|e| e.name == TOK_PREFIX_IF_UNSPACED && e.bytes == [1]),
         };
         v.core()?;
         Ok(v)
     }
 
+    /// The core's tokenizer, with the model's split, added tokens and prefix rule: the one inference uses.
     fn core(&self) -> Result<Tokenizer<'_>> {
         Ok(Tokenizer::new(
             self.data.meta(),
@@ -63,7 +71,10 @@ impl Vocab {
             &self.offsets,
             &self.data.scores,
             &self.sorted,
-        )?)
+        )?
+        .with_split(self.data.split)
+        .with_added(&self.data.added)?
+        .with_prefix_if_unspaced(self.prefix_if_unspaced))
     }
 
     /// Whether the model file says "this model knows the chat markers". Our tokenizer always reserves
