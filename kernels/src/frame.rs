@@ -1,6 +1,6 @@
 //! The part of each op that is the same in every tier: splitting work into the pieces kernels see.
 
-use crate::quant::{quantize_q8_0, BlockQ8_0, QBlock, QK};
+use crate::quant::{quantize_q8_0_grouped, BlockQ8_0, QBlock, QK};
 use core::mem::size_of;
 use half::{bf16, f16};
 
@@ -33,7 +33,7 @@ pub fn matvec_quantized<B: QBlock>(out: &mut [f32], w: &[B], x: &[f32], kernel: 
 }
 
 /// `out (t, n) = x (t, d) · w (n, d / B::COLS)ᵀ` for block-quantized weights: quantizes `x` to q8_0 (llama.cpp's
-/// activation format), one stack-sized column chunk of up to [`T_TILE`] tokens at a time, and lets
+/// activation format; one scale per `B::COLS` columns, see [`quantize_q8_0_grouped`]), one stack-sized column chunk of up to [`T_TILE`] tokens at a time, and lets
 /// `[stream, tile]` do the integer dot products. One token streams all rows through `stream` in one call;
 /// several go through `tile` in L2-sized blocks of rows, each used by every token of the tile before the
 /// next is fetched (a kernel may prepare `x` once per call, so blocks are not made smaller).
@@ -89,7 +89,13 @@ fn tiles<B: QBlock, const TT: usize>(
         for c0 in (0..stride).step_by(chunk) {
             let nb = (stride - c0).min(chunk);
             for (q, xt) in xq.iter_mut().zip(xs.chunks_exact(d)) {
-                quantize_q8_0(&xt[c0 * B::COLS..(c0 + nb) * B::COLS], &mut q[..nb * per]);
+                // One scale per weight block's columns (a k-quant super-block's 8 activation blocks
+                // share theirs), so a kernel may sum a weight block's integer dots before scaling.
+                quantize_q8_0_grouped(
+                    &xt[c0 * B::COLS..(c0 + nb) * B::COLS],
+                    &mut q[..nb * per],
+                    per,
+                );
             }
             let rows = if tt == 1 {
                 n

@@ -328,12 +328,9 @@ pub fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ
 }
 
 /// The activation blocks' scales, and for Q4_K each block's scale times the sum of its quants (what a
-/// sub-block's min multiplies): computed once per call by the SIMD kernels, used by every row.
+/// sub-block's min multiplies): computed once per call by the NEON kernels, used by every row.
 #[cfg_attr(
-    not(all(
-        feature = "kquants",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    )),
+    not(all(feature = "kquants", target_arch = "aarch64")),
     allow(dead_code)
 )]
 pub(crate) fn activation_scales(

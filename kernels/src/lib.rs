@@ -47,6 +47,6 @@ pub use half::{bf16, f16};
 pub use kquants::{BlockQ4K, BlockQ6K};
 pub use quant::{
     dequantize_bf16, dequantize_f16, dequantize_q4_0, dequantize_q8_0, quantize_bf16, quantize_f16,
-    quantize_q4_0, quantize_q8_0, BlockQ4_0, BlockQ8_0, QBlock, QK,
+    quantize_q4_0, quantize_q8_0, quantize_q8_0_grouped, BlockQ4_0, BlockQ8_0, QBlock, QK,
 };
 pub use weights::{DType, ViewError, WeightView};

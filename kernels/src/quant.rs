@@ -69,14 +69,25 @@ impl BlockQ4_0 {
 /// Quantizes `src (nb * 32)` into `dst (nb)` blocks: `d = amax / 127`, `q = round(x / d)` (llama.cpp's
 /// `quantize_row_q8_0_ref`, round half away from zero). Panics when the lengths disagree.
 pub fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    quantize_q8_0_grouped(src, dst, 1);
+}
+
+/// [`quantize_q8_0`] with one scale for each `group` consecutive blocks, from their largest `|v|` together:
+/// every block of a group carries the same `d` (GGML's Q8_K idea, what llama.cpp multiplies k-quants
+/// with), so a kernel may sum a whole 256-weight super-block's integer dots before scaling once. The blocks
+/// stay q8_0, so every reference reads them unchanged. A short last group is scaled on its own.
+pub fn quantize_q8_0_grouped(src: &[f32], dst: &mut [BlockQ8_0], group: usize) {
     assert_eq!(src.len(), dst.len() * QK, "q8_0 needs whole blocks of 32");
-    for (b, x) in dst.iter_mut().zip(src.chunks_exact(QK)) {
+    let group = group.max(1);
+    for (bs, x) in dst.chunks_mut(group).zip(src.chunks(group * QK)) {
         let amax = abs_max(x);
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = f16::from_f32(d).to_bits();
-        for (q, v) in b.qs.iter_mut().zip(x) {
-            *q = round_half_away(v * id);
+        for (b, x) in bs.iter_mut().zip(x.chunks_exact(QK)) {
+            b.d = f16::from_f32(d).to_bits();
+            for (q, v) in b.qs.iter_mut().zip(x) {
+                *q = round_half_away(v * id);
+            }
         }
     }
 }

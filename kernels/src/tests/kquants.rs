@@ -5,7 +5,7 @@ use super::check;
 use super::ops::data;
 use crate::dispatch::GENERIC as G;
 use crate::kquants::{self, BlockQ4K, BlockQ6K, KQuant, QK_K};
-use crate::quant::{dequantize_q8_0, quantize_q8_0, BlockQ8_0, QK};
+use crate::quant::{dequantize_q8_0, quantize_q8_0, quantize_q8_0_grouped, BlockQ8_0, QK};
 use crate::{Kernels, WeightView};
 use half::f16;
 use proptest::collection::vec as pvec;
@@ -135,8 +135,9 @@ pub(crate) fn prop_kquants_stride(k: &Kernels) {
         )
     });
     check(24, s, |(w4, w6, x, init, stride)| {
+        // As the frame quantizes for k-quant weights: one scale per super-block.
         let mut xq = vec![BlockQ8_0::ZERO; x.len() / QK];
-        quantize_q8_0(&x, &mut xq);
+        quantize_q8_0_grouped(&x, &mut xq, QK_K / QK);
         // Rows of `stride` blocks of which the kernels read the first `nb`: the views for the tolerance.
         let nb = x.len() / QK_K;
         let first = |n: usize| (0..init.len()).flat_map(move |r| r * stride..r * stride + n);
@@ -162,7 +163,7 @@ pub(crate) fn edge_kquants_extremes(k: &Kernels) {
         .map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 })
         .collect();
     let mut xq = vec![BlockQ8_0::ZERO; x.len() / QK];
-    quantize_q8_0(&x, &mut xq);
+    quantize_q8_0_grouped(&x, &mut xq, QK_K / QK);
     let q4 = [0xFFu8, 0x00].map(|q| BlockQ4K {
         d: scale(-4, 1.0),
         dmin: scale(-4, 1.0),
@@ -237,7 +238,7 @@ fn generic_table_uses_the_references() {
     );
     let x: Vec<f32> = (0..QK_K).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut xq = vec![BlockQ8_0::ZERO; QK_K / QK];
-    quantize_q8_0(&x, &mut xq);
+    quantize_q8_0_grouped(&x, &mut xq, QK_K / QK);
     for v in views(&q4, &q6, QK_K) {
         let (mut got, mut want) = ([0f32; 1], [0f32; 1]);
         G.matvec(&mut got, v, &x);
@@ -263,4 +264,31 @@ fn kquants_fixed<B: bytemuck::Pod>(size: usize) -> Vec<B> {
         b[size - 2..].copy_from_slice(&s);
     }
     vec![bytemuck::pod_read_unaligned(&b)]
+}
+
+/// Grouped activations: each group of blocks has one scale, from the group's largest `|v|`, and a group
+/// of one is `quantize_q8_0`; a short last group is scaled on its own.
+#[test]
+fn grouped_activations_share_a_scale_per_group() {
+    let x: Vec<f32> = (0..11 * QK)
+        .map(|i| (i as f32 * 0.13).sin() * (1 + i / 64) as f32)
+        .collect();
+    let (mut one, mut g1, mut g8) = (
+        vec![BlockQ8_0::ZERO; 11],
+        vec![BlockQ8_0::ZERO; 11],
+        vec![BlockQ8_0::ZERO; 11],
+    );
+    quantize_q8_0(&x, &mut one);
+    quantize_q8_0_grouped(&x, &mut g1, 1);
+    assert_eq!(one, g1);
+    quantize_q8_0_grouped(&x, &mut g8, 8);
+    for (g, xs) in g8.chunks(8).zip(x.chunks(8 * QK)) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(g.iter().all(|b| b.d == g[0].d));
+        assert_eq!(g[0].d, f16::from_f32(amax / 127.0).to_bits());
+        assert!(g
+            .iter()
+            .any(|b| b.qs.iter().any(|q| q.unsigned_abs() == 127)));
+    }
+    assert_ne!(g8[0].d, g8[8].d, "the short last group has its own scale");
 }

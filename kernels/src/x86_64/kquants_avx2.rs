@@ -1,12 +1,13 @@
 //! Q4_K and Q6_K products against q8_0 activations with AVX2 (`vpmaddubsw`, `vpmaddwd`), for the AVX2 and
-//! AVX-512 tiers alike: k-quant decode is bound by reading the weights, which 256-bit loads already keep up
-//! with. Each 32-weight run of a super-block meets one activation block, so, as for q4_0, an integer dot per
-//! run is scaled once in float; what is left over per super-block (Q4_K's mins) is a handful of scalar FMAs.
-//! References: `kquants::qmatvec_q4_k` and `qmatvec_q6_k`.
+//! AVX-512 tiers alike. The frame quantizes a super-block's 8 activation blocks with one scale
+//! (`quant::quantize_q8_0_grouped`, GGML's Q8_K idea), so each super-block's integer dots, already times
+//! their small sub-block scales, are summed in i32 lanes and meet the float scales once per super-block, as
+//! llama.cpp does; what Q4_K's mins and Q6_K's `+32` take off is one `madd` per super-block.
+//! References: `kquants::qmatvec_q4_k` and `qmatvec_q6_k` (which read each block's own scale).
 
 use super::avx2::{f16_to_f32, hsum};
 use crate::frame::X_CHUNK_BLOCKS;
-use crate::kquants::{activation_scales, BlockQ4K, BlockQ6K, QK_K};
+use crate::kquants::{BlockQ4K, BlockQ6K, QK_K};
 use crate::quant::{BlockQ8_0, QK};
 use core::arch::x86_64::*;
 
@@ -39,58 +40,83 @@ fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
     (join(sc), join(mn))
 }
 
-/// 8 bytes as 8 f32 lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn bytes_f32(b: u64) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b as i64)))
+/// The sum of each activation block's quants, as i16 (|sum| ≤ 32 · 128): what Q4_K's sub-block mins
+/// multiply.
+fn block_sums(xq: &[BlockQ8_0]) -> [i16; X_CHUNK_BLOCKS] {
+    assert!(xq.len() <= X_CHUNK_BLOCKS, "one chunk of activations");
+    let mut sums = [0i16; X_CHUNK_BLOCKS];
+    for (s, x) in sums.iter_mut().zip(xq) {
+        *s = x.qs.iter().map(|v| i16::from(*v)).sum();
+    }
+    sums
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn ld_f32(v: &[f32]) -> __m256 {
-    assert!(v.len() >= 8);
-    // SAFETY: 8 readable f32s (checked above).
-    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+/// The activation scale of each super-block: the frame quantizes a super-block's 8 activation blocks with
+/// one scale (`quant::quantize_q8_0_grouped`), which lets a super-block's integer dots be summed before
+/// one float step.
+fn super_scales(xq: &[BlockQ8_0]) -> impl Iterator<Item = f32> + '_ {
+    xq.chunks_exact(XB).map(|x| {
+        debug_assert!(
+            x.iter().all(|b| b.d == x[0].d),
+            "k-quant activations share one scale per super-block"
+        );
+        x[0].scale()
+    })
 }
 
-/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q4_K weights.
+/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q4_K weights; `xq`'s super-blocks each of one scale.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn qmatvec_q4_k(out: &mut [f32], w: &[BlockQ4K], stride: usize, xq: &[BlockQ8_0]) {
     let nb = xq.len() / XB;
-    let (da, dsum) = activation_scales(xq, true);
-    let (nib, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
+    let mut da = [0f32; X_CHUNK_BLOCKS / XB];
+    for (d, s) in da.iter_mut().zip(super_scales(xq)) {
+        *d = s;
+    }
+    let bsums = block_sums(xq);
+    let nib = _mm256_set1_epi8(0x0F);
+    // Word j of a super-block's 8 scales, in every 16-bit lane.
+    let pick: [__m256i; 8] =
+        core::array::from_fn(|j| _mm256_set1_epi16((0x0101 * 2 * j + 0x0100) as i16));
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * stride..r * stride + nb];
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut mins = _mm256_setzero_ps();
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = _mm_setzero_ps();
         for (i, b) in row.iter().enumerate() {
             let (sc, mn) = scales_mins_k4(&b.scales);
             let x = &xq[i * XB..];
-            // Each sub-block's whole float factor, d · scale · (its activation block's scale), as 8 lanes;
-            // and the mins' part of the row: dmin · Σ min · (activation scale · Σ activation quants).
-            let f = _mm256_mul_ps(
-                _mm256_mul_ps(bytes_f32(sc), _mm256_set1_ps(f16_to_f32(b.d))),
-                ld_f32(&da[i * XB..]),
-            );
-            let m = _mm256_mul_ps(bytes_f32(mn), _mm256_set1_ps(f16_to_f32(b.dmin)));
-            mins = _mm256_fmadd_ps(m, ld_f32(&dsum[i * XB..]), mins);
+            // The 8 scales and mins as i16.
+            let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+            let mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+            // SAFETY: 8 i16 sums of this super-block's activation blocks.
+            let bs = unsafe { _mm_loadu_si128(bsums[i * XB..].as_ptr() as *const __m128i) };
+            // The mins' part: dmin · da · Σ min · Σ activation quants.
+            let m = _mm_cvtepi32_ps(_mm_madd_epi16(mn16, bs));
+            mins = _mm_fmadd_ps(m, _mm_set1_ps(f16_to_f32(b.dmin) * da[i]), mins);
+            let mut dots = _mm256_setzero_si256();
             for c in 0..4 {
                 let q = ld(&b.qs[c * 32..]);
                 let halves = [
                     _mm256_and_si256(q, nib),
                     _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib),
                 ];
-                for (h, (q, acc)) in halves.into_iter().zip(acc.iter_mut()).enumerate() {
+                for (h, q) in halves.into_iter().enumerate() {
                     let j = 2 * c + h;
-                    // Nibbles are 0..15, so `maddubs` (u8 × i8) takes them as they are.
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, ld_x(&x[j])), ones);
-                    let s = _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(j as i32));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *acc);
+                    // Nibbles are 0..15, so `maddubs` (u8 × i8) takes them as they are; pairs times the
+                    // sub-block's scale (≤ 63) stay far inside i32 over a super-block.
+                    let p = _mm256_maddubs_epi16(q, ld_x(&x[j]));
+                    let s = _mm256_shuffle_epi8(sc16, pick[j]);
+                    dots = _mm256_add_epi32(dots, _mm256_madd_epi16(p, s));
                 }
             }
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dots),
+                _mm256_set1_ps(f16_to_f32(b.d) * da[i]),
+                acc,
+            );
         }
-        *o += hsum(_mm256_add_ps(acc[0], acc[1])) - hsum(mins);
+        let m = _mm_add_ps(mins, _mm_movehl_ps(mins, mins));
+        let m = _mm_add_ss(m, _mm_shuffle_ps::<1>(m, m));
+        *o += hsum(acc) - _mm_cvtss_f32(m);
     }
 }
 
@@ -108,37 +134,38 @@ fn half_sums(xq: &[BlockQ8_0]) -> [i16; 2 * X_CHUNK_BLOCKS] {
     sums
 }
 
-/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q6_K weights.
+/// `out (n) += w (n, stride)[:, ..nb] · xq (8 nb)`, Q6_K weights; `xq`'s super-blocks each of one scale.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &[BlockQ8_0]) {
     let nb = xq.len() / XB;
-    let (da, _) = activation_scales(xq, false);
+    let mut da = [0f32; X_CHUNK_BLOCKS / XB];
+    for (d, s) in da.iter_mut().zip(super_scales(xq)) {
+        *d = s;
+    }
     let sums = half_sums(xq);
     let (nib, m3, m30) = (
         _mm256_set1_epi8(0x0F),
         _mm256_set1_epi8(3),
         _mm256_set1_epi8(0x30),
     );
+    // Run r of a half: lanes 0..4 take scale 2r, lanes 4..8 scale 2r + 1.
+    let pick: [__m256i; 4] = core::array::from_fn(|r| {
+        let (a, b) = (2 * r as i32, 2 * r as i32 + 1);
+        _mm256_setr_epi32(a, a, a, a, b, b, b, b)
+    });
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * stride..r * stride + nb];
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut plus32 = _mm256_setzero_ps();
+        let mut acc = _mm256_setzero_ps();
         for (i, b) in row.iter().enumerate() {
             let x = &xq[i * XB..];
-            // Run g's float factor, d · (its activation block's scale), as lane g.
-            let f = _mm256_mul_ps(
-                _mm256_set1_ps(f16_to_f32(u16::from_le_bytes(b.d))),
-                ld_f32(&da[i * XB..]),
-            );
-            // The 16 scales as i16; run g's two are 2g and 2g + 1, so one `madd` with the 16 half sums gives
-            // every run's `Σ scale · sum` in its lane.
             // SAFETY: the block's 16 scale bytes are readable.
             let sc8 = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
-            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            // The stored quants are the weights plus 32: `32 · Σ scale · (sum of its 16 activations)`,
+            // one `madd` of the 16 scales with the 16 half sums, comes off the super-block's dot.
             // SAFETY: 16 i16 sums of this super-block (`half_sums` holds two per activation block).
             let hs = unsafe { _mm256_loadu_si256(sums[i * 2 * XB..].as_ptr() as *const __m256i) };
-            let corr = _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, hs));
-            plus32 = _mm256_fmadd_ps(corr, f, plus32);
+            let corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), hs);
+            let mut dots = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr));
             // Each scale as an i16 pair in a 32-bit lane, for `madd` against the i16 pair sums of a run.
             let lanes = |h: usize| {
                 let s = _mm256_cvtepi8_epi32(if h == 0 {
@@ -176,26 +203,17 @@ pub(super) fn qmatvec_q6_k(out: &mut [f32], w: &[BlockQ6K], stride: usize, xq: &
                     ),
                 ];
                 for (run, q) in runs.into_iter().enumerate() {
-                    let g = half * 4 + run;
                     // Σ q·a as i16 pairs (q is 0..63, so pairs stay within 2·63·127); pairs 0..8 are
-                    // weights 0..16 (scale 2g), 8..16 the next 16 (scale 2g + 1).
-                    let p = _mm256_maddubs_epi16(q, ld_x(&x[g]));
-                    let pick = _mm256_setr_epi32(
-                        2 * run as i32,
-                        2 * run as i32,
-                        2 * run as i32,
-                        2 * run as i32,
-                        2 * run as i32 + 1,
-                        2 * run as i32 + 1,
-                        2 * run as i32 + 1,
-                        2 * run as i32 + 1,
-                    );
-                    let dot = _mm256_madd_epi16(p, _mm256_permutevar8x32_epi32(sc, pick));
-                    let s = _mm256_permutevar8x32_ps(f, _mm256_set1_epi32(g as i32));
-                    acc[run & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[run & 1]);
+                    // weights 0..16 (scale 2g), 8..16 the next 16 (scale 2g + 1). Times the scales, a
+                    // super-block's sum stays within 8 · 2 · 16002 · 128 in each i32 lane.
+                    let p = _mm256_maddubs_epi16(q, ld_x(&x[half * 4 + run]));
+                    let s = _mm256_permutevar8x32_epi32(sc, pick[run]);
+                    dots = _mm256_add_epi32(dots, _mm256_madd_epi16(p, s));
                 }
             }
+            let f = f16_to_f32(u16::from_le_bytes(b.d)) * da[i];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(f), acc);
         }
-        *o += hsum(_mm256_add_ps(acc[0], acc[1])) - 32.0 * hsum(plus32);
+        *o += hsum(acc);
     }
 }
