@@ -59,6 +59,8 @@ pub struct Line {
     buf: heapless::Vec<u8, { crate::build::LINE_BYTES }>,
     /// The last line ended with CR: a LF right after it belongs to that end (CRLF terminals).
     after_cr: bool,
+    /// The last line ended with a 0x00 byte: a host speaking the framed protocol, not a person.
+    nul: bool,
 }
 
 impl Default for Line {
@@ -72,18 +74,32 @@ impl Line {
         Line {
             buf: heapless::Vec::new(),
             after_cr: false,
+            nul: false,
         }
     }
 
-    /// Reads one line (without its end); bytes past the buffer and invalid UTF-8 are dropped.
+    /// The last [`Line::read`] ended at a 0x00 byte, which no terminal sends: the host's protocol client
+    /// (`enigma_core::protocol`) asks the board to switch to frames.
+    pub fn nul(&self) -> bool {
+        self.nul
+    }
+
+    /// Reads one line (without its end); bytes past the buffer and invalid UTF-8 are dropped. A 0x00 ends
+    /// the line early, empty, and sets [`Line::nul`].
     pub fn read<C: Read + Write>(&mut self, console: &mut C) -> Result<&str, C::Error> {
         self.buf.clear();
+        self.nul = false;
         loop {
             let mut b = [0u8; 1];
             if console.read(&mut b)? == 0 {
                 break;
             }
             let c = b[0];
+            if c == 0 {
+                self.buf.clear();
+                self.nul = true;
+                break;
+            }
             let after_cr = core::mem::replace(&mut self.after_cr, c == b'\r');
             if c == b'\n' && after_cr {
                 continue;
@@ -105,10 +121,15 @@ impl Line {
             console.write_all(echo)?;
             console.flush()?;
         }
-        Ok(match core::str::from_utf8(&self.buf) {
+        Ok(self.text())
+    }
+
+    /// The last line read (its valid UTF-8 part).
+    pub fn text(&self) -> &str {
+        match core::str::from_utf8(&self.buf) {
             Ok(s) => s,
             Err(e) => core::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or(""),
-        })
+        }
     }
 }
 
