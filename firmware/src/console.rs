@@ -310,4 +310,54 @@ mod tests {
         assert_eq!(text.piece(&mut out, b"cd\xff"), Err(SerialError));
         assert_eq!(out.bytes, b"ab");
     }
+
+    /// Typed input: reads from `input`, records what is echoed.
+    struct Typed {
+        input: std::collections::VecDeque<u8>,
+        echo: Sink,
+    }
+
+    impl ErrorType for Typed {
+        type Error = SerialError;
+    }
+
+    impl Read for Typed {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SerialError> {
+            match (buf.first_mut(), self.input.pop_front()) {
+                (Some(slot), Some(b)) => {
+                    *slot = b;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    impl Write for Typed {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, SerialError> {
+            self.echo.write(buf)
+        }
+        fn flush(&mut self) -> Result<(), SerialError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_nul_byte_ends_the_line_and_asks_for_frames() {
+        let mut c = Typed {
+            input: b"hello\r\nab\0x\n".iter().copied().collect(),
+            echo: sink(),
+        };
+        let mut line = Line::new();
+        assert_eq!(line.read(&mut c).unwrap(), "hello");
+        assert!(!line.nul(), "a line ended by CR LF is a person's");
+        assert_eq!(
+            line.read(&mut c).unwrap(),
+            "",
+            "what came before the 0x00 is dropped"
+        );
+        assert!(line.nul());
+        assert_eq!(line.read(&mut c).unwrap(), "x");
+        assert!(!line.nul(), "the next line starts over");
+    }
 }

@@ -8,11 +8,16 @@
 //!   console is anything with `embedded_io::{Read, Write}`: the QEMU board's UART, a HAL's UART through
 //!   [`console::NbSerial`].
 //!
-//! The model code is all in enigma-core; this crate only wires it to buffers and a console. Logging is
-//! `defmt`: the board chooses the transport (semihosting under QEMU, RTT on real boards).
+//! The model code is all in enigma-core; this crate only wires it to buffers and a console. Logging goes
+//! through [`fmt`]: `defmt` with the `defmt` feature (the board chooses the transport: a second UART under
+//! QEMU, RTT on real boards), else text lines to a sink the board sets (its UART), or nowhere.
 #![no_std]
 
 pub mod console;
+pub mod fmt;
+#[cfg(feature = "defmt")]
+#[doc(hidden)]
+pub use defmt as __defmt;
 #[cfg(feature = "protocol")]
 mod serve;
 
@@ -65,6 +70,19 @@ impl From<enigma_core::Error> for Error {
     }
 }
 
+impl Error {
+    /// The text of every error but the core's (which needs `core::fmt`).
+    fn describe(&self) -> &'static str {
+        match self {
+            Error::Model(_) => "model error (the `messages` feature has the text)",
+            Error::Layout => "the model in flash is not the one this image was built for",
+            Error::Console => "console I/O failed",
+            Error::BuffersTaken => "the buffers were already taken",
+        }
+    }
+}
+
+#[cfg(feature = "defmt")]
 impl defmt::Format for Error {
     fn format(&self, f: defmt::Formatter<'_>) {
         match self {
@@ -72,16 +90,17 @@ impl defmt::Format for Error {
             // them on. The build script already ran the same checks on the host, so these are rare.
             #[cfg(feature = "messages")]
             Error::Model(e) => defmt::write!(f, "model: {}", defmt::Display2Format(e)),
-            #[cfg(not(feature = "messages"))]
-            Error::Model(_) => {
-                defmt::write!(f, "model error (the `messages` feature has the text)")
-            }
-            Error::Layout => defmt::write!(
-                f,
-                "the model in flash is not the one this image was built for"
-            ),
-            Error::Console => defmt::write!(f, "console I/O failed"),
-            Error::BuffersTaken => defmt::write!(f, "the buffers were already taken"),
+            e => defmt::write!(f, "{=str}", e.describe()),
+        }
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            #[cfg(feature = "messages")]
+            Error::Model(e) => write!(f, "model: {e}"),
+            e => f.write_str(e.describe()),
         }
     }
 }
@@ -273,8 +292,8 @@ fn pick_kernels() -> &'static Kernels {
         {
             return k;
         }
-        defmt::warn!(
-            "kernel tier {=str} is not available; using the default",
+        crate::warn!(
+            "kernel tier {} is not available; using the default",
             build::KERNELS
         );
     }
@@ -307,8 +326,8 @@ impl Engine {
         )?;
         let bufs = Buffers::take().ok_or(Error::BuffersTaken)?;
         let session = Session::new(model, bufs.kv, bufs.scratch, 1, bufs.probs)?;
-        defmt::info!(
-            "model {=str}: {=usize} bytes in flash at {=usize:#x}; dim {=u32} layers {=u32} vocab {=u32}; {=u32} of {=u32} tokens of context",
+        crate::info!(
+            "model {}: {} bytes in flash at {:#x}; dim {} layers {} vocab {}; {} of {} tokens of context",
             build::MODEL_NAME,
             MODEL_LEN,
             build::MODEL.0.as_ptr() as usize,
@@ -318,8 +337,8 @@ impl Engine {
             CTX,
             build::CONFIG.seq_len
         );
-        defmt::info!(
-            "buffers: {=usize} bytes of RAM (KV cache {=usize}); kernels {=str}",
+        crate::info!(
+            "buffers: {} bytes of RAM (KV cache {}); kernels {}",
             build::BUFFER_BYTES,
             KV_LEN * 4,
             kernels.tier.name()
@@ -350,11 +369,7 @@ impl Engine {
         let mut sampler = Sampler::new(sampler);
         let echoed = n.saturating_sub(1);
         let mut calls = 0usize;
-        defmt::info!(
-            "prompt: {=usize} tokens; generating up to {=usize}",
-            n,
-            steps
-        );
+        crate::info!("prompt: {} tokens; generating up to {}", n, steps);
         let stats = self.session.generate(
             &Serial,
             &self.tokenizer,
@@ -371,8 +386,8 @@ impl Engine {
                 go_on
             },
         )?;
-        defmt::info!(
-            "done: {=usize} prompt tokens, {=usize} generated, stop: {=str}",
+        crate::info!(
+            "done: {} prompt tokens, {} generated, stop: {}",
             stats.prompt_tokens,
             stats.generated,
             match stats.stop {
@@ -422,8 +437,8 @@ pub fn run<C: Console>(console: &mut C, then: Then) -> Result<(), Error> {
     }
     if !PROMPT.is_empty() {
         engine.generate(console, PROMPT)?;
-        defmt::info!(
-            "stack: {=usize} bytes at most at boot, {=usize} while generating; build.rs keeps {=usize} for it, the region has {=usize}",
+        crate::info!(
+            "stack: {} bytes at most at boot, {} while generating; build.rs keeps {} for it, the region has {}",
             boot_stack,
             stack::used(),
             build::STACK_RESERVE,
@@ -451,7 +466,7 @@ pub fn run<C: Console>(console: &mut C, then: Then) -> Result<(), Error> {
             t => {
                 if let Err(e) = engine.generate(console, t) {
                     // A prompt too long for the context is the user's to fix; report it and go on.
-                    defmt::warn!("{}", e);
+                    crate::warn!("{}", e);
                     let _ = console.write_all(b"\nerror: that prompt cannot run (too long?)\n");
                 }
             }

@@ -86,7 +86,7 @@ fn bad_frame(e: FrameError) -> Response<'static> {
 /// Serves requests until the console fails (the host's end going away is not an end: the next client sends
 /// its own 0x00 and hello).
 pub(crate) fn serve<C: Console>(engine: &mut Engine, console: &mut C) -> Result<(), Error> {
-    defmt::info!("serving the framed protocol");
+    crate::info!("serving the framed protocol");
     let mut rx = Rx::new();
     let mut tx = Tx {
         scratch: [0; MAX_FRAME],
@@ -207,7 +207,7 @@ fn generate<C: Console>(
             tx.send(console, &Response::Done(stats))
         }
         Err(e) => {
-            defmt::warn!("{}", e);
+            crate::warn!("{}", e);
             tx.send(
                 console,
                 &error(
