@@ -2,7 +2,7 @@
 # CI for the firmware (firmware/, `enigma flash`): installs what it needs on a fresh Debian machine, builds the
 # real boards' images with stories260K q8_0 (printing flash and RAM use against each board's budget), boots the
 # emulated Cortex-M4F and compares its text with `enigma run` (f32 byte for byte, q8_0 on a 1 MiB / 256 KiB
-# budget), runs the console's unit tests on the host, checks that a panic fails the run and that a model too big
+# budget), boots it built without defmt (its log as text on a UART), runs the console's unit tests on the host, checks that a panic fails the run and that a model too big
 # for a board fails the build, clippy's the firmware for its targets, and prints instructions per token.
 #
 # Cost on 2 cores, cold: about 9 minutes of CPU for the firmware (images, QEMU runs, tests, bench) plus 2.5 for
@@ -56,6 +56,17 @@ step "the firmware's console on the host (cargo test --lib: valid UTF-8 from byt
 # The host's own target: the library's unit tests need std; the model only sizes the static buffers.
 (cd firmware && ENIGMA_MODEL="$models/stories260K-q8_0.enigma" ENIGMA_PROMPT=x cargo test -p enigma-firmware --lib -q)
 
+step "mps2-an386 without defmt: the log as text on UART1 (enigma_firmware::fmt), 8 greedy tokens"
+# What a board without a debug probe does: the same log lines, formatted on the board, over a UART.
+(cd firmware/boards/mps2-an386 && env -u CARGO_TARGET_DIR ENIGMA_MODEL="$models/stories260K-q8_0.enigma" \
+    ENIGMA_PROMPT="Once upon a time" ENIGMA_STEPS=8 ENIGMA_TEMPERATURE=0 cargo build --release -q --no-default-features)
+timeout 120 qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -display none -monitor none -serial stdio \
+    -serial "file:$models/text.log" -semihosting-config enable=on,target=native \
+    -kernel firmware/target/thumbv7em-none-eabihf/release/mps2-an386
+cat "$models/text.log"
+grep -q '^\[INFO\] done: 5 prompt tokens, 8 generated' "$models/text.log" \
+    || { echo "ci-firmware: no text log line from the firmware built without defmt" >&2; exit 1; }
+
 step "clippy of the firmware (the library and the QEMU board; FIRMWARE_CLIPPY_ALL=1 adds the real boards)"
 # The real boards' clippy re-checks their HAL and PAC crates (several minutes); their images built above.
 boards="mps2-an386"
@@ -64,6 +75,9 @@ for board in $boards; do
     (cd firmware/boards/$board \
         && ENIGMA_MODEL="$models/stories260K-q8_0.enigma" ENIGMA_PROMPT=x cargo clippy --release -q -- -D warnings)
 done
+# The QEMU board's other log (text through enigma_firmware::fmt, no defmt) and the library without defmt.
+(cd firmware/boards/mps2-an386 && ENIGMA_MODEL="$models/stories260K-q8_0.enigma" ENIGMA_PROMPT=x \
+    cargo clippy --release -q --no-default-features -- -D warnings)
 # Only the firmware's own packages (`--all` would also check its path dependencies, the core and kernels).
 (cd firmware && cargo fmt -p enigma-firmware -p enigma-firmware-mps2-an386 -p enigma-firmware-nucleo-f411re \
     -p enigma-firmware-rp-pico -- --check)

@@ -29,6 +29,7 @@ pub mod generate;
 pub mod model;
 pub mod pretok;
 mod pretok_marks;
+pub mod protocol;
 pub mod sampler;
 pub mod tokenizer;
 pub mod utf8;

@@ -59,6 +59,8 @@ pub struct Line {
     buf: heapless::Vec<u8, { crate::build::LINE_BYTES }>,
     /// The last line ended with CR: a LF right after it belongs to that end (CRLF terminals).
     after_cr: bool,
+    /// The last line ended with a 0x00 byte: a host speaking the framed protocol, not a person.
+    nul: bool,
 }
 
 impl Default for Line {
@@ -72,18 +74,32 @@ impl Line {
         Line {
             buf: heapless::Vec::new(),
             after_cr: false,
+            nul: false,
         }
     }
 
-    /// Reads one line (without its end); bytes past the buffer and invalid UTF-8 are dropped.
+    /// The last [`Line::read`] ended at a 0x00 byte, which no terminal sends: the host's protocol client
+    /// (`enigma_core::protocol`) asks the board to switch to frames.
+    pub fn nul(&self) -> bool {
+        self.nul
+    }
+
+    /// Reads one line (without its end); bytes past the buffer and invalid UTF-8 are dropped. A 0x00 ends
+    /// the line early, empty, and sets [`Line::nul`].
     pub fn read<C: Read + Write>(&mut self, console: &mut C) -> Result<&str, C::Error> {
         self.buf.clear();
+        self.nul = false;
         loop {
             let mut b = [0u8; 1];
             if console.read(&mut b)? == 0 {
                 break;
             }
             let c = b[0];
+            if c == 0 {
+                self.buf.clear();
+                self.nul = true;
+                break;
+            }
             let after_cr = core::mem::replace(&mut self.after_cr, c == b'\r');
             if c == b'\n' && after_cr {
                 continue;
@@ -105,10 +121,15 @@ impl Line {
             console.write_all(echo)?;
             console.flush()?;
         }
-        Ok(match core::str::from_utf8(&self.buf) {
+        Ok(self.text())
+    }
+
+    /// The last line read (its valid UTF-8 part).
+    pub fn text(&self) -> &str {
+        match core::str::from_utf8(&self.buf) {
             Ok(s) => s,
             Err(e) => core::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or(""),
-        })
+        }
     }
 }
 
@@ -288,5 +309,55 @@ mod tests {
         // One run of text, one write: refused whole by this sink, and nothing after it is written.
         assert_eq!(text.piece(&mut out, b"cd\xff"), Err(SerialError));
         assert_eq!(out.bytes, b"ab");
+    }
+
+    /// Typed input: reads from `input`, records what is echoed.
+    struct Typed {
+        input: std::collections::VecDeque<u8>,
+        echo: Sink,
+    }
+
+    impl ErrorType for Typed {
+        type Error = SerialError;
+    }
+
+    impl Read for Typed {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SerialError> {
+            match (buf.first_mut(), self.input.pop_front()) {
+                (Some(slot), Some(b)) => {
+                    *slot = b;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    impl Write for Typed {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, SerialError> {
+            self.echo.write(buf)
+        }
+        fn flush(&mut self) -> Result<(), SerialError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_nul_byte_ends_the_line_and_asks_for_frames() {
+        let mut c = Typed {
+            input: b"hello\r\nab\0x\n".iter().copied().collect(),
+            echo: sink(),
+        };
+        let mut line = Line::new();
+        assert_eq!(line.read(&mut c).unwrap(), "hello");
+        assert!(!line.nul(), "a line ended by CR LF is a person's");
+        assert_eq!(
+            line.read(&mut c).unwrap(),
+            "",
+            "what came before the 0x00 is dropped"
+        );
+        assert!(line.nul());
+        assert_eq!(line.read(&mut c).unwrap(), "x");
+        assert!(!line.nul(), "the next line starts over");
     }
 }

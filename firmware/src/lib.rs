@@ -8,11 +8,18 @@
 //!   console is anything with `embedded_io::{Read, Write}`: the QEMU board's UART, a HAL's UART through
 //!   [`console::NbSerial`].
 //!
-//! The model code is all in enigma-core; this crate only wires it to buffers and a console. Logging is
-//! `defmt`: the board chooses the transport (semihosting under QEMU, RTT on real boards).
+//! The model code is all in enigma-core; this crate only wires it to buffers and a console. Logging goes
+//! through [`fmt`]: `defmt` with the `defmt` feature (the board chooses the transport: a second UART under
+//! QEMU, RTT on real boards), else text lines to a sink the board sets (its UART), or nowhere.
 #![no_std]
 
 pub mod console;
+pub mod fmt;
+#[cfg(feature = "defmt")]
+#[doc(hidden)]
+pub use defmt as __defmt;
+#[cfg(feature = "protocol")]
+mod serve;
 
 use core::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use embedded_io::{Read, Write};
@@ -63,6 +70,19 @@ impl From<enigma_core::Error> for Error {
     }
 }
 
+impl Error {
+    /// The text of every error but the core's (which needs `core::fmt`).
+    fn describe(&self) -> &'static str {
+        match self {
+            Error::Model(_) => "model error (the `messages` feature has the text)",
+            Error::Layout => "the model in flash is not the one this image was built for",
+            Error::Console => "console I/O failed",
+            Error::BuffersTaken => "the buffers were already taken",
+        }
+    }
+}
+
+#[cfg(feature = "defmt")]
 impl defmt::Format for Error {
     fn format(&self, f: defmt::Formatter<'_>) {
         match self {
@@ -70,16 +90,17 @@ impl defmt::Format for Error {
             // them on. The build script already ran the same checks on the host, so these are rare.
             #[cfg(feature = "messages")]
             Error::Model(e) => defmt::write!(f, "model: {}", defmt::Display2Format(e)),
-            #[cfg(not(feature = "messages"))]
-            Error::Model(_) => {
-                defmt::write!(f, "model error (the `messages` feature has the text)")
-            }
-            Error::Layout => defmt::write!(
-                f,
-                "the model in flash is not the one this image was built for"
-            ),
-            Error::Console => defmt::write!(f, "console I/O failed"),
-            Error::BuffersTaken => defmt::write!(f, "the buffers were already taken"),
+            e => defmt::write!(f, "{=str}", e.describe()),
+        }
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            #[cfg(feature = "messages")]
+            Error::Model(e) => write!(f, "model: {e}"),
+            e => f.write_str(e.describe()),
         }
     }
 }
@@ -154,6 +175,17 @@ pub mod stack {
         hi - p
     }
 }
+
+/// What a board's console must do: read and write bytes, and (with the `protocol` feature, so a `Stop` can
+/// arrive while tokens stream) say without blocking whether a byte is waiting.
+#[cfg(feature = "protocol")]
+pub trait Console: Read + Write + embedded_io::ReadReady {}
+#[cfg(feature = "protocol")]
+impl<C: Read + Write + embedded_io::ReadReady> Console for C {}
+#[cfg(not(feature = "protocol"))]
+pub trait Console: Read + Write {}
+#[cfg(not(feature = "protocol"))]
+impl<C: Read + Write> Console for C {}
 
 /// What [`run`] does after the built-in prompt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,18 +272,6 @@ fn weights(config: &Config) -> Result<Weights<'static>, Error> {
     .map_err(|_| Error::Layout)
 }
 
-/// CRC-32 (IEEE), bit by bit: no table in flash, and the header is small.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 /// Checks that flash holds the file the build read: magic, and the header's CRC as stored and as computed.
 /// (The tensor data was checked against its CRC on the host; the flasher verifies what it writes.)
 fn check_header() -> Result<(), Error> {
@@ -259,7 +279,7 @@ fn check_header() -> Result<(), Error> {
     let stored = u32::from_le_bytes([m[12], m[13], m[14], m[15]]);
     if m[..4] != *b"ENGM"
         || stored != build::HEADER_CRC
-        || crc32(&m[16..build::HEADER_LEN]) != stored
+        || enigma_core::protocol::crc32(&m[16..build::HEADER_LEN]) != stored
     {
         return Err(Error::Layout);
     }
@@ -272,8 +292,8 @@ fn pick_kernels() -> &'static Kernels {
         {
             return k;
         }
-        defmt::warn!(
-            "kernel tier {=str} is not available; using the default",
+        crate::warn!(
+            "kernel tier {} is not available; using the default",
             build::KERNELS
         );
     }
@@ -285,6 +305,7 @@ struct Engine {
     tokenizer: Tokenizer<'static>,
     tokens: &'static mut [u32],
     prompts: u64,
+    kernels: &'static str,
 }
 
 impl Engine {
@@ -305,8 +326,8 @@ impl Engine {
         )?;
         let bufs = Buffers::take().ok_or(Error::BuffersTaken)?;
         let session = Session::new(model, bufs.kv, bufs.scratch, 1, bufs.probs)?;
-        defmt::info!(
-            "model {=str}: {=usize} bytes in flash at {=usize:#x}; dim {=u32} layers {=u32} vocab {=u32}; {=u32} of {=u32} tokens of context",
+        crate::info!(
+            "model {}: {} bytes in flash at {:#x}; dim {} layers {} vocab {}; {} of {} tokens of context",
             build::MODEL_NAME,
             MODEL_LEN,
             build::MODEL.0.as_ptr() as usize,
@@ -316,8 +337,8 @@ impl Engine {
             CTX,
             build::CONFIG.seq_len
         );
-        defmt::info!(
-            "buffers: {=usize} bytes of RAM (KV cache {=usize}); kernels {=str}",
+        crate::info!(
+            "buffers: {} bytes of RAM (KV cache {}); kernels {}",
             build::BUFFER_BYTES,
             KV_LEN * 4,
             kernels.tier.name()
@@ -327,55 +348,46 @@ impl Engine {
             tokenizer,
             tokens: bufs.tokens,
             prompts: 0,
+            kernels: kernels.tier.name(),
         })
     }
 
-    /// Generates for `prompt`, streaming the prompt then each new token to `out` as valid UTF-8
-    /// ([`console::Text`]), then a newline: the same text `enigma run` prints.
+    /// Generates up to `steps` tokens for `prompt` with `sampler`, calling `on_piece(id, echoes_prompt,
+    /// piece)` for each prompt piece then each new token (after which `perf_mark` runs); `false` from it
+    /// stops the generation.
     #[inline(never)]
-    fn generate<W: Write>(&mut self, out: &mut W, prompt: &str) -> Result<(), Error> {
+    fn complete(
+        &mut self,
+        prompt: &str,
+        sampler: SamplerConfig,
+        steps: usize,
+        on_piece: &mut dyn FnMut(u32, bool, &[u8]) -> bool,
+    ) -> Result<enigma_core::generate::Stats, Error> {
         self.session.reset();
         let n = self.tokenizer.encode(prompt, true, false, self.tokens)?;
         let ids = &self.tokens[..n];
-        // Each prompt gets its own sampler, seeded like `enigma run --seed S` for the first.
-        let mut sampler = Sampler::new(SamplerConfig {
-            seed: build::SAMPLER.seed.wrapping_add(self.prompts),
-            ..build::SAMPLER
-        });
-        self.prompts += 1;
+        let mut sampler = Sampler::new(sampler);
         let echoed = n.saturating_sub(1);
         let mut calls = 0usize;
-        let mut io_ok = true;
-        let mut text = console::Text::new();
-        defmt::info!(
-            "prompt: {=usize} tokens; generating up to {=usize}",
-            n,
-            STEPS
-        );
+        crate::info!("prompt: {} tokens; generating up to {}", n, steps);
         let stats = self.session.generate(
             &Serial,
             &self.tokenizer,
             &mut sampler,
             ids,
-            STEPS,
+            steps,
             true,
-            &mut |_, piece| {
+            &mut |id, piece| {
                 calls += 1;
-                io_ok = text.piece(out, piece).is_ok();
+                let go_on = on_piece(id, calls <= echoed, piece);
                 if calls > echoed {
                     perf_mark();
                 }
-                io_ok
+                go_on
             },
         )?;
-        if !io_ok {
-            return Err(Error::Console);
-        }
-        text.finish(out).map_err(|_| Error::Console)?;
-        out.write_all(b"\n").map_err(|_| Error::Console)?;
-        out.flush().map_err(|_| Error::Console)?;
-        defmt::info!(
-            "done: {=usize} prompt tokens, {=usize} generated, stop: {=str}",
+        crate::info!(
+            "done: {} prompt tokens, {} generated, stop: {}",
             stats.prompt_tokens,
             stats.generated,
             match stats.stop {
@@ -385,13 +397,37 @@ impl Engine {
                 Stop::Callback => "console",
             }
         );
+        Ok(stats)
+    }
+
+    /// Generates for `prompt` with the built-in settings, streaming the prompt then each new token to `out`
+    /// as valid UTF-8 ([`console::Text`]), then a newline: the same text `enigma run` prints.
+    fn generate<W: Write>(&mut self, out: &mut W, prompt: &str) -> Result<(), Error> {
+        // Each prompt gets its own sampler, seeded like `enigma run --seed S` for the first.
+        let sampler = SamplerConfig {
+            seed: build::SAMPLER.seed.wrapping_add(self.prompts),
+            ..build::SAMPLER
+        };
+        self.prompts += 1;
+        let mut io_ok = true;
+        let mut text = console::Text::new();
+        self.complete(prompt, sampler, STEPS, &mut |_, _, piece| {
+            io_ok = text.piece(out, piece).is_ok();
+            io_ok
+        })?;
+        if !io_ok {
+            return Err(Error::Console);
+        }
+        text.finish(out).map_err(|_| Error::Console)?;
+        out.write_all(b"\n").map_err(|_| Error::Console)?;
+        out.flush().map_err(|_| Error::Console)?;
         Ok(())
     }
 }
 
 /// Boots the model and generates: first for the built-in prompt (when there is one), then, with
 /// [`Then::Listen`], for each line read from `console` until `/quit`.
-pub fn run<C: Read + Write>(console: &mut C, then: Then) -> Result<(), Error> {
+pub fn run<C: Console>(console: &mut C, then: Then) -> Result<(), Error> {
     stack::paint();
     let mut engine = Engine::boot()?;
     let boot_stack = stack::used();
@@ -401,8 +437,8 @@ pub fn run<C: Read + Write>(console: &mut C, then: Then) -> Result<(), Error> {
     }
     if !PROMPT.is_empty() {
         engine.generate(console, PROMPT)?;
-        defmt::info!(
-            "stack: {=usize} bytes at most at boot, {=usize} while generating; build.rs keeps {=usize} for it, the region has {=usize}",
+        crate::info!(
+            "stack: {} bytes at most at boot, {} while generating; build.rs keeps {} for it, the region has {}",
             boot_stack,
             stack::used(),
             build::STACK_RESERVE,
@@ -416,14 +452,21 @@ pub fn run<C: Read + Write>(console: &mut C, then: Then) -> Result<(), Error> {
     loop {
         console.write_all(b"> ").map_err(|_| Error::Console)?;
         console.flush().map_err(|_| Error::Console)?;
-        let text = line.read(console).map_err(|_| Error::Console)?;
-        match text.trim() {
+        line.read(console).map_err(|_| Error::Console)?;
+        if line.nul() {
+            // A host's protocol client: serve frames from now on (boards built without the protocol ignore it).
+            #[cfg(feature = "protocol")]
+            return serve::serve(&mut engine, console);
+            #[cfg(not(feature = "protocol"))]
+            continue;
+        }
+        match line.text().trim() {
             "" => continue,
             "/quit" => return Ok(()),
             t => {
                 if let Err(e) = engine.generate(console, t) {
                     // A prompt too long for the context is the user's to fix; report it and go on.
-                    defmt::warn!("{}", e);
+                    crate::warn!("{}", e);
                     let _ = console.write_all(b"\nerror: that prompt cannot run (too long?)\n");
                 }
             }

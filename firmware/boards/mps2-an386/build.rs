@@ -1,4 +1,5 @@
-//! Puts the chosen memory.x on the linker's path and links with cortex-m-rt's and defmt's scripts.
+//! Puts the chosen memory.x on the linker's path and links with cortex-m-rt's script (and defmt's, with
+//! the `defmt` feature).
 use std::path::PathBuf;
 use std::{env, fs};
 
@@ -11,5 +12,8 @@ fn main() {
     fs::copy(&memory_x, out.join("memory.x")).expect("copy memory.x");
     println!("cargo::rustc-link-search={}", out.display());
     println!("cargo::rustc-link-arg-bins=-Tlink.x");
-    println!("cargo::rustc-link-arg-bins=-Tdefmt.x");
+    // defmt's script only when defmt is linked (the `defmt` feature); the text log needs none.
+    if env::var_os("CARGO_FEATURE_DEFMT").is_some() {
+        println!("cargo::rustc-link-arg-bins=-Tdefmt.x");
+    }
 }

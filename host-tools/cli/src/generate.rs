@@ -130,6 +130,8 @@ pub struct RunArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub port: crate::port::PortArgs,
 }
 
 impl RunArgs {
@@ -164,6 +166,8 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub port: crate::port::PortArgs,
     /// Before each turn, find the passages of memory nearest it (the memory module's vector_search) and put
     /// them in the prompt, saying which; the chat is saved as a conversation.
     #[arg(long)]
@@ -175,14 +179,14 @@ pub struct ChatArgs {
 
 /// Writes generated pieces as text: bytes of a character split over byte-fallback tokens are held until
 /// the character is whole, and bytes that never form one become U+FFFD, so the output is always UTF-8.
-struct Printer<W: Write> {
+pub(crate) struct Printer<W: Write> {
     out: W,
     utf8: Utf8Stream,
     ok: bool,
 }
 
 impl<W: Write> Printer<W> {
-    fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         Printer {
             out,
             utf8: Utf8Stream::new(),
@@ -191,7 +195,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Prints one piece; `false` when the output is gone (a closed pipe), which ends the generation.
-    fn piece(&mut self, piece: &[u8]) -> bool {
+    pub(crate) fn piece(&mut self, piece: &[u8]) -> bool {
         // A lone control byte would garble a terminal (llama2.c drops them too); whitespace stays.
         if let [b] = piece {
             if b.is_ascii_control() && !b.is_ascii_whitespace() {
@@ -209,7 +213,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Ends a reply: an unfinished character becomes U+FFFD, then a newline.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let out = &mut self.out;
         self.utf8
             .finish(&mut |s| out.write_all(s.as_bytes()).is_ok());
@@ -375,6 +379,9 @@ fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool, max: usize) -> Result<Vec<
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    if let Some(port) = &args.port.port {
+        return crate::port::run(&args, port);
+    }
     if let Some(client) = args.remote.client()? {
         return crate::remote::run(&args, &client);
     }
@@ -514,6 +521,9 @@ fn reusable(history: &[u32], fed: usize, ids: &[u32]) -> usize {
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
+    if let Some(port) = &args.port.port {
+        return crate::port::chat(&args, port);
+    }
     if let Some(client) = args.remote.client()? {
         anyhow::ensure!(
             !args.memory,

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod memory;
 pub mod models;
 pub mod modules;
+pub mod port;
 pub mod remote;
 #[cfg(feature = "serve")]
 pub mod serve;

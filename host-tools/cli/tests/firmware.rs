@@ -381,3 +381,169 @@ fn stm32f4_and_pico_images_build_with_q8_0_and_report_their_size() {
     assert!(uf2.len() > 400 * 1024 && uf2.len().is_multiple_of(512));
     assert_eq!(&uf2[..4], &0x0A32_4655u32.to_le_bytes());
 }
+
+/// `enigma flash --serve` running in its own process group, killed (with its QEMU) when dropped.
+struct Served {
+    child: std::process::Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this test started (the child leads it); nothing else.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The board as a device the host drives (`enigma_core::protocol` over QEMU's UART on a unix socket):
+/// `enigma run --port` prints what `enigma run` prints; `enigma chat --port` holds two turns, each the host's
+/// continuation; a Stop ends a generation early; a malformed frame is answered with an error frame and the
+/// board goes on serving.
+#[test]
+fn qemu_board_serves_the_host_protocol() {
+    use enigma_cli::port::{Board, Reply};
+    use enigma_core::protocol::{ErrorCode, Generate, Request, StopReason};
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    let test = "qemu_board_serves_the_host_protocol";
+    if !ready(test, true, &["thumbv7em-none-eabihf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path(), None, test) else {
+        return;
+    };
+    let sock = dir.path().join("uart.sock");
+    let _guard = lock();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("enigma"));
+    cmd.env_remove("CARGO_TARGET_DIR")
+        .args(["flash", "--board", "mps2-an386", "--seed", "42", "--model"])
+        .arg(&m)
+        .arg("--out-dir")
+        .arg(dir.path().join("image"))
+        .arg("--serve")
+        .arg(&sock)
+        .process_group(0);
+    let mut served = Served {
+        child: cmd.spawn().unwrap(),
+    };
+    // The image builds first (minutes on a cold cache), then QEMU makes the socket.
+    let start = Instant::now();
+    while !sock.exists() {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            panic!("enigma flash --serve ended ({status}) before QEMU served the socket");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "no socket after 15 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let port = |cmd: &str, args: &[&str], stdin: &str| {
+        let out = enigma()
+            .arg(cmd)
+            .arg("--port")
+            .arg(&sock)
+            .args(args)
+            .write_stdin(stdin)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "enigma {cmd} --port failed: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+
+    // enigma run --port: the host's text, byte for byte (greedy; f32 on both sides).
+    let host = String::from_utf8(support::greedy_run(&m, PROMPT, 64).stdout).unwrap();
+    let (board, stderr) = port("run", &["-p", PROMPT, "-n", "64", "--temp", "0"], "");
+    assert_eq!(board, host, "the board's text differs from enigma run's");
+    assert!(stderr.contains("64 generated"), "{stderr}");
+
+    // enigma chat --port: two turns, each the continuation of its line (the typed prompt is not echoed).
+    let second = "The little dog";
+    let (chat, stderr) = port(
+        "chat",
+        &["-n", "24", "--temp", "0"],
+        &format!("{PROMPT}\n{second}\n/quit\n"),
+    );
+    assert!(stderr.contains("chatting with stories260K"), "{stderr}");
+    let reply = |prompt: &str| {
+        let text = String::from_utf8(support::greedy_run(&m, prompt, 24).stdout).unwrap();
+        text.strip_prefix(prompt)
+            .unwrap_or_else(|| panic!("enigma run's text does not start with its prompt: {text:?}"))
+            .to_string()
+    };
+    assert_eq!(chat, reply(PROMPT) + &reply(second), "the chat's replies");
+
+    // The protocol itself: hello, a Stop mid-generation, malformed frames, still serving after them.
+    let mut b = Board::open(&sock, Duration::from_secs(120)).unwrap();
+    assert_eq!(b.info.board, "mps2-an386");
+    assert_eq!((b.info.dim, b.info.vocab_size), (64, 512));
+    let long = Generate {
+        prompt: PROMPT,
+        steps: 400,
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: 7,
+    };
+    let mut generated = 0;
+    let stats = b
+        .generate(&long, &mut |_, echo, _| {
+            generated += usize::from(!echo);
+            generated < 3
+        })
+        .unwrap();
+    assert_eq!(stats.stop, StopReason::Stopped, "{stats:?}");
+    assert!(
+        (3..100).contains(&stats.generated),
+        "stopped after {} tokens",
+        stats.generated
+    );
+    // Not COBS at all, then a good COBS frame whose CRC is wrong: each answered, nothing else.
+    b.write_raw(b"\x05not a frame\x00").unwrap();
+    let mut bad = Vec::new();
+    let mut scratch = [0u8; enigma_core::protocol::MAX_FRAME];
+    let mut frame = [0u8; enigma_core::protocol::MAX_FRAME];
+    let n = enigma_core::protocol::encode(&Request::Hello, &mut scratch, &mut frame).unwrap();
+    bad.extend_from_slice(&frame[..n]);
+    // Any change short of a 0x00 breaks the COBS code chain or the CRC.
+    bad[n - 2] = bad[n - 2].wrapping_add(1).max(1);
+    b.write_raw(&bad).unwrap();
+    for _ in 0..2 {
+        match b.recv().unwrap() {
+            Reply::Error { code, message } => assert_eq!(code, ErrorCode::BadFrame, "{message}"),
+            other => panic!("a malformed frame was answered with {other:?}"),
+        }
+    }
+    // A Stop with nothing running is answered, then a greedy generation matches the host's again.
+    b.send(&Request::Stop).unwrap();
+    assert!(matches!(
+        b.recv().unwrap(),
+        Reply::Error {
+            code: ErrorCode::Idle,
+            ..
+        }
+    ));
+    let greedy = Generate {
+        steps: 64,
+        temperature: 0.0,
+        ..long
+    };
+    let mut text = Vec::new();
+    let stats = b
+        .generate(&greedy, &mut |_, _, piece| {
+            text.extend_from_slice(piece);
+            true
+        })
+        .unwrap();
+    assert_eq!(stats.generated, 64);
+    assert_eq!(
+        format!("{}\n", String::from_utf8_lossy(&text)),
+        host,
+        "after the errors"
+    );
+}

@@ -72,6 +72,10 @@ pub struct FlashArgs {
     /// print instructions per generated token.
     #[arg(long)]
     pub insn_plugin: Option<PathBuf>,
+    /// QEMU boards: put the console on a unix socket at PATH (instead of this terminal) and keep the board
+    /// running, for `enigma run --port PATH` / `enigma chat --port PATH` to drive it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["prompt", "insn_plugin"])]
+    pub serve: Option<PathBuf>,
 }
 
 /// A board the firmware is built for: what `enigma flash` knows beyond the board's crate. The rest (target,
@@ -740,6 +744,9 @@ pub fn flash(args: FlashArgs) -> Result<()> {
     }
     match &built.runner {
         Runner::Qemu { machine, cpu } => run_qemu(&args, &built, machine, cpu),
+        Runner::Probe { .. } if args.serve.is_some() => bail!(
+            "--serve is for QEMU boards; a real board's console is its serial port: `enigma chat --port /dev/ttyACM0`"
+        ),
         Runner::Probe { chip } => flash_probe(&board, &built, chip),
     }
 }
@@ -753,8 +760,18 @@ fn run_qemu(args: &FlashArgs, built: &Built, machine: &str, cpu: &str) -> Result
     let _ = std::fs::remove_file(&log);
     let plugin_log = dir.join("insn.log");
     let mut cmd = Command::new("qemu-system-arm");
+    let console = match &args.serve {
+        // wait=off: the board boots at once; what it writes before a client connects is dropped, and what
+        // a client writes waits in the socket until the emulated UART takes it.
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            format!("unix:{},server=on,wait=off", path.display())
+        }
+        None => "stdio".to_string(),
+    };
     cmd.args(["-machine", machine, "-cpu", cpu, "-display", "none"])
-        .args(["-monitor", "none", "-serial", "stdio"])
+        .args(["-monitor", "none", "-serial"])
+        .arg(console)
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .args(["-semihosting-config", "enable=on,target=native"]);
@@ -774,7 +791,7 @@ fn run_qemu(args: &FlashArgs, built: &Built, machine: &str, cpu: &str) -> Result
     }
     cmd.arg("-kernel").arg(&built.elf);
     let interactive = args.prompt.is_empty();
-    cmd.stdin(if interactive {
+    cmd.stdin(if interactive && args.serve.is_none() {
         Stdio::inherit()
     } else {
         Stdio::null()
@@ -785,7 +802,13 @@ fn run_qemu(args: &FlashArgs, built: &Built, machine: &str, cpu: &str) -> Result
         None if interactive => None,
         None => Some(Duration::from_secs(600)),
     };
-    eprintln!("booting it in QEMU ({machine}, {cpu}); the console follows on stdout");
+    match &args.serve {
+        Some(path) => eprintln!(
+            "booting it in QEMU ({machine}, {cpu}); its console is the socket {0}: `enigma chat --port {0}`",
+            path.display()
+        ),
+        None => eprintln!("booting it in QEMU ({machine}, {cpu}); the console follows on stdout"),
+    }
     let mut child = cmd.spawn().context("cannot start qemu-system-arm")?;
     let start = Instant::now();
     let status: ExitStatus = loop {

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "defmt")]
 mod logger;
 mod uart;
 
@@ -17,7 +18,8 @@ const SYSCLK_HZ: u32 = 25_000_000;
 #[entry]
 fn main() -> ! {
     uart::Uart::<{ uart::UART1 }>::new(SYSCLK_HZ, 115_200);
-    defmt::info!("enigma firmware on mps2-an386 (Cortex-M4F)");
+    enigma_firmware::fmt::set_sink(text_log);
+    enigma_firmware::info!("enigma firmware on mps2-an386 (Cortex-M4F)");
     let mut console = uart::Uart0::new(SYSCLK_HZ, 115_200);
     // With a built-in prompt the run is a batch job (CI, benches): generate, then exit. Without one, chat.
     let then = if enigma_firmware::PROMPT.is_empty() {
@@ -28,7 +30,7 @@ fn main() -> ! {
     match enigma_firmware::run(&mut console, then) {
         Ok(()) => semihosting::process::exit(0),
         Err(e) => {
-            defmt::error!("firmware failed: {}", e);
+            enigma_firmware::error!("firmware failed: {}", e);
             semihosting::process::exit(1)
         }
     }
@@ -36,7 +38,10 @@ fn main() -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    #[cfg(feature = "defmt")]
     defmt::error!("panic: {}", defmt::Display2Format(info));
+    #[cfg(not(feature = "defmt"))]
+    enigma_firmware::error!("panic: {}", info);
     // The message goes to the console too, so it shows without the defmt decoder.
     let _ = core::fmt::Write::write_fmt(
         &mut uart::Uart0::steal(),
@@ -47,6 +52,12 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    defmt::error!("hard fault at pc {=u32:#x}", frame.pc());
+    enigma_firmware::error!("hard fault at pc {:#x}", frame.pc());
     semihosting::process::exit(102)
+}
+
+/// Without defmt, log lines go to UART1 as text (`[LEVEL] message`), where the defmt frames would go.
+fn text_log(level: enigma_firmware::fmt::Level, args: core::fmt::Arguments<'_>) {
+    let mut uart = uart::Uart::<{ uart::UART1 }>::steal();
+    let _ = core::fmt::Write::write_fmt(&mut uart, format_args!("[{}] {}\n", level.name(), args));
 }

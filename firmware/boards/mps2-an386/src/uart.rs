@@ -82,3 +82,9 @@ impl<const BASE: usize> embedded_io::Read for Uart<BASE> {
         Ok(1)
     }
 }
+
+impl<const BASE: usize> embedded_io::ReadReady for Uart<BASE> {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        Ok(Self::read(STATE) & STATE_RX_FULL != 0)
+    }
+}
