@@ -316,6 +316,16 @@ pub trait TextToSpeech: Send + Sync {
     /// The voices `speak` accepts.
     fn voices(&self) -> Vec<String>;
     fn speak(&self, text: &str, voice: Option<&str>) -> Result<Audio, ModuleError>;
+    /// At a speaking rate (1 the voice's own, 2 twice as fast); by default only the voice's own rate.
+    fn speak_at(&self, text: &str, voice: Option<&str>, speed: f32) -> Result<Audio, ModuleError> {
+        if speed != 1.0 {
+            return Err(ModuleError::Invalid(format!(
+                "{} speaks at its own rate only (speed {speed})",
+                self.describe()
+            )));
+        }
+        self.speak(text, voice)
+    }
 }
 
 /// Something a model may call (web search, a file read, ...): OpenAI's function-tool shape, so the server

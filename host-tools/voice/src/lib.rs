@@ -6,6 +6,7 @@
 //! Text is spoken sentence by sentence so the first sentence can play while the rest is synthesised.
 
 pub mod lipsync;
+pub mod module;
 pub mod onnx;
 pub mod phonemes;
 pub mod piper;

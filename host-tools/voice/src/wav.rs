@@ -41,16 +41,21 @@ pub fn wav_bytes(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, Error> {
     Ok(buf.into_inner())
 }
 
-/// Writes a WAV file atomically: a temporary file beside it, renamed over it when complete.
+/// Writes a WAV file atomically (see [`write_atomic`]).
 pub fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), Error> {
-    let bytes = wav_bytes(samples, sample_rate)?;
+    write_atomic(path, &wav_bytes(samples, sample_rate)?)
+}
+
+/// Writes a file atomically: a temporary file beside it, renamed over it when complete, so a reader never sees
+/// half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let io = |e: std::io::Error| Error::Audio(format!("{}: {e}", path.display()));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
