@@ -326,6 +326,38 @@ pub trait TextToSpeech: Send + Sync {
         }
         self.speak(text, voice)
     }
+    /// With lip-sync timings as JSON (`phonemes`, `words`, `visemes`, `states`, in seconds from the audio's
+    /// start); by default none (`null`), for engines that cannot tell when each sound is made.
+    fn speak_timed(
+        &self,
+        text: &str,
+        voice: Option<&str>,
+    ) -> Result<(Audio, serde_json::Value), ModuleError> {
+        Ok((self.speak(text, voice)?, serde_json::Value::Null))
+    }
+}
+
+/// What an avatar is doing, for a GUI to animate: `idle`, `listening` or `talking`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvatarState {
+    Idle,
+    Listening,
+    Talking,
+}
+
+/// An avatar's mouth and state: speech with the mouth shapes over time, and the idle / listening / talking
+/// stream a GUI animates from.
+pub trait LipSync: Send + Sync {
+    fn describe(&self) -> String;
+    /// Speaks `text` through the `text_to_speech` provider: the audio and its timings (as
+    /// [`TextToSpeech::speak_timed`]). The state is `talking` while the speech is made.
+    fn speak(&self, text: &str) -> Result<(Audio, serde_json::Value), ModuleError>;
+    fn state(&self) -> AvatarState;
+    /// Voice input says when it listens; the state goes to `listening` and back to `idle`.
+    fn set_listening(&self, on: bool);
+    /// Every later change of state, as it happens.
+    fn subscribe(&self) -> std::sync::mpsc::Receiver<AvatarState>;
 }
 
 /// Something a model may call (web search, a file read, ...): OpenAI's function-tool shape, so the server
@@ -458,6 +490,7 @@ families!(
     VectorSearch,
     Training,
     TextToSpeech,
+    LipSync,
     Tool,
     RestApi,
     RemoteAccess,

@@ -204,13 +204,25 @@ async fn speech_checks_its_fields_before_asking_for_a_voice() {
     .await;
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.json()["error"]["param"], "response_format", "{}", a.body);
-    let a = call(&st, "POST", "/v1/audio/speech", json!({"input": "hi", "speed": 9})).await;
+    let a = call(
+        &st,
+        "POST",
+        "/v1/audio/speech",
+        json!({"input": "hi", "speed": 9}),
+    )
+    .await;
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.json()["error"]["param"], "speed", "{}", a.body);
     let a = call(&st, "POST", "/v1/audio/speech", json!({"voice": "alloy"})).await;
     assert_eq!(a.status, 400, "{}", a.body);
     // Well formed, but no module provides text_to_speech here.
-    let a = call(&st, "POST", "/v1/audio/speech", json!({"input": "hi", "voice": "alloy"})).await;
+    let a = call(
+        &st,
+        "POST",
+        "/v1/audio/speech",
+        json!({"input": "hi", "voice": "alloy"}),
+    )
+    .await;
     assert_eq!(a.status, 501, "{}", a.body);
     assert!(a.body.contains("voice_output"), "{}", a.body);
 }

@@ -3,6 +3,7 @@
 
 use crate::phonemes::Clause;
 use crate::Speech;
+pub use enigma_modules::capability::AvatarState;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,15 +29,6 @@ pub struct VisemeTiming {
     pub viseme: &'static str,
     pub start: f64,
     pub end: f64,
-}
-
-/// What the avatar is doing, for the GUI to animate.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AvatarState {
-    Idle,
-    Listening,
-    Talking,
 }
 
 /// A change of state at a time (seconds from the start of the stream).
