@@ -36,9 +36,20 @@ pub struct SpeakArgs {
     pub timing: bool,
 }
 
-/// A player that reads raw 16-bit mono PCM on its stdin, so sentences play as they are made.
+/// A player that reads raw 16-bit mono PCM on its stdin, so sentences play as they are made:
+/// `ENIGMA_AUDIO_CMD` (a shell command; `$RATE` is set to the sample rate), else aplay, else paplay.
 fn start_player(rate: u32) -> Result<Child> {
     let rate = rate.to_string();
+    if let Some(cmd) = std::env::var_os("ENIGMA_AUDIO_CMD") {
+        return Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .env("RATE", &rate)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("ENIGMA_AUDIO_CMD={}", cmd.to_string_lossy()));
+    }
     let candidates: [(&str, Vec<String>); 2] = [
         (
             "aplay",
@@ -70,7 +81,7 @@ fn start_player(rate: u32) -> Result<Child> {
             }
         }
     }
-    bail!("no sound device: no audio player found (aplay from alsa-utils, or paplay); write a file with -o instead")
+    bail!("no sound device: no audio player found (aplay from alsa-utils, or paplay, or set ENIGMA_AUDIO_CMD)")
 }
 
 fn finish_player(mut child: Child) -> Result<()> {
@@ -85,7 +96,7 @@ fn finish_player(mut child: Child) -> Result<()> {
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
-        bail!("no sound device: the audio player failed ({line}); write a file with -o instead");
+        bail!("no sound device: the audio player failed ({line})");
     }
     Ok(())
 }
@@ -115,7 +126,10 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     eprintln!("voice: {engine}");
     let mut player = match &args.output {
         Some(_) => None,
-        None => Some(start_player(tts.sample_rate())?),
+        None => Some(
+            start_player(tts.sample_rate())
+                .map_err(|e| anyhow::anyhow!("{e}; write a file with -o instead"))?,
+        ),
     };
     let mut all = Speech {
         text: text.clone(),
@@ -141,7 +155,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     })?;
     let total = start.elapsed();
     if let Some(p) = player {
-        finish_player(p)?;
+        finish_player(p).map_err(|e| anyhow::anyhow!("{e}; write a file with -o instead"))?;
         if let Some(e) = pipe_err {
             bail!("no sound device: writing to the audio player: {e}");
         }
@@ -165,4 +179,124 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Speaks text as it is generated (`enigma chat --voice`): each finished sentence is handed to a thread that
+/// synthesises it and feeds the player, so the first sentence sounds while the model writes the next.
+pub struct Talker {
+    inner: std::sync::Mutex<TalkerInner>,
+}
+
+struct TalkerInner {
+    pending: Vec<u8>,
+    tx: Option<std::sync::mpsc::Sender<String>>,
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// The end of the first whole sentence of `s` (after its mark), if there is one yet.
+fn sentence_end(s: &str) -> Option<usize> {
+    let mut it = s.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        let next = it.peek().map(|&(_, n)| n);
+        if matches!(c, '.' | '!' | '?') && next.is_some_and(char::is_whitespace) {
+            return Some(i + c.len_utf8());
+        }
+        if c == '\n' && next == Some('\n') {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+impl Talker {
+    /// Opens the voice and the sound device; fails with one line when there is no sound device.
+    pub fn start(voice: Option<PathBuf>) -> Result<Talker> {
+        let mut tts = Tts::open(voice.as_deref(), None)?;
+        eprintln!("voice: {}", tts.engine());
+        let mut player = start_player(tts.sample_rate())?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let worker = std::thread::spawn(move || -> Result<()> {
+            let mut stdin = player.stdin.take();
+            for sentence in rx {
+                tts.speak_streaming(&sentence, |s| {
+                    if let Some(w) = stdin.as_mut() {
+                        if w.write_all(&wav::pcm_bytes(&s.samples)).is_err() {
+                            // The player is gone; finish_player says why.
+                            stdin = None;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            drop(stdin);
+            finish_player(player)
+        });
+        Ok(Talker {
+            inner: std::sync::Mutex::new(TalkerInner {
+                pending: Vec::new(),
+                tx: Some(tx),
+                worker: Some(worker),
+            }),
+        })
+    }
+
+    fn send(inner: &mut TalkerInner, text: String) {
+        if !text.trim().is_empty() {
+            if let Some(tx) = &inner.tx {
+                let _ = tx.send(text);
+            }
+        }
+    }
+
+    /// More of the reply (bytes, since a character may be split between tokens).
+    pub fn push(&self, piece: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.pending.extend_from_slice(piece);
+        loop {
+            let valid = match std::str::from_utf8(&g.pending) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let text = String::from_utf8_lossy(&g.pending[..valid]).into_owned();
+            let Some(end) = sentence_end(&text) else {
+                break;
+            };
+            g.pending.drain(..end);
+            Self::send(&mut g, text[..end].to_string());
+        }
+    }
+
+    /// The reply is over: its last words are spoken even without a final mark.
+    pub fn end_turn(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let rest = String::from_utf8_lossy(&std::mem::take(&mut g.pending)).into_owned();
+        Self::send(&mut g, rest);
+    }
+
+    /// Waits until everything said has been played.
+    pub fn finish(self) -> Result<()> {
+        let mut g = self.inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        drop(g.tx.take());
+        match g.worker.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("the speech thread failed"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sentences_end_at_a_mark_before_white_space() {
+        use super::sentence_end;
+        assert_eq!(sentence_end("Hi there. How"), Some(9));
+        assert_eq!(sentence_end("It is 3.5 now"), None);
+        assert_eq!(
+            sentence_end("Done!"),
+            None,
+            "the mark may be followed by more"
+        );
+        assert_eq!(sentence_end("One\n\nTwo"), Some(4));
+    }
 }
