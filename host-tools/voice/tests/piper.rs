@@ -143,17 +143,20 @@ fn audio_matches_onnxruntime_from_python() {
     assert_eq!(ours.samples_per_id.len(), ids.len());
 }
 
+/// Two short sentences, which any engine must make into one to five seconds of 22050 Hz audio.
+fn good_morning(tts: &mut Tts) -> enigma_voice::Speech {
+    let s = tts.speak("Hello there. Good morning!").unwrap();
+    assert_eq!(s.sample_rate, 22050);
+    let secs = s.duration_s();
+    assert!(secs > 1.0 && secs < 5.0, "{secs}");
+    s
+}
+
 #[test]
 fn speech_has_timings_and_a_wav() {
     let test = "speech_has_timings_and_a_wav";
     let Some(mut tts) = open(test) else { return };
-    let s = tts.speak("Hello there. Good morning!").unwrap();
-    assert_eq!(s.sample_rate, 22050);
-    assert!(
-        s.duration_s() > 1.0 && s.duration_s() < 5.0,
-        "{}",
-        s.duration_s()
-    );
+    let s = good_morning(&mut tts);
     let words: Vec<_> = s.words.iter().filter_map(|w| w.word.as_deref()).collect();
     assert_eq!(words, vec!["Hello", "there", "Good", "morning"]);
     // Words in order, inside the audio; the second sentence's words after the first's.
@@ -190,13 +193,7 @@ fn espeak_fallback_speaks_and_says_so() {
     }
     let mut tts = Tts::espeak_only("test".into()).unwrap();
     assert_eq!(tts.engine().to_string(), "espeak-ng alone (fallback: test)");
-    let s = tts.speak("Hello there. Good morning!").unwrap();
-    assert_eq!(s.sample_rate, 22050);
-    assert!(
-        s.duration_s() > 1.0 && s.duration_s() < 5.0,
-        "{}",
-        s.duration_s()
-    );
+    let s = good_morning(&mut tts);
     assert!(s.phonemes.is_empty(), "espeak-ng alone gives no timings");
     let loud = s.samples.iter().filter(|x| x.abs() > 0.05).count();
     assert!(loud > 1000, "speech, not silence: {loud}");
