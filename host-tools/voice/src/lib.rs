@@ -5,6 +5,7 @@
 //! them. When the voice or ONNX Runtime is missing, espeak-ng speaks alone; [`Tts::engine`] says which is in use.
 //! Text is spoken sentence by sentence so the first sentence can play while the rest is synthesised.
 
+pub mod espeak_lib;
 pub mod lipsync;
 pub mod module;
 pub mod onnx;
@@ -169,7 +170,11 @@ impl Tts {
         text: &str,
         mut sink: impl FnMut(Speech) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        for sentence in phonemes::split_sentences(text) {
+        let sentences = match &self.piper {
+            Some(v) => phonemes::espeak_sentences(&v.config.espeak.voice, text)?,
+            None => phonemes::split_sentences(text),
+        };
+        for sentence in sentences {
             let speech = match self.piper.as_mut() {
                 Some(v) => {
                     let scales = self.scales.unwrap_or(v.config.inference);
@@ -237,7 +242,7 @@ pub fn sentence_ids(
 
 /// The Piper phoneme ids of each sentence of `text`.
 pub fn text_ids(config: &piper::VoiceConfig, text: &str) -> Result<Vec<Vec<i64>>, Error> {
-    phonemes::split_sentences(text)
+    phonemes::espeak_sentences(&config.espeak.voice, text)?
         .iter()
         .map(|s| sentence_ids(config, s).map(|(_, ids)| ids))
         .collect()

@@ -17,6 +17,8 @@ pub struct Clause {
     pub text: String,
     pub terminator: Option<char>,
     pub end_of_sentence: bool,
+    /// Its IPA when libespeak-ng made the clause; otherwise the `espeak-ng` command is asked for it.
+    pub ipa: Option<String>,
 }
 
 /// Splits text into clauses at `. ! ? , ; :` followed by white space or the end (so "3.5" and "e.g" stay whole).
@@ -38,6 +40,7 @@ pub fn split_clauses(text: &str) -> Vec<Clause> {
                     text: body,
                     terminator: None,
                     end_of_sentence: false,
+                    ipa: None,
                 });
             }
             continue;
@@ -64,6 +67,7 @@ pub fn split_clauses(text: &str) -> Vec<Clause> {
                 text: body,
                 terminator: Some(c),
                 end_of_sentence: matches!(c, '.' | '!' | '?'),
+                ipa: None,
             });
         } else {
             cur.push(c);
@@ -75,6 +79,7 @@ pub fn split_clauses(text: &str) -> Vec<Clause> {
             text: body.to_string(),
             terminator: None,
             end_of_sentence: true,
+            ipa: None,
         });
     }
     out
@@ -82,9 +87,57 @@ pub fn split_clauses(text: &str) -> Vec<Clause> {
 
 /// Sentences (each a list of clauses), the unit synthesis and streaming work in.
 pub fn split_sentences(text: &str) -> Vec<Vec<Clause>> {
+    group_sentences(split_clauses(text))
+}
+
+/// Sentences as espeak-ng's library splits them, each clause with its IPA (piper-tts's way); our own split
+/// (and the `espeak-ng` command per clause) when the library cannot be loaded.
+pub fn espeak_sentences(voice: &str, text: &str) -> Result<Vec<Vec<Clause>>, Error> {
+    match crate::espeak_lib::clauses(voice, text) {
+        Ok(lib) => {
+            let n = lib.len();
+            let clauses = lib
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, c)| lib_clause(&c.text, c.ipa, i + 1 < n))
+                .collect();
+            Ok(group_sentences(clauses))
+        }
+        Err(_) => Ok(split_sentences(text)),
+    }
+}
+
+/// A clause of the library, `seg` its text: the punctuation it ends with is the terminator; `more` says
+/// whether clauses follow.
+fn lib_clause(seg: &str, ipa: String, more: bool) -> Option<Clause> {
+    let body = seg.trim_end();
+    let (text, terminator, end) = if body.ends_with("..") || body.ends_with('…') {
+        (body.trim_end_matches(['.', '…']), None, false)
+    } else {
+        match body.chars().last() {
+            Some(c @ ('.' | '!' | '?')) => (&body[..body.len() - c.len_utf8()], Some(c), true),
+            Some(c @ (',' | ':' | ';')) => (&body[..body.len() - c.len_utf8()], Some(c), false),
+            // espeak-ng ends a clause at a dash as at a semicolon.
+            Some(c @ ('—' | '–')) => (&body[..body.len() - c.len_utf8()], Some(';'), false),
+            _ => (body, None, !more),
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() && ipa.trim().is_empty() {
+        return None;
+    }
+    Some(Clause {
+        text: text.to_string(),
+        terminator,
+        end_of_sentence: end,
+        ipa: Some(strip_lang_flags(ipa.trim())),
+    })
+}
+
+fn group_sentences(clauses: Vec<Clause>) -> Vec<Vec<Clause>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
-    for c in split_clauses(text) {
+    for c in clauses {
         let end = c.end_of_sentence;
         cur.push(c);
         if end {
@@ -149,7 +202,10 @@ fn strip_lang_flags(s: &str) -> String {
 pub fn sentence_phonemes(voice: &str, clauses: &[Clause]) -> Result<Vec<String>, Error> {
     let mut s = String::new();
     for c in clauses {
-        s.push_str(&espeak_ipa(voice, &c.text)?);
+        match &c.ipa {
+            Some(ipa) => s.push_str(ipa),
+            None => s.push_str(&espeak_ipa(voice, &c.text)?),
+        }
         if let Some(t) = c.terminator {
             s.push(t);
             if matches!(t, ',' | ':' | ';') {
@@ -227,6 +283,28 @@ mod tests {
         let (ids, missing) = phonemes_to_ids(&ph, &map).unwrap();
         assert_eq!(ids, vec![1, 0, 14, 0, 15, 0, 2]);
         assert_eq!(missing, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn library_clauses_take_their_closing_mark() {
+        let c = |seg: &str, more| lib_clause(seg, "x".into(), more).unwrap();
+        let a = c("Dr. ", true);
+        assert_eq!(
+            (a.text.as_str(), a.terminator, a.end_of_sentence),
+            ("Dr", Some('.'), true)
+        );
+        let a = c("Hello, ", true);
+        assert_eq!((a.terminator, a.end_of_sentence), (Some(','), false));
+        let a = c("Wait... ", true);
+        assert_eq!(
+            (a.text.as_str(), a.terminator, a.end_of_sentence),
+            ("Wait", None, false)
+        );
+        let a = c("It costs nine dollars — ", true);
+        assert_eq!((a.terminator, a.end_of_sentence), (Some(';'), false));
+        let a = c("no end", false);
+        assert_eq!((a.terminator, a.end_of_sentence), (None, true));
+        assert!(lib_clause("  ", String::new(), false).is_none());
     }
 
     #[test]

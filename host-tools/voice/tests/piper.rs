@@ -42,6 +42,13 @@ const SENTENCES: &[&str] = &[
     "It costs 3.5 dollars; that's cheap!",
     "Enigma Engine speaks offline: no network, no cloud",
     "Wait... what time is it?",
+    // Where espeak-ng, not we, decides clauses: "Dr." ends one, "St." and "e.g." do not; a dash is a ";".
+    "Dr. Smith lives on Elm St. near the park.",
+    "e.g. this, i.e. that.",
+    "She said \"hello\" and left (quickly).",
+    "The year 2026 had 365 days, and 12 months.",
+    "I can't, won't, and shouldn't. OK... fine.",
+    "It costs nine dollars — cheap.",
 ];
 
 #[test]
