@@ -36,6 +36,20 @@ pub struct SpeakArgs {
     pub timing: bool,
 }
 
+const PLAYERS: [&str; 2] = ["aplay", "paplay"];
+
+/// Whether a player can be started at all, asked before the voice is loaded so a machine without one hears
+/// so at once.
+fn player_available() -> bool {
+    std::env::var_os("ENIGMA_AUDIO_CMD").is_some()
+        || std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|d| PLAYERS.iter().any(|p| d.join(p).is_file()))
+        })
+}
+
+const NO_PLAYER: &str =
+    "no sound device: no audio player found (aplay from alsa-utils, or paplay, or set ENIGMA_AUDIO_CMD)";
+
 /// A player that reads raw 16-bit mono PCM on its stdin, so sentences play as they are made:
 /// `ENIGMA_AUDIO_CMD` (a shell command; `$RATE` is set to the sample rate), else aplay, else paplay.
 fn start_player(rate: u32) -> Result<Child> {
@@ -81,7 +95,7 @@ fn start_player(rate: u32) -> Result<Child> {
             }
         }
     }
-    bail!("no sound device: no audio player found (aplay from alsa-utils, or paplay, or set ENIGMA_AUDIO_CMD)")
+    bail!(NO_PLAYER)
 }
 
 fn finish_player(mut child: Child) -> Result<()> {
@@ -113,6 +127,9 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     };
     if text.trim().is_empty() {
         bail!("nothing to say: the text is empty");
+    }
+    if args.output.is_none() && !player_available() {
+        bail!("{NO_PLAYER}; write a file with -o instead");
     }
     let start = Instant::now();
     let mut tts = if args.espeak {
@@ -211,6 +228,9 @@ fn sentence_end(s: &str) -> Option<usize> {
 impl Talker {
     /// Opens the voice and the sound device; fails with one line when there is no sound device.
     pub fn start(voice: Option<PathBuf>) -> Result<Talker> {
+        if !player_available() {
+            bail!(NO_PLAYER);
+        }
         let mut tts = Tts::open(voice.as_deref(), None)?;
         eprintln!("voice: {}", tts.engine());
         let mut player = start_player(tts.sample_rate())?;

@@ -80,6 +80,19 @@ fn speak_writes_a_wav_and_timings_and_says_no_sound_device_in_one_line() {
         "{err}"
     );
     assert!(errors[0].contains("-o"), "{err}");
+    // No player at all: said at once, before the voice is loaded (so even with no espeak-ng on the PATH).
+    let out = Command::new(enigma())
+        .args(["speak", "Hello."])
+        .env("PATH", "/nonexistent")
+        .env_remove("ENIGMA_AUDIO_CMD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim(),
+        "error: no sound device: no audio player found (aplay from alsa-utils, or paplay, or set ENIGMA_AUDIO_CMD); write a file with -o instead"
+    );
     // The audio command gets raw PCM from standard input, `-` reads the text there.
     let pcm = dir.path().join("out.pcm");
     let mut child = Command::new(enigma())
