@@ -148,14 +148,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}; write a file with -o instead"))?,
         ),
     };
-    let mut all = Speech {
-        text: text.clone(),
-        sample_rate: tts.sample_rate(),
-        samples: Vec::new(),
-        phonemes: Vec::new(),
-        words: Vec::new(),
-        visemes: Vec::new(),
-    };
+    let mut all = Speech::empty(&text, tts.sample_rate());
     let mut first_audio = None;
     let mut pipe_err = None;
     tts.speak_streaming(&text, |s| {

@@ -64,6 +64,18 @@ pub struct Speech {
 }
 
 impl Speech {
+    /// No audio yet, to [`lipsync::append`] sentences to.
+    pub fn empty(text: &str, sample_rate: u32) -> Self {
+        Speech {
+            text: text.to_string(),
+            sample_rate,
+            samples: Vec::new(),
+            phonemes: Vec::new(),
+            words: Vec::new(),
+            visemes: Vec::new(),
+        }
+    }
+
     pub fn duration_s(&self) -> f64 {
         self.samples.len() as f64 / f64::from(self.sample_rate)
     }
@@ -189,14 +201,7 @@ impl Tts {
 
     /// All of `text` as one [`Speech`] (timings shifted to the joined audio).
     pub fn speak(&mut self, text: &str) -> Result<Speech, Error> {
-        let mut all = Speech {
-            text: text.to_string(),
-            sample_rate: self.sample_rate(),
-            samples: Vec::new(),
-            phonemes: Vec::new(),
-            words: Vec::new(),
-            visemes: Vec::new(),
-        };
+        let mut all = Speech::empty(text, self.sample_rate());
         self.speak_streaming(text, |s| {
             lipsync::append(&mut all, s);
             Ok(())
