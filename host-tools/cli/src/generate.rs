@@ -175,6 +175,11 @@ pub struct ChatArgs {
     /// Passages per turn with --memory.
     #[arg(long, default_value_t = 3, requires = "memory")]
     pub memory_top: usize,
+    /// Speak each reply through the sound device, sentence by sentence as it is written (the Piper voice,
+    /// or espeak-ng alone when it is not installed).
+    #[cfg(feature = "voice")]
+    #[arg(long)]
+    pub voice: bool,
 }
 
 /// Writes generated pieces as text: bytes of a character split over byte-fallback tokens are held until
@@ -275,6 +280,9 @@ struct Turn<'a> {
     echo: bool,
     until_blank_line: bool,
     format: Option<&'a ChatFormat>,
+    /// Speaks the reply as it comes (`chat --voice`).
+    #[cfg(feature = "voice")]
+    talk: Option<&'a crate::speak::Talker>,
 }
 
 /// What one reply generated: the ids sampled (an end-of-turn token included: it stays in the context)
@@ -359,6 +367,10 @@ fn reply(
                 (piece, false)
             };
             out.text.extend_from_slice(part);
+            #[cfg(feature = "voice")]
+            if let Some(t) = turn.talk {
+                t.push(part);
+            }
             printer.piece(part) && !ended
         },
     )?;
@@ -367,6 +379,10 @@ fn reply(
         out.ids.push(tok.eos());
     }
     printer.finish();
+    #[cfg(feature = "voice")]
+    if let Some(t) = turn.talk {
+        t.end_turn();
+    }
     clock.report(&stats);
     Ok((stats, out))
 }
@@ -410,6 +426,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         echo: true,
         until_blank_line: false,
         format: None,
+        #[cfg(feature = "voice")]
+        talk: None,
     };
     reply(
         &mut session,
@@ -529,8 +547,19 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             !args.memory,
             "--memory works with a local model, not with --remote"
         );
+        #[cfg(feature = "voice")]
+        anyhow::ensure!(
+            !args.voice,
+            "--voice works with a local model, not with --remote"
+        );
         return crate::remote::chat(&args, &client);
     }
+    #[cfg(feature = "voice")]
+    let talker = if args.voice {
+        Some(crate::speak::Talker::start(None)?)
+    } else {
+        None
+    };
     let mut memory = if args.memory {
         Some(crate::memory::ChatMemory::open(args.memory_top)?)
     } else {
@@ -619,6 +648,8 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             echo: false,
             until_blank_line: !format.is_chat(),
             format: Some(&format),
+            #[cfg(feature = "voice")]
+            talk: talker.as_ref(),
         };
         let (_, reply) = reply(
             &mut session,
@@ -634,6 +665,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
             m.save(&asked, &said)?;
         }
         messages.push(ChatMessage::assistant(said));
+    }
+    // The last reply plays to its end before the command exits.
+    #[cfg(feature = "voice")]
+    if let Some(t) = talker {
+        t.finish()?;
     }
     Ok(())
 }

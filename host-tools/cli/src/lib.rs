@@ -10,6 +10,8 @@ pub mod port;
 pub mod remote;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "voice")]
+pub mod speak;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 
@@ -47,6 +49,10 @@ pub enum Command {
     /// Sentence embeddings of texts as JSON, from an encoder model (all-MiniLM-L6-v2 imported by
     /// `enigma import hf`).
     Embed(crate::embed::EmbedArgs),
+    /// Say text aloud with the Piper voice (espeak-ng alone when it is not installed), or write a WAV file;
+    /// `--visemes` writes lip-sync timings.
+    #[cfg(feature = "voice")]
+    Speak(crate::speak::SpeakArgs),
     /// Show a model file's config, size, tensors and provenance.
     Info {
         /// A .enigma file, a model folder, a model of the models home, or `default` (the built-in model).
@@ -314,6 +320,8 @@ pub fn main(cli: Cli) -> Result<()> {
         #[cfg(feature = "serve")]
         Command::Serve(args) => crate::serve::serve(args),
         Command::Embed(args) => crate::embed::run(args),
+        #[cfg(feature = "voice")]
+        Command::Speak(args) => crate::speak::run(args),
         Command::Hardware { json } => crate::modules::hardware(json),
         Command::Devices { timeout, json } => crate::remote::devices(timeout, json),
         Command::Train(opts) => {

@@ -203,6 +203,8 @@ fn base_registry(home: &Path) -> Registry {
     enigma_train::module::register(&mut registry, &store);
     enigma_network::register(&mut registry);
     enigma_memory::module::register(&mut registry, home);
+    #[cfg(feature = "voice")]
+    enigma_voice::module::register(&mut registry);
     registry
 }
 

@@ -1222,3 +1222,70 @@ fn a_chatml_reply_ends_at_im_end_in_enigma_chat_and_the_server() {
     assert!(r.body.contains("\"finish_reason\":\"stop\""), "{}", r.body);
     server.wait_idle(Duration::from_secs(1));
 }
+
+/// `POST /v1/audio/speech` through the official client, spoken by a saved `voice_output` module: WAV and PCM
+/// of the same text, PCM at speed 2 about half as long, mp3 refused with a 400 naming the field.
+#[test]
+fn the_openai_client_gets_speech_from_the_voice_output_module() {
+    let test = "the_openai_client_gets_speech_from_the_voice_output_module";
+    if !python_clients(test) {
+        return;
+    }
+    if !Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        enigma_testkit::skip_or_fail(
+            test,
+            "espeak-ng is not installed (apt-get install espeak-ng)",
+        );
+        return;
+    }
+    let home = TempDir::new().unwrap();
+    let load = Command::new(enigma())
+        .args(["modules", "load", "voice_output"])
+        .env("ENIGMA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let server = Server::start(home.path(), &[], &[]);
+    let out_dir = TempDir::new().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/speech.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(server.base())
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "speech.py failed:\n{}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("speech.py's JSON");
+    assert_eq!(v["wav_content_type"], "audio/wav", "{v}");
+    assert_eq!(v["pcm_content_type"], "audio/pcm", "{v}");
+    assert_eq!(v["mp3"]["status"], 400, "{v}");
+    assert_eq!(v["mp3"]["param"], "response_format", "{v}");
+    let wav = std::fs::read(out_dir.path().join("speech.wav")).unwrap();
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..12], b"WAVE");
+    let rate = u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]);
+    assert_eq!(v["pcm_sample_rate"], rate.to_string(), "{v}");
+    let wav_secs = (wav.len() - 44) as f64 / 2.0 / f64::from(rate);
+    let pcm = std::fs::read(out_dir.path().join("speech.pcm")).unwrap();
+    let pcm_secs = pcm.len() as f64 / 2.0 / f64::from(rate);
+    assert!(wav_secs > 2.0 && wav_secs < 8.0, "{wav_secs} s");
+    let ratio = pcm_secs / wav_secs;
+    assert!(
+        (0.35..0.7).contains(&ratio),
+        "speed 2: {pcm_secs} s against {wav_secs} s"
+    );
+}

@@ -316,6 +316,48 @@ pub trait TextToSpeech: Send + Sync {
     /// The voices `speak` accepts.
     fn voices(&self) -> Vec<String>;
     fn speak(&self, text: &str, voice: Option<&str>) -> Result<Audio, ModuleError>;
+    /// At a speaking rate (1 the voice's own, 2 twice as fast); by default only the voice's own rate.
+    fn speak_at(&self, text: &str, voice: Option<&str>, speed: f32) -> Result<Audio, ModuleError> {
+        if speed != 1.0 {
+            return Err(ModuleError::Invalid(format!(
+                "{} speaks at its own rate only (speed {speed})",
+                self.describe()
+            )));
+        }
+        self.speak(text, voice)
+    }
+    /// With lip-sync timings as JSON (`phonemes`, `words`, `visemes`, `states`, in seconds from the audio's
+    /// start); by default none (`null`), for engines that cannot tell when each sound is made.
+    fn speak_timed(
+        &self,
+        text: &str,
+        voice: Option<&str>,
+    ) -> Result<(Audio, serde_json::Value), ModuleError> {
+        Ok((self.speak(text, voice)?, serde_json::Value::Null))
+    }
+}
+
+/// What an avatar is doing, for a GUI to animate: `idle`, `listening` or `talking`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvatarState {
+    Idle,
+    Listening,
+    Talking,
+}
+
+/// An avatar's mouth and state: speech with the mouth shapes over time, and the idle / listening / talking
+/// stream a GUI animates from.
+pub trait LipSync: Send + Sync {
+    fn describe(&self) -> String;
+    /// Speaks `text` through the `text_to_speech` provider: the audio and its timings (as
+    /// [`TextToSpeech::speak_timed`]). The state is `talking` while the speech is made.
+    fn speak(&self, text: &str) -> Result<(Audio, serde_json::Value), ModuleError>;
+    fn state(&self) -> AvatarState;
+    /// Voice input says when it listens; the state goes to `listening` and back to `idle`.
+    fn set_listening(&self, on: bool);
+    /// Every later change of state, as it happens.
+    fn subscribe(&self) -> std::sync::mpsc::Receiver<AvatarState>;
 }
 
 /// Something a model may call (web search, a file read, ...): OpenAI's function-tool shape, so the server
@@ -448,6 +490,7 @@ families!(
     VectorSearch,
     Training,
     TextToSpeech,
+    LipSync,
     Tool,
     RestApi,
     RemoteAccess,

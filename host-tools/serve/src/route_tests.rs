@@ -192,6 +192,41 @@ async fn embeddings_report_the_tokens_they_read() {
     assert_eq!(a.json()["prompt_eval_count"], 2);
 }
 
+#[tokio::test]
+async fn speech_checks_its_fields_before_asking_for_a_voice() {
+    let st = state(true);
+    let a = call(
+        &st,
+        "POST",
+        "/v1/audio/speech",
+        json!({"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "mp3"}),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["param"], "response_format", "{}", a.body);
+    let a = call(
+        &st,
+        "POST",
+        "/v1/audio/speech",
+        json!({"input": "hi", "speed": 9}),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["param"], "speed", "{}", a.body);
+    let a = call(&st, "POST", "/v1/audio/speech", json!({"voice": "alloy"})).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    // Well formed, but no module provides text_to_speech here.
+    let a = call(
+        &st,
+        "POST",
+        "/v1/audio/speech",
+        json!({"input": "hi", "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(a.status, 501, "{}", a.body);
+    assert!(a.body.contains("voice_output"), "{}", a.body);
+}
+
 fn state(ready: bool) -> Arc<AppState> {
     let mut registry = Registry::new();
     registry.register(Box::new(FakeModule {
@@ -531,6 +566,7 @@ mod any_input {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/audio/speech",
         "/api/chat",
         "/api/generate",
         "/api/embed",
