@@ -3,18 +3,19 @@
 # tests, since with CI set a test that finds a tool missing fails (enigma_testkit::skip_or_fail);
 # ci-aarch64.sh, ci-firmware.sh and ci-fuzz.sh install their parts, so each also works alone.
 #
-#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [words] [fuzz] [netns]      (no argument: all six)
+#   scripts/ci-tools.sh [aarch64] [firmware] [defmt-print] [words] [fuzz] [netns] [speech]      (no argument: all seven)
 #
 # aarch64: qemu-user, the aarch64 cross gcc and libc, the aarch64-unknown-linux-gnu target (the Pi path);
 # firmware: qemu-system-arm and the thumbv7em/thumbv6m targets; defmt-print: `cargo install defmt-print`
 # (about 2.5 minutes of CPU on 2 cores), to decode the firmware's defmt log; words: /usr/share/dict/words
 # (wamerican), the dictionary the built-in model's readability test checks its words against; fuzz: a C++
 # compiler (g++), which libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh; netns: iproute2's `ip`,
-# with which host-tools/cli/tests/devices.rs joins two network namespaces by veth to test mDNS discovery (as root).
+# with which host-tools/cli/tests/devices.rs joins two network namespaces by veth to test mDNS discovery (as root);
+# speech: espeak-ng, which synthesises the clips host-tools/cli/tests/whisper.rs transcribes.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print words fuzz netns)
+[ ${#parts[@]} -gt 0 ] || parts=(aarch64 firmware defmt-print words fuzz netns speech)
 packages=()
 targets=()
 defmt_print=0
@@ -33,7 +34,8 @@ for part in "${parts[@]}"; do
     words) [ -f /usr/share/dict/words ] || packages+=(wamerican) ;;
     fuzz) command -v c++ >/dev/null || packages+=(g++) ;;
     netns) command -v ip >/dev/null || packages+=(iproute2) ;;
-    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, words, fuzz, netns)" >&2; exit 2 ;;
+    speech) command -v espeak-ng >/dev/null || packages+=(espeak-ng) ;;
+    *) echo "ci-tools.sh: unknown part '$part' (aarch64, firmware, defmt-print, words, fuzz, netns, speech)" >&2; exit 2 ;;
     esac
 done
 if [ ${#packages[@]} -gt 0 ]; then

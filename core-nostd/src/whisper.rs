@@ -147,8 +147,7 @@ impl<'a> Meta<'a> {
             .chain(m.sot_sequence)
             .chain(m.suppress)
             .chain(m.suppress_begin);
-        if !rest.is_empty() || all.into_iter().any(|&t| t >= vocab) || m.timestamp_begin <= m.eot
-        {
+        if !rest.is_empty() || all.into_iter().any(|&t| t >= vocab) || m.timestamp_begin <= m.eot {
             return Err(Error::BadConfig(
                 "wh.meta is malformed or names tokens outside the vocabulary",
             ));
@@ -242,7 +241,8 @@ impl<'a> DecVecs<'a> {
 /// The packed vector row lengths (the importer packs in the same order).
 pub const ENC_VEC_PARTS: [&str; 8] = ["ln1.g", "ln1.b", "bqkv", "bo", "ln2.g", "ln2.b", "b1", "b2"];
 pub const DEC_VEC_PARTS: [&str; 13] = [
-    "ln1.g", "ln1.b", "bqkv", "bo", "lnc.g", "lnc.b", "bcq", "bckv", "bco", "ln2.g", "ln2.b", "b1", "b2",
+    "ln1.g", "ln1.b", "bqkv", "bo", "lnc.g", "lnc.b", "bcq", "bckv", "bco", "ln2.g", "ln2.b", "b1",
+    "b2",
 ];
 
 struct EncLayer<'a> {
@@ -325,7 +325,9 @@ impl<'a> Whisper<'a> {
                 "a Whisper model has key/value heads equal to its heads and at most 32 layers",
             ));
         }
-        let meta_t = file.tensor(META).ok_or(Error::MissingTensor { name: META })?;
+        let meta_t = file
+            .tensor(META)
+            .ok_or(Error::MissingTensor { name: META })?;
         if meta_t.dtype != DType::U32 || meta_t.shape[1] != 0 {
             return Err(Error::BadConfig("wh.meta is not a u32 vector"));
         }
@@ -630,7 +632,19 @@ impl<'a> Whisper<'a> {
             let (kc, vc) = kv.split_at_mut(s * d);
             kc[pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
             vc[pos * d..(pos + 1) * d].copy_from_slice(&qkv[2 * d..3 * d]);
-            attend(&qkv[..d], kc, vc, pos + 1, d, hs, nh, scale, scores, ctx, self.k);
+            attend(
+                &qkv[..d],
+                kc,
+                vc,
+                pos + 1,
+                d,
+                hs,
+                nh,
+                scale,
+                scores,
+                ctx,
+                self.k,
+            );
             self.linear(exec, xn, layer.wo, layer.v.bo, ctx, 1);
             (self.k.add)(x, xn);
             // Cross-attention over the window's encoder output.
@@ -661,30 +675,37 @@ impl<'a> Whisper<'a> {
 
     /// Greedy decoding of the encoded window: feeds the SOT sequence (and `<|notimestamps|>` without
     /// timestamps), then takes the best allowed token until EOT, the token cap or the context's end.
-    /// The sampled tokens (EOT excluded) go to `out`; returns how many.
+    /// The sampled tokens (EOT excluded) go to `out`.
     pub fn greedy(
         &self,
         exec: &dyn Exec,
         opts: &DecodeOptions,
         b: &mut Buffers<'_>,
         out: &mut [u32],
-    ) -> Result<usize> {
+    ) -> Result<Decoded> {
         let m = self.meta;
         let s = self.c.seq_len as usize;
+        let v = self.c.vocab_size as usize;
         let mut pos = 0;
+        let mut no_speech_prob = 0.0;
         let prompt = m.sot_sequence.iter().copied();
         let nt = (!opts.timestamps).then_some(m.no_timestamps);
         for id in prompt.chain(nt) {
             self.step(exec, id, pos, b)?;
+            if id == m.sot {
+                // Whisper's no-speech probability: <|nospeech|> after SOT, before any filter.
+                let l = &b.logits[..v];
+                no_speech_prob = libm::expf(l[m.no_speech as usize] - log_sum_exp(l));
+            }
             pos += 1;
         }
         let cap = opts.max_tokens.min(out.len()).min(s.saturating_sub(pos));
-        let mut n = 0;
+        let (mut n, mut sum_logprob) = (0, 0.0f32);
         while n < cap {
-            let v = self.c.vocab_size as usize;
             let logits = &mut b.logits[..v];
             self.filter(logits, &out[..n], opts);
             let next = argmax(logits);
+            sum_logprob += logits[next as usize] - log_sum_exp(logits);
             if next == m.eot {
                 break;
             }
@@ -696,7 +717,12 @@ impl<'a> Whisper<'a> {
             self.step(exec, next, pos, b)?;
             pos += 1;
         }
-        Ok(n)
+        Ok(Decoded {
+            tokens: n,
+            no_speech_prob,
+            // OpenAI divides by the tokens plus EOT.
+            avg_logprob: sum_logprob / (n + 1) as f32,
+        })
     }
 
     /// Whisper's logit filters for the step after `sampled` (the tokens sampled so far this window).
@@ -760,6 +786,33 @@ impl<'a> Whisper<'a> {
             logits[..tb].fill(ninf);
         }
     }
+}
+
+/// What [`Whisper::greedy`] found in a window.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoded {
+    /// Tokens written (EOT excluded).
+    pub tokens: usize,
+    /// The probability of `<|nospeech|>` right after SOT.
+    pub no_speech_prob: f32,
+    /// The mean log-probability of the sampled tokens (EOT included), after the filters.
+    pub avg_logprob: f32,
+}
+
+impl Decoded {
+    /// Whisper's silence rule: likely no speech and no confident text (thresholds 0.6 and −1, as OpenAI
+    /// and faster-whisper use).
+    pub fn is_silence(&self) -> bool {
+        self.no_speech_prob > 0.6 && self.avg_logprob < -1.0
+    }
+}
+
+fn log_sum_exp(v: &[f32]) -> f32 {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + libm::logf(v.iter().map(|x| libm::expf(x - max)).sum::<f32>())
 }
 
 /// Multi-head attention of one query `q (D)` over `n` cached rows `keys (n, D)`, `values (n, D)`.

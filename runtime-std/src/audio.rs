@@ -73,7 +73,11 @@ impl<R: Read> WavSource<R> {
         self.frame.clear();
         for _ in 0..self.channels {
             let v = match self.int_scale {
-                Some(scale) => self.reader.samples::<i32>().next().map(|s| s.map(|v| v as f32 * scale)),
+                Some(scale) => self
+                    .reader
+                    .samples::<i32>()
+                    .next()
+                    .map(|s| s.map(|v| v as f32 * scale)),
                 None => self.reader.samples::<f32>().next(),
             };
             match v {
@@ -169,7 +173,9 @@ mod tests {
 
     #[test]
     fn not_a_wav_is_one_clear_error() {
-        let e = WavSource::new(&b"ID3\x04 this is an mp3"[..]).err().unwrap();
+        let e = WavSource::new(&b"ID3\x04 this is an mp3"[..])
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not a WAV file"), "{e}");
     }
 }

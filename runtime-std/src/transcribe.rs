@@ -157,7 +157,8 @@ impl Transcriber {
             let mut b = bufs.view();
             b.enc[..features.len()].copy_from_slice(&features);
             w.encode(self.exec(), &mut b)?;
-            let n = w.greedy(self.exec(), opts, &mut b, &mut tokens)?;
+            let dec = w.greedy(self.exec(), opts, &mut b, &mut tokens)?;
+            let n = if dec.is_silence() { 0 } else { dec.tokens };
             let toks = &tokens[..n];
             let offset = base as f64 / mel::SAMPLE_RATE as f64;
             let window_secs = content as f64 * HOP as f64 / mel::SAMPLE_RATE as f64;
@@ -179,8 +180,7 @@ impl Transcriber {
             } else {
                 let is_ts: Vec<bool> = toks.iter().map(|&t| t >= tb).collect();
                 let single_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
-                let mut slices: Vec<usize> =
-                    (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+                let mut slices: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
                 let secs = |t: u32| (t - tb) as f64 * TIME_STEP;
                 if !slices.is_empty() {
                     if single_ending {
@@ -224,7 +224,11 @@ impl Transcriber {
     }
 
     /// [`Transcriber::transcribe`] of samples in memory, the segments collected.
-    pub fn transcribe_samples(&self, samples: &[f32], opts: &DecodeOptions) -> Result<Vec<Segment>> {
+    pub fn transcribe_samples(
+        &self,
+        samples: &[f32],
+        opts: &DecodeOptions,
+    ) -> Result<Vec<Segment>> {
         let mut at = 0;
         let mut read = |buf: &mut [f32]| -> Result<usize> {
             let n = buf.len().min(samples.len() - at);

@@ -7,9 +7,9 @@ pub mod memory;
 pub mod models;
 pub mod modules;
 pub mod remote;
-pub mod transcribe;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod transcribe;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 

@@ -74,24 +74,20 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let ts = opts.timestamps;
-    t.transcribe(
-        &mut |buf| Ok(src.read(buf)?),
-        &opts,
-        &mut |s| {
-            if !json {
-                // Text streams out as each window is decoded.
-                let line = if ts {
-                    format!("[{:.2} -> {:.2}] {}", s.start, s.end, s.text.trim())
-                } else {
-                    s.text.trim().to_string()
-                };
-                writeln!(out, "{line}").map_err(|e| enigma_runtime::Error::Invalid(e.to_string()))?;
+    t.transcribe(&mut |buf| Ok(src.read(buf)?), &opts, &mut |s| {
+        if !json {
+            // Text streams out as each window is decoded.
+            let line = if ts {
+                format!("[{:.2} -> {:.2}] {}", s.start, s.end, s.text.trim())
             } else {
-                segments.push(s);
-            }
-            Ok(())
-        },
-    )
+                s.text.trim().to_string()
+            };
+            writeln!(out, "{line}").map_err(|e| enigma_runtime::Error::Invalid(e.to_string()))?;
+        } else {
+            segments.push(s);
+        }
+        Ok(())
+    })
     .with_context(|| args.input.clone())?;
     if json {
         let text: String = segments.iter().map(|s| s.text.as_str()).collect();

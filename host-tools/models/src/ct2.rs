@@ -134,7 +134,10 @@ impl<'a> Reader<'a> {
         let n = self.u16(what)? as usize;
         let s = self.take(n, what)?;
         let Some((&0, text)) = s.split_last() else {
-            bail!("model.bin: {what} at offset {} is not NUL-terminated", self.at - n);
+            bail!(
+                "model.bin: {what} at offset {} is not NUL-terminated",
+                self.at - n
+            );
         };
         String::from_utf8(text.to_vec()).with_context(|| format!("model.bin: {what} is not UTF-8"))
     }

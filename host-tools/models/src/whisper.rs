@@ -55,11 +55,18 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
         m.spec
     );
     let tok_shape = m.shape("decoder/embeddings/weight")?.to_vec();
-    ensure!(tok_shape.len() == 2, "decoder/embeddings/weight is not a matrix");
+    ensure!(
+        tok_shape.len() == 2,
+        "decoder/embeddings/weight is not a matrix"
+    );
     let (v, d) = (tok_shape[0], tok_shape[1]);
     let h = m.shape("decoder/layer_0/ffn/linear_0/weight")?[0];
-    let heads = m.get("decoder/num_heads")?.scalar_int("decoder/num_heads")?;
-    let eheads = m.get("encoder/num_heads")?.scalar_int("encoder/num_heads")?;
+    let heads = m
+        .get("decoder/num_heads")?
+        .scalar_int("decoder/num_heads")?;
+    let eheads = m
+        .get("encoder/num_heads")?
+        .scalar_int("encoder/num_heads")?;
     ensure!(heads == eheads, "encoder and decoder head counts differ");
     let count = |side: &str| {
         (0..)
@@ -179,7 +186,9 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
                 "encoder/position_encodings/encodings",
                 &[AUDIO_CTX as u64, d],
             )?,
-            whisper::ENC_WQKV => layers(&|l| get(&e(l, "self_attention/linear_0/weight"), &[3 * d, d]))?,
+            whisper::ENC_WQKV => {
+                layers(&|l| get(&e(l, "self_attention/linear_0/weight"), &[3 * d, d]))?
+            }
             whisper::ENC_WO => layers(&|l| get(&e(l, "self_attention/linear_1/weight"), &[d, d]))?,
             whisper::ENC_W1 => layers(&|l| get(&e(l, "ffn/linear_0/weight"), &[h, d]))?,
             whisper::ENC_W2 => layers(&|l| get(&e(l, "ffn/linear_1/weight"), &[d, h]))?,
@@ -233,14 +242,20 @@ pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
         whisper::META,
         DType::U32,
         &[meta_words.len() as u64],
-        meta_words.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        meta_words
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
     );
     w.provenance(
         format!(
             "ct2:{}",
             dir.canonicalize()
                 .ok()
-                .and_then(|p| p.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()))
+                .and_then(|p| p
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default()
         ),
         format!(
