@@ -182,7 +182,7 @@ struct EncVecs<'a> {
 }
 
 /// Splits `row` into consecutive slices of the given lengths.
-fn split<'a, const N: usize>(mut row: &'a [f32], lens: [usize; N]) -> [&'a [f32]; N] {
+fn split<const N: usize>(mut row: &[f32], lens: [usize; N]) -> [&[f32]; N] {
     let mut out = [&row[..0]; N];
     for (o, n) in out.iter_mut().zip(lens) {
         let (a, b) = row.split_at(n);

@@ -74,7 +74,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let ts = opts.timestamps;
-    t.transcribe(&mut |buf| Ok(src.read(buf)?), &opts, &mut |s| {
+    t.transcribe(&mut |buf| src.read(buf), &opts, &mut |s| {
         if !json {
             // Text streams out as each window is decoded.
             let line = if ts {
