@@ -337,3 +337,71 @@ fn silence_is_an_empty_transcript_and_non_wav_is_refused() {
     assert!(err.contains("not a WAV file"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Hours of audio are transcribed window by window with bounded memory: with
+/// `ENIGMA_LONG_AUDIO_SECS=7200` (two hours; slow, so not by default) a file of espeak-ng speech repeated
+/// between silences is transcribed from standard input, and the process's peak memory must stay within
+/// what a few windows take, far below the 230 MB of the file's samples.
+#[cfg(unix)]
+#[test]
+fn long_audio_streams_with_bounded_memory() {
+    let test = "long_audio_streams_with_bounded_memory";
+    let Some(secs) = std::env::var("ENIGMA_LONG_AUDIO_SECS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        println!("SKIPPED {test}: set ENIGMA_LONG_AUDIO_SECS (e.g. 7200) to run it");
+        return;
+    };
+    let Some(s) = setup(test) else { return };
+    let speech = speak(&s.dir, "long", CLIPS[1].join(" ").as_str());
+    let wav = s.dir.join("hours.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    let total = secs * 16000;
+    let mut written = 0;
+    while written < total {
+        for v in speech.iter().chain(std::iter::repeat_n(&0.0, 16000 * 20)) {
+            if written == total {
+                break;
+            }
+            w.write_sample((v * 32768.0).clamp(-32768.0, 32767.0) as i16)
+                .unwrap();
+            written += 1;
+        }
+    }
+    w.finalize().unwrap();
+    let out = std::process::Command::new("/usr/bin/env")
+        .arg(env!("CARGO_BIN_EXE_enigma"))
+        .arg("transcribe")
+        .arg("-m")
+        .arg(&s.model)
+        .arg("-")
+        .stdin(std::fs::File::open(&wav).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY: getrusage writes the struct it is given.
+    let peak_kb = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u.ru_maxrss
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines = text.lines().count();
+    println!(
+        "{secs} s of audio: {lines} segments, peak memory {} MB",
+        peak_kb / 1024
+    );
+    assert!(lines >= secs / 60, "{lines} segments for {secs} s");
+    assert!(peak_kb < 600 * 1024, "peak memory {peak_kb} kB");
+}
