@@ -727,64 +727,68 @@ impl<'a> Whisper<'a> {
 
     /// Whisper's logit filters for the step after `sampled` (the tokens sampled so far this window).
     pub fn filter(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodeOptions) {
-        let m = self.meta;
-        let ninf = f32::NEG_INFINITY;
-        let mut kill = |t: u32| {
-            if let Some(v) = logits.get_mut(t as usize) {
-                *v = ninf;
-            }
-        };
-        if sampled.is_empty() {
-            m.suppress_begin.iter().for_each(|&t| kill(t));
+        filter(&self.meta, logits, sampled, opts)
+    }
+}
+
+/// [`Whisper::filter`]: the suppress lists, then in timestamp mode OpenAI's `ApplyTimestampRules`.
+pub fn filter(m: &Meta<'_>, logits: &mut [f32], sampled: &[u32], opts: &DecodeOptions) {
+    let ninf = f32::NEG_INFINITY;
+    let mut kill = |t: u32| {
+        if let Some(v) = logits.get_mut(t as usize) {
+            *v = ninf;
         }
-        m.suppress.iter().for_each(|&t| kill(t));
-        kill(m.no_timestamps);
-        let tb = m.timestamp_begin as usize;
-        if !opts.timestamps {
+    };
+    if sampled.is_empty() {
+        m.suppress_begin.iter().for_each(|&t| kill(t));
+    }
+    m.suppress.iter().for_each(|&t| kill(t));
+    kill(m.no_timestamps);
+    let tb = m.timestamp_begin as usize;
+    if !opts.timestamps {
+        logits[tb..].fill(ninf);
+        return;
+    }
+    // OpenAI's ApplyTimestampRules.
+    let is_ts = |t: &u32| *t >= m.timestamp_begin;
+    let last_ts = sampled.last().is_some_and(is_ts);
+    let penult_ts = sampled.len() < 2 || is_ts(&sampled[sampled.len() - 2]);
+    if last_ts {
+        if penult_ts {
             logits[tb..].fill(ninf);
-            return;
-        }
-        // OpenAI's ApplyTimestampRules.
-        let is_ts = |t: &u32| *t >= m.timestamp_begin;
-        let last_ts = sampled.last().is_some_and(is_ts);
-        let penult_ts = sampled.len() < 2 || is_ts(&sampled[sampled.len() - 2]);
-        if last_ts {
-            if penult_ts {
-                logits[tb..].fill(ninf);
-            } else {
-                logits[..m.eot as usize].fill(ninf);
-            }
-        }
-        if let Some(&t) = sampled.iter().rev().find(|t| is_ts(t)) {
-            // Timestamps never go back; after a closed pair the next one starts later still.
-            let from = if last_ts && !penult_ts { t } else { t + 1 };
-            let len = logits.len();
-            logits[tb..(from as usize).clamp(tb, len)].fill(ninf);
-        }
-        if sampled.is_empty() {
-            logits[..tb].fill(ninf);
-            let last_allowed = tb + opts.max_initial_timestamp as usize;
-            if last_allowed + 1 < logits.len() {
-                logits[last_allowed + 1..].fill(ninf);
-            }
-        }
-        // When timestamps together are likelier than any one text token, a timestamp it is.
-        let max = logits.iter().copied().fold(ninf, f32::max);
-        if max == ninf {
-            return;
-        }
-        let sum: f32 = logits.iter().map(|v| libm::expf(v - max)).sum();
-        let lse = max + libm::logf(sum);
-        let ts_sum: f32 = logits[tb..].iter().map(|v| libm::expf(v - max)).sum();
-        let ts_logprob = if ts_sum > 0.0 {
-            max + libm::logf(ts_sum) - lse
         } else {
-            ninf
-        };
-        let max_text = logits[..tb].iter().copied().fold(ninf, f32::max) - lse;
-        if ts_logprob > max_text {
-            logits[..tb].fill(ninf);
+            logits[..m.eot as usize].fill(ninf);
         }
+    }
+    if let Some(&t) = sampled.iter().rev().find(|t| is_ts(t)) {
+        // Timestamps never go back; after a closed pair the next one starts later still.
+        let from = if last_ts && !penult_ts { t } else { t + 1 };
+        let len = logits.len();
+        logits[tb..(from as usize).clamp(tb, len)].fill(ninf);
+    }
+    if sampled.is_empty() {
+        logits[..tb].fill(ninf);
+        let last_allowed = tb + opts.max_initial_timestamp as usize;
+        if last_allowed + 1 < logits.len() {
+            logits[last_allowed + 1..].fill(ninf);
+        }
+    }
+    // When timestamps together are likelier than any one text token, a timestamp it is.
+    let max = logits.iter().copied().fold(ninf, f32::max);
+    if max == ninf {
+        return;
+    }
+    let sum: f32 = logits.iter().map(|v| libm::expf(v - max)).sum();
+    let lse = max + libm::logf(sum);
+    let ts_sum: f32 = logits[tb..].iter().map(|v| libm::expf(v - max)).sum();
+    let ts_logprob = if ts_sum > 0.0 {
+        max + libm::logf(ts_sum) - lse
+    } else {
+        ninf
+    };
+    let max_text = logits[..tb].iter().copied().fold(ninf, f32::max) - lse;
+    if ts_logprob > max_text {
+        logits[..tb].fill(ninf);
     }
 }
 
@@ -858,4 +862,109 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    // A toy vocabulary: text 0..10, EOT 10, SOT 11, <|notimestamps|> 12, no-speech 13, timestamps 14..24.
+    const SOT_SEQ: [u32; 1] = [11];
+    const SUPPRESS: [u32; 2] = [3, 11];
+    const BEGIN: [u32; 2] = [0, 10];
+    fn meta() -> Meta<'static> {
+        Meta {
+            sot: 11,
+            eot: 10,
+            no_timestamps: 12,
+            timestamp_begin: 14,
+            no_speech: 13,
+            sot_sequence: &SOT_SEQ,
+            suppress: &SUPPRESS,
+            suppress_begin: &BEGIN,
+        }
+    }
+    const V: usize = 24;
+    fn allowed(sampled: &[u32], timestamps: bool) -> Vec<u32> {
+        let opts = DecodeOptions {
+            timestamps,
+            max_tokens: 100,
+            max_initial_timestamp: 2,
+        };
+        // Text far likelier than timestamps, so the probability rule does not decide.
+        let mut l: Vec<f32> = (0..V).map(|i| if i < 14 { 1.0 } else { -10.0 }).collect();
+        filter(&meta(), &mut l, sampled, &opts);
+        (0..V as u32)
+            .filter(|&i| l[i as usize].is_finite())
+            .collect()
+    }
+
+    #[test]
+    fn meta_round_trips_and_bad_lists_are_refused() {
+        let mut w = Vec::new();
+        meta().encode(&mut w);
+        let m = Meta::parse(&w, V as u32).unwrap();
+        assert_eq!((m.sot, m.eot, m.timestamp_begin), (11, 10, 14));
+        assert_eq!(m.suppress, &SUPPRESS);
+        assert!(Meta::parse(&w, 12).is_err(), "ids beyond the vocabulary");
+        for cut in 0..w.len() {
+            assert!(Meta::parse(&w[..cut], V as u32).is_err(), "cut at {cut}");
+        }
+        let mut long = w.clone();
+        long.push(0);
+        assert!(Meta::parse(&long, V as u32).is_err());
+    }
+
+    #[test]
+    fn no_timestamps_mode_suppresses_lists_and_every_timestamp() {
+        assert_eq!(allowed(&[], false), [1, 2, 4, 5, 6, 7, 8, 9, 13]);
+        assert_eq!(allowed(&[5], false), [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 13]);
+    }
+
+    #[test]
+    fn timestamp_rules_follow_openai() {
+        // First: a timestamp no later than max_initial_timestamp (14, 15, 16).
+        assert_eq!(allowed(&[], true), [14, 15, 16]);
+        // After an opening timestamp and text: text, EOT, or a closing timestamp after the opening (a
+        // segment is never empty).
+        let after_text = allowed(&[15, 5], true);
+        assert!(
+            after_text.contains(&5) && after_text.contains(&10),
+            "{after_text:?}"
+        );
+        assert!(
+            !after_text.contains(&15) && after_text.contains(&16),
+            "{after_text:?}"
+        );
+        // A closing timestamp right after text: the next is a timestamp or EOT, never text.
+        let closing = allowed(&[15, 5, 17], true);
+        assert!(
+            closing.contains(&10) && closing.contains(&17),
+            "{closing:?}"
+        );
+        assert!(
+            closing.iter().all(|&t| t >= 10 && !(14..17).contains(&t)),
+            "{closing:?}"
+        );
+        // Two timestamps in a row: text next, no timestamp.
+        let pair = allowed(&[15, 5, 17, 18], true);
+        assert!(pair.iter().all(|&t| t < 14), "{pair:?}");
+    }
+
+    #[test]
+    fn timestamps_win_when_together_likelier_than_any_text_token() {
+        let opts = DecodeOptions::default();
+        let mut l = vec![0.0f32; V];
+        l[5] = 2.0; // the best text token, but ten timestamps at 0.5 each outweigh it
+        for v in &mut l[14..] {
+            *v = 1.5;
+        }
+        filter(&meta(), &mut l, &[15, 5], &opts);
+        assert!(l[..14].iter().all(|v| *v == f32::NEG_INFINITY));
+        // The earliest timestamp still allowed: later than the opening one.
+        assert_eq!(argmax(&l), 16);
+    }
 }
