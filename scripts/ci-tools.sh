@@ -11,7 +11,8 @@
 # (wamerican), the dictionary the built-in model's readability test checks its words against; fuzz: a C++
 # compiler (g++), which libfuzzer-sys needs to compile libFuzzer for scripts/ci-fuzz.sh; netns: iproute2's `ip`,
 # with which host-tools/cli/tests/devices.rs joins two network namespaces by veth to test mDNS discovery (as root);
-# speech: espeak-ng, the phonemizer of the Piper voice and the fallback voice (host-tools/voice).
+# speech: espeak-ng, the phonemizer of the Piper voice and the fallback voice (host-tools/voice), which also
+# synthesises the clips host-tools/cli/tests/whisper.rs transcribes.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 parts=("$@")

@@ -9,7 +9,8 @@
 //! - [`sampler`]: greedy, temperature, top-k, top-p, repetition penalty, seeded PRNG;
 //! - [`generate`]: the token loop shared by the CLI, the server and the firmware;
 //! - [`utf8`]: token pieces to valid UTF-8, holding back characters split over tokens;
-//! - [`encoder`], [`wordpiece`] (feature `encoder`): a BERT sentence encoder and its WordPiece tokenizer.
+//! - [`encoder`], [`wordpiece`] (feature `encoder`): a BERT sentence encoder and its WordPiece tokenizer;
+//! - [`mel`], [`whisper`] (feature `whisper`): Whisper's log-mel spectrogram and speech recognizer.
 //!
 //! Letters used in shape comments: `T` tokens in a chunk (rows of a batch step), `D` dim, `H` hidden (FFN)
 //! dim, `L` layers, `NH` query heads, `NKV` key/value heads, `HS` head size, `S` max sequence length, `V`
@@ -26,6 +27,8 @@ pub mod encoder;
 mod error;
 pub mod format;
 pub mod generate;
+#[cfg(feature = "whisper")]
+pub mod mel;
 pub mod model;
 pub mod pretok;
 mod pretok_marks;
@@ -33,6 +36,8 @@ pub mod protocol;
 pub mod sampler;
 pub mod tokenizer;
 pub mod utf8;
+#[cfg(feature = "whisper")]
+pub mod whisper;
 #[cfg(feature = "encoder")]
 pub mod wordpiece;
 #[cfg(feature = "encoder")]

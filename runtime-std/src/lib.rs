@@ -1,5 +1,6 @@
 //! Enigma Engine on an OS: loads `.enigma` files through mmap, runs the core with threads, decodes many sequences
 //! together over a paged KV pool (`batch`), and writes models.
+pub mod audio;
 pub mod backend;
 pub mod batch;
 pub mod device;
@@ -14,6 +15,7 @@ pub mod quantize;
 pub mod session;
 pub mod tmpfiles;
 pub mod tokenize;
+pub mod transcribe;
 pub mod writer;
 
 pub use backend::{Backend, Device, Pool};
@@ -25,4 +27,5 @@ pub use hardware::Hardware;
 pub use load::{AlignedBytes, Model, ModelFile};
 pub use lock::{LockError, ModelLock};
 pub use session::HostSession;
+pub use transcribe::{Segment, Transcriber};
 pub use writer::{extras, Extra, ModelWriter, TokenizerData};

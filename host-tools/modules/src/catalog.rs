@@ -345,11 +345,13 @@ pub static CATALOG: [ModuleSpec; 29] = [
         spec(
             "voice_input",
             "perception",
-            "Speech recognition from a microphone",
+            "Speech recognition (Whisper on this machine)",
             &["speech_recognition"],
             &[],
         ),
         &[
+            MODEL_NAME,
+            THREADS,
             string("device", "default", "audio input device"),
             string("language", "en", "spoken language"),
         ],

