@@ -416,3 +416,103 @@ fn long_audio_streams_with_bounded_memory() {
     assert!(lines >= secs / 60, "{lines} segments for {secs} s");
     assert!(peak_kb < 300 * 1024, "peak memory {peak_kb} kB");
 }
+
+/// The loopback of issue 18: text → `enigma speak` (the Piper voice) → WAV → `enigma transcribe` → the same
+/// words, WER ≤ 10% over the 20 sentences; and on those Piper clips (at 16 kHz, as both engines read them)
+/// our greedy tokens equal faster-whisper's, or our WER is no worse.
+#[test]
+fn piper_speech_loops_back_to_the_same_words() {
+    let test = "piper_speech_loops_back_to_the_same_words";
+    let Some(s) = setup(test) else { return };
+    let mut wavs = Vec::new();
+    for (i, clip) in CLIPS.iter().enumerate() {
+        let spoken = s.dir.join(format!("piper{i}.wav"));
+        let out = enigma()
+            .arg("speak")
+            .arg(clip.join(" "))
+            .arg("-o")
+            .arg(&spoken)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        if !stderr.contains("Piper") {
+            enigma_testkit::skip_or_fail(
+                test,
+                &format!("enigma speak did not use the Piper voice: {stderr}"),
+            );
+            return;
+        }
+        wavs.push(spoken);
+    }
+    // The loopback proper: the WAV files as `enigma speak` wrote them (22050 Hz, resampled on reading).
+    let (mut edits, mut total) = (0.0, 0);
+    for (clip, wav) in CLIPS.iter().zip(&wavs) {
+        let known = clip.join(" ");
+        let v = transcribe_json(&s.model, wav, &["--no-timestamps"]);
+        let heard = v["text"].as_str().unwrap();
+        let n = words(&known).len();
+        edits += wer(&known, heard) * n as f64;
+        total += n;
+        println!("{}: {heard}", wav.display());
+    }
+    let loop_wer = edits / total as f64;
+    println!(
+        "loopback WER over {} sentences: {loop_wer:.3}",
+        CLIPS.len() * 5
+    );
+    assert!(loop_wer <= 0.10, "loopback WER {loop_wer}");
+
+    // Parity on Piper's speech: the same 16 kHz samples to both engines.
+    let mut wavs16 = Vec::new();
+    for (i, wav) in wavs.iter().enumerate() {
+        let mut src = WavSource::new(std::fs::File::open(wav).unwrap()).unwrap();
+        let (mut samples, mut buf) = (Vec::new(), vec![0.0; 4096]);
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            samples.extend_from_slice(&buf[..n]);
+        }
+        let w16 = s.dir.join(format!("piper{i}.16k.wav"));
+        write_wav16(&w16, &samples);
+        wavs16.push(w16);
+    }
+    let args: Vec<&str> = ["tokens", &s.model_dir]
+        .into_iter()
+        .chain(wavs16.iter().map(|w| w.to_str().unwrap()))
+        .collect();
+    let Some(reference) = whisper_reference(test, &args) else {
+        return;
+    };
+    let mut equal = 0;
+    for ((clip, wav), line) in CLIPS.iter().zip(&wavs16).zip(reference.lines()) {
+        let fw: serde_json::Value = serde_json::from_str(line).unwrap();
+        let known = clip.join(" ");
+        let ours = transcribe_json(&s.model, wav, &["--no-timestamps"]);
+        let ft: Vec<u64> = fw["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        let (ow, fwer) = (
+            wer(&known, ours["text"].as_str().unwrap()),
+            wer(&known, fw["text"].as_str().unwrap()),
+        );
+        if tokens_of(&ours) == ft {
+            equal += 1;
+        } else {
+            println!("tokens differ: WER ours {ow:.3}, faster-whisper {fwer:.3}");
+            assert!(
+                ow <= fwer + 1e-9,
+                "our WER {ow} is worse than faster-whisper's {fwer}"
+            );
+        }
+    }
+    println!(
+        "{equal}/{} Piper clips token-equal with faster-whisper",
+        CLIPS.len()
+    );
+}
