@@ -132,12 +132,21 @@ fn local_run(home: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&local.stdout).into_owned()
 }
 
-/// `enigma devices --json` from namespace B until the advertised engine shows (its first announcements
-/// may go out before B listens), for at most 20 s.
+/// `enigma devices --json` from namespace B until the advertised engine shows, for at most 20 s.
 fn find_device(link: &Link, name: &str) -> Value {
     find_device_where(link, name, |d| d["name"] == name)
 }
 
+/// Whether a listed device has namespace A's IPv4 address yet.
+fn has_ipv4(d: &Value) -> bool {
+    d["addresses"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == ADDR_A))
+}
+
+/// The first listing where a device is `wanted` and has namespace A's IPv4 address: its first
+/// announcements may go out before B listens, and a 3 s listing can hold only what the IPv6 multicast
+/// brought (the link-local address; one CI run saw that), so it asks again.
 fn find_device_where(link: &Link, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
@@ -145,7 +154,12 @@ fn find_device_where(link: &Link, what: &str, wanted: impl Fn(&Value) -> bool) -
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "enigma devices failed: {stderr}");
         let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-        if let Some(d) = list.as_array().unwrap().iter().find(|d| wanted(d)) {
+        if let Some(d) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| wanted(d) && has_ipv4(d))
+        {
             return d.clone();
         }
         assert!(
