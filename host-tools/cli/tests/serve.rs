@@ -108,6 +108,28 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// Runs `tests/serve/SCRIPT BASE_URL ARGS...` (the official Python clients against this server) and
+    /// returns the JSON it prints; a failing script fails the test with its output and the server's log.
+    fn client_script(&self, script: &str, args: &[&str]) -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/serve")
+            .join(script);
+        let out = Command::new("python3")
+            .arg(&path)
+            .arg(self.base())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script} failed:\n{}\n{}\nserver: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script}'s JSON: {e}"))
+    }
+
     fn try_request(
         &self,
         method: &str,
@@ -321,20 +343,7 @@ fn the_official_clients_chat_complete_stream_and_match_enigma_run() {
     }
     let server = Server::start(home.path(), &["-m", "stories260K"], &[]);
     let prompt = "Once upon a time";
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/clients.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([&server.base(), "stories260K", prompt, "40"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "clients.py failed:\n{}\n{}\nserver: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("clients.py's JSON");
+    let v = server.client_script("clients.py", &["stories260K", prompt, "40"]);
     let completion = v["completion"].as_str().unwrap();
     assert!(!completion.is_empty(), "{v}");
     // `enigma run` prints the prompt, then the text, then a newline.
@@ -934,13 +943,17 @@ fn cli_chat(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(banner), "{stderr}");
-    let prompts = stderr
+    (prompt_ids(&stderr), String::from_utf8(out.stdout).unwrap())
+}
+
+/// Each turn's prompt ids that `enigma chat --verbose-prompt` wrote to stderr.
+fn prompt_ids(stderr: &str) -> Vec<Vec<u32>> {
+    stderr
         .lines()
         // After the "> " that asks for the line.
         .filter_map(|l| l.split_once("prompt ids: "))
         .map(|(_, ids)| serde_json::from_str(ids).unwrap())
-        .collect();
-    (prompts, String::from_utf8(out.stdout).unwrap())
+        .collect()
 }
 
 const TEMPLATED: &str = "a chat model prompted with the model's own chat template";
@@ -1184,11 +1197,7 @@ fn a_chatml_reply_ends_at_im_end_in_enigma_chat_and_the_server() {
     for r in &replies {
         assert_ended_by_im_end(r, LIMIT);
     }
-    let prompts: Vec<Vec<u32>> = stderr
-        .lines()
-        .filter_map(|l| l.split_once("prompt ids: "))
-        .map(|(_, ids)| serde_json::from_str(ids).unwrap())
-        .collect();
+    let prompts = prompt_ids(&stderr);
     assert_eq!(prompts.len(), 2, "{stderr}");
     let closes = |p: &[u32]| p.iter().filter(|&&id| id == 262).count();
     assert_eq!(closes(&prompts[0]), 1, "{:?}", prompts[0]);
@@ -1255,21 +1264,7 @@ fn the_openai_client_gets_speech_from_the_voice_output_module() {
     );
     let server = Server::start(home.path(), &[], &[]);
     let out_dir = TempDir::new().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/speech.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(server.base())
-        .arg(out_dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "speech.py failed:\n{}\n{}\nserver: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("speech.py's JSON");
+    let v = server.client_script("speech.py", &[out_dir.path().to_str().unwrap()]);
     assert_eq!(v["wav_content_type"], "audio/wav", "{v}");
     assert_eq!(v["pcm_content_type"], "audio/pcm", "{v}");
     assert_eq!(v["mp3"]["status"], 400, "{v}");
